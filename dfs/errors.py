@@ -1,0 +1,32 @@
+"""Errors that carry an errno from the bottom of the stack to the top.
+
+Every layer raises `DfsError(errno.X, "what happened")`. The mount turns it into
+`pyfuse3.FUSEError` in one helper; the command-line tools print one line and exit
+with a documented code.
+"""
+
+import errno
+import os
+
+
+class DfsError(Exception):
+    """An error with a POSIX errno attached."""
+
+    def __init__(self, err: int, message: str = ""):
+        self.errno = err
+        self.message = message or os.strerror(err)
+        super().__init__(err, self.message)
+
+    def __str__(self) -> str:
+        return f"{self.message} [{errno.errorcode.get(self.errno, self.errno)}]"
+
+
+class ZkUnavailable(DfsError):
+    """ZooKeeper could not be reached within the allowed time."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EHOSTUNREACH, message)
+
+
+class UsageError(Exception):
+    """Bad command-line input: the CLI prints it and exits 2."""

@@ -1,0 +1,61 @@
+"""Create a filesystem in ZooKeeper: skeleton, config and the root directory, in one transaction."""
+
+import errno
+import os
+import stat
+import time
+
+from kazoo.exceptions import NodeExistsError
+
+from dfs.errors import DfsError
+from dfs.paths import ROOT_INO, FsPaths
+from dfs.records import FsConfig, InodeRecord
+from dfs.zk import Txn, Zk
+
+
+async def mkfs(zk: Zk, paths: FsPaths, config: FsConfig, *, uid: int | None = None,
+               gid: int | None = None) -> None:
+    """Create the filesystem at `paths.root`.
+
+    Raises:
+      DfsError(EEXIST): a filesystem already exists there (nothing is changed).
+    """
+    if config.min_replicas < 1 or config.replicas < config.min_replicas:
+        raise DfsError(errno.EINVAL, "need 1 <= min_replicas <= replicas")
+    if config.block_size < 4096 or config.block_size > 64 * 1024 * 1024:
+        raise DfsError(errno.EINVAL, "block size must be between 4 KiB and 64 MiB")
+    if await zk.exists(paths.config):
+        raise DfsError(errno.EEXIST, f"a filesystem already exists at {paths.root}")
+    parent = paths.root.rsplit("/", 1)[0]
+    if parent:
+        await zk.ensure_path(parent)
+    now = time.time_ns()
+    config.created = now / 1e9
+    root = InodeRecord(
+        mode=stat.S_IFDIR | 0o755,
+        uid=os.getuid() if uid is None else uid,
+        gid=os.getgid() if gid is None else gid,
+        atime_ns=now, mtime_ns=now, ctime_ns=now, nlink=2,
+    )
+    txn = Txn()
+    for p in paths.skeleton():
+        txn.create(p)
+    txn.create(paths.inode_counter, str(ROOT_INO + 1).encode())
+    txn.create(paths.inode_shard(ROOT_INO))
+    txn.create(paths.inode(ROOT_INO), root.encode())
+    txn.create(paths.dir(ROOT_INO))
+    txn.create(paths.config, config.encode())  # last: its existence means "complete"
+    try:
+        await zk.commit(txn)
+    except NodeExistsError:
+        raise DfsError(errno.EEXIST, f"a filesystem already exists at {paths.root}") from None
+
+
+async def load_config(zk: Zk, paths: FsPaths) -> FsConfig:
+    from kazoo.exceptions import NoNodeError
+
+    try:
+        data, _ = await zk.get(paths.config)
+    except NoNodeError:
+        raise DfsError(errno.ENOENT, f"no filesystem at {paths.root} (run 'dfs mkfs')") from None
+    return FsConfig.decode(data)

@@ -1,0 +1,139 @@
+"""Every znode path of one filesystem, and nothing else (pure functions).
+
+One filesystem lives under a root, default `/dfs/<fsname>`; tests each get their
+own root in a shared ZooKeeper. See DESIGN.md section 2 for the table.
+"""
+
+from dataclasses import dataclass
+
+from dfs import names
+
+INODE_SHARD_BITS = 12  # 4096 inodes per shard znode
+ROOT_INO = 1
+
+
+def default_root(fsname: str) -> str:
+    return f"/dfs/{fsname}"
+
+
+@dataclass(frozen=True)
+class FsPaths:
+    root: str
+
+    # -- filesystem-wide
+    @property
+    def config(self) -> str:
+        return f"{self.root}/config"
+
+    @property
+    def inode_counter(self) -> str:
+        return f"{self.root}/ids/inode"
+
+    @property
+    def secret(self) -> str:
+        return f"{self.root}/secret"
+
+    # -- namespace
+    @property
+    def inodes(self) -> str:
+        return f"{self.root}/inodes"
+
+    def inode_shard(self, ino: int) -> str:
+        return f"{self.root}/inodes/{ino >> INODE_SHARD_BITS:x}"
+
+    def inode(self, ino: int) -> str:
+        return f"{self.inode_shard(ino)}/{ino}"
+
+    @property
+    def dirs(self) -> str:
+        return f"{self.root}/dirs"
+
+    def dir(self, ino: int) -> str:
+        return f"{self.root}/dirs/{ino}"
+
+    def dirent(self, parent: int, name: bytes) -> str:
+        return f"{self.root}/dirs/{parent}/{names.escape(name)}"
+
+    @property
+    def blocks(self) -> str:
+        return f"{self.root}/blocks"
+
+    def block_map(self, ino: int) -> str:
+        return f"{self.root}/blocks/{ino}"
+
+    def block_group(self, ino: int, group: int) -> str:
+        return f"{self.root}/blocks/{ino}/{group}"
+
+    @property
+    def xattrs(self) -> str:
+        return f"{self.root}/xattrs"
+
+    def xattr_dir(self, ino: int) -> str:
+        return f"{self.root}/xattrs/{ino}"
+
+    def xattr(self, ino: int, name: bytes) -> str:
+        return f"{self.root}/xattrs/{ino}/{names.escape(name)}"
+
+    # -- storage nodes
+    @property
+    def registry(self) -> str:
+        return f"{self.root}/nodes/registry"
+
+    def registry_node(self, node_id: str) -> str:
+        return f"{self.root}/nodes/registry/{node_id}"
+
+    @property
+    def live(self) -> str:
+        return f"{self.root}/nodes/live"
+
+    def live_node(self, node_id: str) -> str:
+        return f"{self.root}/nodes/live/{node_id}"
+
+    # -- housekeeping
+    @property
+    def gc(self) -> str:
+        return f"{self.root}/gc"
+
+    def gc_entry(self, block_id: str) -> str:
+        return f"{self.root}/gc/{block_id}"
+
+    @property
+    def open(self) -> str:
+        return f"{self.root}/open"
+
+    def open_dir(self, ino: int) -> str:
+        return f"{self.root}/open/{ino}"
+
+    def open_holder(self, ino: int, mount_id: str) -> str:
+        return f"{self.root}/open/{ino}/{mount_id}"
+
+    @property
+    def repair(self) -> str:
+        return f"{self.root}/repair"
+
+    @property
+    def repair_election(self) -> str:
+        return f"{self.root}/repair/election"
+
+    @property
+    def repair_reports(self) -> str:
+        return f"{self.root}/repair/corrupt"
+
+    def repair_report(self, block_id: str, node_id: str) -> str:
+        return f"{self.root}/repair/corrupt/{block_id}-{node_id}"
+
+    @property
+    def repair_audit(self) -> str:
+        return f"{self.root}/repair/audit"
+
+    @property
+    def repair_status(self) -> str:
+        return f"{self.root}/repair/status"
+
+    def skeleton(self) -> list[str]:
+        """Persistent znodes `dfs mkfs` creates (config and root inode aside)."""
+        return [
+            self.root, f"{self.root}/ids", self.inodes, self.dirs, self.blocks,
+            self.xattrs, f"{self.root}/nodes", self.registry, self.live, self.gc,
+            self.open, self.repair, self.repair_reports, self.repair_audit,
+        ]

@@ -1,0 +1,214 @@
+"""The kazoo <-> trio bridge: ZooKeeper calls as trio coroutines.
+
+kazoo runs its own threads; every call here uses kazoo's `*_async` API and hands
+the result back to trio through `TrioToken.run_sync_soon` (cheaper than a thread
+per call, and many requests are pipelined on one session).
+
+Retryable errors (connection loss, operation timeout, a session being replaced)
+are retried here, in one place, until `op_timeout` has passed; everything else
+(NoNode, NodeExists, BadVersion, NotEmpty) goes to the caller, which decides
+what is idempotent. A retried non-idempotent write may report NodeExists or
+BadVersion for a change that did apply: callers treat those outcomes as such.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import trio
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    ConnectionClosedError,
+    ConnectionLoss,
+    OperationTimeoutError,
+    RolledBackError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import ZnodeStat
+from kazoo.retry import KazooRetry
+
+from dfs.errors import ZkUnavailable
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = (ConnectionLoss, OperationTimeoutError, SessionExpiredError, ConnectionClosedError)
+
+
+@dataclass
+class Txn:
+    """A list of operations committed atomically (a ZooKeeper multi)."""
+
+    ops: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+
+    def create(self, path: str, value: bytes = b"", ephemeral: bool = False) -> "Txn":
+        self.ops.append(("create", (path, value, None, ephemeral, False)))
+        return self
+
+    def set(self, path: str, value: bytes, version: int = -1) -> "Txn":
+        self.ops.append(("set_data", (path, value, version)))
+        return self
+
+    def delete(self, path: str, version: int = -1) -> "Txn":
+        self.ops.append(("delete", (path, version)))
+        return self
+
+    def check(self, path: str, version: int) -> "Txn":
+        self.ops.append(("check", (path, version)))
+        return self
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+
+class Zk:
+    """One ZooKeeper session used from trio.
+
+    Args:
+      client: a started KazooClient.
+      op_timeout: how long a call keeps retrying through connection loss before
+        it raises ZkUnavailable.
+    """
+
+    def __init__(self, client: KazooClient, op_timeout: float = 60.0):
+        self.client = client
+        self.op_timeout = op_timeout
+
+    @classmethod
+    async def connect(cls, hosts: str, *, timeout: float = 10.0, session_timeout: float = 10.0,
+                      op_timeout: float = 60.0) -> "Zk":
+        """Connect, or raise ZkUnavailable after `timeout` seconds."""
+        client = KazooClient(
+            hosts=hosts,
+            timeout=session_timeout,
+            connection_retry=KazooRetry(max_tries=-1, delay=0.05, max_delay=1.0),
+            command_retry=None,
+            logger=logging.getLogger("kazoo"),
+        )
+
+        def start() -> None:
+            try:
+                client.start(timeout=timeout)
+            except (KazooTimeoutError, Exception):
+                client.stop()
+                client.close()
+                raise
+
+        try:
+            await trio.to_thread.run_sync(start)
+        except KazooTimeoutError:
+            raise ZkUnavailable(f"cannot reach ZooKeeper at {hosts} within {timeout:g} s") from None
+        return cls(client, op_timeout=op_timeout)
+
+    async def close(self) -> None:
+        def stop() -> None:
+            self.client.stop()
+            self.client.close()
+
+        await trio.to_thread.run_sync(stop)
+
+    # -- connection state
+
+    @property
+    def connected(self) -> bool:
+        return self.client.state == KazooState.CONNECTED
+
+    @property
+    def session_id(self) -> int | None:
+        cid = self.client.client_id
+        return cid[0] if cid else None
+
+    def add_listener(self, fn: Callable[[str], None]) -> None:
+        """fn(state) runs on kazoo's thread; it must only hand off to trio."""
+        self.client.add_listener(fn)
+
+    async def wait_connected(self, deadline: float) -> None:
+        while not self.connected:
+            if time.monotonic() > deadline:
+                raise ZkUnavailable("lost the ZooKeeper connection and could not get it back")
+            await trio.sleep(0.05)
+
+    # -- the bridge
+
+    async def _await(self, async_result: Any) -> Any:
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake(_: Any) -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass
+
+        async_result.rawlink(wake)
+        await done.wait()
+        return async_result.get_nowait()
+
+    async def _retry(self, start: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + self.op_timeout
+        while True:
+            try:
+                return await self._await(start())
+            except RETRYABLE as e:
+                log.debug("zk retry after %r", e)
+                if time.monotonic() > deadline:
+                    raise ZkUnavailable(f"ZooKeeper operation failed: {e!r}") from None
+                await trio.sleep(0.05)
+                await self.wait_connected(deadline)
+
+    # -- calls
+
+    async def get(self, path: str, watch: Callable | None = None) -> tuple[bytes, ZnodeStat]:
+        return await self._retry(lambda: self.client.get_async(path, watch))
+
+    async def get_children(self, path: str, watch: Callable | None = None) -> list[str]:
+        return await self._retry(lambda: self.client.get_children_async(path, watch))
+
+    async def exists(self, path: str) -> ZnodeStat | None:
+        return await self._retry(lambda: self.client.exists_async(path))
+
+    async def create(self, path: str, value: bytes = b"", *, ephemeral: bool = False,
+                     sequence: bool = False, makepath: bool = False) -> str:
+        return await self._retry(lambda: self.client.create_async(
+            path, value, None, ephemeral, sequence, makepath))
+
+    async def set(self, path: str, value: bytes, version: int = -1) -> ZnodeStat:
+        return await self._retry(lambda: self.client.set_async(path, value, version))
+
+    async def delete(self, path: str, version: int = -1) -> None:
+        await self._retry(lambda: self.client.delete_async(path, version))
+
+    async def delete_recursive(self, path: str) -> None:
+        """Delete a subtree (not atomic; used for cleanup)."""
+        await self._retry_sync(lambda: self.client.delete(path, recursive=True))
+
+    async def ensure_path(self, path: str) -> None:
+        await self._retry(lambda: self.client.ensure_path_async(path))
+
+    async def _retry_sync(self, fn: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + self.op_timeout
+        while True:
+            try:
+                return await trio.to_thread.run_sync(fn)
+            except RETRYABLE as e:
+                if time.monotonic() > deadline:
+                    raise ZkUnavailable(f"ZooKeeper operation failed: {e!r}") from None
+                await self.wait_connected(deadline)
+
+    async def commit(self, txn: Txn) -> list[Any]:
+        """Commit `txn` atomically. Raises the error of the operation that failed."""
+        if not txn.ops:
+            return []
+
+        def start() -> Any:
+            req = self.client.transaction()
+            for name, args in txn.ops:
+                getattr(req, name)(*args)
+            return req.commit_async()
+
+        results = await self._retry(start)
+        for r in results:
+            if isinstance(r, Exception) and not isinstance(r, RolledBackError):
+                raise r
+        return results

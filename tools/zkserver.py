@@ -1,0 +1,230 @@
+"""A real ZooKeeper (the Debian `zookeeper` package), run by our own code.
+
+`ZkEnsemble(base_dir, servers=1 or 3)` writes a config per server with free
+loopback ports and its own data dir, starts the JVMs, waits until each answers
+`ruok`, and stops them by PID. Used by the tests, by `dfs up` and by benchmarks.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ZK_JARS = "/usr/share/java/zookeeper.jar"
+ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+JUTE_MAXBUFFER = 16 * 1024 * 1024  # big directory listings (see README)
+
+LOG4J = """\
+log4j.rootLogger=INFO, FILE
+log4j.appender.FILE=org.apache.log4j.FileAppender
+log4j.appender.FILE.File={log}
+log4j.appender.FILE.layout=org.apache.log4j.PatternLayout
+log4j.appender.FILE.layout.ConversionPattern=%d{{ISO8601}} [myid:%X{{myid}}] %-5p [%t:%C{{1}}@%L] - %m%n
+"""
+
+
+class ZkError(Exception):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def four_letter(host: str, port: int, cmd: str, timeout: float = 1.0) -> str:
+    """Send a ZooKeeper four-letter command; '' when the server does not answer."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(cmd.encode())
+            chunks = []
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    break
+                chunks.append(b)
+            return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None and Path(ZK_JARS).exists()
+
+
+@dataclass
+class ZkServer:
+    myid: int
+    dir: Path
+    client_port: int
+    quorum_port: int
+    election_port: int
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "zookeeper.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.dir / "zookeeper.pid"
+
+    def mode(self) -> str:
+        """'standalone', 'leader', 'follower' or '' when not serving."""
+        out = four_letter(self.host, self.client_port, "srvr")
+        for line in out.splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class ZkEnsemble:
+    """One standalone server or a quorum of `servers` on loopback."""
+
+    def __init__(self, base_dir: str | os.PathLike, servers: int = 1, *, heap_mb: int = 256,
+                 tick_ms: int = 200):
+        self.base = Path(base_dir)
+        self.tick_ms = tick_ms
+        self.heap_mb = heap_mb
+        self.servers: list[ZkServer] = []
+        for i in range(servers):
+            d = self.base / f"zk{i + 1}"
+            self.servers.append(ZkServer(i + 1, d, free_port(), free_port(), free_port()))
+
+    # -- configuration
+
+    @property
+    def hosts(self) -> str:
+        return ",".join(s.address for s in self.servers)
+
+    def _config(self, s: ZkServer) -> str:
+        lines = [
+            f"tickTime={self.tick_ms}",
+            "initLimit=20",
+            "syncLimit=10",
+            f"dataDir={s.dir / 'data'}",
+            f"clientPort={s.client_port}",
+            f"clientPortAddress={s.host}",
+            "maxClientCnxns=0",
+            "minSessionTimeout=1000",
+            "maxSessionTimeout=60000",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=*",
+            "autopurge.snapRetainCount=3",
+            "autopurge.purgeInterval=1",
+            "snapCount=20000",
+            "preAllocSize=16384",
+        ]
+        if len(self.servers) > 1:
+            for o in self.servers:
+                lines.append(f"server.{o.myid}={o.host}:{o.quorum_port}:{o.election_port}")
+        return "\n".join(lines) + "\n"
+
+    def _write(self, s: ZkServer) -> None:
+        (s.dir / "data").mkdir(parents=True, exist_ok=True)
+        (s.dir / "zoo.cfg").write_text(self._config(s))
+        (s.dir / "data" / "myid").write_text(f"{s.myid}\n")
+        (s.dir / "log4j.properties").write_text(LOG4J.format(log=s.log_path))
+
+    # -- lifecycle
+
+    def start(self, timeout: float = 60.0) -> "ZkEnsemble":
+        if not java_available():
+            raise ZkError("ZooKeeper is not installed (need java and /usr/share/java/zookeeper.jar;"
+                          " the README's commands install the Debian 'zookeeper' package)")
+        for s in self.servers:
+            self.start_server(s.myid - 1, wait=False)
+        self.wait_serving(timeout)
+        return self
+
+    def start_server(self, index: int, wait: bool = True, timeout: float = 60.0) -> None:
+        s = self.servers[index]
+        if s.alive():
+            return
+        self._write(s)
+        cmd = [
+            "java", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "-Xshare:auto",
+            f"-Djute.maxbuffer={JUTE_MAXBUFFER}",
+            "-Dzookeeper.admin.enableServer=false",
+            f"-Dlog4j.configuration=file:{s.dir / 'log4j.properties'}",
+            "-cp", f"{s.dir}:{ZK_JARS}:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar",
+            ZK_MAIN, str(s.dir / "zoo.cfg"),
+        ]
+        out = open(s.dir / "stdout.log", "ab")
+        s.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        out.close()
+        s.pid_path.write_text(f"{s.proc.pid}\n")
+        if wait:
+            self._wait_one(s, time.monotonic() + timeout)
+
+    def _wait_one(self, s: ZkServer, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if s.proc is not None and s.proc.poll() is not None:
+                raise ZkError(f"ZooKeeper server {s.myid} exited with {s.proc.returncode}:\n"
+                              + self.log_tail(s))
+            if s.mode() in ("standalone", "leader", "follower"):
+                return
+            time.sleep(0.1)
+        raise ZkError(f"ZooKeeper server {s.myid} did not start serving:\n" + self.log_tail(s))
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for s in self.servers:
+            if s.alive():
+                self._wait_one(s, deadline)
+
+    def stop_server(self, index: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        s = self.servers[index]
+        if s.proc is None:
+            return
+        if s.proc.poll() is None:
+            s.proc.send_signal(sig)
+            try:
+                s.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+                s.proc.wait()
+        s.proc = None
+
+    def kill_server(self, index: int) -> None:
+        self.stop_server(index, signal.SIGKILL)
+
+    def stop(self) -> None:
+        for i in range(len(self.servers)):
+            self.stop_server(i)
+
+    def leader_index(self) -> int | None:
+        for i, s in enumerate(self.servers):
+            if s.mode() in ("leader", "standalone"):
+                return i
+        return None
+
+    def log_tail(self, s: ZkServer | None = None, lines: int = 40) -> str:
+        out = []
+        for srv in [s] if s else self.servers:
+            for p in (srv.log_path, srv.dir / "stdout.log"):
+                if p.exists():
+                    text = p.read_text(errors="replace").splitlines()[-lines:]
+                    out.append(f"--- {p}\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def __enter__(self) -> "ZkEnsemble":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
