@@ -62,7 +62,7 @@ class InodeRecord(Record):
     nlink: int = 1
     rdev: int = 0
     target: str = ""  # symlink target, os.fsdecode()d
-    blocks_hint: int = 0  # number of stored bytes in blocks (for st_blocks)
+    parent: int = 0  # directories only: the one directory that holds it
 
     @property
     def is_dir(self) -> bool:
@@ -144,9 +144,15 @@ class NodeLive(Record):
 
 @dataclass
 class GcEntry(Record):
-    """gc/<block-id>: a block no longer referenced, to delete from `replicas`."""
+    """gc/<id>: blocks no longer referenced, to delete from the nodes that hold them.
 
-    replicas: list[str] = field(default_factory=list)
+    Either `blocks` (block id -> node ids holding it), queued in the same
+    transaction that dropped the references, or `inode`: the whole map under
+    blocks/<inode> is garbage (a file too large to list in one transaction).
+    """
+
+    blocks: dict[str, list[str]] = field(default_factory=dict)
+    inode: int = 0
     queued: float = 0.0
 
 

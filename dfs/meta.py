@@ -1,0 +1,788 @@
+"""The namespace and block map of one filesystem, kept in ZooKeeper.
+
+Every change is one ZooKeeper transaction with version checks on everything it
+read. A conflict (BadVersion, or NoNode/NodeExists/NotEmpty from a concurrent
+change) makes the operation re-read and try again; the re-read decides which
+POSIX error, if any, the caller gets. Each retried step is therefore idempotent.
+
+Concurrency invariants:
+- An inode znode's version guards every field of the inode (nlink, size, times,
+  the `parent` of a directory). Whoever changes one of them checks the version.
+- A directory's `dirs/<ino>` znode has one child per entry; ZooKeeper refuses to
+  delete it while it has children, which makes rmdir's emptiness check atomic.
+- Directories record their parent (`InodeRecord.parent`): rename checks the
+  version of every ancestor of the destination so that no concurrent rename can
+  slip in a cycle.
+"""
+
+import dataclasses
+import errno
+import logging
+import os
+import random
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import trio
+from kazoo.exceptions import (
+    BadVersionError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+)
+
+from dfs.errors import DfsError
+from dfs.names import NAME_MAX, check_name, escape, unescape
+from dfs.paths import ROOT_INO, FsPaths
+from dfs.records import BlockGroup, BlockRef, DirEntry, FsConfig, GcEntry, InodeRecord
+from dfs.zk import Txn, Zk
+
+log = logging.getLogger(__name__)
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+
+CONFLICTS = (BadVersionError, NoNodeError, NodeExistsError, NotEmptyError)
+MAX_ATTEMPTS = 200
+INO_RANGE = 1024
+GC_BATCH = 2000  # block refs per gc/ entry (keeps each znode well under 1 MiB)
+INLINE_GC_LIMIT = 4 * GC_BATCH  # larger files are handed to gc as a whole inode
+
+
+@dataclass
+class Inode:
+    """An inode as read from ZooKeeper: its number, record and znode version."""
+
+    ino: int
+    rec: InodeRecord
+    version: int
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class Meta:
+    """Namespace operations on one filesystem.
+
+    Args:
+      zk: the ZooKeeper session.
+      paths: the filesystem's znode paths.
+      config: the filesystem's settings (`dfs.mkfs.load_config`).
+      mount_id: identifies this client in `open/<ino>/<mount_id>`.
+      is_open: tells whether this client still has an inode open; an unlinked
+        inode that is open stays (nlink 0) until `release_orphan`.
+    """
+
+    def __init__(self, zk: Zk, paths: FsPaths, config: FsConfig, *, mount_id: str | None = None,
+                 is_open: Callable[[int], bool] = lambda ino: False):
+        self.zk = zk
+        self.paths = paths
+        self.config = config
+        self.mount_id = mount_id or uuid.uuid4().hex[:16]
+        self.is_open = is_open
+        self._ino_next = 0
+        self._ino_end = 0
+        self._ino_lock = trio.Lock()
+        self.stats = {"retries": 0}
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _retrying(self, attempt: Callable, what: str):
+        """Run `attempt()` until it does not hit a conflict."""
+        for n in range(MAX_ATTEMPTS):
+            try:
+                return await attempt()
+            except CONFLICTS as e:
+                self.stats["retries"] += 1
+                log.debug("%s: conflict %r, retrying", what, e)
+                if n > 2:
+                    await trio.sleep(random.uniform(0, 0.002 * min(n, 50)))
+        raise DfsError(errno.EIO, f"{what}: too many conflicting concurrent changes")
+
+    async def _alloc_ino(self) -> int:
+        async with self._ino_lock:
+            if self._ino_next >= self._ino_end:
+                await self._reserve_inodes()
+            ino = self._ino_next
+            self._ino_next += 1
+            return ino
+
+    async def _reserve_inodes(self) -> None:
+        """Reserve INO_RANGE inode numbers by compare-and-set on ids/inode."""
+        while True:
+            data, st = await self.zk.get(self.paths.inode_counter)
+            start = int(data)
+            try:
+                await self.zk.set(self.paths.inode_counter, str(start + INO_RANGE).encode(),
+                                  st.version)
+            except BadVersionError:
+                continue
+            break
+        for shard in {self.paths.inode_shard(start), self.paths.inode_shard(start + INO_RANGE - 1)}:
+            try:
+                await self.zk.create(shard)
+            except NodeExistsError:
+                pass
+        self._ino_next, self._ino_end = start, start + INO_RANGE
+
+    async def getattr(self, ino: int) -> Inode:
+        try:
+            data, st = await self.zk.get(self.paths.inode(ino))
+        except NoNodeError:
+            raise DfsError(errno.ENOENT, f"no inode {ino}") from None
+        rec = InodeRecord.decode(data)
+        if rec.is_dir:
+            # Content changes leave their time in dirs/<ino> (see _touch).
+            try:
+                tdata, _ = await self.zk.get(self.paths.dir(ino))
+            except NoNodeError:
+                tdata = b""
+            if tdata:
+                t = int(tdata)
+                rec.mtime_ns = t
+                rec.ctime_ns = max(rec.ctime_ns, t)
+        return Inode(ino, rec, st.version)
+
+    async def _dir(self, ino: int) -> Inode:
+        node = await self.getattr(ino)
+        if not node.rec.is_dir:
+            raise DfsError(errno.ENOTDIR, f"inode {ino} is not a directory")
+        return node
+
+    async def _dirent(self, parent: int, name: bytes) -> tuple[DirEntry, int] | None:
+        try:
+            data, st = await self.zk.get(self.paths.dirent(parent, name))
+        except NoNodeError:
+            return None
+        return DirEntry.decode(data), st.version
+
+    def _touch(self, txn: Txn, node: Inode, *, nlink_delta: int = 0, t: int | None = None) -> None:
+        """Add to txn: a directory's contents changed (new mtime/ctime, maybe nlink).
+
+        The times go into `dirs/<ino>`'s data as a blind write, so that many
+        clients creating files in one directory do not conflict on its inode;
+        only an nlink change (subdirectories) writes the inode, version-checked.
+        """
+        t = t or now_ns()
+        txn.set(self.paths.dir(node.ino), str(t).encode())
+        if nlink_delta:
+            rec = dataclasses.replace(node.rec, nlink=node.rec.nlink + nlink_delta)
+            txn.set(self.paths.inode(node.ino), rec.encode(), node.version)
+
+    # ------------------------------------------------------------------ lookup
+
+    async def lookup(self, parent: int, name: bytes) -> Inode:
+        if len(name) > NAME_MAX:
+            raise DfsError(errno.ENAMETOOLONG, "name too long")
+        if name == b".":
+            return await self._dir(parent)
+        if name == b"..":
+            p = await self._dir(parent)
+            return await self.getattr(p.rec.parent or ROOT_INO)
+        ent = await self._dirent(parent, name)
+        if ent is None:
+            await self._dir(parent)  # ENOTDIR / ENOENT for the parent itself
+            raise DfsError(errno.ENOENT, f"no entry {name!r}")
+        try:
+            return await self.getattr(ent[0].ino)
+        except DfsError:
+            # dirent raced with a rename/unlink: read again once, consistently
+            ent = await self._dirent(parent, name)
+            if ent is None:
+                raise DfsError(errno.ENOENT, f"no entry {name!r}") from None
+            return await self.getattr(ent[0].ino)
+
+    # ------------------------------------------------------------------ create
+
+    async def mknod(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int,
+                    rdev: int = 0, target: bytes = b"") -> Inode:
+        """Create a file, directory, symlink, fifo, socket or device node.
+
+        Raises EEXIST, ENOENT (parent gone), ENOTDIR, ENAMETOOLONG, EINVAL.
+        """
+        check_name(name)
+        ino = await self._alloc_ino()
+        t = now_ns()
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        rec = InodeRecord(
+            mode=kind | stat.S_IMODE(mode), uid=uid, gid=gid,
+            atime_ns=t, mtime_ns=t, ctime_ns=t,
+            nlink=2 if kind == stat.S_IFDIR else 1,
+            rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0,
+            target=os.fsdecode(target), size=len(target),
+        )
+
+        async def attempt() -> Inode:
+            p = None
+            if kind == stat.S_IFDIR:
+                p = await self._dir(parent)
+                if p.rec.nlink == 0:
+                    raise DfsError(errno.ENOENT, "parent directory was removed")
+                rec.parent = parent
+            txn = Txn()
+            txn.create(self.paths.inode(ino), rec.encode())
+            txn.create(self.paths.dirent(parent, name), DirEntry(ino, kind).encode())
+            if kind == stat.S_IFDIR:
+                txn.create(self.paths.dir(ino))
+            elif kind == stat.S_IFREG:
+                txn.create(self.paths.block_map(ino))
+            if p is not None:
+                self._touch(txn, p, nlink_delta=1, t=t)
+            else:
+                txn.set(self.paths.dir(parent), str(t).encode())
+            try:
+                await self.zk.commit(txn)
+            except (NodeExistsError, NoNodeError):
+                existing = await self._dirent(parent, name)
+                if existing is not None:
+                    if existing[0].ino == ino:  # our own commit, whose reply was lost
+                        return await self.getattr(ino)
+                    raise DfsError(errno.EEXIST, f"{name!r} exists") from None
+                await self._dir(parent)  # ENOENT / ENOTDIR
+                raise
+            return Inode(ino, rec, 0)
+
+        return await self._retrying(attempt, "create")
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int) -> Inode:
+        return await self.mknod(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid=uid, gid=gid)
+
+    async def create(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int) -> Inode:
+        return await self.mknod(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid=uid, gid=gid)
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, *, uid: int, gid: int) -> Inode:
+        if not target or len(target) > 4095:
+            raise DfsError(errno.ENAMETOOLONG if target else errno.ENOENT, "bad symlink target")
+        return await self.mknod(parent, name, stat.S_IFLNK | 0o777, uid=uid, gid=gid, target=target)
+
+    async def readlink(self, ino: int) -> bytes:
+        node = await self.getattr(ino)
+        if not node.rec.is_link:
+            raise DfsError(errno.EINVAL, "not a symlink")
+        return node.rec.target_bytes
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Inode:
+        check_name(new_name)
+
+        async def attempt() -> Inode:
+            node = await self.getattr(ino)
+            if node.rec.is_dir:
+                raise DfsError(errno.EPERM, "hard links to directories are not allowed")
+            if node.rec.nlink == 0:
+                raise DfsError(errno.ENOENT, "inode was removed")
+            p = await self._dir(new_parent)
+            if p.rec.nlink == 0:
+                raise DfsError(errno.ENOENT, "parent directory was removed")
+            if await self._dirent(new_parent, new_name) is not None:
+                raise DfsError(errno.EEXIST, f"{new_name!r} exists")
+            t = now_ns()
+            rec = dataclasses.replace(node.rec, nlink=node.rec.nlink + 1, ctime_ns=t)
+            txn = Txn()
+            txn.create(self.paths.dirent(new_parent, new_name),
+                       DirEntry(ino, stat.S_IFMT(rec.mode)).encode())
+            txn.set(self.paths.inode(ino), rec.encode(), node.version)
+            self._touch(txn, p, t=t)
+            await self.zk.commit(txn)
+            return Inode(ino, rec, node.version + 1)
+
+        return await self._retrying(attempt, "link")
+
+    # ------------------------------------------------------------------ remove
+
+    async def _drop_inode(self, txn: Txn, node: Inode, t: int) -> None:
+        """Add to txn: one link of `node` goes away (and the inode with the last one)."""
+        if node.rec.nlink > 1 and not node.rec.is_dir:
+            rec = dataclasses.replace(node.rec, nlink=node.rec.nlink - 1, ctime_ns=t)
+            txn.set(self.paths.inode(node.ino), rec.encode(), node.version)
+            return
+        if not node.rec.is_dir and self.is_open(node.ino):
+            # Unlinked while open here: keep it (nlink 0) until release_orphan.
+            rec = dataclasses.replace(node.rec, nlink=0, ctime_ns=t)
+            txn.set(self.paths.inode(node.ino), rec.encode(), node.version)
+            await self._ensure(self.paths.open_dir(node.ino))
+            txn.create(self.paths.open_holder(node.ino, self.mount_id), ephemeral=True)
+            return
+        await self._delete_inode(txn, node)
+
+    async def _ensure(self, path: str) -> None:
+        try:
+            await self.zk.create(path)
+        except NodeExistsError:
+            pass
+
+    async def _delete_inode(self, txn: Txn, node: Inode) -> None:
+        """Add to txn: delete the inode, its xattrs and block map (blocks to gc/)."""
+        ino = node.ino
+        txn.delete(self.paths.inode(ino), node.version)
+        xattrs = await self._children(self.paths.xattr_dir(ino))
+        if xattrs is not None:
+            for x in xattrs:
+                txn.delete(f"{self.paths.xattr_dir(ino)}/{x}")
+            txn.delete(self.paths.xattr_dir(ino))
+        if node.rec.is_dir:
+            txn.delete(self.paths.dir(ino))  # NotEmpty if an entry appeared: retried
+            return
+        groups = await self._children(self.paths.block_map(ino))
+        if groups is None:
+            return
+        refs: list[BlockRef] = []
+        for g in groups:
+            try:
+                data, st = await self.zk.get(f"{self.paths.block_map(ino)}/{g}")
+            except NoNodeError:
+                raise BadVersionError() from None  # changed under us: retry
+            refs.extend(BlockGroup.decode(data).blocks.values())
+            if len(refs) > INLINE_GC_LIMIT:
+                break
+            txn.delete(f"{self.paths.block_map(ino)}/{g}", st.version)
+        if len(refs) > INLINE_GC_LIMIT:
+            # Too many refs for one transaction: gc takes the whole map later.
+            # Remove the per-group deletes we added; keep blocks/<ino> for gc.
+            txn.ops = [op for op in txn.ops
+                       if not (op[0] == "delete" and op[1][0].startswith(self.paths.block_map(ino) + "/"))]
+            txn.create(self.paths.gc_entry(f"inode-{ino}"), GcEntry(inode=ino, queued=time.time()).encode())
+            return
+        txn.delete(self.paths.block_map(ino))
+        self._queue_gc(txn, refs)
+
+    def _queue_gc(self, txn: Txn, refs: Iterable[BlockRef]) -> None:
+        refs = list(refs)
+        for i in range(0, len(refs), GC_BATCH):
+            batch = {r.id: list(r.replicas) for r in refs[i:i + GC_BATCH]}
+            txn.create(self.paths.gc_entry(uuid.uuid4().hex),
+                       GcEntry(blocks=batch, queued=time.time()).encode())
+
+    async def _children(self, path: str) -> list[str] | None:
+        try:
+            return await self.zk.get_children(path)
+        except NoNodeError:
+            return None
+
+    async def unlink(self, parent: int, name: bytes) -> int:
+        """Remove a non-directory entry; returns the inode number it named."""
+        check_name(name)
+
+        async def attempt() -> int:
+            ent = await self._dirent(parent, name)
+            if ent is None:
+                await self._dir(parent)  # ENOENT / ENOTDIR for the parent itself
+                raise DfsError(errno.ENOENT, f"no entry {name!r}")
+            dirent, dver = ent
+            node = await self.getattr(dirent.ino)
+            if node.rec.is_dir:
+                raise DfsError(errno.EISDIR, f"{name!r} is a directory")
+            t = now_ns()
+            txn = Txn()
+            txn.delete(self.paths.dirent(parent, name), dver)
+            txn.set(self.paths.dir(parent), str(t).encode())
+            await self._drop_inode(txn, node, t)
+            await self.zk.commit(txn)
+            return node.ino
+
+        return await self._retrying(attempt, "unlink")
+
+    async def rmdir(self, parent: int, name: bytes) -> int:
+        check_name(name)
+
+        async def attempt() -> int:
+            p = await self._dir(parent)
+            ent = await self._dirent(parent, name)
+            if ent is None:
+                raise DfsError(errno.ENOENT, f"no entry {name!r}")
+            dirent, dver = ent
+            node = await self.getattr(dirent.ino)
+            if not node.rec.is_dir:
+                raise DfsError(errno.ENOTDIR, f"{name!r} is not a directory")
+            st = await self.zk.exists(self.paths.dir(node.ino))
+            if st is not None and st.numChildren:
+                raise DfsError(errno.ENOTEMPTY, f"{name!r} is not empty")
+            t = now_ns()
+            txn = Txn()
+            txn.delete(self.paths.dirent(parent, name), dver)
+            self._touch(txn, p, nlink_delta=-1, t=t)
+            await self._delete_inode(txn, node)
+            try:
+                await self.zk.commit(txn)
+            except NotEmptyError:
+                raise DfsError(errno.ENOTEMPTY, f"{name!r} is not empty") from None
+            return node.ino
+
+        return await self._retrying(attempt, "rmdir")
+
+    async def release_orphan(self, ino: int) -> None:
+        """This client closed an unlinked inode: drop it if no other client holds it."""
+        try:
+            await self.zk.delete(self.paths.open_holder(ino, self.mount_id))
+        except NoNodeError:
+            pass
+
+        async def attempt() -> None:
+            try:
+                node = await self.getattr(ino)
+            except DfsError:
+                return
+            if node.rec.nlink > 0:
+                return
+            holders = await self._children(self.paths.open_dir(ino))
+            if holders:
+                return
+            txn = Txn()
+            await self._delete_inode(txn, node)
+            if holders is not None:
+                txn.delete(self.paths.open_dir(ino))
+            await self.zk.commit(txn)
+
+        await self._retrying(attempt, "release")
+
+    # ------------------------------------------------------------------ rename
+
+    async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+                     flags: int = 0) -> None:
+        """rename(2) / renameat2(2) with RENAME_NOREPLACE and RENAME_EXCHANGE, atomically."""
+        check_name(old_name)
+        check_name(new_name)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise DfsError(errno.EINVAL, "bad rename flags")
+
+        async def attempt() -> None:
+            op = await self._dir(old_parent)
+            np = op if new_parent == old_parent else await self._dir(new_parent)
+            src = await self._dirent(old_parent, old_name)
+            if src is None:
+                raise DfsError(errno.ENOENT, f"no entry {old_name!r}")
+            src_ent, src_ver = src
+            if old_parent == new_parent and old_name == new_name:
+                return
+            src_node = await self.getattr(src_ent.ino)
+            dst = await self._dirent(new_parent, new_name)
+            dst_node = await self.getattr(dst[0].ino) if dst else None
+            if dst is not None and dst[0].ino == src_ent.ino and not flags & RENAME_EXCHANGE:
+                return  # two links to one inode: POSIX says do nothing
+            if flags & RENAME_EXCHANGE and dst is None:
+                raise DfsError(errno.ENOENT, f"no entry {new_name!r} to exchange with")
+            if flags & RENAME_NOREPLACE and dst is not None:
+                raise DfsError(errno.EEXIST, f"{new_name!r} exists")
+            if np.rec.nlink == 0:
+                raise DfsError(errno.ENOENT, "target directory was removed")
+
+            txn = Txn()
+            # No directory may move below itself: check every ancestor of the
+            # destinations (and pin their versions against concurrent renames).
+            moving_dirs = [n for n in (src_node, dst_node if flags & RENAME_EXCHANGE else None)
+                           if n is not None and n.rec.is_dir]
+            if moving_dirs and old_parent != new_parent:
+                for moving, dest_parent in ((src_node, new_parent), (dst_node, old_parent)):
+                    if moving is None or not moving.rec.is_dir:
+                        continue
+                    await self._check_not_ancestor(txn, moving.ino, dest_parent)
+
+            t = now_ns()
+            if flags & RENAME_EXCHANGE:
+                assert dst is not None and dst_node is not None
+                txn.set(self.paths.dirent(old_parent, old_name),
+                        DirEntry(dst_node.ino, stat.S_IFMT(dst_node.rec.mode)).encode(), src_ver)
+                txn.set(self.paths.dirent(new_parent, new_name),
+                        DirEntry(src_node.ino, stat.S_IFMT(src_node.rec.mode)).encode(), dst[1])
+                delta = int(src_node.rec.is_dir) - int(dst_node.rec.is_dir)
+                self._set_moved(txn, src_node, new_parent, t)
+                self._set_moved(txn, dst_node, old_parent, t)
+                if old_parent == new_parent:
+                    self._touch(txn, op, t=t)
+                else:
+                    self._touch(txn, op, nlink_delta=-delta, t=t)
+                    self._touch(txn, np, nlink_delta=delta, t=t)
+                await self.zk.commit(txn)
+                return
+
+            src_is_dir = src_node.rec.is_dir
+            np_delta = int(src_is_dir)
+            if dst is not None:
+                assert dst_node is not None
+                if dst_node.rec.is_dir:
+                    if not src_is_dir:
+                        raise DfsError(errno.EISDIR, f"{new_name!r} is a directory")
+                    st = await self.zk.exists(self.paths.dir(dst_node.ino))
+                    if st is not None and st.numChildren:
+                        raise DfsError(errno.ENOTEMPTY, f"{new_name!r} is not empty")
+                    np_delta -= 1
+                elif src_is_dir:
+                    raise DfsError(errno.ENOTDIR, f"{new_name!r} is not a directory")
+                txn.set(self.paths.dirent(new_parent, new_name),
+                        DirEntry(src_node.ino, stat.S_IFMT(src_node.rec.mode)).encode(), dst[1])
+                await self._drop_inode(txn, dst_node, t)
+            else:
+                txn.create(self.paths.dirent(new_parent, new_name),
+                           DirEntry(src_node.ino, stat.S_IFMT(src_node.rec.mode)).encode())
+            txn.delete(self.paths.dirent(old_parent, old_name), src_ver)
+            self._set_moved(txn, src_node, new_parent, t)
+            if old_parent == new_parent:
+                self._touch(txn, op, nlink_delta=np_delta - int(src_is_dir), t=t)
+            else:
+                self._touch(txn, op, nlink_delta=-int(src_is_dir), t=t)
+                self._touch(txn, np, nlink_delta=np_delta, t=t)
+            try:
+                await self.zk.commit(txn)
+            except NotEmptyError:
+                raise DfsError(errno.ENOTEMPTY, f"{new_name!r} is not empty") from None
+
+        await self._retrying(attempt, "rename")
+
+    def _set_moved(self, txn: Txn, node: Inode, new_parent: int, t: int) -> None:
+        rec = dataclasses.replace(node.rec, ctime_ns=t)
+        if rec.is_dir:
+            rec.parent = new_parent
+        txn.set(self.paths.inode(node.ino), rec.encode(), node.version)
+
+    async def _check_not_ancestor(self, txn: Txn, moving: int, dest_parent: int) -> None:
+        """EINVAL if `moving` is `dest_parent` or one of its ancestors; pins the chain."""
+        ino = dest_parent
+        seen = 0
+        while True:
+            if ino == moving:
+                raise DfsError(errno.EINVAL, "cannot move a directory into its own subtree")
+            if ino == ROOT_INO:
+                return
+            node = await self.getattr(ino)
+            txn.check(self.paths.inode(ino), node.version)
+            ino = node.rec.parent or ROOT_INO
+            seen += 1
+            if seen > 100_000:
+                raise DfsError(errno.ELOOP, "directory cycle")
+
+    # ------------------------------------------------------------------ attributes
+
+    async def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, atime_ns: int | None = None,
+                      mtime_ns: int | None = None, ctime_ns: int | None = None) -> Inode:
+        """chmod / chown / utimens (size changes go through `commit_blocks`)."""
+
+        async def attempt() -> Inode:
+            node = await self.getattr(ino)
+            rec = dataclasses.replace(node.rec)
+            if mode is not None:
+                rec.mode = stat.S_IFMT(rec.mode) | stat.S_IMODE(mode)
+            if uid is not None:
+                rec.uid = uid
+            if gid is not None:
+                rec.gid = gid
+            if atime_ns is not None:
+                rec.atime_ns = atime_ns
+            if mtime_ns is not None:
+                rec.mtime_ns = mtime_ns
+            rec.ctime_ns = ctime_ns if ctime_ns is not None else now_ns()
+            txn = Txn().set(self.paths.inode(ino), rec.encode(), node.version)
+            if rec.is_dir:
+                # node.rec already merged the content-change time: from now on the
+                # inode's times are the truth again (see _touch / getattr)
+                txn.set(self.paths.dir(ino), b"")
+            await self.zk.commit(txn)
+            return Inode(ino, rec, node.version + 1)
+
+        try:
+            return await self._retrying(attempt, "setattr")
+        except NoNodeError:
+            raise DfsError(errno.ENOENT, f"no inode {ino}") from None
+
+    # ------------------------------------------------------------------ readdir
+
+    async def readdir(self, ino: int, *, with_attrs: bool = False, concurrency: int = 256
+                      ) -> list[tuple[bytes, DirEntry, Inode | None]]:
+        """A snapshot of a directory: (name, entry, inode or None) sorted by name.
+
+        Entries that vanish while we read are left out; the snapshot is what a
+        directory handle pages through, so concurrent changes never make it skip
+        or repeat an entry.
+        """
+        await self._dir(ino)
+        try:
+            children = await self.zk.get_children(self.paths.dir(ino))
+        except NoNodeError:
+            raise DfsError(errno.ENOENT, f"directory {ino} was removed") from None
+        children.sort()
+        out: list[tuple[bytes, DirEntry, Inode | None] | None] = [None] * len(children)
+        limiter = trio.Semaphore(concurrency)
+        base = self.paths.dir(ino)
+
+        async def fetch(i: int, child: str) -> None:
+            async with limiter:
+                try:
+                    data, _ = await self.zk.get(f"{base}/{child}")
+                except NoNodeError:
+                    return
+                ent = DirEntry.decode(data)
+                node = None
+                if with_attrs:
+                    try:
+                        node = await self.getattr(ent.ino)
+                    except DfsError:
+                        return
+                out[i] = (unescape(child), ent, node)
+
+        async with trio.open_nursery() as nursery:
+            for i, child in enumerate(children):
+                nursery.start_soon(fetch, i, child)
+        return [e for e in out if e is not None]
+
+    async def count_entries(self, ino: int) -> int:
+        st = await self.zk.exists(self.paths.dir(ino))
+        return st.numChildren if st else 0
+
+    # ------------------------------------------------------------------ xattrs
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        try:
+            data, _ = await self.zk.get(self.paths.xattr(ino, name))
+        except NoNodeError:
+            await self.getattr(ino)
+            raise DfsError(errno.ENODATA, "no such attribute") from None
+        return data
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        await self.getattr(ino)
+        names = await self._children(self.paths.xattr_dir(ino)) or []
+        return sorted(unescape(n) for n in names)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        if not name or len(name) > XATTR_NAME_MAX:
+            raise DfsError(errno.ERANGE, "bad attribute name length")
+        if len(value) > XATTR_SIZE_MAX:
+            raise DfsError(errno.E2BIG, "attribute value too large")
+        path = self.paths.xattr(ino, name)
+
+        async def attempt() -> None:
+            node = await self.getattr(ino)
+            await self._ensure(self.paths.xattr_dir(ino))
+            exists = await self.zk.exists(path)
+            if exists and flags & XATTR_CREATE:
+                raise DfsError(errno.EEXIST, "attribute exists")
+            if not exists and flags & XATTR_REPLACE:
+                raise DfsError(errno.ENODATA, "no such attribute")
+            txn = Txn()
+            if exists:
+                txn.set(path, value, exists.version)
+            else:
+                txn.create(path, value)
+            rec = dataclasses.replace(node.rec, ctime_ns=now_ns())
+            txn.set(self.paths.inode(ino), rec.encode(), node.version)
+            await self.zk.commit(txn)
+
+        await self._retrying(attempt, "setxattr")
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        path = self.paths.xattr(ino, name)
+
+        async def attempt() -> None:
+            node = await self.getattr(ino)
+            exists = await self.zk.exists(path)
+            if not exists:
+                raise DfsError(errno.ENODATA, "no such attribute")
+            txn = Txn()
+            txn.delete(path, exists.version)
+            rec = dataclasses.replace(node.rec, ctime_ns=now_ns())
+            txn.set(self.paths.inode(ino), rec.encode(), node.version)
+            await self.zk.commit(txn)
+
+        await self._retrying(attempt, "removexattr")
+
+    # ------------------------------------------------------------------ block map
+
+    def group_of(self, index: int) -> int:
+        return index // self.config.group_blocks
+
+    async def read_group(self, ino: int, group: int) -> tuple[BlockGroup, int]:
+        """One block-map group and its znode version (-1: does not exist)."""
+        try:
+            data, st = await self.zk.get(self.paths.block_group(ino, group))
+        except NoNodeError:
+            return BlockGroup(), -1
+        return BlockGroup.decode(data), st.version
+
+    async def read_block_map(self, ino: int) -> dict[int, BlockRef]:
+        """All blocks of a file (holes absent)."""
+        groups = await self._children(self.paths.block_map(ino)) or []
+        out: dict[int, BlockRef] = {}
+        for g in sorted(groups, key=int):
+            grp, _ = await self.read_group(ino, int(g))
+            out.update(grp.blocks)
+        return out
+
+    async def commit_blocks(self, ino: int, updates: dict[int, BlockRef | None], *,
+                            size: int | None = None, truncate_from: int | None = None,
+                            mtime_ns: int | None = None, expect_size: int | None = None) -> Inode:
+        """Commit new block refs (and size/mtime) of a file in one transaction.
+
+        Args:
+          updates: block index -> new ref, or None to punch a hole.
+          size: the new file size (None: keep the current one, or grow to cover updates).
+          truncate_from: drop every block with index >= this (a shrinking truncate).
+          mtime_ns: new mtime (and ctime); None leaves the times alone.
+        Replaced and dropped refs are queued in gc/ in the same transaction.
+        Raises ENOENT if the inode is gone.
+        """
+
+        async def attempt() -> Inode:
+            node = await self.getattr(ino)
+            rec = dataclasses.replace(node.rec)
+            txn = Txn()
+            garbage: list[BlockRef] = []
+            touched = {self.group_of(i) for i in updates}
+            existing: list[int] = []
+            if truncate_from is not None:
+                existing = [int(g) for g in (await self._children(self.paths.block_map(ino)) or [])]
+                touched |= {g for g in existing if (g + 1) * self.config.group_blocks > truncate_from}
+            if touched and not await self.zk.exists(self.paths.block_map(ino)):
+                await self._ensure(self.paths.block_map(ino))
+            for g in sorted(touched):
+                grp, ver = await self.read_group(ino, g)
+                before = dict(grp.blocks)
+                for i, ref in updates.items():
+                    if self.group_of(i) != g:
+                        continue
+                    if ref is None:
+                        grp.blocks.pop(i, None)
+                    else:
+                        grp.blocks[i] = ref
+                if truncate_from is not None:
+                    for i in [i for i in grp.blocks if i >= truncate_from and i not in updates]:
+                        del grp.blocks[i]
+                new_ids = {r.id for r in grp.blocks.values()}
+                garbage.extend(r for r in before.values() if r.id not in new_ids)
+                path = self.paths.block_group(ino, g)
+                if ver == -1:
+                    if grp.blocks:
+                        txn.create(path, grp.encode())
+                elif grp.blocks:
+                    txn.set(path, grp.encode(), ver)
+                else:
+                    txn.delete(path, ver)
+            if size is not None:
+                rec.size = size
+            else:
+                bs = self.config.block_size
+                for i, ref in updates.items():
+                    if ref is not None:
+                        rec.size = max(rec.size, i * bs + ref.length)
+            if mtime_ns is not None:
+                rec.mtime_ns = mtime_ns
+                rec.ctime_ns = max(mtime_ns, now_ns())
+            txn.set(self.paths.inode(ino), rec.encode(), node.version)
+            self._queue_gc(txn, garbage)
+            await self.zk.commit(txn)
+            return Inode(ino, rec, node.version + 1)
+
+        return await self._retrying(attempt, "commit blocks")
+
+    # ------------------------------------------------------------------ statfs
+
+    async def inode_count(self) -> int:
+        """An upper bound of the inodes in use (numbers handed out so far)."""
+        data, _ = await self.zk.get(self.paths.inode_counter)
+        return int(data)
