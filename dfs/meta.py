@@ -134,21 +134,21 @@ class Meta:
         self._ino_next, self._ino_end = start, start + INO_RANGE
 
     async def getattr(self, ino: int) -> Inode:
-        try:
-            data, st = await self.zk.get(self.paths.inode(ino))
-        except NoNodeError:
-            raise DfsError(errno.ENOENT, f"no inode {ino}") from None
+        # One round trip reads the inode and, for a directory, the time of its
+        # last content change (see _touch).
+        got = await self.zk.get_many([self.paths.inode(ino), self.paths.dir(ino)])
+        if got[0] is None:
+            raise DfsError(errno.ENOENT, f"no inode {ino}")
+        return self._inode(ino, got[0], got[1])
+
+    @staticmethod
+    def _inode(ino: int, got: tuple, dir_times: tuple | None) -> Inode:
+        data, st = got
         rec = InodeRecord.decode(data)
-        if rec.is_dir:
-            # Content changes leave their time in dirs/<ino> (see _touch).
-            try:
-                tdata, _ = await self.zk.get(self.paths.dir(ino))
-            except NoNodeError:
-                tdata = b""
-            if tdata:
-                t = int(tdata)
-                rec.mtime_ns = t
-                rec.ctime_ns = max(rec.ctime_ns, t)
+        if rec.is_dir and dir_times is not None and dir_times[0]:
+            t = int(dir_times[0])
+            rec.mtime_ns = t
+            rec.ctime_ns = max(rec.ctime_ns, t)
         return Inode(ino, rec, st.version)
 
     async def _dir(self, ino: int) -> Inode:
@@ -322,7 +322,8 @@ class Meta:
         """Add to txn: delete the inode, its xattrs and block map (blocks to gc/)."""
         ino = node.ino
         txn.delete(self.paths.inode(ino), node.version)
-        xattrs = await self._children(self.paths.xattr_dir(ino))
+        xattrs, groups = await self.zk.children_many(
+            [self.paths.xattr_dir(ino), self.paths.block_map(ino)])
         if xattrs is not None:
             for x in xattrs:
                 txn.delete(f"{self.paths.xattr_dir(ino)}/{x}")
@@ -330,19 +331,17 @@ class Meta:
         if node.rec.is_dir:
             txn.delete(self.paths.dir(ino))  # NotEmpty if an entry appeared: retried
             return
-        groups = await self._children(self.paths.block_map(ino))
         if groups is None:
             return
         refs: list[BlockRef] = []
-        for g in groups:
-            try:
-                data, st = await self.zk.get(f"{self.paths.block_map(ino)}/{g}")
-            except NoNodeError:
-                raise BadVersionError() from None  # changed under us: retry
-            refs.extend(BlockGroup.decode(data).blocks.values())
+        group_paths = [f"{self.paths.block_map(ino)}/{g}" for g in groups]
+        for path, got in zip(group_paths, await self.zk.get_many(group_paths)):
+            if got is None:
+                raise BadVersionError()  # changed under us: retry
+            refs.extend(BlockGroup.decode(got[0]).blocks.values())
             if len(refs) > INLINE_GC_LIMIT:
                 break
-            txn.delete(f"{self.paths.block_map(ino)}/{g}", st.version)
+            txn.delete(path, got[1].version)
         if len(refs) > INLINE_GC_LIMIT:
             # Too many refs for one transaction: gc takes the whole map later.
             # Remove the per-group deletes we added; keep blocks/<ino> for gc.
@@ -593,8 +592,7 @@ class Meta:
 
     # ------------------------------------------------------------------ readdir
 
-    async def readdir(self, ino: int, *, with_attrs: bool = False, concurrency: int = 256
-                      ) -> list[tuple[bytes, DirEntry, Inode | None]]:
+    async def readdir(self, ino: int, *, with_attrs: bool = False) -> list[tuple[bytes, DirEntry, Inode | None]]:
         """A snapshot of a directory: (name, entry, inode or None) sorted by name.
 
         Entries that vanish while we read are left out; the snapshot is what a
@@ -607,29 +605,23 @@ class Meta:
         except NoNodeError:
             raise DfsError(errno.ENOENT, f"directory {ino} was removed") from None
         children.sort()
-        out: list[tuple[bytes, DirEntry, Inode | None] | None] = [None] * len(children)
-        limiter = trio.Semaphore(concurrency)
         base = self.paths.dir(ino)
-
-        async def fetch(i: int, child: str) -> None:
-            async with limiter:
-                try:
-                    data, _ = await self.zk.get(f"{base}/{child}")
-                except NoNodeError:
-                    return
-                ent = DirEntry.decode(data)
-                node = None
-                if with_attrs:
-                    try:
-                        node = await self.getattr(ent.ino)
-                    except DfsError:
-                        return
-                out[i] = (unescape(child), ent, node)
-
-        async with trio.open_nursery() as nursery:
-            for i, child in enumerate(children):
-                nursery.start_soon(fetch, i, child)
-        return [e for e in out if e is not None]
+        dirents = await self.zk.get_many([f"{base}/{c}" for c in children])
+        entries = [(unescape(c), DirEntry.decode(d[0])) for c, d in zip(children, dirents) if d]
+        if not with_attrs:
+            return [(name, ent, None) for name, ent in entries]
+        wanted: list[str] = []
+        for _, ent in entries:
+            wanted.append(self.paths.inode(ent.ino))
+            wanted.append(self.paths.dir(ent.ino) if stat.S_ISDIR(ent.mode) else self.paths.inode(ent.ino))
+        got = await self.zk.get_many(wanted)
+        out = []
+        for k, (name, ent) in enumerate(entries):
+            node, times = got[2 * k], got[2 * k + 1]
+            if node is None:
+                continue  # removed while we listed
+            out.append((name, ent, self._inode(ent.ino, node, times if stat.S_ISDIR(ent.mode) else None)))
+        return out
 
     async def count_entries(self, ino: int) -> int:
         st = await self.zk.exists(self.paths.dir(ino))

@@ -30,6 +30,7 @@ from kazoo.protocol.states import ZnodeStat
 from kazoo.retry import KazooRetry
 
 from dfs.errors import ZkUnavailable
+from dfs.zkmultiread import GetChildren, GetData, MultiRead
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,32 @@ class Zk:
 
     async def get_children(self, path: str, watch: Callable | None = None) -> list[str]:
         return await self._retry(lambda: self.client.get_children_async(path, watch))
+
+    async def get_many(self, paths: list[str], batch: int = 512) -> list[tuple[bytes, ZnodeStat] | None]:
+        """Read many znodes with few round trips (multi-read); None for a missing one."""
+        out: list[tuple[bytes, ZnodeStat] | None] = []
+
+        def start(chunk: list[str]):
+            def go() -> Any:
+                result = self.client.handler.async_result()
+                self.client._call(MultiRead([GetData(p, None) for p in chunk]), result)
+                return result
+            return go
+
+        for i in range(0, len(paths), batch):
+            chunk = paths[i:i + batch]
+            for r in await self._retry(start(chunk)):
+                out.append(None if isinstance(r, Exception) else r)
+        return out
+
+    async def children_many(self, paths: list[str]) -> list[list[str] | None]:
+        """get_children of several znodes in one round trip; None for a missing one."""
+        def go() -> Any:
+            result = self.client.handler.async_result()
+            self.client._call(MultiRead([GetChildren(p, None) for p in paths]), result)
+            return result
+
+        return [None if isinstance(r, Exception) else r for r in await self._retry(go)]
 
     async def exists(self, path: str) -> ZnodeStat | None:
         return await self._retry(lambda: self.client.exists_async(path))

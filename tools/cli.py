@@ -1,0 +1,237 @@
+"""The `dfs` console script: one argparse front end, one module per subcommand.
+
+Exit codes (DESIGN.md section 7): 0 success; 1 ran and found a problem or refused;
+2 usage or connection error (one clear line on stderr, no traceback).
+`--zk` defaults to $DFS_ZK, then to the local cluster started by `dfs up`.
+"""
+
+import argparse
+import errno
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import trio
+
+from dfs.errors import DfsError, UsageError, ZkUnavailable
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+STATE_DIR = ".dfs"
+
+
+def parse_size(text: str) -> int:
+    """'4M' -> 4194304; accepts K, M, G suffixes (powers of 1024) and plain bytes."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    suffix = t[-1] if t and t[-1] in "KMG" else ""
+    try:
+        return int(float(t[: len(t) - len(suffix)]) * units[suffix])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def local_zk() -> str | None:
+    """The ZooKeeper of the cluster `dfs up` started in this directory, if any."""
+    state = Path(STATE_DIR) / "cluster.json"
+    try:
+        return json.loads(state.read_text())["zk"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def resolve_zk(args: argparse.Namespace) -> str:
+    zk = args.zk or os.environ.get("DFS_ZK") or local_zk()
+    if not zk:
+        raise UsageError("no ZooKeeper given: use --zk HOST:PORT, set DFS_ZK, or run 'dfs up' first")
+    return zk
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zk", help="ZooKeeper hosts, host:port[,host:port...] (default: $DFS_ZK, "
+                                "then the local cluster of 'dfs up')")
+    p.add_argument("--fs", default="default", help="filesystem name (default: %(default)s)")
+    p.add_argument("--zk-timeout", type=float, default=10.0,
+                   help="seconds to wait for ZooKeeper before giving up (default: %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+# ------------------------------------------------------------------ subcommands
+
+async def _mkfs(args: argparse.Namespace) -> int:
+    from dfs.mkfs import mkfs
+    from dfs.paths import FsPaths, default_root
+    from dfs.records import FsConfig
+    from dfs.zk import Zk
+
+    config = FsConfig(block_size=args.block_size, replicas=args.replicas,
+                      min_replicas=args.min_replicas, dead_after=args.dead_after)
+    zk = await Zk.connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
+    try:
+        await mkfs(zk, FsPaths(default_root(args.fs)), config)
+    except DfsError as e:
+        if e.errno == errno.EEXIST:
+            print(f"dfs mkfs: {e.message}; refusing to overwrite it", file=sys.stderr)
+            return EXIT_PROBLEM
+        raise
+    finally:
+        await zk.close()
+    print(f"created filesystem '{args.fs}': block size {config.block_size}, "
+          f"replicas {config.replicas} (min {config.min_replicas})")
+    return EXIT_OK
+
+
+def cmd_mkfs(args: argparse.Namespace) -> int:
+    return trio.run(_mkfs, args)
+
+
+def exec_module(module: str, argv: list[str]) -> int:
+    """Run a daemon module (nodes, mount) in place of this process: tools never import them."""
+    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
+    return EXIT_USAGE  # not reached
+
+
+def daemon_argv(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    argv = ["--zk", resolve_zk(args), "--fs", args.fs, "--zk-timeout", str(args.zk_timeout)]
+    if args.verbose:
+        argv.append("--verbose")
+    return argv + extra
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    extra = ["--data", args.data, "--listen", args.listen]
+    if args.zone:
+        extra += ["--zone", args.zone]
+    return exec_module("nodes", daemon_argv(args, extra))
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    extra = [args.mountpoint]
+    if args.foreground:
+        extra.append("--foreground")
+    for o in args.o or []:
+        extra += ["-o", o]
+    return exec_module("mount", daemon_argv(args, extra))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from tools import cluster
+
+    return cluster.up(args)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from tools import cluster
+
+    return cluster.down(args)
+
+
+def optional(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfs", description="dfs: a highly available distributed filesystem")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start a local ZooKeeper, storage nodes and the mount")
+    p.add_argument("--nodes", type=int, default=3, help="storage nodes (default: %(default)s)")
+    p.add_argument("--mountpoint", default="mnt", help="where to mount (default: ./%(default)s)")
+    p.add_argument("--zk-servers", type=int, default=1, choices=(1, 3),
+                   help="ZooKeeper servers: 1 or a 3-server ensemble (default: %(default)s)")
+    p.add_argument("--fs", default="default", help="filesystem name (default: %(default)s)")
+    p.add_argument("--state", default=STATE_DIR, help="state directory (default: ./%(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="unmount and stop everything 'dfs up' started")
+    p.add_argument("--state", default=STATE_DIR, help="state directory (default: ./%(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("mkfs", help="create a filesystem (refuses to overwrite one)")
+    add_common(p)
+    p.add_argument("--block-size", type=parse_size, default=4 << 20, help="default: 4M")
+    p.add_argument("--replicas", type=int, default=3, help="copies of each block (default: 3)")
+    p.add_argument("--min-replicas", type=int, default=2,
+                   help="copies a write needs to succeed (default: 2)")
+    p.add_argument("--dead-after", type=float, default=30.0,
+                   help="seconds a node may be gone before repair starts (default: 30)")
+    p.set_defaults(func=cmd_mkfs)
+
+    p = sub.add_parser("node", help="run a storage node")
+    add_common(p)
+    p.add_argument("--data", required=True, help="directory that holds the blocks")
+    p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: any free port)")
+    p.add_argument("--zone", default="", help="failure zone (replicas spread across zones)")
+    p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser("mount", help="mount a filesystem")
+    add_common(p)
+    p.add_argument("mountpoint")
+    p.add_argument("--foreground", action="store_true", help="do not daemonize")
+    p.add_argument("-o", action="append", metavar="OPTION", help="mount options (allow_other, ...)")
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("fsck", help="check (and repair) a live filesystem")
+    add_common(p)
+    p.add_argument("path", nargs="?", default="/", help="subtree to check (default: /)")
+    p.add_argument("--repair", action="store_true", help="fix what can be fixed")
+    p.add_argument("--dry-run", action="store_true", help="with --repair: show the plan only")
+    p.add_argument("--verify-data", action="store_true", help="nodes re-read and re-hash every replica")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--lost-found", choices=("move", "delete"), default="move",
+                   help="with --repair: what to do with files whose data is lost")
+    p.add_argument("--orphan-age", type=float, default=3600.0,
+                   help="seconds before an unreferenced block counts as an orphan (default: 3600)")
+    p.set_defaults(func=optional("tools.fsck", "main"))
+
+    p = sub.add_parser("status", help="nodes, health and repair queue")
+    add_common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=optional("tools.status", "main"))
+
+    p = sub.add_parser("drain", help="move every block off a node, then retire it")
+    add_common(p)
+    p.add_argument("node_id", metavar="NODE-ID")
+    p.add_argument("--wait", type=float, default=3600.0, help="seconds to wait for the drain")
+    p.set_defaults(func=optional("tools.drain", "main"))
+
+    p = sub.add_parser("bench", help="throughput and metadata benchmark on a directory")
+    p.add_argument("dir", nargs="?", default="mnt")
+    p.add_argument("--size", type=parse_size, default=1 << 30, help="big-file size (default: 1G)")
+    p.add_argument("--files", type=int, default=2000, help="small files (default: 2000)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=optional("tools.bench", "main"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"dfs {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ZkUnavailable as e:
+        print(f"dfs {args.command}: {e.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except DfsError as e:
+        print(f"dfs {args.command}: {e}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

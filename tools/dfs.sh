@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# tools/dfs.sh COMMAND [ARGS...]: install whatever is missing, then run dfs.
+#
+#   tools/dfs.sh up            local ZooKeeper + 3 storage nodes + mount at ./mnt
+#   tools/dfs.sh test [ARGS]   the whole test suite (pytest ARGS)
+#   tools/dfs.sh down | status | fsck | ...   any other 'dfs' subcommand
+#
+# Idempotent and quick when everything is installed: Debian packages (zookeeper,
+# fuse3, libfuse3-dev, pkg-config, a compiler and Python headers to build pyfuse3;
+# with sudo when not root), a virtual environment in .venv, the project in it
+# (editable, reinstalled when pyproject.toml changes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+missing=()
+[[ -e /usr/share/java/zookeeper.jar ]] || missing+=(zookeeper)
+command -v java >/dev/null || missing+=(default-jre-headless)
+command -v fusermount3 >/dev/null || missing+=(fuse3)
+pkg-config --exists fuse3 2>/dev/null || missing+=(libfuse3-dev pkg-config)
+command -v gcc >/dev/null || missing+=(gcc)
+"$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+    2>/dev/null || missing+=(python3-dev)
+"$PY" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+    sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    echo "dfs: installing Debian packages: ${missing[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    echo "dfs: creating .venv" >&2
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.dfs-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]] || ! .venv/bin/python -c 'import pyfuse3, trio, kazoo, xxhash, pytest, dfs' 2>/dev/null; then
+    echo "dfs: installing the project into .venv" >&2
+    .venv/bin/python -m pip install -q --upgrade pip >&2
+    .venv/bin/python -m pip install -q -e '.[test]' >&2
+    echo "$want" >"$stamp"
+fi
+
+cmd=${1:-}
+[[ -n $cmd ]] || { echo "usage: tools/dfs.sh up|down|test|COMMAND [ARGS...]" >&2; exit 2; }
+shift
+case $cmd in
+    test)
+        # pytest exits 5 when it collected no test: that is a failure here too.
+        exec .venv/bin/python -m pytest "$@" ;;
+    *)
+        exec .venv/bin/dfs "$cmd" "$@" ;;
+esac
