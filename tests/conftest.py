@@ -60,3 +60,49 @@ async def zk(zk_hosts):
 
 def pytest_report_header(config):
     return [f"dfs tests: pid {os.getpid()}, CI={os.environ.get('CI', '')}"]
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+def _failed(request) -> bool:
+    rep = getattr(request.node, "rep_call", None)
+    return rep is None or rep.failed
+
+
+@pytest.fixture
+def cluster_factory(zk_server, tmp_path, request):
+    """Make clusters (nodes + mounts on the session ZooKeeper); all stopped at the end."""
+    from tests.harness import Cluster
+
+    made = []
+
+    def make(config=None, nodes: int = 3, mkfs: bool = True):
+        c = Cluster(zk_server.hosts, tmp_path / f"c{len(made)}", config)
+        (tmp_path / f"c{len(made)}").mkdir()
+        made.append(c)
+        if mkfs:
+            c.mkfs()
+        for _ in range(nodes):
+            c.add_node()
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            if _failed(request):
+                print(f"\n==== logs of cluster {c.fsname} ====\n{c.logs()}")
+            c.close()
+
+
+@pytest.fixture
+def cluster(cluster_factory):
+    """3 storage nodes, 1 MiB blocks, replicas 3 (min 2), mounted at cluster.mounts[0]."""
+    c = cluster_factory()
+    c.mount()
+    return c

@@ -95,14 +95,20 @@ class ZkEnsemble:
     """One standalone server or a quorum of `servers` on loopback."""
 
     def __init__(self, base_dir: str | os.PathLike, servers: int = 1, *, heap_mb: int = 256,
-                 tick_ms: int = 200):
+                 tick_ms: int = 200, ports: list[tuple[int, int, int]] | None = None):
+        """ports: (client, quorum, election) per server, to restart on the same ports."""
         self.base = Path(base_dir)
         self.tick_ms = tick_ms
         self.heap_mb = heap_mb
         self.servers: list[ZkServer] = []
         for i in range(servers):
             d = self.base / f"zk{i + 1}"
-            self.servers.append(ZkServer(i + 1, d, free_port(), free_port(), free_port()))
+            cp, qp, ep = ports[i] if ports else (free_port(), free_port(), free_port())
+            self.servers.append(ZkServer(i + 1, d, cp, qp, ep))
+
+    @property
+    def ports(self) -> list[tuple[int, int, int]]:
+        return [(s.client_port, s.quorum_port, s.election_port) for s in self.servers]
 
     # -- configuration
 

@@ -1,0 +1,74 @@
+"""A whole cluster for system tests: real ZooKeeper (the session's), node processes, mounts.
+
+Everything is stopped by PID in `close()`, which fixtures call in `finally`;
+mounts are unmounted (lazily if busy) first.
+"""
+
+import uuid
+from pathlib import Path
+
+import trio
+
+from dfs.mkfs import mkfs
+from dfs.paths import FsPaths, default_root
+from dfs.records import FsConfig
+from dfs.zk import Zk
+from tools.mountproc import MountProcess
+from tools.nodeproc import NodeProcess
+
+
+class Cluster:
+    def __init__(self, hosts: str, base: Path, config: FsConfig | None = None, fsname: str | None = None):
+        self.hosts = hosts
+        self.base = base
+        self.fsname = fsname or f"t{uuid.uuid4().hex[:10]}"
+        self.paths = FsPaths(default_root(self.fsname))
+        self.config = config or FsConfig(block_size=1 << 20, replicas=3, min_replicas=2, dead_after=5)
+        self.nodes: list[NodeProcess] = []
+        self.mounts: list[MountProcess] = []
+        self._n = 0
+
+    def mkfs(self) -> "Cluster":
+        async def go() -> None:
+            zk = await Zk.connect(self.hosts)
+            try:
+                await mkfs(zk, self.paths, self.config)
+            finally:
+                await zk.close()
+
+        trio.run(go)
+        return self
+
+    def add_node(self, zone: str = "", env: dict | None = None) -> NodeProcess:
+        self._n += 1
+        data = self.base / f"node{self._n}"
+        data.mkdir(parents=True, exist_ok=True)
+        node = NodeProcess(self.hosts, self.fsname, data, zone=zone, log_path=self.base / f"node{self._n}.log",
+                           env=env)
+        self.nodes.append(node)
+        node.start()
+        return node
+
+    def mount(self, name: str = "mnt", options: list[str] | None = None) -> Path:
+        mp = MountProcess(self.hosts, self.fsname, self.base / name, options=options,
+                          log_path=self.base / f"{name}.log")
+        self.mounts.append(mp)
+        mp.start()
+        return mp.mountpoint
+
+    def logs(self) -> str:
+        parts = [m.log_tail() for m in self.mounts] + [n.log_tail() for n in self.nodes]
+        return "\n".join(p for p in parts if p)
+
+    def close(self) -> None:
+        for m in self.mounts:
+            try:
+                m.stop()
+            except Exception as e:  # keep cleaning up the rest
+                print(f"cleanup: mount {m.mountpoint}: {e!r}")
+                m.kill()
+        for n in self.nodes:
+            try:
+                n.stop()
+            except Exception as e:
+                print(f"cleanup: node {n.pid}: {e!r}")

@@ -1,0 +1,161 @@
+"""`dfs up` / `dfs down`: a whole local cluster (ZooKeeper, storage nodes, the mount).
+
+State lives in ./.dfs/ (configurable): ZooKeeper's data, each node's blocks,
+logs, and cluster.json with the ports and PIDs of what runs. A second `dfs up`
+reuses what is running and starts what is not (on the same ZooKeeper ports, with
+the same data), so data survives `dfs down` + `dfs up`. Processes are stopped by
+the PIDs recorded here, never by name.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from dfs.errors import DfsError
+from tools.mountproc import MountProcess, fusermount_unmount, is_mounted
+from tools.procs import pid_alive, pid_cmdline, stop_pid
+from tools.zkserver import ZkEnsemble, four_letter
+
+
+def _load(state: Path) -> dict:
+    try:
+        return json.loads((state / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(state: Path, data: dict) -> None:
+    tmp = state / "cluster.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(state / "cluster.json")
+
+
+def _ours(pid: int | None, marker: str) -> bool:
+    """Is `pid` still the process we recorded (and not a recycled PID)?"""
+    return bool(pid) and pid_alive(pid) and marker in pid_cmdline(pid)  # type: ignore[arg-type]
+
+
+def _zk_serving(hosts: str) -> bool:
+    for h in hosts.split(","):
+        host, port = h.rsplit(":", 1)
+        if four_letter(host, int(port), "ruok") != "imok":
+            return False
+    return True
+
+
+async def _ensure_fs(hosts: str, fsname: str) -> bool:
+    from dfs.mkfs import mkfs
+    from dfs.paths import FsPaths, default_root
+    from dfs.records import FsConfig
+    from dfs.zk import Zk
+
+    zk = await Zk.connect(hosts, timeout=30)
+    try:
+        await mkfs(zk, FsPaths(default_root(fsname)), FsConfig())
+        return True
+    except DfsError:
+        return False  # exists already
+    finally:
+        await zk.close()
+
+
+def up(args: argparse.Namespace) -> int:
+    from tools.nodeproc import NodeProcess
+
+    state = Path(args.state).absolute()
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    data = _load(state)
+    say = lambda msg: print(f"dfs up: {msg}", file=sys.stderr)  # noqa: E731
+
+    # ZooKeeper
+    hosts = data.get("zk")
+    zk_pids = data.get("zk_pids") or []
+    servers = data.get("zk_servers", args.zk_servers)
+    if servers != args.zk_servers and not zk_pids:
+        servers = args.zk_servers
+    if hosts and zk_pids and all(_ours(p, "QuorumPeerMain") for p in zk_pids) and _zk_serving(hosts):
+        say(f"ZooKeeper already running at {hosts}")
+    else:
+        for p in zk_pids:
+            if _ours(p, "QuorumPeerMain"):
+                stop_pid(p)
+        ens = ZkEnsemble(state / "zk", servers, ports=data.get("zk_ports") if servers == data.get("zk_servers") else None)
+        ens.start()
+        hosts = ens.hosts
+        data.update(zk=hosts, zk_ports=ens.ports, zk_servers=servers,
+                    zk_pids=[s.proc.pid for s in ens.servers if s.proc])
+        _save(state, data)
+        say(f"started ZooKeeper ({servers} server{'s' if servers > 1 else ''}) at {hosts}")
+    data["fs"] = args.fs
+    if trio.run(_ensure_fs, hosts, args.fs):
+        say(f"created filesystem '{args.fs}'")
+
+    # storage nodes
+    nodes = data.get("nodes") or []
+    while len(nodes) < args.nodes:
+        nodes.append({"data": str(state / "nodes" / f"n{len(nodes) + 1}")})
+    for i, n in enumerate(nodes[: max(args.nodes, len(nodes))]):
+        if _ours(n.get("pid"), "nodes"):
+            continue
+        Path(n["data"]).mkdir(parents=True, exist_ok=True)
+        proc = NodeProcess(hosts, args.fs, n["data"], log_path=state / "logs" / f"node{i + 1}.log")
+        proc.start()
+        n.update(pid=proc.pid, node_id=proc.node_id, address=proc.address)
+        say(f"started storage node {proc.node_id} at {proc.address} (data {n['data']})")
+    data["nodes"] = nodes
+    _save(state, data)
+
+    # the mount
+    mountpoint = Path(args.mountpoint).absolute()
+    m = data.get("mount") or {}
+    if is_mounted(mountpoint) and _ours(m.get("pid"), "mount"):
+        say(f"already mounted at {mountpoint}")
+    else:
+        if is_mounted(mountpoint):  # a dead daemon's leftover
+            fusermount_unmount(mountpoint, lazy=True)
+        mp = MountProcess(hosts, args.fs, mountpoint, log_path=state / "logs" / "mount.log")
+        mp.start()
+        data["mount"] = {"mountpoint": str(mountpoint), "pid": mp.pid}
+        say(f"mounted '{args.fs}' at {mountpoint}")
+    _save(state, data)
+    print(f"export DFS_ZK={hosts}")
+    return 0
+
+
+def down(args: argparse.Namespace) -> int:
+    state = Path(args.state).absolute()
+    data = _load(state)
+    if not data:
+        print(f"dfs down: nothing recorded in {state}", file=sys.stderr)
+        return 0
+    m = data.get("mount") or {}
+    if m.get("mountpoint") and is_mounted(m["mountpoint"]):
+        if not fusermount_unmount(m["mountpoint"]):
+            time.sleep(1)
+            if not fusermount_unmount(m["mountpoint"]):
+                fusermount_unmount(m["mountpoint"], lazy=True)
+        print(f"dfs down: unmounted {m['mountpoint']}", file=sys.stderr)
+    if _ours(m.get("pid"), "mount"):
+        deadline = time.monotonic() + 30
+        while pid_alive(m["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop_pid(m["pid"])
+    data["mount"] = {k: v for k, v in m.items() if k != "pid"}
+    for n in data.get("nodes") or []:
+        if _ours(n.get("pid"), "nodes"):
+            stop_pid(n["pid"])
+            print(f"dfs down: stopped storage node {n.get('node_id', '?')}", file=sys.stderr)
+        n.pop("pid", None)
+    for p in data.get("zk_pids") or []:
+        if _ours(p, "QuorumPeerMain"):
+            stop_pid(p)
+    if data.get("zk_pids"):
+        print("dfs down: stopped ZooKeeper", file=sys.stderr)
+    data["zk_pids"] = []
+    _save(state, data)
+    return 0
