@@ -19,6 +19,7 @@ command -v java >/dev/null || missing+=(default-jre-headless)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
 pkg-config --exists fuse3 2>/dev/null || missing+=(libfuse3-dev pkg-config)
 command -v gcc >/dev/null || missing+=(gcc)
+command -v rsync >/dev/null || missing+=(rsync)  # the test suite copies trees with it
 "$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
     2>/dev/null || missing+=(python3-dev)
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
