@@ -49,8 +49,15 @@ XATTR_REPLACE = 2
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
 
-CONFLICTS = (BadVersionError, NoNodeError, NodeExistsError, NotEmptyError)
-MAX_ATTEMPTS = 200
+
+
+class Conflict(Exception):
+    """What an attempt read changed under it (e.g. a dirent's inode vanished): read again."""
+
+
+CONFLICTS = (BadVersionError, NoNodeError, NodeExistsError, NotEmptyError, Conflict)
+MAX_ATTEMPTS = 100
+MAX_BACKOFF = 0.05  # seconds; the random pause before a retry grows up to this
 INO_RANGE = 1024
 GC_BATCH = 2000  # block refs per gc/ entry (keeps each znode well under 1 MiB)
 INLINE_GC_LIMIT = 4 * GC_BATCH  # larger files are handed to gc as a whole inode
@@ -96,16 +103,25 @@ class Meta:
     # ------------------------------------------------------------------ helpers
 
     async def _retrying(self, attempt: Callable, what: str):
-        """Run `attempt()` until it does not hit a conflict."""
+        """Run `attempt()` until it does not hit a conflict, at most MAX_ATTEMPTS times.
+
+        After the first few conflicts each retry waits a random, growing pause
+        (capped at MAX_BACKOFF) so that clients fighting over one znode spread
+        out; the whole loop is bounded by roughly MAX_ATTEMPTS * MAX_BACKOFF / 2.
+        Raises DfsError(EIO) when every attempt conflicted.
+        """
+        last: Exception | None = None
         for n in range(MAX_ATTEMPTS):
+            if n:
+                self.stats["retries"] += 1
+                log.debug("%s: conflict %r, retrying", what, last)
+                if n > 2:
+                    await trio.sleep(random.uniform(0, min(MAX_BACKOFF, 0.0005 * 2 ** n)))
             try:
                 return await attempt()
             except CONFLICTS as e:
-                self.stats["retries"] += 1
-                log.debug("%s: conflict %r, retrying", what, e)
-                if n > 2:
-                    await trio.sleep(random.uniform(0, 0.002 * min(n, 50)))
-        raise DfsError(errno.EIO, f"{what}: too many conflicting concurrent changes")
+                last = e
+        raise DfsError(errno.EIO, f"{what}: too many conflicting concurrent changes ({last!r})")
 
     async def _alloc_ino(self) -> int:
         async with self._ino_lock:
@@ -152,7 +168,18 @@ class Meta:
         return Inode(ino, rec, st.version)
 
     async def _dir(self, ino: int) -> Inode:
-        node = await self.getattr(ino)
+        got = await self.zk.get_many([self.paths.inode(ino), self.paths.dir(ino)])
+        return self._as_dir(ino, got[0], got[1])
+
+    def _attr_reads(self, ino: int) -> list[tuple[str, str]]:
+        """The reads of `getattr(ino)`, to put into a larger multi-read."""
+        return [("get", self.paths.inode(ino)), ("get", self.paths.dir(ino))]
+
+    def _as_dir(self, ino: int, got: tuple | None, dir_times: tuple | None) -> Inode:
+        """The directory `ino` from the results of `_attr_reads`, or ENOENT / ENOTDIR."""
+        if got is None:
+            raise DfsError(errno.ENOENT, f"no inode {ino}")
+        node = self._inode(ino, got, dir_times)
         if not node.rec.is_dir:
             raise DfsError(errno.ENOTDIR, f"inode {ino} is not a directory")
         return node
@@ -187,18 +214,27 @@ class Meta:
         if name == b"..":
             p = await self._dir(parent)
             return await self.getattr(p.rec.parent or ROOT_INO)
-        ent = await self._dirent(parent, name)
-        if ent is None:
-            await self._dir(parent)  # ENOTDIR / ENOENT for the parent itself
+        got = await self.zk.read_many([("get", self.paths.dirent(parent, name)),
+                                       ("get", self.paths.inode(parent))])
+        if got[0] is None:
+            self._check_parent(parent, got[1])
             raise DfsError(errno.ENOENT, f"no entry {name!r}")
         try:
-            return await self.getattr(ent[0].ino)
+            return await self.getattr(DirEntry.decode(got[0][0]).ino)
         except DfsError:
             # dirent raced with a rename/unlink: read again once, consistently
             ent = await self._dirent(parent, name)
             if ent is None:
                 raise DfsError(errno.ENOENT, f"no entry {name!r}") from None
             return await self.getattr(ent[0].ino)
+
+    @staticmethod
+    def _check_parent(parent: int, got: tuple | None) -> None:
+        """ENOENT / ENOTDIR for a parent read as ("get", inode(parent))."""
+        if got is None:
+            raise DfsError(errno.ENOENT, f"no inode {parent}")
+        if not InodeRecord.decode(got[0]).is_dir:
+            raise DfsError(errno.ENOTDIR, f"inode {parent} is not a directory")
 
     # ------------------------------------------------------------------ create
 
@@ -273,15 +309,20 @@ class Meta:
         check_name(new_name)
 
         async def attempt() -> Inode:
-            node = await self.getattr(ino)
+            got = await self.zk.read_many([("get", self.paths.inode(ino)),
+                                           *self._attr_reads(new_parent),
+                                           ("get", self.paths.dirent(new_parent, new_name))])
+            if got[0] is None:
+                raise DfsError(errno.ENOENT, f"no inode {ino}")
+            node = self._inode(ino, got[0], None)
             if node.rec.is_dir:
                 raise DfsError(errno.EPERM, "hard links to directories are not allowed")
             if node.rec.nlink == 0:
                 raise DfsError(errno.ENOENT, "inode was removed")
-            p = await self._dir(new_parent)
+            p = self._as_dir(new_parent, got[1], got[2])
             if p.rec.nlink == 0:
                 raise DfsError(errno.ENOENT, "parent directory was removed")
-            if await self._dirent(new_parent, new_name) is not None:
+            if got[3] is not None:
                 raise DfsError(errno.EEXIST, f"{new_name!r} exists")
             t = now_ns()
             rec = dataclasses.replace(node.rec, nlink=node.rec.nlink + 1, ctime_ns=t)
@@ -297,8 +338,16 @@ class Meta:
 
     # ------------------------------------------------------------------ remove
 
-    async def _drop_inode(self, txn: Txn, node: Inode, t: int) -> None:
-        """Add to txn: one link of `node` goes away (and the inode with the last one)."""
+    def _extras_reads(self, ino: int) -> list[tuple[str, str]]:
+        """What `_delete_inode` needs besides the inode; list them after the inode's read."""
+        return [("children", self.paths.xattr_dir(ino)), ("children", self.paths.block_map(ino))]
+
+    async def _drop_inode(self, txn: Txn, node: Inode, t: int,
+                          extras: tuple[list[str] | None, list[str] | None] | None = None) -> None:
+        """Add to txn: one link of `node` goes away (and the inode with the last one).
+
+        `extras`: the results of `_extras_reads(node.ino)`, read after the inode.
+        """
         if node.rec.nlink > 1 and not node.rec.is_dir:
             rec = dataclasses.replace(node.rec, nlink=node.rec.nlink - 1, ctime_ns=t)
             txn.set(self.paths.inode(node.ino), rec.encode(), node.version)
@@ -310,7 +359,7 @@ class Meta:
             await self._ensure(self.paths.open_dir(node.ino))
             txn.create(self.paths.open_holder(node.ino, self.mount_id), ephemeral=True)
             return
-        await self._delete_inode(txn, node)
+        await self._delete_inode(txn, node, extras)
 
     async def _ensure(self, path: str) -> None:
         try:
@@ -318,12 +367,20 @@ class Meta:
         except NodeExistsError:
             pass
 
-    async def _delete_inode(self, txn: Txn, node: Inode) -> None:
-        """Add to txn: delete the inode, its xattrs and block map (blocks to gc/)."""
+    async def _delete_inode(self, txn: Txn, node: Inode,
+                            extras: tuple[list[str] | None, list[str] | None] | None = None) -> None:
+        """Add to txn: delete the inode, its xattrs and block map (blocks to gc/).
+
+        The xattr names and block groups must have been read after `node`: every
+        change to them also writes the inode, so the inode's version check makes
+        the deletes of what we saw complete (unversioned deletes are safe).
+        """
         ino = node.ino
         txn.delete(self.paths.inode(ino), node.version)
-        xattrs, groups = await self.zk.children_many(
-            [self.paths.xattr_dir(ino), self.paths.block_map(ino)])
+        if extras is None:
+            extras = tuple(await self.zk.children_many(
+                [self.paths.xattr_dir(ino), self.paths.block_map(ino)]))
+        xattrs, groups = extras
         if xattrs is not None:
             for x in xattrs:
                 txn.delete(f"{self.paths.xattr_dir(ino)}/{x}")
@@ -335,20 +392,20 @@ class Meta:
             return
         refs: list[BlockRef] = []
         group_paths = [f"{self.paths.block_map(ino)}/{g}" for g in groups]
+        group_deletes = []
         for path, got in zip(group_paths, await self.zk.get_many(group_paths)):
             if got is None:
-                raise BadVersionError()  # changed under us: retry
+                raise Conflict(f"block group {path} vanished")
             refs.extend(BlockGroup.decode(got[0]).blocks.values())
+            group_deletes.append((path, got[1].version))
             if len(refs) > INLINE_GC_LIMIT:
-                break
-            txn.delete(path, got[1].version)
-        if len(refs) > INLINE_GC_LIMIT:
-            # Too many refs for one transaction: gc takes the whole map later.
-            # Remove the per-group deletes we added; keep blocks/<ino> for gc.
-            txn.ops = [op for op in txn.ops
-                       if not (op[0] == "delete" and op[1][0].startswith(self.paths.block_map(ino) + "/"))]
-            txn.create(self.paths.gc_entry(f"inode-{ino}"), GcEntry(inode=ino, queued=time.time()).encode())
-            return
+                # Too many refs for one transaction: gc takes the whole map later
+                # (blocks/<ino> stays, for gc only).
+                txn.create(self.paths.gc_entry(f"inode-{ino}"),
+                           GcEntry(inode=ino, queued=time.time()).encode())
+                return
+        for path, version in group_deletes:
+            txn.delete(path, version)
         txn.delete(self.paths.block_map(ino))
         self._queue_gc(txn, refs)
 
@@ -368,21 +425,28 @@ class Meta:
     async def unlink(self, parent: int, name: bytes) -> int:
         """Remove a non-directory entry; returns the inode number it named."""
         check_name(name)
+        dirent_path = self.paths.dirent(parent, name)
 
         async def attempt() -> int:
-            ent = await self._dirent(parent, name)
-            if ent is None:
-                await self._dir(parent)  # ENOENT / ENOTDIR for the parent itself
+            got = await self.zk.read_many([("get", dirent_path), ("get", self.paths.inode(parent))])
+            if got[0] is None:
+                self._check_parent(parent, got[1])
                 raise DfsError(errno.ENOENT, f"no entry {name!r}")
-            dirent, dver = ent
-            node = await self.getattr(dirent.ino)
+            dirent, dver = DirEntry.decode(got[0][0]), got[0][1].version
+            if stat.S_ISDIR(dirent.mode):
+                raise DfsError(errno.EISDIR, f"{name!r} is a directory")
+            got = await self.zk.read_many([("get", self.paths.inode(dirent.ino)),
+                                           *self._extras_reads(dirent.ino)])
+            if got[0] is None:
+                raise Conflict(f"inode {dirent.ino} of {name!r} vanished")
+            node = self._inode(dirent.ino, got[0], None)
             if node.rec.is_dir:
                 raise DfsError(errno.EISDIR, f"{name!r} is a directory")
             t = now_ns()
             txn = Txn()
-            txn.delete(self.paths.dirent(parent, name), dver)
+            txn.delete(dirent_path, dver)
             txn.set(self.paths.dir(parent), str(t).encode())
-            await self._drop_inode(txn, node, t)
+            await self._drop_inode(txn, node, t, (got[1], got[2]))
             await self.zk.commit(txn)
             return node.ino
 
@@ -390,24 +454,30 @@ class Meta:
 
     async def rmdir(self, parent: int, name: bytes) -> int:
         check_name(name)
+        dirent_path = self.paths.dirent(parent, name)
 
         async def attempt() -> int:
-            p = await self._dir(parent)
-            ent = await self._dirent(parent, name)
-            if ent is None:
+            got = await self.zk.read_many([*self._attr_reads(parent), ("get", dirent_path)])
+            p = self._as_dir(parent, got[0], got[1])
+            if got[2] is None:
                 raise DfsError(errno.ENOENT, f"no entry {name!r}")
-            dirent, dver = ent
-            node = await self.getattr(dirent.ino)
+            dirent, dver = DirEntry.decode(got[2][0]), got[2][1].version
+            if not stat.S_ISDIR(dirent.mode):
+                raise DfsError(errno.ENOTDIR, f"{name!r} is not a directory")
+            got = await self.zk.read_many([*self._attr_reads(dirent.ino),
+                                           ("children", self.paths.xattr_dir(dirent.ino))])
+            if got[0] is None:
+                raise Conflict(f"inode {dirent.ino} of {name!r} vanished")
+            node = self._inode(dirent.ino, got[0], got[1])
             if not node.rec.is_dir:
                 raise DfsError(errno.ENOTDIR, f"{name!r} is not a directory")
-            st = await self.zk.exists(self.paths.dir(node.ino))
-            if st is not None and st.numChildren:
+            if got[1] is not None and got[1][1].numChildren:
                 raise DfsError(errno.ENOTEMPTY, f"{name!r} is not empty")
             t = now_ns()
             txn = Txn()
-            txn.delete(self.paths.dirent(parent, name), dver)
+            txn.delete(dirent_path, dver)
             self._touch(txn, p, nlink_delta=-1, t=t)
-            await self._delete_inode(txn, node)
+            await self._delete_inode(txn, node, (got[2], None))
             try:
                 await self.zk.commit(txn)
             except NotEmptyError:
@@ -452,23 +522,41 @@ class Meta:
             raise DfsError(errno.EINVAL, "bad rename flags")
 
         async def attempt() -> None:
-            op = await self._dir(old_parent)
-            np = op if new_parent == old_parent else await self._dir(new_parent)
-            src = await self._dirent(old_parent, old_name)
-            if src is None:
+            # Round trip 1: both parents and both entries.
+            same_dir = new_parent == old_parent
+            got = await self.zk.read_many([
+                *self._attr_reads(old_parent),
+                ("get", self.paths.dirent(old_parent, old_name)),
+                ("get", self.paths.dirent(new_parent, new_name)),
+                *([] if same_dir else self._attr_reads(new_parent)),
+            ])
+            op = self._as_dir(old_parent, got[0], got[1])
+            np = op if same_dir else self._as_dir(new_parent, got[4], got[5])
+            if got[2] is None:
                 raise DfsError(errno.ENOENT, f"no entry {old_name!r}")
-            src_ent, src_ver = src
-            if old_parent == new_parent and old_name == new_name:
+            src_ent, src_ver = DirEntry.decode(got[2][0]), got[2][1].version
+            if same_dir and old_name == new_name:
                 return
-            src_node = await self.getattr(src_ent.ino)
-            dst = await self._dirent(new_parent, new_name)
-            dst_node = await self.getattr(dst[0].ino) if dst else None
+            dst = (DirEntry.decode(got[3][0]), got[3][1].version) if got[3] else None
             if dst is not None and dst[0].ino == src_ent.ino and not flags & RENAME_EXCHANGE:
                 return  # two links to one inode: POSIX says do nothing
             if flags & RENAME_EXCHANGE and dst is None:
                 raise DfsError(errno.ENOENT, f"no entry {new_name!r} to exchange with")
             if flags & RENAME_NOREPLACE and dst is not None:
                 raise DfsError(errno.EEXIST, f"{new_name!r} exists")
+            # Round trip 2: both inodes (and what dropping a replaced one needs).
+            reads = self._attr_reads(src_ent.ino)
+            if dst is not None:
+                reads += self._attr_reads(dst[0].ino)
+                if not flags & RENAME_EXCHANGE:
+                    reads += self._extras_reads(dst[0].ino)
+            got = await self.zk.read_many(reads)
+            if got[0] is None or (dst is not None and got[2] is None):
+                raise Conflict("an inode vanished under its entry")
+            src_node = self._inode(src_ent.ino, got[0], got[1])
+            dst_node = self._inode(dst[0].ino, got[2], got[3]) if dst else None
+            dst_dir_stat = got[3][1] if dst is not None and got[3] is not None else None
+            dst_extras = (got[4], got[5]) if len(got) == 6 else None
             if np.rec.nlink == 0:
                 raise DfsError(errno.ENOENT, "target directory was removed")
 
@@ -508,15 +596,14 @@ class Meta:
                 if dst_node.rec.is_dir:
                     if not src_is_dir:
                         raise DfsError(errno.EISDIR, f"{new_name!r} is a directory")
-                    st = await self.zk.exists(self.paths.dir(dst_node.ino))
-                    if st is not None and st.numChildren:
+                    if dst_dir_stat is not None and dst_dir_stat.numChildren:
                         raise DfsError(errno.ENOTEMPTY, f"{new_name!r} is not empty")
                     np_delta -= 1
                 elif src_is_dir:
                     raise DfsError(errno.ENOTDIR, f"{new_name!r} is not a directory")
                 txn.set(self.paths.dirent(new_parent, new_name),
                         DirEntry(src_node.ino, stat.S_IFMT(src_node.rec.mode)).encode(), dst[1])
-                await self._drop_inode(txn, dst_node, t)
+                await self._drop_inode(txn, dst_node, t, dst_extras)
             else:
                 txn.create(self.paths.dirent(new_parent, new_name),
                            DirEntry(src_node.ino, stat.S_IFMT(src_node.rec.mode)).encode())
@@ -585,10 +672,7 @@ class Meta:
             await self.zk.commit(txn)
             return Inode(ino, rec, node.version + 1)
 
-        try:
-            return await self._retrying(attempt, "setattr")
-        except NoNodeError:
-            raise DfsError(errno.ENOENT, f"no inode {ino}") from None
+        return await self._retrying(attempt, "setattr")
 
     # ------------------------------------------------------------------ readdir
 
@@ -650,16 +734,22 @@ class Meta:
         path = self.paths.xattr(ino, name)
 
         async def attempt() -> None:
-            node = await self.getattr(ino)
-            await self._ensure(self.paths.xattr_dir(ino))
-            exists = await self.zk.exists(path)
+            got = await self.zk.read_many([*self._attr_reads(ino), ("get", self.paths.xattr_dir(ino)),
+                                           ("get", path)])
+            if got[0] is None:
+                raise DfsError(errno.ENOENT, f"no inode {ino}")
+            node = self._inode(ino, got[0], got[1])
+            exists = got[3]
             if exists and flags & XATTR_CREATE:
                 raise DfsError(errno.EEXIST, "attribute exists")
             if not exists and flags & XATTR_REPLACE:
                 raise DfsError(errno.ENODATA, "no such attribute")
             txn = Txn()
+            if got[2] is None:
+                # in the transaction, so that no empty xattrs/<ino> outlives a failed attempt
+                txn.create(self.paths.xattr_dir(ino))
             if exists:
-                txn.set(path, value, exists.version)
+                txn.set(path, value, exists[1].version)
             else:
                 txn.create(path, value)
             rec = dataclasses.replace(node.rec, ctime_ns=now_ns())
@@ -672,12 +762,14 @@ class Meta:
         path = self.paths.xattr(ino, name)
 
         async def attempt() -> None:
-            node = await self.getattr(ino)
-            exists = await self.zk.exists(path)
-            if not exists:
+            got = await self.zk.read_many([*self._attr_reads(ino), ("get", path)])
+            if got[0] is None:
+                raise DfsError(errno.ENOENT, f"no inode {ino}")
+            node = self._inode(ino, got[0], got[1])
+            if not got[2]:
                 raise DfsError(errno.ENODATA, "no such attribute")
             txn = Txn()
-            txn.delete(path, exists.version)
+            txn.delete(path, got[2][1].version)
             rec = dataclasses.replace(node.rec, ctime_ns=now_ns())
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
             await self.zk.commit(txn)
@@ -699,11 +791,11 @@ class Meta:
 
     async def read_block_map(self, ino: int) -> dict[int, BlockRef]:
         """All blocks of a file (holes absent)."""
-        groups = await self._children(self.paths.block_map(ino)) or []
+        groups = sorted(await self._children(self.paths.block_map(ino)) or [], key=int)
         out: dict[int, BlockRef] = {}
-        for g in sorted(groups, key=int):
-            grp, _ = await self.read_group(ino, int(g))
-            out.update(grp.blocks)
+        for got in await self.zk.get_many([self.paths.block_group(ino, int(g)) for g in groups]):
+            if got is not None:
+                out.update(BlockGroup.decode(got[0]).blocks)
         return out
 
     async def commit_blocks(self, ino: int, updates: dict[int, BlockRef | None], *,
@@ -721,19 +813,34 @@ class Meta:
         """
 
         async def attempt() -> Inode:
-            node = await self.getattr(ino)
+            # One round trip: the inode, then (guarded by its version) whether the
+            # block map exists, its groups if truncating, and the groups we change.
+            touched = {self.group_of(i) for i in updates}
+            reads = [("get", self.paths.inode(ino)), ("get", self.paths.block_map(ino))]
+            if truncate_from is not None:
+                reads.append(("children", self.paths.block_map(ino)))
+            reads += [("get", self.paths.block_group(ino, g)) for g in sorted(touched)]
+            got = await self.zk.read_many(reads)
+            if got[0] is None:
+                raise DfsError(errno.ENOENT, f"no inode {ino}")
+            node = self._inode(ino, got[0], None)
+            if not node.rec.is_reg:
+                raise DfsError(errno.EISDIR if node.rec.is_dir else errno.EINVAL,
+                               f"inode {ino} is not a regular file")
+            groups: dict[int, tuple | None] = dict(zip(sorted(touched), got[3 if truncate_from is not None else 2:]))
+            if truncate_from is not None:
+                more = sorted(int(g) for g in got[2] or []
+                              if (int(g) + 1) * self.config.group_blocks > truncate_from
+                              and int(g) not in groups)
+                groups.update(zip(more, await self.zk.get_many([self.paths.block_group(ino, g) for g in more])))
             rec = dataclasses.replace(node.rec)
             txn = Txn()
             garbage: list[BlockRef] = []
-            touched = {self.group_of(i) for i in updates}
-            existing: list[int] = []
-            if truncate_from is not None:
-                existing = [int(g) for g in (await self._children(self.paths.block_map(ino)) or [])]
-                touched |= {g for g in existing if (g + 1) * self.config.group_blocks > truncate_from}
-            if touched and not await self.zk.exists(self.paths.block_map(ino)):
-                await self._ensure(self.paths.block_map(ino))
-            for g in sorted(touched):
-                grp, ver = await self.read_group(ino, g)
+            if groups and got[1] is None:
+                # in the transaction: a concurrent unlink must not leave a block map behind
+                txn.create(self.paths.block_map(ino))
+            for g in sorted(groups):
+                grp, ver = (BlockGroup.decode(groups[g][0]), groups[g][1].version) if groups[g] else (BlockGroup(), -1)
                 before = dict(grp.blocks)
                 for i, ref in updates.items():
                     if self.group_of(i) != g:

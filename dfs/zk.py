@@ -166,31 +166,42 @@ class Zk:
     async def get_children(self, path: str, watch: Callable | None = None) -> list[str]:
         return await self._retry(lambda: self.client.get_children_async(path, watch))
 
-    async def get_many(self, paths: list[str], batch: int = 512) -> list[tuple[bytes, ZnodeStat] | None]:
-        """Read many znodes with few round trips (multi-read); None for a missing one."""
-        out: list[tuple[bytes, ZnodeStat] | None] = []
+    async def read_many(self, reads: list[tuple[str, str]], batch: int = 512) -> list[Any]:
+        """Several reads in few round trips (ZooKeeper multi-read, in order).
 
-        def start(chunk: list[str]):
+        Args:
+          reads: ("get", path) or ("children", path) pairs.
+        Returns:
+          per read, in order: (data, stat) for "get", a list of names for
+          "children", or None where the znode does not exist.
+
+        The server runs the reads of one batch one after the other, so a read
+        listed later never sees an older state than one listed earlier: read an
+        inode before the znodes its version guards (see Meta._delete_inode).
+        """
+        kinds = {"get": GetData, "children": GetChildren}
+        out: list[Any] = []
+
+        def start(chunk: list[tuple[str, str]]) -> Callable[[], Any]:
             def go() -> Any:
                 result = self.client.handler.async_result()
-                self.client._call(MultiRead([GetData(p, None) for p in chunk]), result)
+                self.client._call(MultiRead([kinds[k](p, None) for k, p in chunk]), result)
                 return result
             return go
 
-        for i in range(0, len(paths), batch):
-            chunk = paths[i:i + batch]
+        for i in range(0, len(reads), batch):
+            chunk = reads[i:i + batch]
             for r in await self._retry(start(chunk)):
                 out.append(None if isinstance(r, Exception) else r)
         return out
 
+    async def get_many(self, paths: list[str], batch: int = 512) -> list[tuple[bytes, ZnodeStat] | None]:
+        """Read many znodes with few round trips (multi-read); None for a missing one."""
+        return await self.read_many([("get", p) for p in paths], batch)
+
     async def children_many(self, paths: list[str]) -> list[list[str] | None]:
         """get_children of several znodes in one round trip; None for a missing one."""
-        def go() -> Any:
-            result = self.client.handler.async_result()
-            self.client._call(MultiRead([GetChildren(p, None) for p in paths]), result)
-            return result
-
-        return [None if isinstance(r, Exception) else r for r in await self._retry(go)]
+        return await self.read_many([("children", p) for p in paths])
 
     async def exists(self, path: str) -> ZnodeStat | None:
         return await self._retry(lambda: self.client.exists_async(path))
