@@ -68,6 +68,9 @@ async def _mkfs(args: argparse.Namespace) -> int:
 
     config = FsConfig(block_size=args.block_size, replicas=args.replicas,
                       min_replicas=args.min_replicas, dead_after=args.dead_after)
+    if not args.verbose:
+        # kazoo's reconnect chatter would break "one clear line on stderr"
+        logging.getLogger("kazoo").setLevel(logging.ERROR)
     zk = await Zk.connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
     try:
         await mkfs(zk, FsPaths(default_root(args.fs)), config)
@@ -75,6 +78,8 @@ async def _mkfs(args: argparse.Namespace) -> int:
         if e.errno == errno.EEXIST:
             print(f"dfs mkfs: {e.message}; refusing to overwrite it", file=sys.stderr)
             return EXIT_PROBLEM
+        if e.errno == errno.EINVAL:
+            raise UsageError(e.message) from None  # bad option values: exit 2
         raise
     finally:
         await zk.close()
