@@ -1,0 +1,496 @@
+"""The client side of the block protocol: write, read, delete and inspect blocks on nodes.
+
+This is the "router" of the design (DESIGN.md section 1): `place_replicas` picks
+the nodes, this module talks to them directly. Every byte returned by
+`read_block` has been verified (the whole block against the writer's checksum,
+a range by the node's chunk checksums plus a checksum of the reply payload); a
+bad replica is reported and the next one tried, so a read either returns the
+right bytes or raises DfsError(EIO).
+
+Connections: a small pool per node. Requests are pipelined on a connection
+with request ids. There is no background reader task (the client has no
+nursery of its own): whichever waiting request finds no reader active reads
+frames and hands each to its waiter, then passes the role on. A connection on
+which a frame was cut short (error, cancellation mid-frame) is closed and
+dropped; the next request dials a new one.
+"""
+
+import errno
+import itertools
+import json
+import logging
+import random
+import time
+import uuid
+from typing import AsyncIterator, Awaitable, Callable
+
+import trio
+from kazoo.exceptions import NodeExistsError
+
+from dfs.checksum import from_hex, hash64, to_hex
+from dfs.errors import DfsError
+from dfs.nodedir import NodeDirectory, split_address
+from dfs.placement import place_replicas
+from dfs.protocol import (LIST_ENTRY, MORE, REPLY, Frame, FrameSocket, Op, ProtocolError,
+                          encode_block_id)
+from dfs.records import BlockRef, CorruptReport
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 30.0
+POOL_SIZE = 4
+# A connection with fewer requests in flight than this is reused before dialing another.
+PIPELINE_DEPTH = 8
+
+OnCorrupt = Callable[[BlockRef, str, str], Awaitable[None]]
+
+
+class NodeUnavailable(DfsError):
+    """The node could not be reached, or the connection broke (not a reply from the node)."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EHOSTDOWN, message)
+
+
+def reply_error(reply: Frame, what: str) -> DfsError:
+    text = bytes(reply.payload).decode("utf-8", "replace") if reply.payload else ""
+    return DfsError(reply.status, f"{what}: {text}" if text else what)
+
+
+class _Waiter:
+    __slots__ = ("event", "frame", "error")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.frame: Frame | None = None
+        self.error: BaseException | None = None
+
+
+class NodeConnection:
+    """One TCP connection to a node, with pipelined requests.
+
+    Invariant: at most one task reads frames (`_reading`) and at most one task
+    sends (`_send_lock`); a task interrupted in the middle of either breaks the
+    connection, since the stream is out of step after that.
+    """
+
+    def __init__(self, node_id: str, address: str, fs: FrameSocket):
+        self.node_id = node_id
+        self.address = address
+        self.fs = fs
+        self.broken = False
+        self.info: dict = {}
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, _Waiter] = {}
+        self._send_lock = trio.Lock()
+        self._reading = False
+
+    @classmethod
+    async def open(cls, node_id: str | None, address: str, *,
+                   connect_timeout: float = CONNECT_TIMEOUT) -> "NodeConnection":
+        """Dial `address` and check (PING) that the node there is `node_id` (if given)."""
+        host, port = split_address(address)
+        try:
+            with trio.fail_after(connect_timeout):
+                stream = await trio.open_tcp_stream(host, port)
+                conn = cls(node_id or "", address, FrameSocket(stream.socket))
+                reply = await conn.request(Frame(Op.PING))
+        except (OSError, trio.TooSlowError) as e:
+            raise NodeUnavailable(f"cannot connect to node {node_id} at {address}: {e!r}") from None
+        try:
+            conn.info = json.loads(bytes(reply.payload)) if reply.payload else {}
+        except ValueError:
+            conn.info = {}
+        if node_id and conn.info.get("node_id") != node_id:
+            conn.close()
+            raise NodeUnavailable(f"{address} is node {conn.info.get('node_id')!r}, not {node_id}")
+        conn.node_id = conn.info.get("node_id", node_id or "")
+        return conn
+
+    @property
+    def inflight(self) -> int:
+        return len(self._waiters)
+
+    def close(self) -> None:
+        self._break(NodeUnavailable(f"connection to node {self.node_id} closed"))
+
+    def _break(self, error: BaseException) -> None:
+        if not self.broken:
+            self.broken = True
+            self.fs.close()
+        for w in self._waiters.values():
+            if w.frame is None and w.error is None:
+                w.error = error
+            w.event.set()
+
+    def _as_unavailable(self, e: BaseException) -> NodeUnavailable:
+        if isinstance(e, NodeUnavailable):
+            return e
+        return NodeUnavailable(f"connection to node {self.node_id} at {self.address} failed: {e!r}")
+
+    async def request(self, frame: Frame) -> Frame:
+        """Send `frame` and wait for its reply (of any status).
+
+        Raises:
+          NodeUnavailable: the connection is or became broken.
+        """
+        if self.broken:
+            raise NodeUnavailable(f"connection to node {self.node_id} is closed")
+        rid = next(self._ids)
+        frame.request_id = rid
+        w = _Waiter()
+        self._waiters[rid] = w
+        try:
+            try:
+                async with self._send_lock:
+                    await self.fs.send_frame(frame)
+            except trio.Cancelled:
+                self._break(NodeUnavailable("request cancelled while sending"))
+                raise
+            except (OSError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
+                self._break(self._as_unavailable(e))
+                raise self._as_unavailable(e) from None
+            return await self._wait_reply(w)
+        finally:
+            del self._waiters[rid]
+            if not self._reading:
+                self._wake_all()
+
+    def _wake_all(self) -> None:
+        # Someone must take over reading: every waiter still without a reply checks.
+        for other in self._waiters.values():
+            if other.frame is None:
+                other.event.set()
+
+    async def _wait_reply(self, w: _Waiter) -> Frame:
+        while True:
+            if w.frame is not None:
+                return w.frame
+            if w.error is not None:
+                raise w.error
+            if self._reading:
+                w.event = trio.Event()
+                await w.event.wait()
+                continue
+            self._reading = True
+            try:
+                while w.frame is None:
+                    f = await self.fs.recv_frame()
+                    if f is None:
+                        raise NodeUnavailable(f"node {self.node_id} closed the connection")
+                    if not f.op & REPLY:
+                        raise ProtocolError(f"node {self.node_id} sent a request, not a reply")
+                    target = self._waiters.get(f.request_id)
+                    if target is None:
+                        continue  # its requester gave up (timeout); drop the late reply
+                    target.frame = f
+                    target.event.set()
+            except trio.Cancelled:
+                self._break(NodeUnavailable("request cancelled while reading"))
+                raise
+            except (OSError, DfsError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
+                err = self._as_unavailable(e)
+                self._break(err)
+                raise err from None
+            finally:
+                self._reading = False
+                self._wake_all()
+            return w.frame
+
+
+class NodePool:
+    """A few connections to one node; requests go to the least busy one."""
+
+    def __init__(self, node_id: str, address: str, size: int = POOL_SIZE,
+                 connect_timeout: float = CONNECT_TIMEOUT):
+        self.node_id = node_id
+        self.address = address
+        self.size = size
+        self.connect_timeout = connect_timeout
+        self.conns: list[NodeConnection] = []
+        self._dial_lock = trio.Lock()
+
+    async def get(self) -> NodeConnection:
+        self.conns = [c for c in self.conns if not c.broken]
+        best = min(self.conns, key=lambda c: c.inflight, default=None)
+        if best is not None and (best.inflight < PIPELINE_DEPTH or len(self.conns) >= self.size):
+            return best
+        async with self._dial_lock:
+            self.conns = [c for c in self.conns if not c.broken]
+            if len(self.conns) >= self.size:
+                return min(self.conns, key=lambda c: c.inflight)
+            conn = await NodeConnection.open(self.node_id, self.address,
+                                             connect_timeout=self.connect_timeout)
+            self.conns.append(conn)
+            return conn
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        self.conns = []
+
+
+class BlockClient:
+    """Blocks on storage nodes, for one filesystem.
+
+    Args:
+      nodedir: where the nodes are (its zk and paths are used for corrupt reports).
+      on_corrupt: `async def(ref, node_id, reason)` called when a replica fails
+        verification; default: a CorruptReport znode under `repair/corrupt`.
+      request_timeout: seconds one request may take before the node is given up.
+      connect_timeout: seconds to dial a node.
+    """
+
+    def __init__(self, nodedir: NodeDirectory, *, on_corrupt: OnCorrupt | None = None,
+                 request_timeout: float = REQUEST_TIMEOUT,
+                 connect_timeout: float = CONNECT_TIMEOUT, pool_size: int = POOL_SIZE,
+                 reporter: str = "client"):
+        self.nodedir = nodedir
+        self.on_corrupt = on_corrupt or self.report_corrupt
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.pool_size = pool_size
+        self.reporter = reporter
+        self._pools: dict[str, NodePool] = {}
+        self._rng = random.Random()
+
+    # -- plumbing
+
+    def _pool(self, node_id: str) -> NodePool:
+        live = self.nodedir.get(node_id)
+        if live is None:
+            raise NodeUnavailable(f"node {node_id} is not live")
+        pool = self._pools.get(node_id)
+        if pool is None or pool.address != live.address:
+            if pool is not None:
+                pool.close()  # the node moved (restarted on another port)
+            pool = self._pools[node_id] = NodePool(node_id, live.address, self.pool_size,
+                                                   self.connect_timeout)
+        return pool
+
+    async def _call(self, node_id: str, frame: Frame, *, timeout: float | None = None,
+                    what: str = "") -> Frame:
+        """One request; raises NodeUnavailable for transport trouble, DfsError for an error reply."""
+        try:
+            with trio.fail_after(timeout or self.request_timeout):
+                conn = await self._pool(node_id).get()
+                reply = await conn.request(frame)
+        except trio.TooSlowError:
+            raise NodeUnavailable(f"node {node_id} did not answer {Op(frame.op).name} in time") from None
+        if reply.status:
+            raise reply_error(reply, what or f"{Op(frame.op).name} on node {node_id}")
+        return reply
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    async def report_corrupt(self, ref: BlockRef, node_id: str, reason: str) -> None:
+        """Default on_corrupt: leave a CorruptReport for the repair leader."""
+        zk, paths = self.nodedir.zk, self.nodedir.paths
+        report = CorruptReport(block_id=ref.id, node_id=node_id, reporter=self.reporter,
+                               reason=reason, reported=time.time()).encode()
+        path = paths.repair_report(ref.id, node_id)
+        try:
+            try:
+                await zk.create(path, report)
+            except NodeExistsError:
+                await zk.set(path, report)
+        except Exception as e:  # a report is best effort: the read itself already failed over
+            log.warning("could not report corrupt replica %s on %s: %s", ref.id, node_id, e)
+
+    # -- writing
+
+    async def write_block(self, data: bytes | bytearray | memoryview, *, replicas: int,
+                          min_replicas: int, exclude=()) -> BlockRef:
+        """Store `data` as a new block on up to `replicas` nodes (in parallel).
+
+        Succeeds when at least `min_replicas` nodes acknowledged a durable copy;
+        the BlockRef lists exactly those nodes.
+
+        Raises:
+          DfsError(ENOSPC): the nodes are full.
+          DfsError(EIO): too few nodes took the block (partial copies are deleted).
+        """
+        block_id = uuid.uuid4().hex
+        checksum = hash64(data)
+        size = len(data)
+        live = list(self.nodedir.live().values())
+        if len(live) < replicas:
+            await self.nodedir.refresh()
+            live = list(self.nodedir.live().values())
+        tried = set(exclude)
+        acked: list[str] = []
+        errors: list[DfsError] = []
+        want = replicas
+        for _round in range(2):  # the first choice, then other nodes for what failed
+            targets = place_replicas(live, want, exclude=tried, block_size=size, rng=self._rng)
+            if not targets:
+                break
+            tried.update(targets)
+
+            async def put(node_id: str) -> None:
+                try:
+                    await self._call(node_id, Frame(Op.PUT, block_id=encode_block_id(block_id),
+                                                    length=size, checksum=checksum, payload=data),
+                                     what=f"storing block {block_id} on node {node_id}")
+                    acked.append(node_id)
+                except DfsError as e:
+                    log.info("PUT %s to node %s failed: %s", block_id, node_id, e)
+                    errors.append(e)
+
+            async with trio.open_nursery() as nursery:
+                for node_id in targets:
+                    nursery.start_soon(put, node_id)
+            want = replicas - len(acked)
+            if want <= 0:
+                break
+        if len(acked) >= min_replicas:
+            return BlockRef(id=block_id, length=size, checksum=to_hex(checksum), replicas=acked)
+        await self._discard(block_id, acked)
+        full = [n for n in live if n.state == "active" and n.free < size]
+        if (errors and all(e.errno == errno.ENOSPC for e in errors)) or (not errors and full):
+            raise DfsError(errno.ENOSPC, f"storage nodes are full: block stored on {len(acked)} of "
+                                         f"{min_replicas} nodes needed")
+        detail = f" ({errors[0]})" if errors else ""
+        raise DfsError(errno.EIO, f"block stored on {len(acked)} nodes, {min_replicas} needed; "
+                                  f"{len(live)} nodes live{detail}")
+
+    async def _discard(self, block_id: str, node_ids: list[str]) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(self.connect_timeout):
+            for node_id in node_ids:
+                try:
+                    await self.delete_block(node_id, block_id)
+                except DfsError:
+                    pass  # an orphan: fsck/gc collects it
+
+    # -- reading
+
+    def _read_order(self, ref: BlockRef) -> list[str]:
+        """Replicas to try: live ones first, least loaded first (ties at random)."""
+        live = self.nodedir.live()
+        up = [n for n in ref.replicas if n in live]
+        self._rng.shuffle(up)
+        up.sort(key=lambda n: live[n].load)
+        return up + [n for n in ref.replicas if n not in live]
+
+    async def read_block(self, ref: BlockRef, offset: int = 0, length: int | None = None) -> bytes:
+        """Verified bytes `offset .. offset+length` of a block (clamped to its end).
+
+        Tries each replica in turn; a replica that returns damaged data or
+        reports a checksum failure is passed to `on_corrupt`.
+
+        Raises:
+          DfsError(EIO): no replica could deliver verified bytes.
+        """
+        if offset < 0 or (length is not None and length < 0):
+            raise DfsError(errno.EINVAL, "negative offset or length")
+        end = ref.length if length is None else min(ref.length, offset + length)
+        if offset >= end:
+            return b""
+        want = end - offset
+        whole = offset == 0 and want == ref.length
+        expected = from_hex(ref.checksum)
+        last_error = "no replica is live"
+        for node_id in self._read_order(ref):
+            try:
+                reply = await self._call(node_id, Frame(Op.GET, block_id=encode_block_id(ref.id),
+                                                        offset=offset, length=want),
+                                         what=f"reading block {ref.id} from node {node_id}")
+            except NodeUnavailable as e:
+                last_error = str(e)
+                continue
+            except DfsError as e:
+                last_error = str(e)
+                if e.errno in (errno.EIO, errno.ENOENT):
+                    await self.on_corrupt(ref, node_id, "missing" if e.errno == errno.ENOENT
+                                          else f"node reported: {e.message}")
+                continue
+            data = reply.payload
+            got = hash64(data)
+            if len(data) != want or got != reply.checksum:
+                # damaged in transit or a buggy node: not proof the replica is bad
+                last_error = f"node {node_id} sent {len(data)} bytes that fail their checksum"
+                log.warning("%s (block %s)", last_error, ref.id)
+                continue
+            if whole and got != expected:
+                last_error = f"replica on node {node_id} does not match the block checksum"
+                await self.on_corrupt(ref, node_id, "whole-block checksum mismatch")
+                continue
+            return data if isinstance(data, bytes) else bytes(data)
+        raise DfsError(errno.EIO, f"cannot read block {ref.id}: {last_error}")
+
+    # -- maintenance operations (fsck, gc, repair)
+
+    async def delete_block(self, node_id: str, block_id: str) -> None:
+        """Delete one replica. Raises DfsError(ENOENT) if the node does not have it."""
+        await self._call(node_id, Frame(Op.DELETE, block_id=encode_block_id(block_id)))
+
+    async def stat_block(self, node_id: str, block_id: str) -> dict:
+        """{'length', 'checksum' (hex), 'mtime' (s)} of a replica; DfsError(ENOENT) if absent."""
+        r = await self._call(node_id, Frame(Op.STAT, block_id=encode_block_id(block_id)))
+        return {"length": r.length, "checksum": to_hex(r.checksum), "mtime": r.offset / 1e9}
+
+    async def verify_block(self, node_id: str, block_id: str) -> bool:
+        """The node re-reads and re-hashes the replica: True if intact, False if damaged.
+
+        Raises:
+          DfsError(ENOENT): the node does not have the block.
+          NodeUnavailable: the node cannot be reached.
+        """
+        try:
+            await self._call(node_id, Frame(Op.VERIFY, block_id=encode_block_id(block_id)),
+                             timeout=max(self.request_timeout, 120.0))
+        except DfsError as e:
+            if e.errno == errno.EIO and not isinstance(e, NodeUnavailable):
+                return False
+            raise
+        return True
+
+    async def copy_block(self, src_node_id: str, block_id: str, dst_node_id: str) -> None:
+        """Ask `src_node_id` to push its (verified) replica to `dst_node_id`."""
+        dst = self.nodedir.get(dst_node_id)
+        if dst is None:
+            raise NodeUnavailable(f"node {dst_node_id} is not live")
+        payload = json.dumps({"node_id": dst_node_id, "address": dst.address}).encode()
+        await self._call(src_node_id, Frame(Op.COPY, block_id=encode_block_id(block_id),
+                                            payload=payload),
+                         timeout=self.request_timeout * 2,
+                         what=f"copying block {block_id} from {src_node_id} to {dst_node_id}")
+
+    async def ping(self, node_id: str) -> dict:
+        """The node's PING answer: {'node_id', 'blocks', 'inflight', ...}."""
+        r = await self._call(node_id, Frame(Op.PING))
+        return json.loads(bytes(r.payload)) if r.payload else {}
+
+    async def list_blocks(self, node_id: str) -> AsyncIterator[tuple[str, int, str, float]]:
+        """Every block on a node as (block_id, length, checksum hex, mtime), streamed.
+
+        Uses a connection of its own so that TCP flow control paces the node.
+        """
+        live = self.nodedir.get(node_id)
+        if live is None:
+            raise NodeUnavailable(f"node {node_id} is not live")
+        conn = await NodeConnection.open(node_id, live.address, connect_timeout=self.connect_timeout)
+        try:
+            req = Frame(Op.LIST, request_id=1)
+            await conn.fs.send_frame(req)
+            while True:
+                with trio.fail_after(self.request_timeout):
+                    f = await conn.fs.recv_frame()
+                if f is None:
+                    raise NodeUnavailable(f"node {node_id} closed the connection during LIST")
+                if f.status:
+                    raise reply_error(f, f"listing blocks of node {node_id}")
+                payload = memoryview(f.payload)
+                for i in range(0, len(payload) - LIST_ENTRY.size + 1, LIST_ENTRY.size):
+                    bid, length, csum, mtime = LIST_ENTRY.unpack_from(payload, i)
+                    yield bid.decode("ascii"), length, to_hex(csum), mtime
+                if not f.flags & MORE:
+                    return
+        except (OSError, trio.TooSlowError) as e:
+            raise NodeUnavailable(f"listing blocks of node {node_id} failed: {e!r}") from None
+        finally:
+            conn.close()

@@ -1,0 +1,254 @@
+"""`python -m nodes`: run one storage node.
+
+    python -m nodes --zk HOSTS --data DIR [--fs NAME] [--listen HOST:PORT] [--zone Z]
+
+Exit codes: 0 after a clean SIGTERM/SIGINT shutdown; 2 when it cannot start
+(ZooKeeper unreachable within --zk-timeout, no filesystem at the root, data
+directory unusable or owned by another running node), with one line on stderr.
+
+Background services: `start_services()` is where loops that live inside the
+node process (the repair leader, gc) get started, in the node's main nursery,
+with a `NodeContext` that gives them the store, the ZooKeeper session, paths,
+config and a BlockClient.
+"""
+
+import argparse
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from dfs.blockclient import BlockClient
+from dfs.errors import DfsError, ZkUnavailable
+from dfs.mkfs import load_config
+from dfs.nodedir import NodeDirectory
+from dfs.paths import FsPaths, default_root
+from dfs.records import FsConfig
+from dfs.zk import Zk
+from nodes.registration import Registration, default_interval
+from nodes.server import NodeServer
+from nodes.store import BlockStore
+
+log = logging.getLogger("nodes")
+
+EXIT_OK, EXIT_USAGE = 0, 2
+DRAIN_TIMEOUT = 30.0
+
+
+class StartupError(Exception):
+    """The node cannot start; the message is the one line printed on stderr."""
+
+
+@dataclass
+class NodeContext:
+    """What a background service inside the node process may use."""
+
+    node_id: str
+    address: str
+    zone: str
+    store: BlockStore
+    server: NodeServer
+    zk: Zk
+    paths: FsPaths
+    config: FsConfig
+    nodedir: NodeDirectory
+    blocks: BlockClient
+
+
+async def start_services(nursery: trio.Nursery, ctx: NodeContext) -> None:
+    """Hook: start the node's background services (repair leader, gc) in `nursery`.
+
+    Each service is a small object with `async def run(self)`; it is cancelled
+    when the node shuts down. None yet (issue 3 ships the node without them).
+    """
+
+
+async def supervised(name: str, run, *, backoff: float = 1.0) -> None:
+    """Run a background service; restart it after a crash instead of taking the node down."""
+    while True:
+        try:
+            await run()
+            return
+        except Exception:
+            log.exception("%s failed; restarting in %g s", name, backoff)
+            await trio.sleep(backoff)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dfs node", description="run a dfs storage node")
+    p.add_argument("--zk", required=True, help="ZooKeeper hosts, host:port[,host:port...]")
+    p.add_argument("--fs", default="default", help="filesystem name (default: %(default)s)")
+    p.add_argument("--data", required=True, help="data directory for blocks")
+    p.add_argument("--listen", default="127.0.0.1:0",
+                   help="HOST:PORT to listen on; port 0 picks a free one (default: %(default)s)")
+    p.add_argument("--advertise", default="",
+                   help="host name clients use to reach this node (default: the listen host, "
+                        "or this machine's name when listening on all interfaces)")
+    p.add_argument("--zone", default="", help="failure zone (rack, room) for replica placement")
+    p.add_argument("--zk-timeout", type=float, default=10.0,
+                   help="seconds to wait for ZooKeeper at startup (default: %(default)s)")
+    p.add_argument("--heartbeat", type=float, default=default_interval(),
+                   help="seconds between live-znode refreshes (default: $DFS_NODE_HEARTBEAT or 2)")
+    p.add_argument("--disk-threads", type=int, default=8, help="worker threads for disk I/O")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+def lock_data_dir(data: Path) -> int:
+    """flock the data dir's LOCK file so two nodes never share a directory."""
+    fd = os.open(data / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupError(f"data directory {data} is in use by another running node") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def load_node_id(data: Path) -> str:
+    """This node's id: read from the data dir, or made up and stored durably on first start."""
+    path = data / "node_id"
+    try:
+        node_id = path.read_text().strip()
+        if node_id:
+            return node_id
+    except FileNotFoundError:
+        pass
+    node_id = uuid.uuid4().hex[:16]
+    tmp = data / "node_id.tmp"
+    with open(tmp, "w") as f:
+        f.write(node_id + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    return node_id
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise StartupError(f"--listen must be HOST:PORT, not {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def advertised_host(listen_host: str, advertise: str) -> str:
+    if advertise:
+        return advertise
+    if listen_host in ("0.0.0.0", "::", ""):
+        return socket.getfqdn()
+    return listen_host
+
+
+async def serve_node(args: argparse.Namespace) -> int:
+    data = Path(args.data).resolve()
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"cannot create data directory {data}: {e.strerror}") from None
+    async with AsyncExitStack() as stack:
+        # From here on SIGTERM means "shut down cleanly", even during startup.
+        signals = stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
+        lock_fd = lock_data_dir(data)
+        stack.callback(os.close, lock_fd)
+        node_id = load_node_id(data)
+        pause = float(os.environ.get("DFS_NODE_FAULT_PUT_PAUSE", "0") or 0)
+        store = BlockStore(data, pause_before_commit=pause)
+        await trio.to_thread.run_sync(store.open)
+
+        try:
+            zk = await Zk.connect(args.zk, timeout=args.zk_timeout, op_timeout=30.0)
+        except ZkUnavailable as e:
+            raise StartupError(e.message) from None
+        stack.push_async_callback(zk.close)
+        paths = FsPaths(default_root(args.fs))
+        try:
+            with trio.fail_after(args.zk_timeout):
+                config = await load_config(zk, paths)
+        except trio.TooSlowError:
+            raise StartupError(f"ZooKeeper at {args.zk} did not answer within "
+                               f"{args.zk_timeout:g} s") from None
+        except DfsError as e:
+            raise StartupError(e.message) from None
+
+        host, port = parse_listen(args.listen)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as e:
+            raise StartupError(f"cannot listen on {args.listen}: {e.strerror}") from None
+        port = listeners[0].socket.getsockname()[1]
+        address = f"{advertised_host(host, args.advertise)}:{port}"
+
+        server = NodeServer(store, node_id, disk_threads=args.disk_threads)
+
+        def usage() -> tuple[int, int, int, int, float]:
+            capacity, used, free = store.usage()
+            return capacity, used, free, store.block_count, float(server.inflight)
+
+        reg = Registration(zk, paths, node_id, address, args.zone, usage,
+                           interval=args.heartbeat)
+        nodedir = NodeDirectory(zk, paths, interval=max(args.heartbeat, 1.0))
+        blocks = BlockClient(nodedir, reporter=f"node:{node_id}")
+        stack.push_async_callback(blocks.aclose)
+
+        # Listening already: connections queue in the backlog until serve() runs,
+        # so the node may be announced before the server task starts.
+        try:
+            with trio.fail_after(max(args.zk_timeout, 30.0)):
+                await reg.register()
+        except (trio.TooSlowError, ZkUnavailable):
+            raise StartupError(f"could not register with ZooKeeper at {args.zk}") from None
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, listeners)
+            await nursery.start(reg.run)
+            log.info("node %s serving %s on %s (fs %s)", node_id, data, address, args.fs)
+            ctx = NodeContext(node_id, address, args.zone, store, server, zk, paths, config,
+                              nodedir, blocks)
+            services = trio.CancelScope()
+
+            async def run_services() -> None:
+                with services:
+                    async with trio.open_nursery() as svc:
+                        svc.start_soon(supervised, "node directory", nodedir.run)
+                        await start_services(svc, ctx)
+
+            nursery.start_soon(run_services)
+            async for signum in signals:
+                log.info("signal %d: draining requests", signum)
+                break
+            services.cancel()
+            server.drain()
+            with trio.move_on_after(DRAIN_TIMEOUT):
+                while server.inflight:
+                    await trio.sleep(0.05)
+            with trio.move_on_after(5):
+                await reg.unregister()
+            nursery.cancel_scope.cancel()
+    log.info("node %s stopped", node_id)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.verbose:
+        logging.getLogger("kazoo").setLevel(logging.WARNING)
+    try:
+        return trio.run(serve_node, args)
+    except StartupError as e:
+        print(f"dfs node: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK

@@ -1,0 +1,266 @@
+"""The storage node's TCP server: frames in, BlockStore calls in worker threads, frames out.
+
+Per connection one task reads frames and starts a task per request (so requests
+pipeline and complete out of order); replies go out under a per-connection send
+lock. A frame that breaks the protocol (bad magic, oversized payload, unknown op,
+malformed block id, impossible range) gets an EINVAL reply and the connection is
+closed; other connections are unaffected.
+
+Shutdown (`drain`): stop accepting, stop reading new requests, let the requests
+already in flight finish and send their replies, then close.
+"""
+
+import errno
+import json
+import logging
+import time
+
+import trio
+
+from dfs.blockclient import NodeConnection
+from dfs.checksum import hash64, valid_block_id
+from dfs.errors import DfsError
+from dfs.protocol import (LIST_ENTRY, MAX_PAYLOAD, MORE, REPLY, Frame, FrameSocket, Op,
+                          ProtocolError, TruncatedFrame, encode_block_id)
+from nodes.store import BlockStore
+
+log = logging.getLogger(__name__)
+
+MAX_INFLIGHT_PER_CONN = 32
+LIST_BATCH = 1024
+NEEDS_BLOCK = {Op.PUT, Op.GET, Op.DELETE, Op.STAT, Op.COPY, Op.VERIFY}
+
+
+class NodeServer:
+    """Serves one BlockStore.
+
+    Args:
+      store: the opened block store.
+      node_id: this node's id (PING answers it so clients know whom they reached).
+      disk_threads: worker threads for disk I/O.
+    """
+
+    def __init__(self, store: BlockStore, node_id: str, *, disk_threads: int = 8):
+        self.store = store
+        self.node_id = node_id
+        self.disk = trio.CapacityLimiter(disk_threads)
+        self.inflight = 0
+        self.requests = 0  # served since start, for the load figure
+        self._accepting: trio.CancelScope | None = None
+        self._readers: set[trio.CancelScope] = set()
+        self._conns: trio.Nursery | None = None
+
+    async def serve(self, listeners: list[trio.SocketListener], *,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Accept connections until `drain()`; returns once every connection is done."""
+        async with trio.open_nursery() as conns:
+            self._conns = conns
+            with trio.CancelScope() as self._accepting:
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(self._accept_loop, listener, conns)
+                    task_status.started()
+            for listener in listeners:
+                await listener.aclose()
+
+    async def _accept_loop(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as e:  # EMFILE and friends: back off, keep serving
+                log.warning("accept failed: %s", e)
+                await trio.sleep(0.1)
+                continue
+            conns.start_soon(self._connection, stream)
+
+    def drain(self) -> None:
+        """Stop accepting and reading; requests in flight still complete."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+        for scope in list(self._readers):
+            scope.cancel()
+
+    def abort(self) -> None:
+        """Cancel everything, in-flight requests included."""
+        self.drain()
+        if self._conns is not None:
+            self._conns.cancel_scope.cancel()
+
+    # -- one connection
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        fs = FrameSocket(stream.socket)
+        send_lock = trio.Lock()
+        slots = trio.Semaphore(MAX_INFLIGHT_PER_CONN)
+        try:
+            async with trio.open_nursery() as requests:
+                with trio.CancelScope() as reading:
+                    self._readers.add(reading)
+                    try:
+                        await self._read_loop(fs, send_lock, slots, requests)
+                    finally:
+                        self._readers.discard(reading)
+                # requests still running finish before the nursery exits
+        finally:
+            fs.close()
+
+    async def _read_loop(self, fs: FrameSocket, send_lock: trio.Lock, slots: trio.Semaphore,
+                         requests: trio.Nursery) -> None:
+        while True:
+            await slots.acquire()
+            try:
+                frame = await fs.recv_frame()
+                if frame is None:
+                    slots.release()
+                    return
+                self._precheck(frame)
+            except TruncatedFrame:
+                slots.release()
+                return
+            except ProtocolError as e:
+                slots.release()
+                log.info("closing connection after a bad frame: %s", e.message)
+                await self._send_error(fs, send_lock, Frame(Op.PING, e.request_id), e)
+                return
+            except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+                slots.release()
+                return
+            requests.start_soon(self._request, fs, send_lock, slots, frame)
+
+    def _precheck(self, frame: Frame) -> None:
+        """Reject frames that are hostile rather than merely failing (connection closes)."""
+        try:
+            op = Op(frame.op)
+        except ValueError:
+            raise ProtocolError(f"unknown op {frame.op}", frame.request_id) from None
+        if op in NEEDS_BLOCK and not valid_block_id(frame.block_id.decode("latin-1")):
+            raise ProtocolError(f"invalid block id {frame.block_id[:32]!r}", frame.request_id)
+        if op == Op.GET and (frame.offset > MAX_PAYLOAD or frame.length > MAX_PAYLOAD):
+            raise ProtocolError(f"impossible range {frame.offset}+{frame.length}", frame.request_id)
+        if op == Op.PUT and frame.length != len(frame.payload):
+            raise ProtocolError("PUT length does not match its payload", frame.request_id)
+        if op not in (Op.PUT, Op.COPY) and len(frame.payload):
+            raise ProtocolError(f"{op.name} carries no payload", frame.request_id)
+
+    async def _send_error(self, fs: FrameSocket, send_lock: trio.Lock, frame: Frame,
+                          e: DfsError) -> None:
+        reply = frame.reply(e.errno, e.message.encode("utf-8", "replace")[:1024])
+        with trio.move_on_after(5):
+            try:
+                async with send_lock:
+                    await fs.send_frame(reply)
+            except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+    async def _request(self, fs: FrameSocket, send_lock: trio.Lock, slots: trio.Semaphore,
+                       frame: Frame) -> None:
+        self.inflight += 1
+        self.requests += 1
+        try:
+            if frame.op == Op.LIST:
+                await self._list(fs, send_lock, frame)
+                return
+            try:
+                reply = await self._handle(frame)
+            except DfsError as e:
+                reply = frame.reply(e.errno, e.message.encode("utf-8", "replace")[:1024])
+            except Exception as e:  # a bug must not take the node down
+                log.exception("request %s failed", Op(frame.op).name)
+                reply = frame.reply(errno.EIO, repr(e).encode()[:1024])
+            try:
+                async with send_lock:
+                    await fs.send_frame(reply)
+            except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+                fs.close()  # the reader notices and ends the connection
+        finally:
+            self.inflight -= 1
+            slots.release()
+
+    async def _thread(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.disk)
+
+    async def _handle(self, frame: Frame) -> Frame:
+        op = frame.op
+        bid = frame.block_id_str
+        if op == Op.PUT:
+            info = await self._thread(self.store.put, bid, frame.payload, frame.checksum)
+            return frame.reply(length=info.length, checksum=info.checksum)
+        if op == Op.GET:
+            return await self._thread(self._get, frame, bid)
+        if op == Op.DELETE:
+            await self._thread(self.store.delete, bid)
+            return frame.reply()
+        if op == Op.STAT:
+            info = await self._thread(self.store.stat, bid)
+            return frame.reply(length=info.length, checksum=info.checksum,
+                               offset=int(info.mtime * 1e9))
+        if op == Op.VERIFY:
+            info = await self._thread(self.store.verify, bid)
+            return frame.reply(length=info.length, checksum=info.checksum)
+        if op == Op.PING:
+            return frame.reply(payload=json.dumps({
+                "node_id": self.node_id, "blocks": self.store.block_count,
+                "inflight": self.inflight, "time": time.time()}).encode())
+        if op == Op.COPY:
+            await self._copy(frame, bid)
+            return frame.reply()
+        raise DfsError(errno.EINVAL, f"unsupported op {op}")
+
+    def _get(self, frame: Frame, bid: str) -> Frame:
+        # Runs in a worker thread: read, verify chunks, and hash a partial range.
+        length = frame.length or None
+        data, hdr = self.store.get(bid, frame.offset, length)
+        whole = frame.offset == 0 and len(data) == hdr.length
+        checksum = hdr.checksum if whole else hash64(data)
+        return frame.reply(payload=data, length=hdr.length, checksum=checksum)
+
+    async def _copy(self, frame: Frame, bid: str) -> None:
+        """Push our verified replica to another node (repair)."""
+        try:
+            target = json.loads(bytes(frame.payload))
+            dst_id, dst_addr = str(target["node_id"]), str(target["address"])
+        except (ValueError, KeyError, TypeError):
+            raise DfsError(errno.EINVAL, "COPY payload must be JSON {node_id, address}") from None
+        data, hdr = await self._thread(self.store.get, bid, 0, None)
+        conn = await NodeConnection.open(dst_id, dst_addr)
+        try:
+            with trio.fail_after(60):
+                reply = await conn.request(Frame(Op.PUT, block_id=encode_block_id(bid),
+                                                 length=hdr.length, checksum=hdr.checksum,
+                                                 payload=data))
+        except trio.TooSlowError:
+            raise DfsError(errno.ETIMEDOUT, f"node {dst_id} did not take block {bid} in time") from None
+        finally:
+            conn.close()
+        if reply.status:
+            raise DfsError(reply.status, f"node {dst_id} refused block {bid}: "
+                           + bytes(reply.payload).decode("utf-8", "replace"))
+
+    async def _list(self, fs: FrameSocket, send_lock: trio.Lock, frame: Frame) -> None:
+        """Stream every block in frames of LIST_BATCH records; MORE on all but the last."""
+        it = self.store.list()
+
+        def batch() -> bytes:
+            out = bytearray()
+            for info in it:
+                out += LIST_ENTRY.pack(encode_block_id(info.block_id), info.length,
+                                       info.checksum, info.mtime)
+                if len(out) >= LIST_BATCH * LIST_ENTRY.size:
+                    break
+            return bytes(out)
+
+        try:
+            while True:
+                chunk = await self._thread(batch)
+                last = len(chunk) < LIST_BATCH * LIST_ENTRY.size
+                async with send_lock:
+                    await fs.send_frame(frame.reply(payload=chunk, flags=0 if last else MORE))
+                if last:
+                    return
+        except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+            fs.close()
+        except DfsError as e:
+            await self._send_error(fs, send_lock, frame, e)
+
+
+assert REPLY & max(Op) == 0
