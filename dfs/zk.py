@@ -26,6 +26,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.serialization import Transaction
 from kazoo.protocol.states import ZnodeStat
 from kazoo.retry import KazooRetry
 
@@ -35,6 +36,43 @@ from dfs.zkmultiread import GetChildren, GetData, MultiRead
 log = logging.getLogger(__name__)
 
 RETRYABLE = (ConnectionLoss, OperationTimeoutError, SessionExpiredError, ConnectionClosedError)
+
+
+class _TrioResult:
+    """A kazoo async result that wakes its trio task straight from kazoo's I/O thread.
+
+    kazoo's own AsyncResult runs callbacks on a separate completion thread: one
+    more thread hop (and GIL hand-over) per call. kazoo's connection only calls
+    `set` / `set_exception` on the object it is given.
+    """
+
+    __slots__ = ("_token", "_event", "_value", "_exc")
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._event = trio.Event()
+        self._value: Any = None
+        self._exc: BaseException | None = None
+
+    def set(self, value: Any = None) -> None:
+        self._value = value
+        self._wake()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._exc = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._token.run_sync_soon(self._event.set)
+        except trio.RunFinishedError:
+            pass
+
+    async def wait(self) -> Any:
+        await self._event.wait()
+        if self._exc is not None:
+            raise self._exc
+        return self._value
 
 
 @dataclass
@@ -150,7 +188,10 @@ class Zk:
         deadline = time.monotonic() + self.op_timeout
         while True:
             try:
-                return await self._await(start())
+                started = start()
+                if isinstance(started, _TrioResult):
+                    return await started.wait()
+                return await self._await(started)
             except RETRYABLE as e:
                 log.debug("zk retry after %r", e)
                 if time.monotonic() > deadline:
@@ -160,8 +201,18 @@ class Zk:
 
     # -- calls
 
+    def _request(self, request: Any) -> Callable[[], _TrioResult]:
+        """Send a serialization-level request (its paths already chrooted)."""
+        def go() -> _TrioResult:
+            result = _TrioResult()
+            self.client._call(request, result)
+            return result
+        return go
+
     async def get(self, path: str, watch: Callable | None = None) -> tuple[bytes, ZnodeStat]:
-        return await self._retry(lambda: self.client.get_async(path, watch))
+        if watch is not None:
+            return await self._retry(lambda: self.client.get_async(path, watch))
+        return await self._retry(self._request(GetData(self.client.chroot + path, None)))
 
     async def get_children(self, path: str, watch: Callable | None = None) -> list[str]:
         return await self._retry(lambda: self.client.get_children_async(path, watch))
@@ -180,18 +231,11 @@ class Zk:
         inode before the znodes its version guards (see Meta._delete_inode).
         """
         kinds = {"get": GetData, "children": GetChildren}
+        chroot = self.client.chroot  # kazoo adds it in its own calls; MultiRead bypasses them
         out: list[Any] = []
-
-        def start(chunk: list[tuple[str, str]]) -> Callable[[], Any]:
-            def go() -> Any:
-                result = self.client.handler.async_result()
-                self.client._call(MultiRead([kinds[k](p, None) for k, p in chunk]), result)
-                return result
-            return go
-
         for i in range(0, len(reads), batch):
-            chunk = reads[i:i + batch]
-            for r in await self._retry(start(chunk)):
+            request = MultiRead([kinds[k](chroot + p, None) for k, p in reads[i:i + batch]])
+            for r in await self._retry(self._request(request)):
                 out.append(None if isinstance(r, Exception) else r)
         return out
 
@@ -239,13 +283,10 @@ class Zk:
         if not txn.ops:
             return []
 
-        def start() -> Any:
-            req = self.client.transaction()
-            for name, args in txn.ops:
-                getattr(req, name)(*args)
-            return req.commit_async()
-
-        results = await self._retry(start)
+        req = self.client.transaction()  # validates and chroots the paths
+        for name, args in txn.ops:
+            getattr(req, name)(*args)
+        results = await self._retry(self._request(Transaction(req.operations)))
         for r in results:
             if isinstance(r, Exception) and not isinstance(r, RolledBackError):
                 raise r

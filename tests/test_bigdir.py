@@ -1,0 +1,63 @@
+"""A directory with 100,000 entries through `Meta` (DESIGN.md section 2: no listing
+assumes a directory is small). Times are printed (pytest -s), not asserted."""
+
+import time
+
+import pytest
+import trio
+
+from dfs.meta import Meta
+from dfs.mkfs import mkfs
+from dfs.paths import ROOT_INO
+from dfs.records import FsConfig
+
+ENTRIES = 100_000
+IN_FLIGHT = 64
+
+
+async def run_bounded(fn, items, limit: int = IN_FLIGHT) -> None:
+    sem = trio.Semaphore(limit)
+
+    async def one(item):
+        try:
+            await fn(item)
+        finally:
+            sem.release()
+
+    async with trio.open_nursery() as nursery:
+        for item in items:
+            await sem.acquire()
+            nursery.start_soon(one, item)
+
+
+@pytest.mark.slow
+async def test_directory_with_100k_entries(zk, fs_paths):
+    config = FsConfig()
+    await mkfs(zk, fs_paths, config)
+    meta = Meta(zk, fs_paths, config)
+    d = await meta.mkdir(ROOT_INO, b"big", 0o755, uid=0, gid=0)
+    names = [f"entry-{i:06d}".encode() for i in range(ENTRIES)]
+
+    t = time.perf_counter()
+    await run_bounded(lambda n: meta.create(d.ino, n, 0o644, uid=0, gid=0), names)
+    created = time.perf_counter() - t
+    assert await meta.count_entries(d.ino) == ENTRIES
+
+    t = time.perf_counter()
+    listed = await meta.readdir(d.ino)
+    listing = time.perf_counter() - t
+    got = [n for n, _, _ in listed]
+    assert len(got) == ENTRIES and len(set(got)) == ENTRIES
+    assert set(got) == set(names)
+
+    t = time.perf_counter()
+    await run_bounded(lambda n: meta.unlink(d.ino, n), names)
+    removed = time.perf_counter() - t
+    assert await meta.readdir(d.ino) == []
+    await meta.rmdir(ROOT_INO, b"big")
+
+    print(f"\n{ENTRIES:,} entries, {IN_FLIGHT} in flight: "
+          f"create {created / ENTRIES * 1e6:.0f} us/op ({ENTRIES / created:,.0f}/s, {created:.1f} s), "
+          f"readdir {listing:.2f} s ({listing / ENTRIES * 1e6:.1f} us/entry), "
+          f"unlink {removed / ENTRIES * 1e6:.0f} us/op ({ENTRIES / removed:,.0f}/s, {removed:.1f} s), "
+          f"retries {meta.stats['retries']}")
