@@ -26,7 +26,7 @@ import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import trio
 
@@ -131,9 +131,14 @@ class FrameSocket:
     each direction (the node reads in one task and sends under a lock).
     """
 
-    def __init__(self, sock: trio.socket.SocketType, max_payload: int = MAX_PAYLOAD):
+    def __init__(self, sock: trio.socket.SocketType, max_payload: int = MAX_PAYLOAD,
+                 alloc: Callable[[Frame, int], Any] | None = None):
         self.sock = sock
         self.max_payload = max_payload
+        # alloc(frame, payload_len) -> an object with a writable `.data` view of
+        # payload_len bytes to receive into (or None for a plain bytearray);
+        # the node uses it to receive a PUT straight into block-file layout.
+        self.alloc = alloc
         self._buf = bytearray(RECV_BUFFER)
         self._lo = 0
         self._hi = 0
@@ -172,10 +177,11 @@ class FrameSocket:
             frame.payload = bytes(self._buf[self._lo:self._lo + plen])
             self._lo += plen
             return frame
-        payload = bytearray(plen)
-        payload[:have] = memoryview(self._buf)[self._lo:self._lo + have]
+        holder = self.alloc(frame, plen) if self.alloc is not None else None
+        payload = holder if holder is not None else bytearray(plen)
+        view = holder.data if holder is not None else memoryview(payload)
+        view[:have] = memoryview(self._buf)[self._lo:self._lo + have]
         self._lo += have
-        view = memoryview(payload)
         while have < plen:
             got = await self.sock.recv_into(view[have:])
             if got == 0:

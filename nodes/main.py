@@ -68,8 +68,11 @@ async def start_services(nursery: trio.Nursery, ctx: NodeContext) -> None:
     """Hook: start the node's background services (repair leader, gc) in `nursery`.
 
     Each service is a small object with `async def run(self)`; it is cancelled
-    when the node shuts down. None yet (issue 3 ships the node without them).
+    when the node shuts down.
     """
+    from nodes.housekeeping import run_housekeeping  # issue 5: repair leader, gc
+
+    nursery.start_soon(supervised, "repair leader", lambda: run_housekeeping(ctx))
 
 
 async def supervised(name: str, run, *, backoff: float = 1.0) -> None:
@@ -98,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds to wait for ZooKeeper at startup (default: %(default)s)")
     p.add_argument("--heartbeat", type=float, default=default_interval(),
                    help="seconds between live-znode refreshes (default: $DFS_NODE_HEARTBEAT or 2)")
-    p.add_argument("--disk-threads", type=int, default=8, help="worker threads for disk I/O")
+    p.add_argument("--disk-threads", type=int, default=32, help="worker threads for disk I/O")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 

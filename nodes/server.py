@@ -22,7 +22,7 @@ from dfs.checksum import hash64, valid_block_id
 from dfs.errors import DfsError
 from dfs.protocol import (LIST_ENTRY, MAX_PAYLOAD, MORE, REPLY, Frame, FrameSocket, Op,
                           ProtocolError, TruncatedFrame, encode_block_id)
-from nodes.store import BlockStore
+from nodes.store import DIRECT_MIN, BlockBuffer, BlockStore
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class NodeServer:
       disk_threads: worker threads for disk I/O.
     """
 
-    def __init__(self, store: BlockStore, node_id: str, *, disk_threads: int = 8):
+    def __init__(self, store: BlockStore, node_id: str, *, disk_threads: int = 32):
         self.store = store
         self.node_id = node_id
         self.disk = trio.CapacityLimiter(disk_threads)
@@ -89,7 +89,7 @@ class NodeServer:
     # -- one connection
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        fs = FrameSocket(stream.socket)
+        fs = FrameSocket(stream.socket, alloc=self._alloc)
         send_lock = trio.Lock()
         slots = trio.Semaphore(MAX_INFLIGHT_PER_CONN)
         try:
@@ -103,6 +103,11 @@ class NodeServer:
                 # requests still running finish before the nursery exits
         finally:
             fs.close()
+
+    def _alloc(self, frame: Frame, plen: int) -> BlockBuffer | None:
+        if frame.op == Op.PUT and plen >= DIRECT_MIN and self.store.direct:
+            return self.store.buffers.get(plen)
+        return None
 
     async def _read_loop(self, fs: FrameSocket, send_lock: trio.Lock, slots: trio.Semaphore,
                          requests: trio.Nursery) -> None:
@@ -183,7 +188,12 @@ class NodeServer:
         op = frame.op
         bid = frame.block_id_str
         if op == Op.PUT:
-            info = await self._thread(self.store.put, bid, frame.payload, frame.checksum)
+            try:
+                info = await self._thread(self.store.put, bid, frame.payload, frame.checksum)
+            finally:
+                if isinstance(frame.payload, BlockBuffer):
+                    self.store.buffers.put(frame.payload)
+                    frame.payload = b""
             return frame.reply(length=info.length, checksum=info.checksum)
         if op == Op.GET:
             return await self._thread(self._get, frame, bid)

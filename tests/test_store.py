@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from dfs.checksum import CHUNK_SIZE, hash64
 from dfs.errors import DfsError
-from nodes.store import BlockStore, header_size
+from nodes.store import BlockStore, header_size, padded
 
 BID = "0123456789abcdef0123456789abcdef"
 BID2 = "fedcba9876543210fedcba9876543210"
@@ -25,7 +25,12 @@ def put(store, bid, data):
     return store.put(bid, data, hash64(data))
 
 
-def test_put_get_stat_delete(store):
+@pytest.mark.parametrize("direct,group", [(True, True), (False, True), (True, False), (False, False)])
+def test_put_get_stat_delete(store, direct, group):
+    # every write path: O_DIRECT or buffered (large), group commit or fdatasync (small)
+    store.direct = direct
+    store.group.available = group and store.group.available
+    assert rpc_roundtrip_small(store)
     data = os.urandom(300_000)
     info = put(store, BID, data)
     assert info.length == len(data) and info.checksum == hash64(data)
@@ -35,7 +40,7 @@ def test_put_get_stat_delete(store):
     assert st_.length == len(data) and st_.checksum == hash64(data) and st_.mtime > 0
     assert store.block_count == 1
     path = store.path(BID)
-    assert path.exists() and path.stat().st_size == header_size(len(data)) + len(data)
+    assert path.exists() and path.stat().st_size == header_size(len(data)) + padded(len(data))
     store.delete(BID)
     assert not path.exists() and store.block_count == 0
     with pytest.raises(DfsError) as e:
@@ -46,16 +51,29 @@ def test_put_get_stat_delete(store):
     assert e.value.errno == errno.ENOENT
 
 
+def rpc_roundtrip_small(store):
+    bid = "ab" * 16
+    put(store, bid, b"small block")
+    ok = bytes(store.get(bid)[0]) == b"small block"
+    store.delete(bid)
+    return ok
+
+
 DATA = os.urandom(5 * CHUNK_SIZE + 1234)
 
 
-@settings(max_examples=60, deadline=None)
-@given(offset=st.integers(0, len(DATA)), length=st.integers(0, len(DATA) + 10))
-def test_range_reads_match(tmp_path_factory, offset, length):
+@pytest.fixture(scope="module")
+def range_store(tmp_path_factory):
     s = BlockStore(tmp_path_factory.mktemp("r"))
     s.open()
     put(s, BID, DATA)
-    got, _ = s.get(BID, offset, length)
+    return s
+
+
+@settings(max_examples=80, deadline=None)
+@given(offset=st.integers(0, len(DATA)), length=st.integers(0, len(DATA) + 10))
+def test_range_reads_match(range_store, offset, length):
+    got, _ = range_store.get(BID, offset, length)
     assert bytes(got) == DATA[offset:offset + length]
 
 
