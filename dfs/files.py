@@ -1,0 +1,482 @@
+"""File data on one client: write-back buffers, copy-on-write uploads, verified cached reads.
+
+Layering: `mount` calls this; this calls `dfs.meta` (block map, size) and
+`dfs.blockclient` (bytes on nodes). Nothing here knows about FUSE.
+
+Write path: bytes land in a per-(inode, block) buffer. A buffer that fills a
+whole block is uploaded at once in the background (bounded by `upload_slots`
+and `dirty_limit`); `flush`/`fsync`/`release` upload the rest and commit every
+new block ref, the size and mtime in one ZooKeeper transaction. A block that is
+partly overwritten is read, patched and written as a new block (copy-on-write);
+the old one is queued for gc by that commit.
+
+Read path: dirty buffers first, then blocks uploaded but not yet committed, then
+the committed map loaded at open (close-to-open consistency). Whole blocks are
+cached by block id: a block never changes once written, so the cache can never
+be stale. Sequential readers fetch whole blocks and prefetch the next ones;
+small random reads fetch only the range they need (the node verifies its chunk
+checksums, the client the payload's).
+
+Concurrency invariants (trio is cooperative; every `await` is a switch point):
+- `OpenFile.lock` guards the buffers, `uploaded`, `refs`, `size` and commits of
+  one inode. Uploads run outside the lock; they only hand a finished BlockRef
+  back under the lock, and only if the buffer they uploaded is still current
+  (`Buffer.serial`), otherwise the upload is garbage (queued for deletion).
+- The cache holds immutable bytes only.
+"""
+
+import collections
+import errno
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from dfs.errors import DfsError
+from dfs.meta import Inode, Meta
+from dfs.records import BlockRef
+
+log = logging.getLogger(__name__)
+
+MAX_FILE_SIZE = 1 << 50  # 1 PiB: writes or truncates beyond fail with EFBIG
+SMALL_READ = 128 * 1024  # random reads up to this size fetch just their range
+
+
+@dataclass
+class Buffer:
+    """Dirty bytes of one block. `data` is the block's content from offset 0."""
+
+    data: bytearray
+    serial: int
+    complete: bool = False  # holds the whole block (read-modify-write or fully written)
+
+
+@dataclass
+class OpenFile:
+    """Per-inode state shared by every handle of this client."""
+
+    ino: int
+    size: int
+    refs: dict[int, BlockRef]  # committed map as loaded at open (+ our commits)
+    version_seen: int
+    handles: int = 0
+    buffers: dict[int, Buffer] = field(default_factory=dict)
+    uploaded: dict[int, BlockRef] = field(default_factory=dict)  # not yet committed
+    uploading: dict[int, int] = field(default_factory=dict)  # index -> serial in flight
+    dirty_meta: bool = False  # size/mtime to commit even without new blocks
+    mtime_ns: int = 0
+    error: DfsError | None = None  # a background upload failed: next flush reports it
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    upload_done: trio.Condition | None = None
+    last_read_end: int = -1
+    unlinked: bool = False
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.buffers or self.uploaded or self.uploading or self.dirty_meta)
+
+
+class BlockCache:
+    """LRU of whole blocks keyed by block id (content is immutable)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.used = 0
+        self._lru: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+
+    def get(self, block_id: str) -> bytes | None:
+        data = self._lru.get(block_id)
+        if data is not None:
+            self._lru.move_to_end(block_id)
+        return data
+
+    def put(self, block_id: str, data: bytes) -> None:
+        if block_id in self._lru or len(data) > self.capacity:
+            return
+        self._lru[block_id] = data
+        self.used += len(data)
+        while self.used > self.capacity:
+            _, old = self._lru.popitem(last=False)
+            self.used -= len(old)
+
+
+class FileData:
+    """All open files' data of one client.
+
+    Args:
+      meta: namespace and block map.
+      blocks: a `dfs.blockclient.BlockClient`.
+      nursery: where background uploads and prefetches run.
+      cache_bytes: block cache size.
+      dirty_limit: bytes of dirty or in-flight data before writers wait.
+    """
+
+    def __init__(self, meta: Meta, blocks, nursery: trio.Nursery, *, cache_bytes: int = 512 << 20,
+                 dirty_limit: int = 256 << 20, upload_slots: int = 6, readahead_blocks: int = 2):
+        self.meta = meta
+        self.blocks = blocks
+        self.nursery = nursery
+        self.config = meta.config
+        self.bs = meta.config.block_size
+        self.files: dict[int, OpenFile] = {}
+        self.cache = BlockCache(cache_bytes)
+        self.dirty_limit = dirty_limit
+        self.dirty_bytes = 0
+        self.dirty_changed = trio.Condition()
+        self.upload_slots = trio.Semaphore(upload_slots)
+        self.readahead_blocks = readahead_blocks
+        self._fetching: dict[str, trio.Event] = {}
+        self._serial = 0
+        self._seen_versions: dict[int, tuple[int, int]] = {}  # ino -> (version, size) last seen
+
+    # ------------------------------------------------------------------ open / close
+
+    def is_open(self, ino: int) -> bool:
+        return ino in self.files
+
+    async def open(self, ino: int, node: Inode | None = None, *, created: bool = False
+                   ) -> tuple[OpenFile, bool]:
+        """Register a handle; returns (file, keep_kernel_cache).
+
+        Close-to-open: the first handle (re)loads the inode and block map from
+        ZooKeeper; the kernel's page cache is kept only if the file did not change
+        since this client last saw it.
+        """
+        f = self.files.get(ino)
+        if f is not None:
+            f.handles += 1
+            return f, True
+        node = node or await self.meta.getattr(ino)
+        refs = await self.meta.read_block_map(ino) if node.rec.is_reg and not created else {}
+        f = self.files.get(ino)  # another opener may have won while we awaited
+        if f is not None:
+            f.handles += 1
+            return f, True
+        f = OpenFile(ino, node.rec.size, refs, node.version, handles=1, mtime_ns=node.rec.mtime_ns)
+        f.upload_done = trio.Condition(f.lock)
+        self.files[ino] = f
+        keep = self._seen_versions.get(ino) == (node.version, node.rec.size)
+        self._seen_versions[ino] = (node.version, node.rec.size)
+        return f, keep
+
+    async def release(self, ino: int) -> None:
+        f = self.files.get(ino)
+        if f is None:
+            return
+        try:
+            await self.flush(ino)
+        finally:
+            f.handles -= 1
+            if f.handles <= 0 and not f.dirty:
+                del self.files[ino]
+                if f.unlinked:  # this client unlinked it while open: it holds it in open/
+                    await self.meta.release_orphan(ino)
+
+    def local_size(self, ino: int) -> int | None:
+        f = self.files.get(ino)
+        return f.size if f is not None else None
+
+    # ------------------------------------------------------------------ write
+
+    async def write(self, ino: int, offset: int, data: bytes) -> int:
+        f = self.files.get(ino)
+        if f is None:
+            raise DfsError(errno.EBADF, "file not open")
+        end = offset + len(data)
+        if end > MAX_FILE_SIZE:
+            raise DfsError(errno.EFBIG, "file too large")
+        if f.error is not None:
+            raise f.error
+        await self._wait_dirty_room(len(data))
+        bs = self.bs
+        view = memoryview(data)
+        pos = offset
+        full: list[int] = []
+        async with f.lock:
+            while pos < end:
+                index, boff = divmod(pos, bs)
+                n = min(bs - boff, end - pos)
+                buf = await self._buffer_for_write(f, index, boff, n)
+                chunk = view[pos - offset:pos - offset + n]
+                if len(buf.data) < boff:
+                    buf.data.extend(bytes(boff - len(buf.data)))
+                before = len(buf.data)
+                buf.data[boff:boff + n] = chunk
+                self._add_dirty(len(buf.data) - before)
+                if len(buf.data) >= bs:
+                    buf.complete = True
+                if buf.complete and boff + n == bs:
+                    full.append(index)
+                pos += n
+            f.size = max(f.size, end)
+            f.mtime_ns = time.time_ns()
+            f.dirty_meta = True
+            for index in full:
+                self._start_upload(f, index)
+        return len(data)
+
+    async def _buffer_for_write(self, f: OpenFile, index: int, boff: int, n: int) -> Buffer:
+        buf = f.buffers.get(index)
+        if buf is not None:
+            if index in f.uploading and f.uploading[index] == buf.serial:
+                # being uploaded: further writes make a new version of the block
+                buf = Buffer(bytearray(buf.data), self._next_serial(), buf.complete)
+                self._add_dirty(len(buf.data))
+                f.buffers[index] = buf
+            return buf
+        # First write to this block since the last upload: start from its current content
+        # unless the write covers everything that exists of it.
+        ref = f.uploaded.get(index) or f.refs.get(index)
+        block_start = index * self.bs
+        existing = min(self.bs, max(0, f.size - block_start))
+        if ref is not None and not (boff == 0 and n >= min(existing, ref.length)):
+            content = bytearray(await self._read_whole(ref))
+            if len(content) > existing:  # bytes past a truncation are not file content
+                del content[existing:]
+            buf = Buffer(content, self._next_serial(), complete=False)
+        else:
+            buf = Buffer(bytearray(), self._next_serial())
+        self._add_dirty(len(buf.data))
+        f.buffers[index] = buf
+        return buf
+
+    def _next_serial(self) -> int:
+        self._serial += 1
+        return self._serial
+
+    def _add_dirty(self, n: int) -> None:
+        self.dirty_bytes += n
+
+    async def _wait_dirty_room(self, n: int) -> None:
+        async with self.dirty_changed:
+            while self.dirty_bytes + n > self.dirty_limit and self.dirty_bytes > 0:
+                await self.dirty_changed.wait()
+
+    async def _release_dirty(self, n: int) -> None:
+        self.dirty_bytes -= n
+        async with self.dirty_changed:
+            self.dirty_changed.notify_all()
+
+    def _start_upload(self, f: OpenFile, index: int) -> None:
+        buf = f.buffers[index]
+        if f.uploading.get(index) == buf.serial:
+            return
+        f.uploading[index] = buf.serial
+        self.nursery.start_soon(self._upload, f, index, buf)
+
+    async def _upload(self, f: OpenFile, index: int, buf: Buffer) -> None:
+        data = bytes(buf.data)
+        ref = None
+        try:
+            async with self.upload_slots:
+                ref = await self.blocks.write_block(
+                    data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
+            self.cache.put(ref.id, data)
+        except DfsError as e:
+            log.warning("upload of inode %d block %d failed: %s", f.ino, index, e)
+            f.error = e
+        except Exception as e:  # never let a background task take the mount down
+            log.exception("upload of inode %d block %d crashed", f.ino, index)
+            f.error = DfsError(errno.EIO, f"upload failed: {e!r}")
+        async with f.lock:
+            if f.uploading.get(index) == buf.serial:
+                del f.uploading[index]
+            current = f.buffers.get(index)
+            if ref is not None:
+                if current is buf:
+                    del f.buffers[index]
+                    old = f.uploaded.get(index)
+                    f.uploaded[index] = ref
+                    if old is not None:
+                        self._discard(old)
+                else:
+                    self._discard(ref)  # superseded while uploading
+            assert f.upload_done is not None
+            f.upload_done.notify_all()
+        # The buffer's bytes stop counting once it is uploaded or superseded; a
+        # failed upload keeps its (current) buffer for the next flush to retry.
+        await self._release_dirty(len(buf.data) if ref is not None or current is not buf else 0)
+
+    def _discard(self, ref: BlockRef) -> None:
+        """An uploaded block that will never be committed: delete it from its nodes."""
+        async def delete() -> None:
+            for node_id in ref.replicas:
+                try:
+                    await self.blocks.delete_block(node_id, ref.id)
+                except Exception:  # best effort: fsck/gc collect orphans later
+                    pass
+        self.nursery.start_soon(delete)
+
+    # ------------------------------------------------------------------ flush / commit
+
+    async def flush(self, ino: int) -> None:
+        """Upload everything dirty and commit it (close-to-open point)."""
+        f = self.files.get(ino)
+        if f is None:
+            return
+        async with f.lock:
+            for index in list(f.buffers):
+                self._start_upload(f, index)
+            assert f.upload_done is not None
+            while f.uploading:
+                await f.upload_done.wait()
+            if f.error is not None:
+                err, f.error = f.error, None
+                # the failed buffers are still in f.buffers; a later flush retries them
+                raise err
+            if f.buffers:  # written again while we waited: upload those too
+                for index in list(f.buffers):
+                    self._start_upload(f, index)
+                while f.uploading:
+                    await f.upload_done.wait()
+            if not (f.uploaded or f.dirty_meta):
+                return
+            updates = dict(f.uploaded)
+            node = await self.meta.commit_blocks(ino, updates, size=f.size, mtime_ns=f.mtime_ns)
+            f.refs.update(updates)
+            f.uploaded.clear()
+            f.dirty_meta = False
+            f.version_seen = node.version
+            self._seen_versions[ino] = (node.version, node.rec.size)
+
+    async def fsync(self, ino: int) -> None:
+        await self.flush(ino)
+
+    async def flush_all(self) -> None:
+        for ino in list(self.files):
+            try:
+                await self.flush(ino)
+            except DfsError as e:
+                log.error("flush of inode %d failed: %s", ino, e)
+
+    # ------------------------------------------------------------------ truncate
+
+    async def truncate(self, ino: int, size: int) -> Inode:
+        """Set a file's size; shrinking drops blocks (to gc) and rewrites a partial last block."""
+        if size > MAX_FILE_SIZE:
+            raise DfsError(errno.EFBIG, "file too large")
+        f = self.files.get(ino)
+        if f is not None:
+            await self.flush(ino)
+            lock = f.lock
+        else:
+            lock = trio.Lock()
+        async with lock:
+            node = await self.meta.getattr(ino)
+            if not node.rec.is_reg:
+                raise DfsError(errno.EINVAL, "not a regular file")
+            refs = f.refs if f is not None else await self.meta.read_block_map(ino)
+            old_size = node.rec.size
+            bs = self.bs
+            updates: dict[int, BlockRef | None] = {}
+            truncate_from = None
+            if size < old_size:
+                last, within = divmod(size, bs)
+                truncate_from = last + 1 if within else last
+                ref = refs.get(last)
+                if within and ref is not None and ref.length > within:
+                    data = (await self._read_whole(ref))[:within]
+                    updates[last] = await self.blocks.write_block(
+                        data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
+                    self.cache.put(updates[last].id, data)
+            node = await self.meta.commit_blocks(ino, updates, size=size, truncate_from=truncate_from,
+                                                 mtime_ns=time.time_ns())
+            if f is not None:
+                f.size = size
+                for i in [i for i in f.refs if truncate_from is not None and i >= truncate_from]:
+                    del f.refs[i]
+                for i, r in updates.items():
+                    if r is not None:
+                        f.refs[i] = r
+                f.version_seen = node.version
+            self._seen_versions[ino] = (node.version, node.rec.size)
+            return node
+
+    # ------------------------------------------------------------------ read
+
+    async def read(self, ino: int, offset: int, size: int) -> bytes:
+        f = self.files.get(ino)
+        if f is None:
+            raise DfsError(errno.EBADF, "file not open")
+        end = min(offset + size, f.size)
+        if offset >= end:
+            return b""
+        sequential = offset == f.last_read_end or offset == 0
+        f.last_read_end = end
+        bs = self.bs
+        out = []
+        pos = offset
+        while pos < end:
+            index, boff = divmod(pos, bs)
+            n = min(bs - boff, end - pos)
+            out.append(await self._read_block_range(f, index, boff, n, sequential))
+            pos += n
+        if sequential and self.readahead_blocks:
+            self._prefetch(f, end // bs + (1 if end % bs == 0 else 0), end // bs + self.readahead_blocks)
+        return b"".join(out)
+
+    async def _read_block_range(self, f: OpenFile, index: int, boff: int, n: int,
+                                sequential: bool) -> bytes:
+        buf = f.buffers.get(index)
+        if buf is not None:
+            data = bytes(buf.data[boff:boff + n])
+            return data + bytes(n - len(data))
+        ref = f.uploaded.get(index) or f.refs.get(index)
+        if ref is None:
+            return bytes(n)  # a hole
+        if boff >= ref.length:
+            return bytes(n)
+        cached = self.cache.get(ref.id)
+        if cached is None and (sequential or n > SMALL_READ):
+            cached = await self._read_whole(ref)
+        if cached is not None:
+            data = cached[boff:boff + n]
+        else:
+            want = min(n, ref.length - boff)
+            data = await self.blocks.read_block(ref, boff, want)
+        return data + bytes(n - len(data)) if len(data) < n else data
+
+    async def _read_whole(self, ref: BlockRef) -> bytes:
+        """A whole block, through the cache; concurrent readers of one block share a fetch."""
+        while True:
+            data = self.cache.get(ref.id)
+            if data is not None:
+                return data
+            ev = self._fetching.get(ref.id)
+            if ev is None:
+                break
+            await ev.wait()
+            if ref.id not in self._fetching and self.cache.get(ref.id) is None:
+                break  # the other fetch failed (or was evicted at once): do our own
+        ev = self._fetching[ref.id] = trio.Event()
+        try:
+            data = await self.blocks.read_block(ref)
+            self.cache.put(ref.id, data)
+            return data
+        finally:
+            del self._fetching[ref.id]
+            ev.set()
+
+    def _prefetch(self, f: OpenFile, first: int, last: int) -> None:
+        for index in range(first, last + 1):
+            if index * self.bs >= f.size:
+                break
+            ref = f.refs.get(index)
+            if ref is None or self.cache.get(ref.id) is not None or ref.id in self._fetching:
+                continue
+
+            async def fetch(r: BlockRef = ref) -> None:
+                try:
+                    await self._read_whole(r)
+                except Exception as e:  # the reader will try again and report
+                    log.debug("prefetch of %s failed: %r", r.id, e)
+
+            self.nursery.start_soon(fetch)
+
+    # ------------------------------------------------------------------ stats
+
+    def blocks_of(self, size: int) -> int:
+        """st_blocks (512-byte units) for a file of this size."""
+        return math.ceil(size / 512)

@@ -1,0 +1,5 @@
+import sys
+
+from mount.main import main
+
+sys.exit(main())

@@ -1,0 +1,311 @@
+"""pyfuse3 Operations: kernel requests translated into dfs.meta and dfs.files calls.
+
+Thin on purpose: no znode paths, no sockets. Every DfsError becomes a FUSEError
+in `fuse_errors` (the one translation point); anything else is a bug, logged,
+and reported to the caller as EIO so that the daemon keeps serving.
+"""
+
+import errno
+import functools
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from dfs.errors import DfsError
+from dfs.files import FileData
+from dfs.meta import Inode, Meta
+from dfs.names import NAME_MAX
+
+log = logging.getLogger(__name__)
+
+
+def fuse_errors(fn):
+    """The single place where errors become FUSEError."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except DfsError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except trio.Cancelled:
+            raise
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass
+class DirHandle:
+    ino: int
+    entries: list  # snapshot: [(name, EntryAttributes)]
+
+
+class Operations(pyfuse3.Operations):
+    enable_writeback_cache = True
+    supports_dot_lookup = True
+
+    def __init__(self, meta: Meta, files: FileData, nodedir, *, attr_timeout: float = 1.0,
+                 entry_timeout: float = 1.0):
+        super().__init__()
+        self.meta = meta
+        self.files = files
+        self.nodedir = nodedir
+        self.attr_timeout = attr_timeout
+        self.entry_timeout = entry_timeout
+        self._fh_ino: dict[int, int] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+
+    # ------------------------------------------------------------------ helpers
+
+    def _attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
+        r = node.rec
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        a.entry_timeout = self.entry_timeout
+        a.attr_timeout = self.attr_timeout
+        a.st_mode = r.mode
+        a.st_nlink = r.nlink
+        a.st_uid = r.uid
+        a.st_gid = r.gid
+        a.st_rdev = r.rdev
+        size = r.size
+        if r.is_reg:
+            local = self.files.local_size(node.ino)
+            if local is not None:
+                size = local
+        a.st_size = size
+        a.st_blksize = 1 << 17
+        a.st_blocks = self.files.blocks_of(size) if r.is_reg else (8 if r.is_dir else 0)
+        a.st_atime_ns = r.atime_ns
+        a.st_mtime_ns = r.mtime_ns
+        a.st_ctime_ns = r.ctime_ns
+        return a
+
+    def _new_fh(self, ino: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._fh_ino[fh] = ino
+        return fh
+
+    # ------------------------------------------------------------------ namespace
+
+    @fuse_errors
+    async def lookup(self, parent_inode, name, ctx=None):
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        try:
+            return self._attrs(await self.meta.lookup(parent_inode, name))
+        except DfsError as e:
+            if e.errno == errno.ENOENT:
+                # cache the negative entry for a short while (st_ino 0)
+                a = pyfuse3.EntryAttributes()
+                a.st_ino = 0
+                a.entry_timeout = min(self.entry_timeout, 1.0)
+                return a
+            raise
+
+    @fuse_errors
+    async def getattr(self, inode, ctx=None):
+        return self._attrs(await self.meta.getattr(inode))
+
+    @fuse_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = None
+        if fields.update_size:
+            node = await self.files.truncate(inode, attr.st_size)
+        kw = {}
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+            f = self.files.files.get(inode)
+            if f is not None:
+                # a later flush of buffered writes must not overwrite the time set here
+                await self.files.flush(inode)
+        if fields.update_ctime:
+            kw["ctime_ns"] = attr.st_ctime_ns
+        if kw:
+            node = await self.meta.setattr(inode, **kw)
+        if node is None:
+            node = await self.meta.getattr(inode)
+        return self._attrs(node)
+
+    @fuse_errors
+    async def readlink(self, inode, ctx):
+        return await self.meta.readlink(inode)
+
+    @fuse_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        node = await self.meta.mknod(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, rdev=rdev)
+        return self._attrs(node)
+
+    @fuse_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        node = await self.meta.mkdir(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid)
+        return self._attrs(node)
+
+    @fuse_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        node = await self.meta.symlink(parent_inode, name, target, uid=ctx.uid, gid=ctx.gid)
+        return self._attrs(node)
+
+    @fuse_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self._attrs(await self.meta.link(inode, new_parent_inode, new_name))
+
+    @fuse_errors
+    async def unlink(self, parent_inode, name, ctx):
+        ino = await self.meta.unlink(parent_inode, name)
+        f = self.files.files.get(ino)
+        if f is not None:
+            f.unlinked = True
+
+    @fuse_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.meta.rmdir(parent_inode, name)
+
+    @fuse_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    # ------------------------------------------------------------------ directories
+
+    @fuse_errors
+    async def opendir(self, inode, ctx):
+        entries = await self.meta.readdir(inode, with_attrs=True)
+        this = await self.meta.getattr(inode)
+        parent = await self.meta.lookup(inode, b"..")
+        snapshot = [(b".", self._attrs(this)), (b"..", self._attrs(parent))]
+        snapshot += [(name, self._attrs(node)) for name, _, node in entries]
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = DirHandle(inode, snapshot)
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh, start_id, token):
+        d = self._dirs[fh]
+        for i in range(start_id, len(d.entries)):
+            name, attrs = d.entries[i]
+            if not pyfuse3.readdir_reply(token, name, attrs, i + 1):
+                break
+
+    async def releasedir(self, fh):
+        self._dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh, datasync):
+        pass  # every namespace change is committed before it returns
+
+    # ------------------------------------------------------------------ files
+
+    @fuse_errors
+    async def open(self, inode, flags, ctx):
+        node = await self.meta.getattr(inode)
+        if node.rec.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        _, keep = await self.files.open(inode, node)
+        fi = pyfuse3.FileInfo(fh=self._new_fh(inode))
+        fi.keep_cache = keep
+        return fi
+
+    @fuse_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        node = await self.meta.create(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid)
+        await self.files.open(node.ino, node, created=True)
+        fi = pyfuse3.FileInfo(fh=self._new_fh(node.ino))
+        fi.keep_cache = True
+        return fi, self._attrs(node)
+
+    @fuse_errors
+    async def read(self, fh, off, size):
+        return await self.files.read(self._fh_ino[fh], off, size)
+
+    @fuse_errors
+    async def write(self, fh, off, buf):
+        return await self.files.write(self._fh_ino[fh], off, buf)
+
+    @fuse_errors
+    async def flush(self, fh):
+        await self.files.flush(self._fh_ino[fh])
+
+    @fuse_errors
+    async def fsync(self, fh, datasync):
+        await self.files.fsync(self._fh_ino[fh])
+
+    @fuse_errors
+    async def release(self, fh):
+        ino = self._fh_ino.pop(fh, None)
+        if ino is not None:
+            await self.files.release(ino)
+
+    async def forget(self, inode_list):
+        pass  # no per-inode state outside open handles (see FileData)
+
+    # ------------------------------------------------------------------ xattrs
+
+    @fuse_errors
+    async def getxattr(self, inode, name, ctx):
+        try:
+            return await self.meta.getxattr(inode, name)
+        except DfsError as e:
+            if e.errno == errno.ENODATA:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    @fuse_errors
+    async def setxattr(self, inode, name, value, ctx):
+        await self.meta.setxattr(inode, name, value)
+
+    @fuse_errors
+    async def listxattr(self, inode, ctx):
+        return await self.meta.listxattr(inode)
+
+    @fuse_errors
+    async def removexattr(self, inode, name, ctx):
+        try:
+            await self.meta.removexattr(inode, name)
+        except DfsError as e:
+            if e.errno == errno.ENODATA:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    # ------------------------------------------------------------------ misc
+
+    @fuse_errors
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        live = self.nodedir.live()
+        replicas = max(1, self.meta.config.replicas)
+        capacity = sum(n.capacity for n in live.values()) // replicas
+        free = sum(n.free for n in live.values()) // replicas
+        s.f_bsize = 1 << 17
+        s.f_frsize = 4096
+        s.f_blocks = capacity // s.f_frsize
+        s.f_bfree = free // s.f_frsize
+        s.f_bavail = s.f_bfree
+        used_inodes = await self.meta.inode_count()
+        s.f_files = max(used_inodes * 2, 1 << 32)
+        s.f_ffree = s.f_files - used_inodes
+        s.f_favail = s.f_ffree
+        s.f_namemax = NAME_MAX
+        return s
+
+    async def access(self, inode, mode, ctx):
+        return True  # default_permissions: the kernel checks modes
