@@ -46,6 +46,7 @@ class FsConfig(Record):
     min_replicas: int = 2
     dead_after: float = 30.0
     group_blocks: int = 256  # blocks per block-map znode
+    orphan_age: float = 3600.0  # unreferenced blocks older than this are garbage (gc, fsck)
     created: float = 0.0
     format_revision: int = FORMAT_REVISION
 

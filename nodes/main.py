@@ -68,8 +68,11 @@ async def start_services(nursery: trio.Nursery, ctx: NodeContext) -> None:
     """Hook: start the node's background services (repair leader, gc) in `nursery`.
 
     Each service is a small object with `async def run(self)`; it is cancelled
-    when the node shuts down. None yet (issue 3 ships the node without them).
+    when the node shuts down.
     """
+    from nodes.housekeeping import run_housekeeping  # issue 5: repair leader, gc
+
+    nursery.start_soon(supervised, "repair leader", lambda: run_housekeeping(ctx))
 
 
 async def supervised(name: str, run, *, backoff: float = 1.0) -> None:

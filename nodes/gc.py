@@ -1,0 +1,175 @@
+"""Garbage collection, run by the repair leader: space comes back after rm.
+
+- `gc/` entries (queued by the transaction that dropped the references) are
+  collected at once: their blocks are deleted from the nodes listed.
+- Orphans: blocks on a node that no block map references *at that node*
+  (left by a crashed client or node, or a stale copy on a node that came back
+  after its blocks were re-replicated elsewhere). A block counts as an orphan
+  only if it is older than `config.orphan_age`: a client uploads blocks before
+  it commits the map (at close), so a young unreferenced block may be a write
+  in progress. Every node is checked every `orphan_interval` seconds, and a
+  node that comes back is checked at once.
+- Unlinked-while-open inodes whose holders are all gone (their mount died):
+  `open/<ino>` has no children left, so the inode and its blocks are released.
+"""
+
+import logging
+import time
+
+import trio
+from kazoo.exceptions import NoNodeError
+
+from dfs import repair
+from dfs.errors import DfsError
+from dfs.meta import Meta
+from dfs.records import GcEntry
+from nodes.repairer import env_float
+
+log = logging.getLogger(__name__)
+
+
+class GcCollector:
+    def __init__(self, ctx: repair.RepairContext, *, interval: float = 1.0,
+                 orphan_interval: float | None = None, concurrency: int = 4):
+        self.ctx = ctx
+        self.interval = interval
+        age = getattr(ctx.config, "orphan_age", 3600.0)
+        self.orphan_age = env_float("DFS_ORPHAN_AGE", age)
+        self.orphan_interval = orphan_interval or env_float(
+            "DFS_ORPHAN_INTERVAL", max(10.0, min(600.0, self.orphan_age / 2)))
+        self.concurrency = concurrency
+        self.pending = 0
+        self.orphans_deleted = 0
+        self.last_orphan_scan = 0.0
+        self._check_nodes: set[str] = set()
+        self._wake = trio.Event()
+        self.maintenance_lock = trio.Lock()  # shared with the repairer's passes
+
+    def node_returned(self, node_id: str) -> None:
+        """Called by the observer: look for orphans on this node soon."""
+        self._check_nodes.add(node_id)
+        self._wake.set()
+
+    def status(self) -> dict:
+        return {"gc_pending": self.pending, "orphans_deleted": self.orphans_deleted,
+                "orphan_age": self.orphan_age}
+
+    async def run(self) -> None:
+        last_open_check = 0.0
+        while True:
+            try:
+                await self.collect_queue()
+                if time.monotonic() - last_open_check > 10 * self.interval:
+                    last_open_check = time.monotonic()
+                    await self.release_dead_holders()
+                due = time.monotonic() - self.last_orphan_scan > self.orphan_interval
+                if due or self._check_nodes:
+                    nodes = None if due else set(self._check_nodes)
+                    self._check_nodes.clear()
+                    async with self.maintenance_lock:
+                        await self.collect_orphans(nodes)
+            except DfsError as e:
+                log.warning("gc: %s", e)
+            with trio.move_on_after(self.interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def collect_queue(self) -> int:
+        """Collect every entry in gc/ (bounded concurrency). Returns replicas deleted."""
+        try:
+            names = await self.ctx.zk.get_children(self.ctx.paths.gc)
+        except NoNodeError:
+            return 0
+        self.pending = len(names)
+        deleted = 0
+        limiter = trio.CapacityLimiter(self.concurrency)
+
+        async def one(name: str) -> None:
+            nonlocal deleted
+            async with limiter:
+                try:
+                    n = await repair.collect_gc_entry(self.ctx, name)
+                except DfsError as e:
+                    log.warning("gc entry %s: %s", name, e)
+                    return
+            deleted += n
+            self.pending -= 1
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(one, name)
+        if deleted:
+            log.info("gc: deleted %d replicas from %d entries", deleted, len(names))
+        return deleted
+
+    async def release_dead_holders(self) -> None:
+        """Unlinked inodes left open by mounts that died: release them."""
+        zk, paths = self.ctx.zk, self.ctx.paths
+        try:
+            inos = await zk.get_children(paths.open)
+        except NoNodeError:
+            return
+        if not inos:
+            return
+        holders = await zk.children_many([f"{paths.open}/{i}" for i in inos])
+        meta = Meta(zk, paths, self.ctx.config, mount_id="repair-leader")
+        for ino, h in zip(inos, holders):
+            if h == [] and ino.isdigit():
+                try:
+                    await meta.release_orphan(int(ino))
+                    log.info("released inode %s: every mount holding it open is gone", ino)
+                except DfsError as e:
+                    log.warning("could not release inode %s: %s", ino, e)
+
+    async def _referenced(self) -> tuple[dict[str, tuple[str, ...]], set[str]]:
+        """block id -> replicas of every block map, and every block id queued in gc/."""
+        refs: dict[str, tuple[str, ...]] = {}
+        async for _ino, _g, grp, _v in repair.iter_block_groups(self.ctx):
+            for ref in grp.blocks.values():
+                refs[ref.id] = tuple(ref.replicas)
+        queued: set[str] = set()
+        try:
+            names = await self.ctx.zk.get_children(self.ctx.paths.gc)
+        except NoNodeError:
+            names = []
+        for item in await self.ctx.zk.get_many([self.ctx.paths.gc_entry(n) for n in names]):
+            if item is not None:
+                queued.update(GcEntry.decode(item[0]).blocks)
+        return refs, queued
+
+    async def collect_orphans(self, node_ids: set[str] | None = None) -> int:
+        """Delete old blocks that no map references at their node. Returns how many."""
+        started = time.time()
+        self.last_orphan_scan = time.monotonic()
+        live = self.ctx.nodedir.live()
+        targets = [n for n in (node_ids if node_ids is not None else live) if n in live]
+        if not targets:
+            return 0
+        # Read the maps after noting the time: a block older than `started -
+        # orphan_age` that is referenced was committed before we read its map.
+        refs, queued = await self._referenced()
+        cutoff = started - self.orphan_age
+        deleted = 0
+        for node_id in targets:
+            doomed = []
+            try:
+                async for block_id, _length, _csum, mtime in self.ctx.blocks.list_blocks(node_id):
+                    if mtime >= cutoff or block_id in queued:
+                        continue
+                    if node_id not in refs.get(block_id, ()):
+                        doomed.append(block_id)
+            except DfsError as e:
+                log.info("cannot list blocks of node %s: %s", node_id, e)
+                continue
+            for block_id in doomed:
+                try:
+                    await self.ctx.blocks.delete_block(node_id, block_id)
+                    deleted += 1
+                except DfsError:
+                    pass
+            if doomed:
+                await repair.audit(self.ctx, "orphan", src=[node_id], reason="unreferenced",
+                                   blocks=len(doomed))
+                log.info("gc: deleted %d orphan blocks from node %s", len(doomed), node_id)
+        self.orphans_deleted += deleted
+        return deleted

@@ -1,0 +1,115 @@
+"""Repair-leader election among the running storage nodes (DESIGN.md section 5).
+
+The classic ZooKeeper recipe: every node creates an ephemeral sequential znode
+under `repair/election`; the one with the lowest sequence number leads. The
+others poll (cheap: one get_children per `poll` seconds) and take over when
+the znodes before theirs are gone: a dead leader's znode vanishes with its
+session. The znode name carries the node id and session id, so a restarted
+node never mistakes the znode of its previous (killed) process for its own.
+
+A leader that loses its znode (session expired while ZooKeeper was out of
+reach) stops leading at once (its work is cancelled) and joins again. Two
+leaders may overlap for a moment around a session expiry; every repair step
+is version-checked and idempotent (dfs/repair.py), so that costs work only.
+"""
+
+import logging
+from typing import Awaitable, Callable
+
+import trio
+from kazoo.exceptions import NoNodeError
+
+from dfs.paths import FsPaths
+from dfs.zk import Zk
+
+log = logging.getLogger(__name__)
+
+
+def sequence_of(name: str) -> int:
+    return int(name.rsplit("-", 1)[1])
+
+
+class Election:
+    """Run `lead()` while this node is the repair leader.
+
+    Args:
+      zk, paths: the node's ZooKeeper session and the filesystem's paths.
+      node_id: this node.
+      poll: seconds between checks of who leads.
+    """
+
+    def __init__(self, zk: Zk, paths: FsPaths, node_id: str, *, poll: float = 0.5):
+        self.zk = zk
+        self.paths = paths
+        self.node_id = node_id
+        self.poll = poll
+        self.znode: str | None = None
+        self.leading = False
+
+    async def _join(self) -> str:
+        await self.zk.ensure_path(self.paths.repair_election)
+        prefix = f"{self.paths.repair_election}/{self.node_id}.{self.zk.session_id or 0:x}-"
+        path = await self.zk.create(prefix, self.node_id.encode(), ephemeral=True, sequence=True)
+        return path.rsplit("/", 1)[1]
+
+    async def _standing(self, me: str) -> str:
+        """'first', 'waiting' or 'gone' (our znode vanished: the session expired)."""
+        names = await self.zk.get_children(self.paths.repair_election)
+        if me not in names:
+            return "gone"
+        first = min(names, key=sequence_of)
+        return "first" if first == me else "waiting"
+
+    async def leader(self) -> str | None:
+        """The node id of the current leader, or None."""
+        return await current_leader(self.zk, self.paths)
+
+    async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
+        """Forever: join, wait for our turn, lead until we lose the znode. Cancel to stop."""
+        while True:
+            me = await self._join()
+            self.znode = me
+            try:
+                while (standing := await self._standing(me)) == "waiting":
+                    await trio.sleep(self.poll)
+                if standing == "gone":
+                    log.info("election znode %s vanished; joining again", me)
+                    continue
+                log.info("node %s is the repair leader", self.node_id)
+                self.leading = True
+                async with trio.open_nursery() as nursery:
+                    async def watchdog() -> None:
+                        while True:
+                            await trio.sleep(self.poll)
+                            try:
+                                if await self._standing(me) != "first":
+                                    break
+                            except Exception as e:  # ZooKeeper out of reach for op_timeout
+                                log.warning("cannot confirm leadership: %s", e)
+                                break
+                        log.warning("node %s lost the repair leadership", self.node_id)
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(watchdog)
+                    await lead()
+                    nursery.cancel_scope.cancel()
+            finally:
+                self.leading = False
+                self.znode = None
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    try:
+                        await self.zk.delete(f"{self.paths.repair_election}/{me}")
+                    except Exception:
+                        pass  # gone already, or ZooKeeper away: it expires with the session
+            await trio.sleep(self.poll)
+
+
+async def current_leader(zk: Zk, paths: FsPaths) -> str | None:
+    """The node id of the current repair leader (lowest election znode), or None."""
+    try:
+        names = await zk.get_children(paths.repair_election)
+    except NoNodeError:
+        return None
+    if not names:
+        return None
+    return min(names, key=sequence_of).split(".", 1)[0]

@@ -1,0 +1,454 @@
+"""What the repair leader does (DESIGN.md section 5), running inside one storage node.
+
+Two tasks while leading:
+- the observer (every `tick` s) follows the registry and `nodes/live`: when each
+  registered node left, which are dead (gone longer than `config.dead_after`),
+  which joined, which are draining; and corrupt-replica reports. It asks for a
+  repair pass when something changed (a death interrupts a running pass).
+- the repair pass scans every block map (streaming) and queues what needs
+  work, in priority tiers like HDFS's low-redundancy queues: blocks with 1
+  counting replica, then 2, ... (replicas on draining nodes do not count, so a
+  block only on draining nodes is most urgent), then surplus replicas. A tier
+  is finished before the next starts; inside a tier `concurrency` repairs run
+  at once, paced by a bandwidth limit.
+
+No pass starts while a node is in its grace period (gone, not yet dead): what
+the map says about a block is not final until then, and planning early would
+repair 2-copy blocks before 1-copy ones when two nodes die a moment apart.
+Progress goes to `repair/status` (JSON) for `dfs status`.
+"""
+
+import collections
+import itertools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import trio
+from kazoo.exceptions import BadVersionError, NoNodeError
+
+from dfs import repair
+from dfs.errors import DfsError
+from dfs.records import BlockRef, CorruptReport, NodeRegistration
+from dfs.zk import Zk
+
+log = logging.getLogger(__name__)
+
+PENDING_SHOWN = 20  # queue items listed in the status document
+
+
+def env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
+class Bandwidth:
+    """A pacing limit: `acquire(n)` returns when n more bytes fit in `rate` bytes/s."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self._next = 0.0
+
+    async def acquire(self, nbytes: int) -> None:
+        if self.rate <= 0:
+            return
+        now = trio.current_time()
+        start = max(now, self._next)
+        self._next = start + nbytes / self.rate
+        await trio.sleep_until(start)
+
+
+@dataclass(order=True)
+class Work:
+    tier: int  # lower first: counting replicas left (surplus: a high tier)
+    ino: int
+    index: int
+    ref: BlockRef = field(compare=False)
+    kind: str = field(compare=False, default="replicate")  # replicate | surplus
+    bad: frozenset = field(compare=False, default=frozenset())
+    reason: str = field(compare=False, default="under-replicated")
+    reports: list = field(compare=False, default_factory=list)  # corrupt report znodes
+
+    def describe(self) -> dict:
+        return {"block": self.ref.id, "ino": self.ino, "index": self.index, "kind": self.kind,
+                "copies": self.tier if self.kind == "replicate" else None,
+                "reason": self.reason, "bytes": self.ref.length}
+
+
+SURPLUS_TIER = 1000
+
+
+class Repairer:
+    """The leader's repair work.
+
+    Args:
+      ctx: repair context of this node (its nodedir is kept fresh by the node).
+      node_id: this node (published as the leader).
+      concurrency: repairs running at once.
+      bandwidth: bytes/s of copies started (0: unlimited).
+      scan_interval: seconds between periodic full scans.
+      tick: seconds between observations.
+    """
+
+    def __init__(self, ctx: repair.RepairContext, node_id: str, *, concurrency: int | None = None,
+                 bandwidth: float | None = None, scan_interval: float | None = None,
+                 tick: float = 1.0):
+        self.ctx = ctx
+        self.node_id = node_id
+        self.concurrency = concurrency or int(env_float("DFS_REPAIR_CONCURRENCY", 4))
+        self.bandwidth = Bandwidth(bandwidth if bandwidth is not None else
+                                   env_float("DFS_REPAIR_BANDWIDTH", 200) * (1 << 20))
+        self.scan_interval = scan_interval or env_float("DFS_REPAIR_SCAN_INTERVAL", 60.0)
+        self.tick = tick
+        self.registry: dict[str, NodeRegistration] = {}
+        self.gone_since: dict[str, float] = {}  # wall-clock time each node left nodes/live
+        self.known_live: set[str] = set()
+        self.dead: set[str] = set()
+        self.want_pass = trio.Event()
+        self.pass_scope: trio.CancelScope | None = None
+        self.last_scan = 0.0
+        self.elected = time.time()
+        # for the status document
+        self.queue: collections.deque[Work] = collections.deque()
+        self.in_progress: dict[str, Work] = {}
+        self.done_in_pass = 0
+        self.pass_bytes_left = 0
+        self.pass_started = 0.0
+        self.pass_copied_bytes = 0
+        self.counts: dict[str, int] = {}
+        self.node_refs: dict[str, int] = {}
+        self.reports_planned: set[str] = set()  # report znodes a pass has looked at
+        self.on_node_return = None  # callback(node_id): the gc collector scans it for orphans
+        self.status_extra = None  # callable returning a dict (gc progress)
+        self.maintenance_lock = trio.Lock()  # shared with the gc collector's orphan scans
+
+    @property
+    def zk(self) -> Zk:
+        return self.ctx.zk
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        await self._load_previous_status()
+        self.want_pass.set()  # a new leader looks at everything once
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._observe_loop)
+            nursery.start_soon(self._status_loop)
+            await self._pass_loop()
+
+    async def _load_previous_status(self) -> None:
+        """Inherit when nodes left from the previous leader, so its grace periods keep running."""
+        try:
+            data, _ = await self.zk.get(self.ctx.paths.repair_status)
+            old = json.loads(data)
+            self.gone_since = {k: float(v) for k, v in (old.get("gone_since") or {}).items()}
+        except (NoNodeError, ValueError, TypeError, AttributeError):
+            pass
+
+    async def _observe_loop(self) -> None:
+        while True:
+            try:
+                await self.observe()
+            except DfsError as e:
+                log.warning("repair observer: %s", e)
+            await trio.sleep(self.tick)
+
+    async def observe(self) -> None:
+        self.registry = await repair.registry(self.ctx)
+        live = set(self.ctx.nodedir.live())
+        now = time.time()
+        for node_id, reg in self.registry.items():
+            if node_id in live or reg.state == "retired":
+                self.gone_since.pop(node_id, None)
+            else:
+                self.gone_since.setdefault(node_id, now)
+        for node_id in list(self.gone_since):
+            if node_id not in self.registry:
+                del self.gone_since[node_id]
+        dead = {n for n, t in self.gone_since.items() if now - t >= self.ctx.config.dead_after}
+        newly_dead = dead - self.dead
+        returned = (live - self.known_live) & set(self.registry)
+        self.dead, self.known_live = dead, live
+        if newly_dead:
+            log.info("nodes dead (gone > %g s): %s", self.ctx.config.dead_after, sorted(newly_dead))
+            if self.pass_scope is not None:
+                self.pass_scope.cancel()  # plan again with the new picture
+            self.want_pass.set()
+        if returned:
+            log.info("nodes joined or came back: %s", sorted(returned))
+            self.want_pass.set()
+            if self.on_node_return is not None:
+                for n in returned:
+                    self.on_node_return(n)
+        if any(r.state == "draining" for r in self.registry.values()):
+            if time.monotonic() - self.last_scan > 5 * self.tick:
+                self.want_pass.set()
+        if time.monotonic() - self.last_scan > self.scan_interval:
+            self.want_pass.set()
+        try:
+            reports = set(await self.zk.get_children(self.ctx.paths.repair_reports))
+        except NoNodeError:
+            reports = set()
+        if reports - self.reports_planned:
+            self.want_pass.set()
+
+    def in_grace(self) -> list[str]:
+        return [n for n in self.gone_since if n not in self.dead]
+
+    async def _pass_loop(self) -> None:
+        while True:
+            await self.want_pass.wait()
+            while self.in_grace():
+                await trio.sleep(self.tick)
+            self.want_pass = trio.Event()
+            with trio.CancelScope() as scope:
+                self.pass_scope = scope
+                try:
+                    async with self.maintenance_lock:
+                        progress = await self.repair_pass()
+                    if progress:
+                        self.want_pass.set()  # look again: verify, and finish drains
+                except DfsError as e:
+                    log.warning("repair pass failed: %s", e)
+                    await trio.sleep(self.tick)
+            self.pass_scope = None
+            self.queue, self.in_progress = collections.deque(), {}
+            if scope.cancelled_caught:
+                log.info("repair pass interrupted; planning again")
+
+    # ------------------------------------------------------------------ one pass
+
+    async def _reports(self) -> dict[str, list[tuple[str, CorruptReport]]]:
+        """Corrupt reports by block id: [(znode name, report)]."""
+        base = self.ctx.paths.repair_reports
+        try:
+            names = await self.zk.get_children(base)
+        except NoNodeError:
+            return {}
+        out: dict[str, list] = {}
+        for name, item in zip(names, await self.zk.get_many([f"{base}/{n}" for n in names])):
+            if item is None:
+                continue
+            try:
+                rep = CorruptReport.decode(item[0])
+            except (ValueError, TypeError):
+                await self._delete_report(name)
+                continue
+            out.setdefault(rep.block_id, []).append((name, rep))
+        return out
+
+    async def _delete_report(self, name: str) -> None:
+        try:
+            await self.zk.delete(f"{self.ctx.paths.repair_reports}/{name}")
+        except NoNodeError:
+            pass
+
+    async def _confirm_bad(self, ref: BlockRef, node_id: str) -> bool:
+        """Is the reported replica really bad? (A read may have failed in transit.)"""
+        if self.ctx.nodedir.get(node_id) is None:
+            return True  # cannot ask; a gone node's replica does not count anyway
+        try:
+            return not await self.ctx.blocks.verify_block(node_id, ref.id)
+        except DfsError as e:
+            return e.errno == 2  # ENOENT: the replica is missing
+
+    async def scan(self) -> list[Work]:
+        """Read every block map; return the work, sorted by priority."""
+        ctx = self.ctx
+        replicas = ctx.config.replicas
+        reports = await self._reports()
+        work: list[Work] = []
+        counts = {"blocks": 0, "under_replicated": 0, "missing": 0, "over_replicated": 0,
+                  "waiting": 0, "corrupt": 0, "on_draining": 0}
+        node_refs: dict[str, int] = {}
+        seen_reports: set[str] = set()
+        async for ino, _group, grp, _version in repair.iter_block_groups(ctx):
+            for index, ref in grp.blocks.items():
+                counts["blocks"] += 1
+                for n in ref.replicas:
+                    node_refs[n] = node_refs.get(n, 0) + 1
+                bad: set[str] = set()
+                names = []
+                for name, rep in reports.get(ref.id, []):
+                    seen_reports.add(name)
+                    if rep.node_id in ref.replicas and await self._confirm_bad(ref, rep.node_id):
+                        bad.add(rep.node_id)
+                    names.append(name)
+                counting = [n for n in ref.replicas if ctx.counts(n, bad)]
+                sources = [n for n in ref.replicas if ctx.can_serve(n, bad)]
+                waiting = [n for n in ref.replicas if n in self.gone_since and n not in self.dead]
+                stale = [n for n in ref.replicas if n not in counting]
+                if any(ctx.nodedir.get(n) is not None and ctx.nodedir.get(n).state != "active"
+                       for n in ref.replicas):
+                    counts["on_draining"] += 1
+                if bad:
+                    counts["corrupt"] += 1
+                if not sources:
+                    counts["missing"] += 1
+                    continue
+                if len(counting) < replicas or (stale and not waiting):
+                    if len(counting) < replicas:
+                        counts["under_replicated"] += 1
+                    if waiting and not bad:
+                        counts["waiting"] += 1
+                        continue
+                    if bad:
+                        reason = "corrupt replica"
+                    elif any(n in self.dead for n in ref.replicas):
+                        reason = "dead node"
+                    elif len(sources) > len(counting):
+                        reason = "draining node"
+                    else:
+                        reason = "under-replicated"
+                    work.append(Work(len(counting), ino, index, ref, "replicate",
+                                     frozenset(bad), reason, names))
+                elif names:
+                    for name in names:  # the report was wrong or is settled already
+                        await self._delete_report(name)
+                elif len(counting) > replicas:
+                    counts["over_replicated"] += 1
+                    work.append(Work(SURPLUS_TIER, ino, index, ref, "surplus", reason="surplus"))
+        self.reports_planned = {name for items in reports.values() for name, _ in items}
+        for block_id, items in reports.items():
+            for name, _rep in items:
+                if name not in seen_reports:  # the block is not referenced any more
+                    await self._delete_report(name)
+        self.counts = counts
+        self.node_refs = node_refs
+        work.sort()
+        return work
+
+    async def repair_pass(self) -> bool:
+        """One scan and the work it found. Returns True if anything changed."""
+        self.last_scan = time.monotonic()
+        await self._retire_drained_nodes(before=True)
+        work = await self.scan()
+        self.queue = collections.deque(work)
+        self.pass_started = time.monotonic()
+        self.pass_copied_bytes = 0
+        self.done_in_pass = 0
+        self.pass_bytes_left = sum(w.ref.length for w in work if w.kind == "replicate")
+        if work:
+            log.info("repair pass: %d blocks to work on (%s)", len(work), self.counts)
+        changed = False
+        tiers = sorted({w.tier for w in work})
+        for tier in tiers:
+            size = sum(1 for w in work if w.tier == tier)
+
+            async def worker(tier: int = tier) -> None:
+                nonlocal changed
+                while self.queue and self.queue[0].tier == tier:
+                    w = self.queue.popleft()
+                    self.in_progress[w.ref.id] = w
+                    try:
+                        if await self._do(w):
+                            changed = True
+                    except DfsError as e:
+                        log.warning("repair of block %s (inode %d index %d) failed: %s",
+                                    w.ref.id, w.ino, w.index, e)
+                    finally:
+                        del self.in_progress[w.ref.id]
+                        self.done_in_pass += 1
+                        if w.kind == "replicate":
+                            self.pass_bytes_left -= w.ref.length
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(self.concurrency, size)):
+                    nursery.start_soon(worker)
+        await self._retire_drained_nodes(before=False)
+        return changed
+
+    async def _do(self, w: Work) -> bool:
+        ctx = self.ctx
+        if w.kind == "surplus":
+            counting = [n for n in w.ref.replicas if ctx.counts(n)]
+            extra = len(counting) - ctx.config.replicas
+            if extra <= 0:
+                return False
+            # drop from the fullest nodes
+            counting.sort(key=lambda n: ctx.nodedir.get(n).free)
+            new = await repair.drop_replicas(ctx, w.ino, w.index, w.ref, counting[:extra],
+                                             "surplus replica")
+            return new is not None and new.replicas != w.ref.replicas
+        before = ctx.stats["copied_bytes"]
+        new = await repair.rereplicate(ctx, w.ino, w.index, w.ref, bad=w.bad, reason=w.reason,
+                                       bandwidth=self.bandwidth)
+        self.pass_copied_bytes += ctx.stats["copied_bytes"] - before
+        for name in w.reports:
+            await self._delete_report(name)
+        return new is None or new.replicas != w.ref.replicas
+
+    async def _retire_drained_nodes(self, before: bool) -> None:
+        """Mark draining nodes that no block map references any more as retired."""
+        if before:
+            return  # node_refs is from the previous scan; checked after this pass's scan
+        for node_id, reg in self.registry.items():
+            if reg.state != "draining" or self.node_refs.get(node_id, 0):
+                continue
+            if self.queue or self.in_progress:
+                continue
+            await mark_retired(self.zk, self.ctx.paths, node_id)
+            await repair.audit(self.ctx, "retire", src=[node_id], reason="drained")
+            log.info("node %s drained: retired", node_id)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        elapsed = max(time.monotonic() - self.pass_started, 1e-3) if self.pass_started else 0
+        rate = self.pass_copied_bytes / elapsed if elapsed else 0.0
+        eta = self.pass_bytes_left / rate if rate > 0 else None
+        doc = {
+            "leader": self.node_id,
+            "elected": self.elected,
+            "updated": time.time(),
+            "gone_since": self.gone_since,
+            "dead": sorted(self.dead),
+            "waiting_for_grace": sorted(self.in_grace()),
+            "queue_length": len(self.queue) + len(self.in_progress),
+            "in_progress": [w.describe() for w in self.in_progress.values()],
+            "pending": [w.describe() for w in itertools.islice(self.queue, PENDING_SHOWN)],
+            "order": "fewest counting replicas first (1 before 2), then surplus replicas",
+            "eta_seconds": eta,
+            "repair_bytes_per_second": rate,
+            "counts": self.counts,
+            "totals": dict(self.ctx.stats),
+        }
+        if self.status_extra is not None:
+            doc.update(self.status_extra())
+        return doc
+
+    async def _status_loop(self) -> None:
+        path = self.ctx.paths.repair_status
+        while True:
+            data = json.dumps(self.status()).encode()
+            try:
+                try:
+                    await self.zk.set(path, data)
+                except NoNodeError:
+                    await self.zk.create(path, data)
+            except Exception as e:  # best effort; the next round tries again
+                log.debug("could not publish repair status: %s", e)
+            await trio.sleep(self.tick)
+
+
+async def mark_retired(zk: Zk, paths, node_id: str) -> bool:
+    """draining -> retired (version-checked). False if the node is not draining."""
+    path = paths.registry_node(node_id)
+    while True:
+        try:
+            data, st = await zk.get(path)
+        except NoNodeError:
+            return False
+        reg = NodeRegistration.decode(data)
+        if reg.state != "draining":
+            return reg.state == "retired"
+        reg.state = "retired"
+        try:
+            await zk.set(path, reg.encode(), st.version)
+            return True
+        except BadVersionError:
+            continue
