@@ -50,7 +50,10 @@ class DirHandle:
 
 
 class Operations(pyfuse3.Operations):
-    enable_writeback_cache = True
+    # No kernel writeback cache: with it the kernel keeps its own i_size and
+    # mtime for regular files and ignores ours, so a file rewritten on another
+    # mount keeps its old size here forever (breaks close-to-open).
+    enable_writeback_cache = False
     supports_dot_lookup = True
 
     def __init__(self, meta: Meta, files: FileData, nodedir, *, attr_timeout: float = 1.0,
@@ -221,6 +224,21 @@ class Operations(pyfuse3.Operations):
         if node.rec.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         _, keep = await self.files.open(inode, node)
+        if flags & os.O_TRUNC and node.rec.size:
+            # libfuse enables atomic O_TRUNC: the truncate is ours to do
+            try:
+                node = await self.files.truncate(inode, 0)
+            except BaseException:
+                await self.files.release(inode)
+                raise
+            keep = False
+        if not keep:
+            # Changed since this mount last saw it (close-to-open): make the
+            # kernel drop its cached attributes now, before the caller's fstat.
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError:
+                pass
         fi = pyfuse3.FileInfo(fh=self._new_fh(inode))
         fi.keep_cache = keep
         return fi
