@@ -193,3 +193,259 @@ def test_node_loss_is_repaired(cluster_factory, tmp_path):
         check_files(mnt, sums)
     finally:
         view.close()
+
+
+def test_two_nodes_lost_one_copy_blocks_first(cluster_factory, tmp_path):
+    """Kill two nodes at once: nothing lost, blocks down to 1 copy are repaired first.
+
+    4 nodes (not 3): with 3 nodes and replicas 3 every block would be left
+    with exactly one copy and there would be no order to check.
+    """
+    c = start_cluster(cluster_factory, config(), 4)
+    mnt = c.mounts[0].mountpoint
+    sums = write_files(mnt, tmp_path / "src", [16 * MiB, 16 * MiB, 8 * MiB])
+    view = View(c.hosts, c.paths)
+    try:
+        wait_healthy(view, 3, 30)
+        victims = c.nodes[:2]
+        ids = {v.node_id for v in victims}
+        one_copy = sum(1 for _, _, r in view.blocks() if ids <= set(r.replicas))
+        for v in victims:
+            v.kill()
+        c.add_node(env=NODE_ENV)
+        c.add_node(env=NODE_ENV)
+        wait_gone(view, list(ids))
+        wait_healthy(view, 3, 120)
+        copies = [r for r in view.audit() if r["action"] == "copy"]
+        order = [r["copies"] for r in copies]
+        assert one_copy and 1 in order, f"no block was down to one copy: {order}"
+        assert order == sorted(order), f"repairs not most-endangered first: {order}"
+        print(f"\ntwo nodes lost: {order.count(1)} one-copy repairs, then {order.count(2)} two-copy")
+        check_files(mnt, sums)
+    finally:
+        view.close()
+
+
+def test_repair_leader_killed_during_repair(cluster_factory, tmp_path):
+    """SIGKILL the repair leader in the middle of a repair: another node finishes it."""
+    c = cluster_factory(config=config(), nodes=0)
+    slow = {**NODE_ENV, "DFS_REPAIR_BANDWIDTH": "8"}  # MiB/s: keep the repair running a while
+    for _ in range(4):
+        c.add_node(env=slow)
+    c.mount()
+    mnt = c.mounts[0].mountpoint
+    sums = write_files(mnt, tmp_path / "src", [30 * MiB, 30 * MiB])
+    view = View(c.hosts, c.paths)
+    try:
+        wait_healthy(view, 3, 30)
+        leader = wait_for("a repair leader", view.leader, 30)
+        victim = next(n for n in c.nodes if n.node_id != leader)
+        victim.kill()
+        c.add_node(env=slow)
+        wait_gone(view, [victim.node_id])
+        wait_for("the repair to start", lambda: [r for r in view.audit() if r["action"] == "copy"],
+                 60, interval=0.1)
+        node_by_id(c, leader).kill()
+        c.add_node(env=slow)
+        new_leader = wait_for("another repair leader",
+                              lambda: (lambda l: l if l and l != leader else None)(view.leader()), 60)
+        wait_healthy(view, 3, 150)
+        by = {r["by"] for r in view.audit() if r["action"] == "copy"}
+        assert f"node:{new_leader}" in by, f"the new leader repaired nothing: {by}"
+        assert view.status().get("leader") == new_leader
+        check_files(mnt, sums)
+    finally:
+        view.close()
+
+
+def test_rm_gives_space_back(cluster_factory, tmp_path):
+    """rm of 300 MiB (3 replicas: 900 MiB on the nodes): the nodes' data shrinks back."""
+    c = start_cluster(cluster_factory, config(), 3)
+    mnt = c.mounts[0].mountpoint
+    write_files(mnt, tmp_path / "src", [100 * MiB, 100 * MiB, 100 * MiB])
+    before = data_bytes(c)
+    assert before >= 900 * MiB
+    t0 = time.monotonic()
+    for k in range(3):
+        os.unlink(mnt / f"f{k}")
+    wait_for("the nodes' block files to go", lambda: data_bytes(c) < 10 * MiB, 90, interval=0.5)
+    print(f"\nrm: {before / MiB:.0f} MiB of replicas freed {time.monotonic() - t0:.1f} s after rm")
+    view = View(c.hosts, c.paths)
+    try:
+        assert view.zk.get_children(c.paths.gc) == []
+    finally:
+        view.close()
+
+
+def test_writes_with_fewer_nodes_than_replicas_are_repaired_later(cluster_factory, tmp_path):
+    c = start_cluster(cluster_factory, config(), 3)
+    mnt = c.mounts[0].mountpoint
+    view = View(c.hosts, c.paths)
+    try:
+        away = c.nodes[2]
+        away.stop()
+        wait_gone(view, [away.node_id])
+        sums = write_files(mnt, tmp_path / "src", [6 * MiB, 3 * MiB])  # 2 live >= min_replicas
+        short = [r for _, _, r in view.blocks() if len(r.replicas) < 3]
+        assert len(short) == 9, [r.replicas for _, _, r in view.blocks()]
+        # back only after the leader declared it dead, so its return is what triggers the repair
+        wait_for("the leader to declare the node dead",
+                 lambda: away.node_id in view.status().get("dead", []), 30)
+        away.start()
+        wait_healthy(view, 3, 60)
+        check_files(mnt, sums)
+    finally:
+        view.close()
+
+
+def corrupt_block_file(path: Path) -> None:
+    from nodes.store import header_size
+
+    raw = bytearray(path.read_bytes())
+    at = header_size(MiB) + 12345
+    raw[at] ^= 0x5A
+    path.write_bytes(raw)
+
+
+def test_corrupt_replica_is_reported_and_replaced(cluster_factory, tmp_path):
+    from dfs.checksum import hash64, to_hex
+    from nodes.store import header_size
+
+    c = start_cluster(cluster_factory, config(), 3)
+    mnt = c.mounts[0].mountpoint
+    sums = write_files(mnt, tmp_path / "src", [16 * MiB])
+    view = View(c.hosts, c.paths)
+    try:
+        bad = c.nodes[0]
+        refs = [r for _, _, r in view.blocks()]
+        files = {r.id: bad.data_dir / "blocks" / r.id[:2] / r.id[2:4] / r.id for r in refs}
+        for p in files.values():
+            corrupt_block_file(p)
+        # A fresh mount (empty cache) reads: the reads that try the bad replica first
+        # fail over and report it (which replica a read tries first is random).
+        c.mount("mnt2")
+        check_files(c.mounts[-1].mountpoint, sums)
+        audit = wait_for("corrupt-replica repairs in the audit log",
+                         lambda: [r for r in view.audit() if r["reason"] == "corrupt replica"], 30)
+        wait_for("the corrupt reports to be handled",
+                 lambda: not view.zk.get_children(c.paths.repair_reports), 30)
+        audit = [r for r in view.audit() if r["reason"] == "corrupt replica"]
+        fixed = {r["block"] for r in audit}
+        assert all(r["to"] == [bad.node_id] for r in audit if r["action"] == "copy"), audit
+        for r in refs:
+            if r.id in fixed:  # the bad replica was overwritten by a good copy
+                raw = files[r.id].read_bytes()
+                assert to_hex(hash64(raw[header_size(r.length):])) == r.checksum
+        print(f"\ncorrupt: {len(fixed)} reported replicas replaced from good copies")
+        wait_healthy(view, 3, 30)
+        check_files(mnt, sums)
+    finally:
+        view.close()
+
+
+def test_drain_moves_everything_and_retires(cluster_factory, tmp_path):
+    c = start_cluster(cluster_factory, config(), 4)
+    mnt = c.mounts[0].mountpoint
+    sums = write_files(mnt, tmp_path / "src", [12 * MiB, 8 * MiB])
+    view = View(c.hosts, c.paths)
+    try:
+        wait_healthy(view, 3, 30)
+        target = max(c.nodes, key=lambda n: sum(n.node_id in r.replicas for _, _, r in view.blocks()))
+        drain = subprocess.Popen([sys.executable, "-m", "tools.cli", "drain", "--zk", c.hosts,
+                                  "--fs", c.fsname, target.node_id, "--wait", "90"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            while drain.poll() is None:  # files stay readable while the node drains
+                check_files(mnt, sums)
+                time.sleep(0.2)
+            out = drain.communicate()[0]
+        finally:
+            if drain.poll() is None:
+                drain.kill()
+                drain.wait()
+        assert drain.returncode == 0, out
+        assert view.registration(target.node_id).state == "retired"
+        assert not [r for _, _, r in view.blocks() if target.node_id in r.replicas]
+        wait_healthy(view, 3, 30)
+        target.stop()
+        check_files(mnt, sums)
+        assert all(len(r.replicas) == 3 for _, _, r in view.blocks())
+        status = subprocess.run([sys.executable, "-m", "tools.cli", "status", "--zk", c.hosts,
+                                 "--fs", c.fsname, "--json"], capture_output=True, text=True)
+        doc = json.loads(status.stdout)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert doc["missing_blocks"] == 0 and doc["under_replicated_blocks"] == 0
+        assert {n["node_id"]: n["state"] for n in doc["nodes"]}[target.node_id] == "retired"
+    finally:
+        view.close()
+
+
+def test_zookeeper_leader_killed_during_cp(tmp_path):
+    """A 3-server ensemble loses its leader while `cp` writes a large file through a mount."""
+    ens = ZkEnsemble(tmp_path / "zk", servers=3)
+    ens.start()
+    c = None
+    try:
+        c = Cluster(ens.hosts, tmp_path / "c", config())
+        (tmp_path / "c").mkdir()
+        c.mkfs()
+        for _ in range(3):
+            c.add_node(env=NODE_ENV)
+        mnt = c.mount()
+        src = tmp_path / "big"
+        with open(src, "wb") as f:
+            for _ in range(200):
+                f.write(os.urandom(MiB))
+        dst = mnt / "big"
+        progress: list[tuple[float, int]] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                try:
+                    progress.append((time.monotonic(), os.stat(dst).st_size))
+                except OSError:
+                    pass
+                time.sleep(0.05)
+
+        t = threading.Thread(target=watch, daemon=True)
+        t.start()
+        cp = subprocess.Popen(["cp", str(src), str(dst)], stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for("cp to get going", lambda: os.path.exists(dst) and os.stat(dst).st_size > 20 * MiB,
+                     60, interval=0.05)
+            leader = ens.leader_index()
+            assert leader is not None
+            killed = time.monotonic()
+            ens.kill_server(leader)
+            _, err = cp.communicate(timeout=180)
+        finally:
+            if cp.poll() is None:
+                cp.kill()
+                cp.wait()
+            stop.set()
+            t.join()
+        assert cp.returncode == 0, err
+        new_leader = ens.leader_index()
+        assert new_leader is not None and new_leader != leader
+        with open(src, "rb") as a, open(dst, "rb") as b:
+            while True:
+                x, y = a.read(4 * MiB), b.read(4 * MiB)
+                assert x == y, "the copy differs"
+                if not x:
+                    break
+        after = [(t, s) for t, s in progress if t >= killed]
+        stall = max((b[0] - a[0] for a, b in zip(after, after[1:]) if b[1] == a[1]), default=0.0)
+        # longest time the file did not grow after the kill
+        run, longest = 0.0, 0.0
+        for a, b in zip(after, after[1:]):
+            run = run + (b[0] - a[0]) if b[1] == a[1] else 0.0
+            longest = max(longest, run)
+        print(f"\nZooKeeper leader killed during cp of 200 MiB: cp ok, longest stall "
+              f"{longest:.2f} s (finished {after[-1][0] - killed if after else 0:.1f} s after "
+              f"the kill)")
+        del stall
+    finally:
+        if c is not None:
+            c.close()
+        ens.stop()

@@ -1,0 +1,116 @@
+"""`dfs drain NODE-ID`: move every block off a node while it keeps serving reads, then retire it.
+
+Sets the node's registry state to `draining` (placement stops choosing it; the
+repair leader copies its blocks elsewhere and drops its replicas), waits until
+no block map references the node, and marks it `retired`.
+
+Exit codes: 0 drained and retired; 1 no such node, or not drained within
+--wait seconds; 2 ZooKeeper unreachable (one line on stderr).
+"""
+
+import argparse
+import logging
+import sys
+import time
+
+import trio
+from kazoo.exceptions import BadVersionError, NoNodeError
+
+from dfs.errors import DfsError, ZkUnavailable
+from dfs.paths import FsPaths, default_root
+from dfs.records import BlockGroup, NodeRegistration
+from dfs.zk import Zk
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+POLL = 1.0
+
+
+async def set_state(zk: Zk, paths: FsPaths, node_id: str, frm: set[str], to: str) -> str | None:
+    """Version-checked state change; returns the state found (None: no such node)."""
+    path = paths.registry_node(node_id)
+    while True:
+        try:
+            data, st = await zk.get(path)
+        except NoNodeError:
+            return None
+        reg = NodeRegistration.decode(data)
+        if reg.state not in frm:
+            return reg.state
+        found = reg.state
+        reg.state = to
+        try:
+            await zk.set(path, reg.encode(), st.version)
+            return found
+        except BadVersionError:
+            continue
+
+
+async def referenced_blocks(zk: Zk, paths: FsPaths, node_id: str) -> int:
+    """How many blocks the maps still place on `node_id` (streamed, group by group)."""
+    try:
+        inos = await zk.get_children(paths.blocks)
+    except NoNodeError:
+        return 0
+    count = 0
+    for i in range(0, len(inos), 256):
+        batch = [int(x) for x in inos[i:i + 256] if x.isdigit()]
+        lists = await zk.children_many([paths.block_map(ino) for ino in batch])
+        groups = [paths.block_group(ino, int(g)) for ino, gs in zip(batch, lists) if gs for g in gs]
+        for j in range(0, len(groups), 64):
+            for item in await zk.get_many(groups[j:j + 64]):
+                if item is not None:
+                    count += sum(node_id in r.replicas
+                                 for r in BlockGroup.decode(item[0]).blocks.values())
+    return count
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from tools.cli import resolve_zk
+
+    zk = await Zk.connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
+    paths = FsPaths(default_root(args.fs))
+    node_id = args.node_id
+    try:
+        if not await zk.exists(paths.config):
+            print(f"dfs drain: no filesystem at {paths.root}", file=sys.stderr)
+            return EXIT_USAGE
+        found = await set_state(zk, paths, node_id, {"active"}, "draining")
+        if found is None:
+            print(f"dfs drain: no node {node_id} in the registry", file=sys.stderr)
+            return EXIT_PROBLEM
+        if found == "retired":
+            print(f"node {node_id} is retired already")
+            return EXIT_OK
+        print(f"node {node_id} is draining; waiting for its blocks to move", file=sys.stderr)
+        deadline = time.monotonic() + args.wait
+        last = None
+        while True:
+            left = await referenced_blocks(zk, paths, node_id)
+            if left == 0:
+                break
+            if left != last:
+                print(f"  {left} blocks still on node {node_id}", file=sys.stderr)
+                last = left
+            if time.monotonic() > deadline:
+                print(f"dfs drain: {left} blocks still on node {node_id} after {args.wait:g} s "
+                      f"(is a repair leader running? see 'dfs status')", file=sys.stderr)
+                return EXIT_PROBLEM
+            await trio.sleep(POLL)
+        await set_state(zk, paths, node_id, {"draining"}, "retired")
+        print(f"node {node_id} drained and retired; it can be stopped")
+        return EXIT_OK
+    finally:
+        await zk.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    if not getattr(args, "verbose", False):
+        logging.getLogger("kazoo").setLevel(logging.CRITICAL)
+    try:
+        return trio.run(_main, args)
+    except ZkUnavailable as e:
+        print(f"dfs drain: {e.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except DfsError as e:
+        print(f"dfs drain: {e}", file=sys.stderr)
+        return EXIT_PROBLEM

@@ -1,0 +1,177 @@
+"""`dfs status`: nodes, cluster health and the repair queue, for people (or --json).
+
+Exit codes: 0 healthy; 1 blocks are missing, under-replicated or have corrupt
+replicas reported; 2 ZooKeeper unreachable or no filesystem (one line on stderr).
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+import trio
+from kazoo.exceptions import NoNodeError
+
+from dfs.errors import DfsError, ZkUnavailable
+from dfs.mkfs import load_config
+from dfs.paths import FsPaths, default_root
+from dfs.records import BlockGroup, NodeLive, NodeRegistration
+from dfs.zk import Zk
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+async def _children(zk: Zk, path: str) -> list[str]:
+    try:
+        return await zk.get_children(path)
+    except NoNodeError:
+        return []
+
+
+async def gather(zk: Zk, paths: FsPaths) -> dict:
+    config = await load_config(zk, paths)
+    reg_names = await _children(zk, paths.registry)
+    regs = {n: NodeRegistration.decode(item[0]) for n, item in
+            zip(reg_names, await zk.get_many([paths.registry_node(n) for n in reg_names])) if item}
+    live_names = await _children(zk, paths.live)
+    live = {n: NodeLive.decode(item[0]) for n, item in
+            zip(live_names, await zk.get_many([paths.live_node(n) for n in live_names])) if item}
+    try:
+        repair = json.loads((await zk.get(paths.repair_status))[0])
+    except (NoNodeError, ValueError):
+        repair = {}
+    election = await _children(zk, paths.repair_election)
+    leader = min(election, key=lambda n: int(n.rsplit("-", 1)[1])).split(".", 1)[0] \
+        if election else None
+    corrupt = len(await _children(zk, paths.repair_reports))
+
+    # block health, from the maps and the live view (streamed group by group)
+    blocks = under = missing = 0
+    per_node: dict[str, int] = {}
+    active = {n for n, lv in live.items() if lv.state == "active"}
+    inos = await _children(zk, paths.blocks)
+    for i in range(0, len(inos), 256):
+        batch = [int(x) for x in inos[i:i + 256] if x.isdigit()]
+        lists = await zk.children_many([paths.block_map(ino) for ino in batch])
+        groups = [paths.block_group(ino, int(g)) for ino, gs in zip(batch, lists) if gs for g in gs]
+        for j in range(0, len(groups), 64):
+            for item in await zk.get_many(groups[j:j + 64]):
+                if item is None:
+                    continue
+                for ref in BlockGroup.decode(item[0]).blocks.values():
+                    blocks += 1
+                    for n in ref.replicas:
+                        per_node[n] = per_node.get(n, 0) + 1
+                    if not any(n in live for n in ref.replicas):
+                        missing += 1
+                    elif sum(n in active for n in ref.replicas) < config.replicas:
+                        under += 1
+    now = time.time()
+    nodes = []
+    for node_id in sorted(set(regs) | set(live)):
+        reg, lv = regs.get(node_id), live.get(node_id)
+        gone = (repair.get("gone_since") or {}).get(node_id)
+        nodes.append({
+            "node_id": node_id,
+            "status": "live" if lv else "dead",
+            "state": reg.state if reg else (lv.state if lv else "?"),
+            "address": lv.address if lv else (reg.address if reg else ""),
+            "zone": (lv or reg).zone if (lv or reg) else "",
+            "capacity": lv.capacity if lv else None,
+            "used": lv.used if lv else None,
+            "free": lv.free if lv else None,
+            "blocks": lv.blocks if lv else None,
+            "referenced_blocks": per_node.get(node_id, 0),
+            "gone_for": round(now - gone, 1) if gone and not lv else None,
+        })
+    return {
+        "filesystem": paths.root,
+        "replicas": config.replicas,
+        "min_replicas": config.min_replicas,
+        "dead_after": config.dead_after,
+        "nodes": nodes,
+        "live_nodes": sum(1 for n in nodes if n["status"] == "live"),
+        "dead_nodes": sum(1 for n in nodes if n["status"] == "dead" and n["state"] != "retired"),
+        "repair_leader": leader,
+        "total_blocks": blocks,
+        "under_replicated_blocks": under,
+        "missing_blocks": missing,
+        "corrupt_replicas": corrupt,
+        "repair": {k: repair.get(k) for k in ("leader", "updated", "queue_length", "in_progress",
+                                              "pending", "order", "eta_seconds",
+                                              "repair_bytes_per_second", "counts", "totals",
+                                              "gc_pending", "dead", "waiting_for_grace")}
+        if repair else {},
+    }
+
+
+def render(s: dict) -> str:
+    out = [f"filesystem {s['filesystem']}: replicas {s['replicas']} (min {s['min_replicas']}), "
+           f"dead after {s['dead_after']:g} s"]
+    health = "HEALTHY" if not (s["missing_blocks"] or s["under_replicated_blocks"]
+                               or s["corrupt_replicas"]) else "DEGRADED"
+    out.append(f"health: {health}  blocks {s['total_blocks']}, under-replicated "
+               f"{s['under_replicated_blocks']}, missing {s['missing_blocks']}, corrupt replicas "
+               f"reported {s['corrupt_replicas']}")
+    out.append(f"nodes: {s['live_nodes']} live, {s['dead_nodes']} dead; repair leader: "
+               f"{s['repair_leader'] or 'none'}")
+    out.append(f"  {'NODE':16} {'STATUS':6} {'STATE':9} {'ADDRESS':21} {'CAPACITY':>10} "
+               f"{'USED':>10} {'BLOCKS':>7}")
+    for n in s["nodes"]:
+        cap = human(n["capacity"]) if n["capacity"] is not None else "-"
+        used = human(n["used"]) if n["used"] is not None else "-"
+        blocks = str(n["blocks"]) if n["blocks"] is not None else f"({n['referenced_blocks']})"
+        status = n["status"] + (f" {n['gone_for']:.0f}s" if n["gone_for"] else "")
+        out.append(f"  {n['node_id']:16} {status:6} {n['state']:9} {n['address']:21} {cap:>10} "
+                   f"{used:>10} {blocks:>7}")
+    r = s["repair"]
+    if r:
+        eta = f", ETA {r['eta_seconds']:.0f} s" if r.get("eta_seconds") else ""
+        rate = r.get("repair_bytes_per_second") or 0
+        out.append(f"repair queue: {r.get('queue_length') or 0} blocks{eta}"
+                   + (f" at {human(rate)}/s" if rate else "")
+                   + f"; order: {r.get('order', '')}")
+        for w in (r.get("in_progress") or [])[:5]:
+            out.append(f"  repairing block {w['block']} (inode {w['ino']} #{w['index']}): "
+                       f"{w['reason']}")
+        for w in (r.get("pending") or [])[:10]:
+            out.append(f"  queued    block {w['block']} (inode {w['ino']} #{w['index']}): "
+                       f"{w['reason']}, {w.get('copies')} copies")
+        if r.get("gc_pending"):
+            out.append(f"gc: {r['gc_pending']} entries pending")
+    return "\n".join(out)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from tools.cli import resolve_zk
+
+    zk = await Zk.connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
+    try:
+        s = await gather(zk, FsPaths(default_root(args.fs)))
+    finally:
+        await zk.close()
+    print(json.dumps(s, indent=2) if args.json else render(s))
+    problem = s["missing_blocks"] or s["under_replicated_blocks"] or s["corrupt_replicas"]
+    return EXIT_PROBLEM if problem else EXIT_OK
+
+
+def main(args: argparse.Namespace) -> int:
+    if not getattr(args, "verbose", False):
+        logging.getLogger("kazoo").setLevel(logging.CRITICAL)
+    try:
+        return trio.run(_main, args)
+    except ZkUnavailable as e:
+        print(f"dfs status: {e.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except DfsError as e:
+        print(f"dfs status: {e.message}", file=sys.stderr)
+        return EXIT_USAGE
