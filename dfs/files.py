@@ -113,7 +113,7 @@ class FileData:
       dirty_limit: bytes of dirty or in-flight data before writers wait.
     """
 
-    def __init__(self, meta: Meta, blocks, nursery: trio.Nursery, *, cache_bytes: int = 512 << 20,
+    def __init__(self, meta: Meta, blocks, nursery: trio.Nursery, *, cache_bytes: int = 1024 << 20,
                  dirty_limit: int = 256 << 20, upload_slots: int = 6, readahead_blocks: int = 2):
         self.meta = meta
         self.blocks = blocks
@@ -148,8 +148,11 @@ class FileData:
         if f is not None:
             f.handles += 1
             return f, True
-        node = node or await self.meta.getattr(ino)
-        refs = await self.meta.read_block_map(ino) if node.rec.is_reg and not created else {}
+        if created:
+            node = node or await self.meta.getattr(ino)
+            refs: dict[int, BlockRef] = {}
+        else:
+            node, refs = await self.meta.open_file(ino)
         f = self.files.get(ino)  # another opener may have won while we awaited
         if f is not None:
             f.handles += 1

@@ -99,6 +99,21 @@ class Meta:
         self._ino_end = 0
         self._ino_lock = trio.Lock()
         self.stats = {"retries": 0}
+        # (parent, name) -> inode last seen there. Only a guess that lets one
+        # multi-read fetch a name's inode together with its dirent; every use
+        # checks it against the dirent just read, so a stale hint costs a round
+        # trip, never a wrong answer.
+        self.hints: dict[tuple[int, bytes], int] = {}
+
+    HINTS_MAX = 200_000
+
+    def hint(self, parent: int, name: bytes, ino: int | None) -> None:
+        if ino is None:
+            self.hints.pop((parent, name), None)
+            return
+        if len(self.hints) >= self.HINTS_MAX:
+            self.hints.clear()
+        self.hints[(parent, name)] = ino
 
     # ------------------------------------------------------------------ helpers
 
@@ -214,19 +229,29 @@ class Meta:
         if name == b"..":
             p = await self._dir(parent)
             return await self.getattr(p.rec.parent or ROOT_INO)
-        got = await self.zk.read_many([("get", self.paths.dirent(parent, name)),
-                                       ("get", self.paths.inode(parent))])
+        guess = self.hints.get((parent, name))
+        reads = [("get", self.paths.dirent(parent, name)), ("get", self.paths.inode(parent))]
+        if guess is not None:
+            reads += [("get", self.paths.inode(guess)), ("get", self.paths.dir(guess))]
+        got = await self.zk.read_many(reads)
         if got[0] is None:
+            self.hint(parent, name, None)
             self._check_parent(parent, got[1])
             raise DfsError(errno.ENOENT, f"no entry {name!r}")
+        ino = DirEntry.decode(got[0][0]).ino
+        if ino == guess and got[2] is not None:
+            # read after the dirent in the same multi-read: consistent with it
+            return self._inode(ino, got[2], got[3])
         try:
-            return await self.getattr(DirEntry.decode(got[0][0]).ino)
+            node = await self.getattr(ino)
         except DfsError:
             # dirent raced with a rename/unlink: read again once, consistently
             ent = await self._dirent(parent, name)
             if ent is None:
                 raise DfsError(errno.ENOENT, f"no entry {name!r}") from None
-            return await self.getattr(ent[0].ino)
+            node = await self.getattr(ent[0].ino)
+        self.hint(parent, name, node.ino)
+        return node
 
     @staticmethod
     def _check_parent(parent: int, got: tuple | None) -> None:
@@ -286,7 +311,9 @@ class Meta:
                 raise
             return Inode(ino, rec, 0)
 
-        return await self._retrying(attempt, "create")
+        node = await self._retrying(attempt, "create")
+        self.hint(parent, name, node.ino)
+        return node
 
     async def mkdir(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int) -> Inode:
         return await self.mknod(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid=uid, gid=gid)
@@ -334,16 +361,23 @@ class Meta:
             await self.zk.commit(txn)
             return Inode(ino, rec, node.version + 1)
 
-        return await self._retrying(attempt, "link")
+        node = await self._retrying(attempt, "link")
+        self.hint(new_parent, new_name, ino)
+        return node
 
     # ------------------------------------------------------------------ remove
 
     def _extras_reads(self, ino: int) -> list[tuple[str, str]]:
-        """What `_delete_inode` needs besides the inode; list them after the inode's read."""
-        return [("children", self.paths.xattr_dir(ino)), ("children", self.paths.block_map(ino))]
+        """What `_delete_inode` needs besides the inode; list them after the inode's read.
+
+        The first block group is read speculatively: most files have only that one.
+        """
+        return [("children", self.paths.xattr_dir(ino)), ("children", self.paths.block_map(ino)),
+                ("get", self.paths.block_group(ino, 0))]
 
     async def _drop_inode(self, txn: Txn, node: Inode, t: int,
-                          extras: tuple[list[str] | None, list[str] | None] | None = None) -> None:
+                          extras: tuple[list[str] | None, list[str] | None] | None = None,
+                          group0: tuple | None = None) -> None:
         """Add to txn: one link of `node` goes away (and the inode with the last one).
 
         `extras`: the results of `_extras_reads(node.ino)`, read after the inode.
@@ -359,7 +393,7 @@ class Meta:
             await self._ensure(self.paths.open_dir(node.ino))
             txn.create(self.paths.open_holder(node.ino, self.mount_id), ephemeral=True)
             return
-        await self._delete_inode(txn, node, extras)
+        await self._delete_inode(txn, node, extras, group0)
 
     async def _ensure(self, path: str) -> None:
         try:
@@ -368,7 +402,8 @@ class Meta:
             pass
 
     async def _delete_inode(self, txn: Txn, node: Inode,
-                            extras: tuple[list[str] | None, list[str] | None] | None = None) -> None:
+                            extras: tuple[list[str] | None, list[str] | None] | None = None,
+                            group0: tuple | None = None) -> None:
         """Add to txn: delete the inode, its xattrs and block map (blocks to gc/).
 
         The xattr names and block groups must have been read after `node`: every
@@ -393,7 +428,11 @@ class Meta:
         refs: list[BlockRef] = []
         group_paths = [f"{self.paths.block_map(ino)}/{g}" for g in groups]
         group_deletes = []
-        for path, got in zip(group_paths, await self.zk.get_many(group_paths)):
+        if group0 is not None and groups == ["0"]:
+            fetched = [group0]  # read in the same multi-read, after the inode
+        else:
+            fetched = await self.zk.get_many(group_paths)
+        for path, got in zip(group_paths, fetched):
             if got is None:
                 raise Conflict(f"block group {path} vanished")
             refs.extend(BlockGroup.decode(got[0]).blocks.values())
@@ -428,26 +467,32 @@ class Meta:
         dirent_path = self.paths.dirent(parent, name)
 
         async def attempt() -> int:
-            got = await self.zk.read_many([("get", dirent_path), ("get", self.paths.inode(parent))])
+            guess = self.hints.get((parent, name))
+            reads = [("get", dirent_path), ("get", self.paths.inode(parent))]
+            if guess is not None:
+                reads += [("get", self.paths.inode(guess)), *self._extras_reads(guess)]
+            got = await self.zk.read_many(reads)
             if got[0] is None:
                 self._check_parent(parent, got[1])
                 raise DfsError(errno.ENOENT, f"no entry {name!r}")
             dirent, dver = DirEntry.decode(got[0][0]), got[0][1].version
             if stat.S_ISDIR(dirent.mode):
                 raise DfsError(errno.EISDIR, f"{name!r} is a directory")
-            got = await self.zk.read_many([("get", self.paths.inode(dirent.ino)),
-                                           *self._extras_reads(dirent.ino)])
-            if got[0] is None:
+            if dirent.ino != guess or got[2] is None:
+                got = [None, None] + await self.zk.read_many(
+                    [("get", self.paths.inode(dirent.ino)), *self._extras_reads(dirent.ino)])
+            if got[2] is None:
                 raise Conflict(f"inode {dirent.ino} of {name!r} vanished")
-            node = self._inode(dirent.ino, got[0], None)
+            node = self._inode(dirent.ino, got[2], None)
             if node.rec.is_dir:
                 raise DfsError(errno.EISDIR, f"{name!r} is a directory")
             t = now_ns()
             txn = Txn()
             txn.delete(dirent_path, dver)
             txn.set(self.paths.dir(parent), str(t).encode())
-            await self._drop_inode(txn, node, t, (got[1], got[2]))
+            await self._drop_inode(txn, node, t, (got[3], got[4]), got[5])
             await self.zk.commit(txn)
+            self.hint(parent, name, None)
             return node.ino
 
         return await self._retrying(attempt, "unlink")
@@ -484,6 +529,7 @@ class Meta:
                 raise DfsError(errno.ENOTEMPTY, f"{name!r} is not empty") from None
             return node.ino
 
+        self.hint(parent, name, None)
         return await self._retrying(attempt, "rmdir")
 
     async def release_orphan(self, ino: int) -> None:
@@ -619,6 +665,8 @@ class Meta:
             except NotEmptyError:
                 raise DfsError(errno.ENOTEMPTY, f"{new_name!r} is not empty") from None
 
+        self.hint(old_parent, old_name, None)
+        self.hint(new_parent, new_name, None)
         await self._retrying(attempt, "rename")
 
     def _set_moved(self, txn: Txn, node: Inode, new_parent: int, t: int) -> None:
@@ -692,6 +740,8 @@ class Meta:
         base = self.paths.dir(ino)
         dirents = await self.zk.get_many([f"{base}/{c}" for c in children])
         entries = [(unescape(c), DirEntry.decode(d[0])) for c, d in zip(children, dirents) if d]
+        for name, ent in entries:
+            self.hint(ino, name, ent.ino)
         if not with_attrs:
             return [(name, ent, None) for name, ent in entries]
         wanted: list[str] = []
@@ -788,6 +838,22 @@ class Meta:
         except NoNodeError:
             return BlockGroup(), -1
         return BlockGroup.decode(data), st.version
+
+    async def open_file(self, ino: int) -> tuple[Inode, dict[int, BlockRef]]:
+        """A file's inode and its whole block map, usually in one round trip."""
+        got = await self.zk.read_many([("get", self.paths.inode(ino)), ("get", self.paths.dir(ino)),
+                                       ("children", self.paths.block_map(ino)),
+                                       ("get", self.paths.block_group(ino, 0))])
+        if got[0] is None:
+            raise DfsError(errno.ENOENT, f"no inode {ino}")
+        node = self._inode(ino, got[0], got[1])
+        groups = sorted(int(g) for g in got[2] or [])
+        refs: dict[int, BlockRef] = {}
+        if groups == [0] and got[3] is not None:
+            refs.update(BlockGroup.decode(got[3][0]).blocks)
+        elif groups:
+            refs = await self.read_block_map(ino)
+        return node, refs
 
     async def read_block_map(self, ino: int) -> dict[int, BlockRef]:
         """All blocks of a file (holes absent)."""

@@ -26,7 +26,7 @@ from dfs.mkfs import load_config
 from dfs.nodedir import NodeDirectory
 from dfs.paths import FsPaths, default_root
 from dfs.zk import Zk
-from mount.operations import Operations
+from mount.operations import Operations, log_op_stats
 
 log = logging.getLogger("dfs.mount")
 EXIT_USAGE = 2
@@ -102,7 +102,7 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(nodedir.run)
             files = FileData(meta, blocks, nursery,
-                             cache_bytes=int(opts.get("cache_mb", 512)) << 20)
+                             cache_bytes=int(opts.get("cache_mb", 1024)) << 20)
             ops = Operations(meta, files, nodedir,
                              attr_timeout=float(opts.get("attr_timeout", 1.0)),
                              entry_timeout=float(opts.get("entry_timeout", 1.0)))
@@ -130,6 +130,7 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
                 with trio.CancelScope(shield=True):
                     await files.flush_all()
                 pyfuse3.close(unmount=True)
+                log_op_stats()
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 import pyfuse3
@@ -21,13 +22,24 @@ from dfs.meta import Inode, Meta
 from dfs.names import NAME_MAX
 
 log = logging.getLogger(__name__)
+FILE_CAPS = b"security.capability"  # file capabilities: not supported on dfs
+
+
+OP_STATS: dict[str, list[float]] = {}  # handler -> [calls, seconds]; logged at unmount
+
+
+def log_op_stats() -> None:
+    for name, (calls, secs) in sorted(OP_STATS.items(), key=lambda kv: -kv[1][1]):
+        log.info("op %-12s %8d calls %9.3f s %8.3f ms/call", name, calls, secs, secs / calls * 1e3)
 
 
 def fuse_errors(fn):
     """The single place where errors become FUSEError."""
+    stats = OP_STATS.setdefault(fn.__name__, [0, 0.0])
 
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
+        t = time.perf_counter()
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -39,6 +51,9 @@ def fuse_errors(fn):
         except Exception:
             log.exception("%s failed", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            stats[0] += 1
+            stats[1] += time.perf_counter() - t
 
     return wrapper
 
@@ -220,14 +235,11 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def open(self, inode, flags, ctx):
-        node = await self.meta.getattr(inode)
-        if node.rec.is_dir:
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        _, keep = await self.files.open(inode, node)
-        if flags & os.O_TRUNC and node.rec.size:
+        f, keep = await self.files.open(inode)  # the kernel sends opendir for directories
+        if flags & os.O_TRUNC and f.size:
             # libfuse enables atomic O_TRUNC: the truncate is ours to do
             try:
-                node = await self.files.truncate(inode, 0)
+                await self.files.truncate(inode, 0)
             except BaseException:
                 await self.files.release(inode)
                 raise
@@ -280,6 +292,10 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
+        if name == FILE_CAPS:
+            # The kernel asks for this before every write(2) (to drop file
+            # capabilities); answering from ZooKeeper cost a round trip per write.
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         try:
             return await self.meta.getxattr(inode, name)
         except DfsError as e:
@@ -289,6 +305,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
+        if name == FILE_CAPS:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # see getxattr
         await self.meta.setxattr(inode, name, value)
 
     @fuse_errors

@@ -455,7 +455,8 @@ class GroupCommit:
         self._issued = 0      # tickets handed out
         self._durable = 0     # every ticket <= this is durable
         self._syncing = False
-        self.available = _syncfs is not None
+        # DFS_NODE_SMALL_SYNC=fdatasync: per-file fdatasync + directory fsync instead
+        self.available = _syncfs is not None and os.environ.get("DFS_NODE_SMALL_SYNC", "syncfs") == "syncfs"
 
     def _dirfd(self) -> int:
         if self._fd is None:
