@@ -408,8 +408,22 @@ def test_zookeeper_leader_killed_during_cp(tmp_path):
                     pass
                 time.sleep(0.05)
 
+        op_times: list[tuple[float, float]] = []  # (start, seconds) of small creates
+
+        def creates() -> None:
+            (mnt / "small").mkdir(exist_ok=True)
+            k = 0
+            while not stop.is_set():
+                t0 = time.monotonic()
+                (mnt / "small" / f"s{k}").write_bytes(b"x")
+                op_times.append((t0, time.monotonic() - t0))
+                k += 1
+                time.sleep(0.05)
+
         t = threading.Thread(target=watch, daemon=True)
         t.start()
+        t2 = threading.Thread(target=creates, daemon=True)
+        t2.start()
         cp = subprocess.Popen(["cp", str(src), str(dst)], stderr=subprocess.PIPE, text=True)
         try:
             wait_for("cp to get going", lambda: os.path.exists(dst) and os.stat(dst).st_size > 20 * MiB,
@@ -423,8 +437,10 @@ def test_zookeeper_leader_killed_during_cp(tmp_path):
             if cp.poll() is None:
                 cp.kill()
                 cp.wait()
+            time.sleep(3)  # let the small creates run past the leader change
             stop.set()
             t.join()
+            t2.join(timeout=120)
         assert cp.returncode == 0, err
         new_leader = ens.leader_index()
         assert new_leader is not None and new_leader != leader
@@ -441,9 +457,11 @@ def test_zookeeper_leader_killed_during_cp(tmp_path):
         for a, b in zip(after, after[1:]):
             run = run + (b[0] - a[0]) if b[1] == a[1] else 0.0
             longest = max(longest, run)
-        print(f"\nZooKeeper leader killed during cp of 200 MiB: cp ok, longest stall "
-              f"{longest:.2f} s (finished {after[-1][0] - killed if after else 0:.1f} s after "
-              f"the kill)")
+        worst = max((d for t0, d in op_times if t0 + d >= killed), default=0.0)
+        print(f"\nZooKeeper leader killed during cp of 200 MiB: cp ok "
+              f"({after[-1][0] - killed if after else 0:.1f} s after the kill), longest pause "
+              f"in the file's growth {longest:.2f} s; slowest create+write of a small file "
+              f"around the kill {worst:.2f} s ({len(op_times)} creates)")
         del stall
     finally:
         if c is not None:
