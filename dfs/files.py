@@ -71,7 +71,6 @@ class OpenFile:
     lock: trio.Lock = field(default_factory=trio.Lock)
     upload_done: trio.Condition | None = None
     last_read_end: int = -1
-    unlinked: bool = False
 
     @property
     def dirty(self) -> bool:
@@ -174,7 +173,7 @@ class FileData:
             f.handles -= 1
             if f.handles <= 0 and not f.dirty:
                 del self.files[ino]
-                if f.unlinked:  # this client unlinked it while open: it holds it in open/
+                if ino in self.meta.held:  # unlinked or renamed over while open here
                     await self.meta.release_orphan(ino)
 
     def local_size(self, ino: int) -> int | None:

@@ -104,6 +104,9 @@ class Meta:
         # checks it against the dirent just read, so a stale hint costs a round
         # trip, never a wrong answer.
         self.hints: dict[tuple[int, bytes], int] = {}
+        # inodes this client unlinked (or renamed over) while it had them open:
+        # it holds them in open/<ino>/<mount_id> until release_orphan
+        self.held: set[int] = set()
 
     HINTS_MAX = 200_000
 
@@ -392,6 +395,7 @@ class Meta:
             txn.set(self.paths.inode(node.ino), rec.encode(), node.version)
             await self._ensure(self.paths.open_dir(node.ino))
             txn.create(self.paths.open_holder(node.ino, self.mount_id), ephemeral=True)
+            self.held.add(node.ino)  # (a failed commit only leaves a harmless extra entry)
             return
         await self._delete_inode(txn, node, extras, group0)
 
@@ -534,6 +538,7 @@ class Meta:
 
     async def release_orphan(self, ino: int) -> None:
         """This client closed an unlinked inode: drop it if no other client holds it."""
+        self.held.discard(ino)
         try:
             await self.zk.delete(self.paths.open_holder(ino, self.mount_id))
         except NoNodeError:

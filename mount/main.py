@@ -58,7 +58,7 @@ def parse_options(opts: list[str]) -> dict[str, str]:
     known = {"allow_other", "attr_timeout", "entry_timeout", "cache_mb", "debug", "ro", "rw"}
     unknown = set(out) - known
     if unknown:
-        raise SystemExit(f"dfs mount: unknown option(s): {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
     return out
 
 
@@ -172,7 +172,14 @@ def daemonize(argv: list[str], args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    opts = parse_options(args.o)
+    try:
+        opts = parse_options(args.o)
+        for key in ("attr_timeout", "entry_timeout", "cache_mb"):
+            if key in opts:
+                float(opts[key])
+    except ValueError as e:
+        print(f"dfs mount: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if not os.path.isdir(args.mountpoint):
         print(f"dfs mount: {args.mountpoint} is not a directory", file=sys.stderr)
         return EXIT_USAGE

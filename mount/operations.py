@@ -190,10 +190,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def unlink(self, parent_inode, name, ctx):
-        ino = await self.meta.unlink(parent_inode, name)
-        f = self.files.files.get(ino)
-        if f is not None:
-            f.unlinked = True
+        await self.meta.unlink(parent_inode, name)
 
     @fuse_errors
     async def rmdir(self, parent_inode, name, ctx):

@@ -275,3 +275,49 @@ def test_mount_unreachable_zookeeper(tmp_path):
     assert "ZooKeeper" in p.stderr
     assert time.monotonic() - t < 30
     assert not os.path.ismount(mp)
+
+
+def test_rename_over_open_file_then_close_frees_it(cluster):
+    import trio
+
+    from dfs.zk import Zk
+
+    mnt = cluster.mounts[0].mountpoint
+    (mnt / "victim").write_bytes(b"old contents")
+    (mnt / "new").write_bytes(b"new")
+    with open(mnt / "victim", "rb") as h:
+        os.rename(mnt / "new", mnt / "victim")  # the open inode loses its last name
+        assert h.read() == b"old contents"  # still readable through the handle
+    assert (mnt / "victim").read_bytes() == b"new"
+
+    async def held() -> list[str]:
+        zk = await Zk.connect(cluster.hosts)
+        try:
+            return await zk.get_children(cluster.paths.open)
+        finally:
+            await zk.close()
+
+    deadline = time.monotonic() + 5
+    while trio.run(held) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert trio.run(held) == []  # released on close: inode and blocks are gone
+
+
+def test_sigterm_flushes_then_unmounts(cluster):
+    import signal
+
+    m = cluster.mounts[0]
+    data = os.urandom(BS + 4321)
+    h = open(m.mountpoint / "pending", "wb")
+    h.write(data)
+    h.flush()  # reaches the daemon's buffers; not closed, so not committed yet
+    os.kill(m.pid, signal.SIGTERM)
+    m.proc.wait(timeout=60)
+    assert not os.path.ismount(m.mountpoint) or subprocess.run(
+        ["fusermount3", "-u", "-z", str(m.mountpoint)]).returncode == 0
+    try:
+        h.close()
+    except OSError:
+        pass  # the mount is gone under the open file
+    m.start()
+    assert (m.mountpoint / "pending").read_bytes() == data
