@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MAX_FILE_SIZE = 1 << 50  # 1 PiB: writes or truncates beyond fail with EFBIG
 SMALL_READ = 128 * 1024  # random reads up to this size fetch just their range
+COMMIT_BATCH = 1024  # block refs per block-map transaction (~160 KB of JSON)
 
 
 @dataclass
@@ -335,6 +336,16 @@ class FileData:
                     await f.upload_done.wait()
             if not (f.uploaded or f.dirty_meta):
                 return
+            # A ZooKeeper multi must stay under ~1 MiB: a very large file's refs go
+            # in several transactions (each consistent; the last sets size and mtime).
+            indices = sorted(f.uploaded)
+            while len(indices) > COMMIT_BATCH:
+                batch, indices = indices[:COMMIT_BATCH], indices[COMMIT_BATCH:]
+                updates = {i: f.uploaded[i] for i in batch}
+                await self.meta.commit_blocks(ino, updates)
+                f.refs.update(updates)
+                for i in batch:
+                    del f.uploaded[i]
             updates = dict(f.uploaded)
             node = await self.meta.commit_blocks(ino, updates, size=f.size, mtime_ns=f.mtime_ns)
             f.refs.update(updates)

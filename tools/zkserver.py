@@ -162,7 +162,7 @@ class ZkEnsemble:
             return
         self._write(s)
         cmd = [
-            "java", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "java", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC",
             "-Xshare:auto",
             f"-Djute.maxbuffer={JUTE_MAXBUFFER}",
             "-Dzookeeper.admin.enableServer=false",
