@@ -454,3 +454,45 @@ def test_no_such_filesystem_or_path_exits_2(make_cluster):
     r = subprocess.run([sys.executable, "-m", "tools.cli", "fsck", "--zk", c.hosts, "--fs", "nope-" + c.fsname],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_busy_mounted_cluster_is_healthy(cluster):
+    """fsck next to a mount that keeps creating, writing, renaming and deleting files: no false alarms."""
+    import threading
+
+    mnt = cluster.mounts[0].mountpoint
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            i = 0
+            dirs = [mnt / "busy" / f"d{k}" for k in range(5)]
+            for d in dirs:
+                d.mkdir(parents=True)
+            while not stop.is_set():
+                p = dirs[i % 5] / f"f{i}"
+                p.write_bytes(os.urandom(1000 + (i % 3) * BS))
+                if i % 3 == 0:
+                    p.rename(dirs[(i + 1) % 5] / f"r{i}")  # across directories
+                elif i % 3 == 1:
+                    p.unlink()
+                if i % 7 == 0:
+                    (dirs[i % 5] / f"sub{i}").mkdir()
+                    (dirs[i % 5] / f"sub{i}").rename(dirs[(i + 2) % 5] / f"sub{i}")
+                i += 1
+        except BaseException as e:  # reported by the test
+            errors.append(e)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        time.sleep(1.0)
+        for _ in range(3):
+            rc, rep = fsck(cluster)
+            assert rc == 0 and rep["status"] == "HEALTHY", rep["problems"]
+    finally:
+        stop.set()
+        t.join(30)
+    assert not errors, errors
+    assert rep["total_files"] > 0

@@ -28,6 +28,7 @@ or deleting files.
 """
 
 import argparse
+import json
 import errno
 import logging
 import os
@@ -166,6 +167,33 @@ class FileInfo:
     name: bytes = b""
     groups: list[str] = field(default_factory=list)
     lost: bool = False  # a block with no good replica
+
+
+def _fast(cls):
+    """A decoder for a record class that skips dataclasses.fields() per call (a third of the
+    walk's CPU); falls back to the class's own decode for payloads of another revision."""
+    def decode(data: bytes):
+        d = json.loads(data)
+        d.pop("revision", None)
+        try:
+            return cls(**d)
+        except TypeError:
+            return cls.from_dict(d)
+    return decode
+
+
+decode_inode = _fast(InodeRecord)
+decode_dirent = _fast(DirEntry)
+
+
+def decode_group(data: bytes) -> BlockGroup:
+    out = {}
+    for i, b in json.loads(data).get("blocks", {}).items():
+        try:
+            out[int(i)] = BlockRef(**b)
+        except TypeError:
+            out[int(i)] = BlockRef.from_dict(b)
+    return BlockGroup(blocks=out)
 
 
 def join(parent: str, name: bytes) -> str:
@@ -377,7 +405,7 @@ class Fsck:
         if got[0] is None:
             raise UsageError(f"{path}: no such file or directory")
         self.report.path = norm
-        return ino, norm, InodeRecord.decode(got[0][0])
+        return ino, norm, decode_inode(got[0][0])
 
     # ================================================================== the walk
 
@@ -455,7 +483,7 @@ class Fsck:
         for name, got in zip(names, dirents):
             if got is None:
                 continue  # removed while we listed
-            ent = DirEntry.decode(got[0])
+            ent = decode_dirent(got[0])
             if ent.ino in self.reached:
                 repeats.append((name, ent, got[1]))
                 continue
@@ -474,7 +502,7 @@ class Fsck:
                 if not d.quiet:
                     await self.check_dangling_dirent(d, name, ent, path)
                 continue
-            rec = InodeRecord.decode(item[0])
+            rec = decode_inode(item[0])
             st = item[1]
             if stat.S_IFMT(rec.mode) != stat.S_IFMT(ent.mode) and not d.quiet:
                 await self.check_dirent_type(d, name, ent, rec, path)
@@ -558,7 +586,7 @@ class Fsck:
                                        ("get", self.paths.inode(ent.ino))])
         if got[0] is None or got[1] is not None or self.in_flux(got[0][1]):
             return
-        if DirEntry.decode(got[0][0]).ino != ent.ino:
+        if decode_dirent(got[0][0]).ino != ent.ino:
             return
         p = self.problem("dangling_dirent", path, f"entry names inode {ent.ino}, which does not exist",
                          ino=ent.ino)
@@ -598,9 +626,9 @@ class Fsck:
         count = 0
         for i in range(0, len(names), CHUNK):
             part = names[i:i + CHUNK]
-            ents = [DirEntry.decode(g[0]) for g in await self.zk.get_many([f"{base}/{n}" for n in part]) if g]
+            ents = [decode_dirent(g[0]) for g in await self.zk.get_many([f"{base}/{n}" for n in part]) if g]
             inodes = await self.zk.get_many([self.paths.inode(e.ino) for e in ents])
-            count += sum(1 for g in inodes if g is not None and InodeRecord.decode(g[0]).is_dir)
+            count += sum(1 for g in inodes if g is not None and decode_inode(g[0]).is_dir)
         got = await self.zk.read_many([("get", self.paths.inode(ino)), ("get", self.paths.dir(ino))])
         if got[0] is None or got[1] is None:
             return None
@@ -612,7 +640,7 @@ class Fsck:
         if fresh is None:
             return
         count, (data, st), (_, dst) = fresh
-        rec = InodeRecord.decode(data)
+        rec = decode_inode(data)
         if rec.nlink == 2 + count or self.in_flux(st, dst):
             return
         p = self.problem("wrong_dir_nlink", d.path, f"nlink {rec.nlink}, expected {2 + count}", ino=d.ino)
@@ -623,7 +651,7 @@ class Fsck:
         if fresh is None:
             return "directory is gone"
         count, (data, st), _ = fresh
-        rec = InodeRecord.decode(data)
+        rec = decode_inode(data)
         if rec.nlink == 2 + count:
             return "already right"
         rec.nlink = 2 + count
@@ -632,7 +660,7 @@ class Fsck:
 
     async def _set_parent(self, ino: int, parent: int) -> str:
         data, st = await self.zk.get(self.paths.inode(ino))
-        rec = InodeRecord.decode(data)
+        rec = decode_inode(data)
         rec.parent = parent
         await self.zk.commit(Txn().set(self.paths.inode(ino), rec.encode(), st.version))
         return f"set parent to {parent}"
@@ -653,7 +681,7 @@ class Fsck:
             for (ino, (_, count, path)), item in zip(part, got):
                 if item is None or self.in_flux(item[1]):
                     continue
-                rec = InodeRecord.decode(item[0])
+                rec = decode_inode(item[0])
                 if rec.nlink == count:
                     continue
                 p = self.problem("wrong_nlink", path, f"nlink {rec.nlink}, {count} entries name it", ino=ino)
@@ -663,7 +691,7 @@ class Fsck:
         data, st = await self.zk.get(self.paths.inode(ino))
         if st.version != version:
             raise BadVersionError()
-        rec = InodeRecord.decode(data)
+        rec = decode_inode(data)
         rec.nlink = nlink
         await self.zk.commit(Txn().set(self.paths.inode(ino), rec.encode(), version))
         return f"set nlink to {nlink}"
@@ -676,8 +704,8 @@ class Fsck:
                                           [("get", f"{self.paths.dir(par)}/{name}") for par, name, _ in links])
             if got[0] is None or self.in_flux(*[g[1] for g in got if g is not None]):
                 continue
-            rec = InodeRecord.decode(got[0][0])
-            links = [l for l, g in zip(links, got[1:]) if g is not None and DirEntry.decode(g[0]).ino == ino]
+            rec = decode_inode(got[0][0])
+            links = [l for l, g in zip(links, got[1:]) if g is not None and decode_dirent(g[0]).ino == ino]
             if not links:
                 continue
             true = [l for l in links if l[0] == rec.parent]
@@ -707,7 +735,7 @@ class Fsck:
             got = await self.zk.get_many([self.paths.block_group(f.ino, int(g)) for f, g in part])
             for (f, g), item in zip(part, got):
                 if item is not None:
-                    await self.check_block_group(f, int(g), BlockGroup.decode(item[0]), item[1])
+                    await self.check_block_group(f, int(g), decode_group(item[0]), item[1])
         for f in files:
             f.groups = []
 
@@ -739,7 +767,7 @@ class Fsck:
         got = await self.zk.get_many([self.paths.inode(f.ino)])
         if got[0] is None or self.in_flux(gst, got[0][1]):
             return
-        size = InodeRecord.decode(got[0][0]).size
+        size = decode_inode(got[0][0]).size
         bs = self.config.block_size
         if index * bs + ref.length <= size:
             return
@@ -750,9 +778,9 @@ class Fsck:
             # version-checked on the inode (size) and the group; the ref goes to gc/
             data, st = await self.zk.get(self.paths.inode(f.ino))
             gdata, gst2 = await self.zk.get(self.paths.block_group(f.ino, g))
-            grp = BlockGroup.decode(gdata)
+            grp = decode_group(gdata)
             cur = grp.blocks.get(index)
-            if cur is None or cur.id != ref.id or index * bs + cur.length <= InodeRecord.decode(data).size:
+            if cur is None or cur.id != ref.id or index * bs + cur.length <= decode_inode(data).size:
                 return "nothing to do any more"
             del grp.blocks[index]
             txn = Txn().check(self.paths.inode(f.ino), st.version)
@@ -861,7 +889,7 @@ class Fsck:
         if bad or strays:
             # confirm against the map as it is now: a repair may have moved replicas meanwhile
             got = await self.zk.get_many([self.paths.block_group(f.ino, index // self.config.group_blocks)])
-            cur = BlockGroup.decode(got[0][0]).blocks.get(index) if got[0] is not None else None
+            cur = decode_group(got[0][0]).blocks.get(index) if got[0] is not None else None
             if cur is None or cur.id != ref.id or cur.replicas != ref.replicas:
                 self.report.skipped_in_flux += 1
                 return
@@ -1002,7 +1030,7 @@ class Fsck:
     async def _dedupe_replicas(self, ino: int, index: int, ref: BlockRef) -> BlockRef | None:
         path = self.paths.block_group(ino, index // self.config.group_blocks)
         data, st = await self.zk.get(path)
-        grp = BlockGroup.decode(data)
+        grp = decode_group(data)
         cur = grp.blocks.get(index)
         if cur is None or cur.id != ref.id:
             return None
@@ -1013,7 +1041,7 @@ class Fsck:
 
     async def _delete_strays(self, ino: int, index: int, bid: str, nodes: list[str]) -> list[str]:
         got = await self.zk.get_many([self.paths.block_group(ino, index // self.config.group_blocks)])
-        cur = BlockGroup.decode(got[0][0]).blocks.get(index) if got[0] else None
+        cur = decode_group(got[0][0]).blocks.get(index) if got[0] else None
         gone = []
         for n in nodes:
             if cur is not None and cur.id == bid and n in cur.replicas:
@@ -1107,7 +1135,7 @@ class Fsck:
             part = candidates[i:i + CHUNK]
             for ino, item in zip(part, await self.zk.get_many([self.paths.inode(n) for n in part])):
                 if item is not None:
-                    info[ino] = (InodeRecord.decode(item[0]), item[1])
+                    info[ino] = (decode_inode(item[0]), item[1])
         # Directories that moved while we walked (their inode changed): walk them now, quietly.
         for ino, (rec, st) in sorted(info.items()):
             if rec.is_dir and st.mzxid > self.start_zxid and ino not in self.reached:
@@ -1149,7 +1177,7 @@ class Fsck:
             for i in range(0, len(names), CHUNK):
                 for g in await self.zk.get_many([f"{base}/{n}" for n in names[i:i + CHUNK]]):
                     if g is not None:
-                        covered[DirEntry.decode(g[0]).ino] = ino
+                        covered[decode_dirent(g[0]).ino] = ino
         tops = [ino for ino in orphans if ino not in covered]
         # cycles: unreachable directories that only contain each other
         seen_top: set[int] = set()
@@ -1197,8 +1225,8 @@ class Fsck:
             return "gone meanwhile"
         if got[2] is not None:
             name = f"{ino}-{uuid.uuid4().hex[:6]}".encode()
-        rec, st = InodeRecord.decode(got[0][0]), got[0][1]
-        lrec, lst = InodeRecord.decode(got[1][0]), got[1][1]
+        rec, st = decode_inode(got[0][0]), got[0][1]
+        lrec, lst = decode_inode(got[1][0]), got[1][1]
         txn = Txn()
         txn.create(self.paths.dirent(lf, name), DirEntry(ino, stat.S_IFMT(rec.mode)).encode())
         if rec.is_dir:
@@ -1214,7 +1242,7 @@ class Fsck:
             names = await self._children(self.paths.dir(cycle_parent)) or []
             base = self.paths.dir(cycle_parent)
             for n, g in zip(names, await self.zk.get_many([f"{base}/{n}" for n in names])):
-                if g is not None and DirEntry.decode(g[0]).ino == ino:
+                if g is not None and decode_dirent(g[0]).ino == ino:
                     txn.delete(f"{base}/{n}", g[1].version)
         await self.zk.commit(txn)
         where = f"/lost+found/{os.fsdecode(name)}"
@@ -1304,7 +1332,7 @@ class Fsck:
             part = f.groups[i:i + GROUP_BATCH]
             for item in await self.zk.get_many([f"{self.paths.block_map(f.ino)}/{g}" for g in part]):
                 if item is not None:
-                    for ref in BlockGroup.decode(item[0]).blocks.values():
+                    for ref in decode_group(item[0]).blocks.values():
                         e = self.index.blocks.get(ref.id)
                         if e is not None:
                             e[0] |= REF
