@@ -64,6 +64,7 @@ class InodeRecord(Record):
     rdev: int = 0
     target: str = ""  # symlink target, os.fsdecode()d
     parent: int = 0  # directories only: the one directory that holds it
+    xattrs: int = 0  # number of extended attributes (0: getxattr needs no lookup)
 
     @property
     def is_dir(self) -> bool:

@@ -82,10 +82,24 @@ class Operations(pyfuse3.Operations):
         self._fh_ino: dict[int, int] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
+        # inodes seen in the last attr_timeout: lets getxattr/listxattr answer
+        # "none" without ZooKeeper for inodes that have no xattrs (ls -l asks
+        # for two of them per file). Same staleness bound as the kernel's cache.
+        self._recent: dict[int, tuple[float, Inode]] = {}
+
+    def _remember(self, node: Inode) -> None:
+        if len(self._recent) > 100_000:
+            self._recent.clear()
+        self._recent[node.ino] = (time.monotonic() + self.attr_timeout, node)
+
+    def _no_xattrs(self, ino: int) -> bool:
+        seen = self._recent.get(ino)
+        return seen is not None and seen[0] > time.monotonic() and seen[1].rec.xattrs == 0
 
     # ------------------------------------------------------------------ helpers
 
     def _attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
+        self._remember(node)
         r = node.rec
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
@@ -204,10 +218,12 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def opendir(self, inode, ctx):
-        entries = await self.meta.readdir(inode, with_attrs=True)
-        this = await self.meta.getattr(inode)
-        parent = await self.meta.lookup(inode, b"..")
-        snapshot = [(b".", self._attrs(this)), (b"..", self._attrs(parent))]
+        this, entries = await self.meta.list_dir(inode, with_attrs=True)
+        # readdirplus ignores the attributes of . and ..; only inode and type matter
+        dotdot = pyfuse3.EntryAttributes()
+        dotdot.st_ino = this.rec.parent or pyfuse3.ROOT_INODE
+        dotdot.st_mode = stat.S_IFDIR | 0o755
+        snapshot = [(b".", self._attrs(this)), (b"..", dotdot)]
         snapshot += [(name, self._attrs(node)) for name, _, node in entries]
         fh = self._next_fh
         self._next_fh += 1
@@ -289,9 +305,9 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
-        if name == FILE_CAPS:
-            # The kernel asks for this before every write(2) (to drop file
-            # capabilities); answering from ZooKeeper cost a round trip per write.
+        if name == FILE_CAPS or self._no_xattrs(inode):
+            # The kernel asks for security.capability before every write(2) (to
+            # drop file capabilities); answering from ZooKeeper cost a round trip per write.
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         try:
             return await self.meta.getxattr(inode, name)
@@ -304,14 +320,18 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         if name == FILE_CAPS:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # see getxattr
+        self._recent.pop(inode, None)
         await self.meta.setxattr(inode, name, value)
 
     @fuse_errors
     async def listxattr(self, inode, ctx):
+        if self._no_xattrs(inode):
+            return []
         return await self.meta.listxattr(inode)
 
     @fuse_errors
     async def removexattr(self, inode, name, ctx):
+        self._recent.pop(inode, None)
         try:
             await self.meta.removexattr(inode, name)
         except DfsError as e:

@@ -455,8 +455,11 @@ class GroupCommit:
         self._issued = 0      # tickets handed out
         self._durable = 0     # every ticket <= this is durable
         self._syncing = False
-        # DFS_NODE_SMALL_SYNC=fdatasync: per-file fdatasync + directory fsync instead
-        self.available = _syncfs is not None and os.environ.get("DFS_NODE_SMALL_SYNC", "syncfs") == "syncfs"
+        # Default: per-file fdatasync + directory fsync. syncfs() (DFS_NODE_SMALL_SYNC=syncfs)
+        # also writes back every dirty page of the whole filesystem the data dir
+        # lives on; on a shared disk (or with a big file being written next to
+        # it) one small PUT then waited for all of that.
+        self.available = _syncfs is not None and os.environ.get("DFS_NODE_SMALL_SYNC", "fdatasync") == "syncfs"
 
     def _dirfd(self) -> int:
         if self._fd is None:
