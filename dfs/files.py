@@ -170,6 +170,13 @@ class FileData:
             return
         try:
             await self.flush(ino)
+        except DfsError as e:
+            if f.handles <= 1:
+                # The last handle is gone: nobody can retry this flush (the error
+                # went to close()). Drop what could not be committed.
+                log.error("inode %d: dropping unwritten data after %s", ino, e)
+                await self._drop_dirty(f)
+            raise
         finally:
             f.handles -= 1
             if f.handles <= 0 and not f.dirty:
@@ -301,6 +308,20 @@ class FileData:
         # The buffer's bytes stop counting once it is uploaded or superseded; a
         # failed upload keeps its (current) buffer for the next flush to retry.
         await self._release_dirty(len(buf.data) if ref is not None or current is not buf else 0)
+
+    async def _drop_dirty(self, f: OpenFile) -> None:
+        async with f.lock:
+            assert f.upload_done is not None
+            while f.uploading:
+                await f.upload_done.wait()
+            freed = sum(len(b.data) for b in f.buffers.values())
+            f.buffers.clear()
+            for ref in f.uploaded.values():
+                self._discard(ref)
+            f.uploaded.clear()
+            f.dirty_meta = False
+            f.error = None
+        await self._release_dirty(freed)
 
     def _discard(self, ref: BlockRef) -> None:
         """An uploaded block that will never be committed: delete it from its nodes."""
