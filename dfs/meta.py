@@ -35,7 +35,7 @@ from kazoo.exceptions import (
 )
 
 from dfs.errors import DfsError
-from dfs.names import NAME_MAX, check_name, escape, unescape
+from dfs.names import NAME_MAX, check_name, unescape
 from dfs.paths import ROOT_INO, FsPaths
 from dfs.records import BlockGroup, BlockRef, DirEntry, FsConfig, GcEntry, InodeRecord
 from dfs.zk import Txn, Zk

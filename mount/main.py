@@ -7,7 +7,6 @@ code. SIGTERM/SIGINT and `fusermount3 -u` flush every open file, then unmount.
 """
 
 import argparse
-import errno
 import logging
 import os
 import signal

@@ -13,7 +13,6 @@ config and a BlockClient.
 """
 
 import argparse
-import errno
 import fcntl
 import logging
 import os

@@ -68,9 +68,6 @@ async def _mkfs(args: argparse.Namespace) -> int:
 
     config = FsConfig(block_size=args.block_size, replicas=args.replicas,
                       min_replicas=args.min_replicas, dead_after=args.dead_after)
-    if not args.verbose:
-        # kazoo's reconnect chatter would break "one clear line on stderr"
-        logging.getLogger("kazoo").setLevel(logging.ERROR)
     zk = await Zk.connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
     try:
         await mkfs(zk, FsPaths(default_root(args.fs)), config)
@@ -221,8 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not verbose:
+        # kazoo's reconnect chatter would break "one clear line on stderr"
+        logging.getLogger("kazoo").setLevel(logging.CRITICAL)
     try:
         return args.func(args)
     except UsageError as e:

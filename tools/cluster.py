@@ -9,7 +9,6 @@ the PIDs recorded here, never by name.
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path

@@ -9,14 +9,13 @@ Exit codes: 0 drained and retired; 1 no such node, or not drained within
 """
 
 import argparse
-import logging
 import sys
 import time
 
 import trio
 from kazoo.exceptions import BadVersionError, NoNodeError
 
-from dfs.errors import DfsError, ZkUnavailable
+
 from dfs.paths import FsPaths, default_root
 from dfs.records import BlockGroup, NodeRegistration
 from dfs.zk import Zk
@@ -104,13 +103,5 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not getattr(args, "verbose", False):
-        logging.getLogger("kazoo").setLevel(logging.CRITICAL)
-    try:
-        return trio.run(_main, args)
-    except ZkUnavailable as e:
-        print(f"dfs drain: {e.message}", file=sys.stderr)
-        return EXIT_USAGE
-    except DfsError as e:
-        print(f"dfs drain: {e}", file=sys.stderr)
-        return EXIT_PROBLEM
+    """Errors (ZkUnavailable -> 2, DfsError -> 1) are reported by tools.cli.main."""
+    return trio.run(_main, args)

@@ -33,6 +33,7 @@ from dfs.nodedir import NodeDirectory
 from dfs.paths import ROOT_INO, FsPaths, default_root
 from dfs.records import FsConfig
 from dfs.zk import Zk
+from tools.bench import drop_caches
 from tools.nodeproc import start_nodes
 from tools.zkserver import ZkEnsemble
 
@@ -98,16 +99,6 @@ async def make_fs(hosts: str, fsname: str) -> None:
         await mkfs(zk, FsPaths(default_root(fsname)), FsConfig())
     finally:
         await zk.close()
-
-
-def drop_caches() -> bool:
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def raw_read_hash(node_dirs: list[Path]) -> tuple[int, float]:

@@ -6,7 +6,6 @@ replicas reported; 2 ZooKeeper unreachable or no filesystem (one line on stderr)
 
 import argparse
 import json
-import logging
 import sys
 import time
 
@@ -165,8 +164,6 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not getattr(args, "verbose", False):
-        logging.getLogger("kazoo").setLevel(logging.CRITICAL)
     try:
         return trio.run(_main, args)
     except ZkUnavailable as e:
