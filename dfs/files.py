@@ -344,8 +344,19 @@ class FileData:
             for index in list(f.buffers):
                 self._start_upload(f, index)
             assert f.upload_done is not None
-            while f.uploading:
-                await f.upload_done.wait()
+            prefetched: list = []
+            indices = set(f.uploaded) | set(f.uploading)
+            async with trio.open_nursery() as nursery:
+                if f.uploading and len(indices) <= COMMIT_BATCH:
+                    # read what the commit needs while the blocks upload (one round trip less)
+                    async def prefetch() -> None:
+                        try:
+                            prefetched.append(await self.meta.prefetch_commit(ino, indices))
+                        except DfsError:
+                            pass  # the commit reads for itself
+                    nursery.start_soon(prefetch)
+                while f.uploading:
+                    await f.upload_done.wait()
             if f.error is not None:
                 err, f.error = f.error, None
                 # the failed buffers are still in f.buffers; a later flush retries them
@@ -368,7 +379,8 @@ class FileData:
                 for i in batch:
                     del f.uploaded[i]
             updates = dict(f.uploaded)
-            node = await self.meta.commit_blocks(ino, updates, size=f.size, mtime_ns=f.mtime_ns)
+            node = await self.meta.commit_blocks(ino, updates, size=f.size, mtime_ns=f.mtime_ns,
+                                                 prefetched=prefetched[0] if prefetched else None)
             f.refs.update(updates)
             f.uploaded.clear()
             f.dirty_meta = False

@@ -879,9 +879,26 @@ class Meta:
                 out.update(BlockGroup.decode(got[0]).blocks)
         return out
 
+    def _commit_reads(self, ino: int, indices: Iterable[int], truncate: bool) -> list[tuple[str, str]]:
+        touched = {self.group_of(i) for i in indices}
+        reads = [("get", self.paths.inode(ino)), ("get", self.paths.block_map(ino))]
+        if truncate:
+            reads.append(("children", self.paths.block_map(ino)))
+        return reads + [("get", self.paths.block_group(ino, g)) for g in sorted(touched)]
+
+    async def prefetch_commit(self, ino: int, indices: Iterable[int]) -> tuple[list, list]:
+        """The reads `commit_blocks(ino, updates with these indices)` starts with.
+
+        A writer can run them while its blocks upload and pass the result as
+        `prefetched`; the commit's version checks make an early read safe.
+        """
+        reads = self._commit_reads(ino, indices, False)
+        return reads, await self.zk.read_many(reads)
+
     async def commit_blocks(self, ino: int, updates: dict[int, BlockRef | None], *,
                             size: int | None = None, truncate_from: int | None = None,
-                            mtime_ns: int | None = None, expect_size: int | None = None) -> Inode:
+                            mtime_ns: int | None = None, expect_size: int | None = None,
+                            prefetched: tuple[list, list] | None = None) -> Inode:
         """Commit new block refs (and size/mtime) of a file in one transaction.
 
         Args:
@@ -896,12 +913,14 @@ class Meta:
         async def attempt() -> Inode:
             # One round trip: the inode, then (guarded by its version) whether the
             # block map exists, its groups if truncating, and the groups we change.
+            nonlocal prefetched
             touched = {self.group_of(i) for i in updates}
-            reads = [("get", self.paths.inode(ino)), ("get", self.paths.block_map(ino))]
-            if truncate_from is not None:
-                reads.append(("children", self.paths.block_map(ino)))
-            reads += [("get", self.paths.block_group(ino, g)) for g in sorted(touched)]
-            got = await self.zk.read_many(reads)
+            reads = self._commit_reads(ino, updates, truncate_from is not None)
+            if prefetched is not None and prefetched[0] == reads:
+                got = prefetched[1]  # read while the blocks uploaded (first attempt only)
+            else:
+                got = await self.zk.read_many(reads)
+            prefetched = None
             if got[0] is None:
                 raise DfsError(errno.ENOENT, f"no inode {ino}")
             node = self._inode(ino, got[0], None)
