@@ -259,17 +259,30 @@ def test_repair_leader_killed_during_repair(cluster_factory, tmp_path):
 
 
 def test_rm_gives_space_back(cluster_factory, tmp_path):
-    """rm of 300 MiB (3 replicas: 900 MiB on the nodes): the nodes' data shrinks back."""
+    """rm of 1 GiB (3 replicas: 3 GiB on the nodes): the nodes' data shrinks back, df shows it."""
     c = start_cluster(cluster_factory, config(), 3)
     mnt = c.mounts[0].mountpoint
-    write_files(mnt, tmp_path / "src", [100 * MiB, 100 * MiB, 100 * MiB])
+    write_files(mnt, tmp_path / "src", [256 * MiB] * 4)
+    for k in range(4):
+        (tmp_path / "src" / f"f{k}").unlink(missing_ok=True)  # keep the shared disk's free space honest
     before = data_bytes(c)
-    assert before >= 900 * MiB
+    assert before >= 3 * 1024 * MiB
+
+    def df_free() -> int:
+        st = os.statvfs(mnt)  # the mount's statfs: the live nodes' free space / replicas
+        return st.f_bavail * st.f_frsize
+
+    free_before = df_free()
     t0 = time.monotonic()
-    for k in range(3):
+    for k in range(4):
         os.unlink(mnt / f"f{k}")
-    wait_for("the nodes' block files to go", lambda: data_bytes(c) < 10 * MiB, 90, interval=0.5)
-    print(f"\nrm: {before / MiB:.0f} MiB of replicas freed {time.monotonic() - t0:.1f} s after rm")
+    wait_for("the nodes' block files to go", lambda: data_bytes(c) < 10 * MiB, 120, interval=0.5)
+    freed_s = time.monotonic() - t0
+    # all nodes share this machine's disk, so df on the mount sees the disk's free space
+    wait_for("df on the mount to show the space", lambda: df_free() - free_before > 2 * 1024 * MiB, 30,
+             interval=0.5)
+    print(f"\nrm: {before / MiB:.0f} MiB of replicas freed {freed_s:.1f} s after rm; "
+          f"df free +{(df_free() - free_before) / MiB:.0f} MiB")
     view = View(c.hosts, c.paths)
     try:
         assert view.zk.get_children(c.paths.gc) == []
