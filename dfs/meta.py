@@ -505,16 +505,26 @@ class Meta:
         check_name(name)
         dirent_path = self.paths.dirent(parent, name)
 
+        guess = self.hints.get((parent, name))
+
+        def child_reads(ino: int) -> list[tuple[str, str]]:
+            return [*self._attr_reads(ino), ("children", self.paths.xattr_dir(ino))]
+
         async def attempt() -> int:
-            got = await self.zk.read_many([*self._attr_reads(parent), ("get", dirent_path)])
+            nonlocal guess
+            reads = [*self._attr_reads(parent), ("get", dirent_path)]
+            got = await self.zk.read_many(reads + (child_reads(guess) if guess is not None else []))
             p = self._as_dir(parent, got[0], got[1])
             if got[2] is None:
                 raise DfsError(errno.ENOENT, f"no entry {name!r}")
             dirent, dver = DirEntry.decode(got[2][0]), got[2][1].version
             if not stat.S_ISDIR(dirent.mode):
                 raise DfsError(errno.ENOTDIR, f"{name!r} is not a directory")
-            got = await self.zk.read_many([*self._attr_reads(dirent.ino),
-                                           ("children", self.paths.xattr_dir(dirent.ino))])
+            if guess is not None and dirent.ino == guess and got[3] is not None:
+                got = got[3:]  # the child, read in the same trip (after its dirent)
+            else:
+                got = await self.zk.read_many(child_reads(dirent.ino))
+            guess = None
             if got[0] is None:
                 raise Conflict(f"inode {dirent.ino} of {name!r} vanished")
             node = self._inode(dirent.ino, got[0], got[1])
