@@ -13,6 +13,9 @@ from tests.nodeutil import cluster
 
 MiB = 1 << 20
 CONFIG = FsConfig(block_size=MiB, replicas=3, min_replicas=2, dead_after=3)
+# These tests call the repair primitives themselves; the leader that runs inside
+# the nodes would otherwise race them (e.g. re-replicate a replica a test just dropped).
+NO_LEADER = {"DFS_REPAIR_LEADER": "0"}
 
 
 async def make_file(c, meta: Meta, name: bytes, blocks: list[bytes], **kw):
@@ -50,7 +53,7 @@ async def wait_gone(c, node_id: str) -> None:
 
 
 async def test_rereplicate_after_a_node_is_gone(zk, zk_hosts, fs_paths, tmp_path):
-    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=4, config=CONFIG) as c:
+    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=4, config=CONFIG, env=NO_LEADER) as c:
         meta = Meta(zk, fs_paths, CONFIG)
         data = os.urandom(MiB)
         ino, refs = await make_file(c, meta, b"f", [data])
@@ -76,7 +79,7 @@ async def test_rereplicate_after_a_node_is_gone(zk, zk_hosts, fs_paths, tmp_path
 
 async def test_rereplicate_replaces_a_bad_replica_in_place(zk, zk_hosts, fs_paths, tmp_path):
     # 3 nodes, replicas 3: the only possible target is the node with the bad copy
-    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=3, config=CONFIG) as c:
+    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=3, config=CONFIG, env=NO_LEADER) as c:
         meta = Meta(zk, fs_paths, CONFIG)
         data = os.urandom(MiB // 2)
         ino, refs = await make_file(c, meta, b"f", [data])
@@ -93,7 +96,7 @@ async def test_rereplicate_replaces_a_bad_replica_in_place(zk, zk_hosts, fs_path
 
 
 async def test_rereplicate_of_a_replaced_block_discards_its_copies(zk, zk_hosts, fs_paths, tmp_path):
-    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=4, config=CONFIG) as c:
+    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=4, config=CONFIG, env=NO_LEADER) as c:
         meta = Meta(zk, fs_paths, CONFIG)
         ino, refs = await make_file(c, meta, b"f", [os.urandom(1000)], replicas=2)
         old = refs[0]
@@ -105,7 +108,7 @@ async def test_rereplicate_of_a_replaced_block_discards_its_copies(zk, zk_hosts,
 
 
 async def test_drop_replicas_never_drops_the_last(zk, zk_hosts, fs_paths, tmp_path):
-    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=3, config=CONFIG) as c:
+    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=3, config=CONFIG, env=NO_LEADER) as c:
         meta = Meta(zk, fs_paths, CONFIG)
         ino, refs = await make_file(c, meta, b"f", [os.urandom(1000)])
         ref = refs[0]
@@ -119,7 +122,7 @@ async def test_drop_replicas_never_drops_the_last(zk, zk_hosts, fs_paths, tmp_pa
 
 
 async def test_collect_gc_entries(zk, zk_hosts, fs_paths, tmp_path):
-    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=3, config=CONFIG) as c:
+    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=3, config=CONFIG, env=NO_LEADER) as c:
         meta = Meta(zk, fs_paths, CONFIG)
         ino, refs = await make_file(c, meta, b"f", [os.urandom(1000) for _ in range(3)])
         ino2, refs2 = await make_file(c, meta, b"g", [os.urandom(1000) for _ in range(2)])
