@@ -95,8 +95,11 @@ class ZkEnsemble:
     """One standalone server or a quorum of `servers` on loopback."""
 
     def __init__(self, base_dir: str | os.PathLike, servers: int = 1, *, heap_mb: int = 256,
-                 tick_ms: int = 200, ports: list[tuple[int, int, int]] | None = None):
-        """ports: (client, quorum, election) per server, to restart on the same ports."""
+                 tick_ms: int = 200, ports: list[tuple[int, int, int]] | None = None,
+                 extra: list[str] | None = None):
+        """ports: (client, quorum, election) per server, to restart on the same ports.
+        extra: more zoo.cfg lines ("key=value")."""
+        self.extra = list(extra or [])
         self.base = Path(base_dir)
         self.tick_ms = tick_ms
         self.heap_mb = heap_mb
@@ -134,6 +137,7 @@ class ZkEnsemble:
             "snapCount=20000",
             "preAllocSize=16384",
         ]
+        lines += self.extra
         if len(self.servers) > 1:
             for o in self.servers:
                 lines.append(f"server.{o.myid}={o.host}:{o.quorum_port}:{o.election_port}")
