@@ -134,10 +134,19 @@ class Zk:
                 client.close()
                 raise
 
+        # kazoo logs every refused attempt of the first connect; the caller
+        # reports a failure in one line, so keep them quiet until we are in
+        # (reconnect warnings later on still reach the daemons' logs).
+        kazoo_log = logging.getLogger("kazoo")
+        level = kazoo_log.level
+        if not kazoo_log.isEnabledFor(logging.DEBUG):
+            kazoo_log.setLevel(logging.CRITICAL)
         try:
             await trio.to_thread.run_sync(start)
         except KazooTimeoutError:
             raise ZkUnavailable(f"cannot reach ZooKeeper at {hosts} within {timeout:g} s") from None
+        finally:
+            kazoo_log.setLevel(level)
         return cls(client, op_timeout=op_timeout)
 
     async def close(self) -> None:

@@ -76,3 +76,14 @@ def test_bad_replication_is_a_usage_error(zk_hosts):
     assert "replicas" in r.stderr
     # and nothing was created: a correct mkfs of that name still works
     assert dfs("mkfs", "--zk", zk_hosts, "--fs", fs).returncode == 0
+
+
+def test_every_zookeeper_client_fails_in_one_line(tmp_path):
+    """Daemons and admin commands alike: exit 2, one line, when ZooKeeper is unreachable."""
+    zk = f"127.0.0.1:{closed_port()}"
+    (tmp_path / "mnt").mkdir()
+    for argv in (["node", "--data", str(tmp_path / "data")], ["mount", str(tmp_path / "mnt")],
+                 ["status"], ["fsck"], ["drain", "somenode"]):
+        r = dfs(*argv, "--zk", zk, "--zk-timeout", "1", timeout=60)
+        assert r.returncode == 2, (argv, r.returncode, r.stderr)
+        assert_one_line_error(r)
