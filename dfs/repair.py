@@ -364,8 +364,6 @@ async def collect_gc_entry(ctx: RepairContext, name: str) -> int:
     limiter = trio.CapacityLimiter(16)
 
     async def delete_all(blocks: dict[str, list[str]]) -> None:
-        nonlocal deleted
-
         async def one(block_id: str, nodes: list[str]) -> None:
             nonlocal deleted
             async with limiter:
@@ -408,3 +406,28 @@ async def collect_gc_entry(ctx: RepairContext, name: str) -> int:
         pass
     ctx.stats["gc_blocks"] += deleted
     return deleted
+
+
+async def set_node_state(zk: Zk, paths: FsPaths, node_id: str, frm: Collection[str],
+                         to: str) -> str | None:
+    """Move a node's registry state from one of `frm` to `to`, version-checked.
+
+    Returns the state found (the old one when it changed, else the current
+    one), or None when there is no such node.
+    """
+    path = paths.registry_node(node_id)
+    while True:
+        try:
+            data, st = await zk.get(path)
+        except NoNodeError:
+            return None
+        reg = NodeRegistration.decode(data)
+        if reg.state not in frm:
+            return reg.state
+        found = reg.state
+        reg.state = to
+        try:
+            await zk.set(path, reg.encode(), st.version)
+            return found
+        except BadVersionError:
+            continue

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 import trio
-from kazoo.exceptions import BadVersionError, NoNodeError
+from kazoo.exceptions import NoNodeError
 
 from dfs import repair
 from dfs.errors import DfsError
@@ -437,18 +437,5 @@ class Repairer:
 
 async def mark_retired(zk: Zk, paths, node_id: str) -> bool:
     """draining -> retired (version-checked). False if the node is not draining."""
-    path = paths.registry_node(node_id)
-    while True:
-        try:
-            data, st = await zk.get(path)
-        except NoNodeError:
-            return False
-        reg = NodeRegistration.decode(data)
-        if reg.state != "draining":
-            return reg.state == "retired"
-        reg.state = "retired"
-        try:
-            await zk.set(path, reg.encode(), st.version)
-            return True
-        except BadVersionError:
-            continue
+    found = await repair.set_node_state(zk, paths, node_id, {"draining"}, "retired")
+    return found in ("draining", "retired")

@@ -13,35 +13,16 @@ import sys
 import time
 
 import trio
-from kazoo.exceptions import BadVersionError, NoNodeError
+from kazoo.exceptions import NoNodeError
 
 
+from dfs import repair
 from dfs.paths import FsPaths, default_root
-from dfs.records import BlockGroup, NodeRegistration
+from dfs.records import BlockGroup
 from dfs.zk import Zk
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 POLL = 1.0
-
-
-async def set_state(zk: Zk, paths: FsPaths, node_id: str, frm: set[str], to: str) -> str | None:
-    """Version-checked state change; returns the state found (None: no such node)."""
-    path = paths.registry_node(node_id)
-    while True:
-        try:
-            data, st = await zk.get(path)
-        except NoNodeError:
-            return None
-        reg = NodeRegistration.decode(data)
-        if reg.state not in frm:
-            return reg.state
-        found = reg.state
-        reg.state = to
-        try:
-            await zk.set(path, reg.encode(), st.version)
-            return found
-        except BadVersionError:
-            continue
 
 
 async def referenced_blocks(zk: Zk, paths: FsPaths, node_id: str) -> int:
@@ -73,7 +54,7 @@ async def _main(args: argparse.Namespace) -> int:
         if not await zk.exists(paths.config):
             print(f"dfs drain: no filesystem at {paths.root}", file=sys.stderr)
             return EXIT_USAGE
-        found = await set_state(zk, paths, node_id, {"active"}, "draining")
+        found = await repair.set_node_state(zk, paths, node_id, {"active"}, "draining")
         if found is None:
             print(f"dfs drain: no node {node_id} in the registry", file=sys.stderr)
             return EXIT_PROBLEM
@@ -95,7 +76,7 @@ async def _main(args: argparse.Namespace) -> int:
                       f"(is a repair leader running? see 'dfs status')", file=sys.stderr)
                 return EXIT_PROBLEM
             await trio.sleep(POLL)
-        await set_state(zk, paths, node_id, {"draining"}, "retired")
+        await repair.set_node_state(zk, paths, node_id, {"draining"}, "retired")
         print(f"node {node_id} drained and retired; it can be stopped")
         return EXIT_OK
     finally:
