@@ -44,6 +44,7 @@ POOL_SIZE = 4
 PIPELINE_DEPTH = 8
 
 OnCorrupt = Callable[[BlockRef, str, str], Awaitable[None]]
+LOAD_TIE = 8  # in-flight requests that count as equally loaded (see _read_order)
 
 
 class NodeUnavailable(DfsError):
@@ -369,11 +370,16 @@ class BlockClient:
     # -- reading
 
     def _read_order(self, ref: BlockRef) -> list[str]:
-        """Replicas to try: live ones first, least loaded first (ties at random)."""
+        """Replicas to try: live ones first, least loaded first (ties at random).
+
+        `load` is a node's in-flight requests sampled at its last heartbeat; a
+        few requests apart counts as a tie, or one stale sample would steer
+        every read away from a node until its next heartbeat.
+        """
         live = self.nodedir.live()
         up = [n for n in ref.replicas if n in live]
         self._rng.shuffle(up)
-        up.sort(key=lambda n: live[n].load)
+        up.sort(key=lambda n: int(live[n].load) // LOAD_TIE)
         return up + [n for n in ref.replicas if n not in live]
 
     async def read_block(self, ref: BlockRef, offset: int = 0, length: int | None = None) -> bytes:

@@ -326,7 +326,9 @@ def test_corrupt_replica_is_reported_and_replaced(cluster_factory, tmp_path):
 
     c = start_cluster(cluster_factory, config(), 3)
     mnt = c.mounts[0].mountpoint
-    sums = write_files(mnt, tmp_path / "src", [16 * MiB])
+    # 32 blocks: a read tries the bad replica first with p = 1/3 per block, so
+    # all 32 missing it has p = (2/3)^32 ~ 2e-6
+    sums = write_files(mnt, tmp_path / "src", [32 * MiB])
     view = View(c.hosts, c.paths)
     try:
         bad = c.nodes[0]
