@@ -69,6 +69,8 @@ class OpenFile:
     dirty_meta: bool = False  # size/mtime to commit even without new blocks
     mtime_ns: int = 0
     error: DfsError | None = None  # a background upload failed: next flush reports it
+    inline: bytes | None = None  # committed inline bytes (no refs): block 0's content
+    node: Inode | None = None  # the inode as we last loaded or committed it
     lock: trio.Lock = field(default_factory=trio.Lock)
     upload_done: trio.Condition | None = None
     last_read_end: int = -1
@@ -148,16 +150,18 @@ class FileData:
         if f is not None:
             f.handles += 1
             return f, True
+        inline = None
         if created:
             node = node or await self.meta.getattr(ino)
             refs: dict[int, BlockRef] = {}
         else:
-            node, refs = await self.meta.open_file(ino)
+            node, refs, inline = await self.meta.open_file(ino)
         f = self.files.get(ino)  # another opener may have won while we awaited
         if f is not None:
             f.handles += 1
             return f, True
-        f = OpenFile(ino, node.rec.size, refs, node.version, handles=1, mtime_ns=node.rec.mtime_ns)
+        f = OpenFile(ino, node.rec.size, refs, node.version, handles=1, mtime_ns=node.rec.mtime_ns,
+                     inline=inline, node=node)
         f.upload_done = trio.Condition(f.lock)
         self.files[ino] = f
         keep = self._seen_versions.get(ino) == (node.version, node.rec.size)
@@ -246,6 +250,8 @@ class FileData:
             if len(content) > existing:  # bytes past a truncation are not file content
                 del content[existing:]
             buf = Buffer(content, self._next_serial(), complete=False)
+        elif ref is None and index == 0 and f.inline and not (boff == 0 and n >= min(existing, len(f.inline))):
+            buf = Buffer(bytearray(f.inline[:existing]), self._next_serial(), complete=False)
         else:
             buf = Buffer(bytearray(), self._next_serial())
         self._add_dirty(len(buf.data))
@@ -341,6 +347,14 @@ class FileData:
         if f is None:
             return
         async with f.lock:
+            if (self.config.inline_max and f.size <= self.config.inline_max and not f.uploading
+                    and set(f.buffers) | set(f.uploaded) | set(f.refs) <= {0}):
+                await self._commit_inline(f)
+                return
+            if f.inline and not ({0} & (set(f.buffers) | set(f.uploaded) | set(f.uploading))):
+                # outgrew inline: block 0 becomes a real block in this commit
+                f.buffers[0] = Buffer(bytearray(f.inline[:f.size]), self._next_serial())
+                self._add_dirty(len(f.buffers[0].data))
             for index in list(f.buffers):
                 self._start_upload(f, index)
             assert f.upload_done is not None
@@ -384,8 +398,46 @@ class FileData:
             f.refs.update(updates)
             f.uploaded.clear()
             f.dirty_meta = False
-            f.version_seen = node.version
-            self._seen_versions[ino] = (node.version, node.rec.size)
+            f.inline = None
+            self._committed(f, node)
+
+    def _committed(self, f: OpenFile, node: Inode) -> None:
+        f.node = node
+        f.version_seen = node.version
+        self._seen_versions[f.ino] = (node.version, node.rec.size)
+
+    async def _commit_inline(self, f: OpenFile) -> None:
+        """Commit a small file's bytes into its block-map znode (called under f.lock).
+
+        No block is written: a file of at most `inline_max` bytes costs one
+        ZooKeeper transaction instead of a fsynced write on every replica plus
+        the commit. A ref that block 0 had is dropped (to gc) in that commit.
+        """
+        if not (f.buffers or f.uploaded or f.dirty_meta):
+            return
+        buf = f.buffers.get(0)
+        ref = f.uploaded.get(0) or f.refs.get(0)
+        if buf is not None:
+            content = bytes(buf.data)
+        elif ref is not None:
+            content = (await self._read_whole(ref))[:ref.length]
+        else:
+            content = f.inline or b""
+        content = content[:f.size]
+        updates: dict[int, BlockRef | None] = {0: None} if 0 in f.refs else {}
+        node = await self.meta.commit_blocks(
+            f.ino, updates, size=f.size, mtime_ns=f.mtime_ns, inline=content,
+            known=None if updates else f.node)
+        freed = sum(len(b.data) for b in f.buffers.values())
+        f.buffers.clear()
+        for r in f.uploaded.values():
+            self._discard(r)
+        f.uploaded.clear()
+        f.refs.pop(0, None)
+        f.inline = content or None
+        f.dirty_meta = False
+        self._committed(f, node)
+        await self._release_dirty(freed)
 
     async def fsync(self, ino: int) -> None:
         await self.flush(ino)
@@ -413,8 +465,24 @@ class FileData:
             node = await self.meta.getattr(ino)
             if not node.rec.is_reg:
                 raise DfsError(errno.EINVAL, "not a regular file")
-            refs = f.refs if f is not None else await self.meta.read_block_map(ino)
+            if f is not None:
+                refs, inline = f.refs, f.inline
+            else:
+                refs, inline = await self.meta.read_file_map(ino)
             old_size = node.rec.size
+            if not refs:
+                # inline bytes (or nothing): the commit trims them, no block to rewrite
+                new_inline = inline[:size] if inline and size < len(inline) else None
+                node = await self.meta.commit_blocks(ino, {}, size=size, mtime_ns=time.time_ns(),
+                                                     inline=new_inline)
+                if f is not None:
+                    f.size = size
+                    if new_inline is not None:
+                        f.inline = new_inline or None
+                    self._committed(f, node)
+                else:
+                    self._seen_versions[ino] = (node.version, node.rec.size)
+                return node
             bs = self.bs
             updates: dict[int, BlockRef | None] = {}
             truncate_from = None
@@ -436,8 +504,9 @@ class FileData:
                 for i, r in updates.items():
                     if r is not None:
                         f.refs[i] = r
-                f.version_seen = node.version
-            self._seen_versions[ino] = (node.version, node.rec.size)
+                self._committed(f, node)
+            else:
+                self._seen_versions[ino] = (node.version, node.rec.size)
             return node
 
     # ------------------------------------------------------------------ read
@@ -471,6 +540,9 @@ class FileData:
             return data + bytes(n - len(data))
         ref = f.uploaded.get(index) or f.refs.get(index)
         if ref is None:
+            if index == 0 and f.inline:
+                data = f.inline[boff:boff + n]
+                return data + bytes(n - len(data)) if len(data) < n else data
             return bytes(n)  # a hole
         if boff >= ref.length:
             return bytes(n)

@@ -63,6 +63,15 @@ GC_BATCH = 2000  # block refs per gc/ entry (keeps each znode well under 1 MiB)
 INLINE_GC_LIMIT = 4 * GC_BATCH  # larger files are handed to gc as a whole inode
 
 
+class _Version:
+    """A stand-in for a ZnodeStat of which only the version is used."""
+
+    __slots__ = ("version",)
+
+    def __init__(self, version: int):
+        self.version = version
+
+
 @dataclass
 class Inode:
     """An inode as read from ZooKeeper: its number, record and znode version."""
@@ -107,8 +116,41 @@ class Meta:
         # inodes this client unlinked (or renamed over) while it had them open:
         # it holds them in open/<ino>/<mount_id> until release_orphan
         self.held: set[int] = set()
+        # ino -> (when we read it, the inode as read plus our own changes since).
+        # Within FRESH_FOR of that read it answers getattr (the kernel re-asks
+        # for a directory after every entry change) and stands in for the read
+        # before a version-checked change (a stale one fails the check: retried).
+        self.fresh: dict[int, tuple[float, Inode]] = {}
 
     HINTS_MAX = 200_000
+    FRESH_FOR = 1.0  # seconds; the mount sets it to its attr_timeout
+
+    def remember(self, node: Inode, seen: float | None = None) -> Inode:
+        if len(self.fresh) >= self.HINTS_MAX:
+            self.fresh.clear()
+        self.fresh[node.ino] = (time.monotonic() if seen is None else seen, node)
+        return node
+
+    def known(self, ino: int) -> tuple[Inode, float] | None:
+        """The inode as this client knows it and that knowledge's age, if fresh."""
+        got = self.fresh.get(ino)
+        if got is None:
+            return None
+        age = time.monotonic() - got[0]
+        if age >= self.FRESH_FOR:
+            del self.fresh[ino]
+            return None
+        return got[1], age
+
+    def _changed_dir(self, ino: int, t: int, nlink_delta: int = 0) -> None:
+        """This client changed directory ino's entries at time t: keep its cached inode current."""
+        got = self.fresh.get(ino)
+        if got is None:
+            return
+        seen, node = got
+        rec = dataclasses.replace(node.rec, mtime_ns=t, ctime_ns=max(node.rec.ctime_ns, t),
+                                  nlink=node.rec.nlink + nlink_delta)
+        self.fresh[ino] = (seen, Inode(ino, rec, node.version + (1 if nlink_delta else 0)))
 
     def hint(self, parent: int, name: bytes, ino: int | None) -> None:
         if ino is None:
@@ -172,8 +214,9 @@ class Meta:
         # last content change (see _touch).
         got = await self.zk.get_many([self.paths.inode(ino), self.paths.dir(ino)])
         if got[0] is None:
+            self.fresh.pop(ino, None)
             raise DfsError(errno.ENOENT, f"no inode {ino}")
-        return self._inode(ino, got[0], got[1])
+        return self.remember(self._inode(ino, got[0], got[1]))
 
     @staticmethod
     def _inode(ino: int, got: tuple, dir_times: tuple | None) -> Inode:
@@ -187,7 +230,7 @@ class Meta:
 
     async def _dir(self, ino: int) -> Inode:
         got = await self.zk.get_many([self.paths.inode(ino), self.paths.dir(ino)])
-        return self._as_dir(ino, got[0], got[1])
+        return self.remember(self._as_dir(ino, got[0], got[1]))
 
     def _attr_reads(self, ino: int) -> list[tuple[str, str]]:
         """The reads of `getattr(ino)`, to put into a larger multi-read."""
@@ -244,7 +287,7 @@ class Meta:
         ino = DirEntry.decode(got[0][0]).ino
         if ino == guess and got[2] is not None:
             # read after the dirent in the same multi-read: consistent with it
-            return self._inode(ino, got[2], got[3])
+            return self.remember(self._inode(ino, got[2], got[3]))
         try:
             node = await self.getattr(ino)
         except DfsError:
@@ -284,10 +327,15 @@ class Meta:
             target=os.fsdecode(target), size=len(target),
         )
 
+        first = True
+
         async def attempt() -> Inode:
+            nonlocal first
             p = None
             if kind == stat.S_IFDIR:
-                p = await self._dir(parent)
+                cached = self.known(parent) if first else None
+                first = False
+                p = cached[0] if cached is not None and cached[0].rec.is_dir else await self._dir(parent)
                 if p.rec.nlink == 0:
                     raise DfsError(errno.ENOENT, "parent directory was removed")
                 rec.parent = parent
@@ -312,11 +360,12 @@ class Meta:
                     raise DfsError(errno.EEXIST, f"{name!r} exists") from None
                 await self._dir(parent)  # ENOENT / ENOTDIR
                 raise
+            self._changed_dir(parent, t, 1 if p is not None else 0)
             return Inode(ino, rec, 0)
 
         node = await self._retrying(attempt, "create")
         self.hint(parent, name, node.ino)
-        return node
+        return self.remember(node)
 
     async def mkdir(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int) -> Inode:
         return await self.mknod(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid=uid, gid=gid)
@@ -337,6 +386,8 @@ class Meta:
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Inode:
         check_name(new_name)
+        self.fresh.pop(new_parent, None)
+        self.fresh.pop(ino, None)
 
         async def attempt() -> Inode:
             got = await self.zk.read_many([("get", self.paths.inode(ino)),
@@ -497,9 +548,74 @@ class Meta:
             await self._drop_inode(txn, node, t, (got[3], got[4]), got[5])
             await self.zk.commit(txn)
             self.hint(parent, name, None)
+            self.fresh.pop(node.ino, None)
+            self._changed_dir(parent, t)
             return node.ino
 
         return await self._retrying(attempt, "unlink")
+
+    async def remove_many(self, items: list[tuple[str, int, bytes]]) -> list[tuple[str, int, bytes]]:
+        """Several unlinks/rmdirs, in order, in one read trip and one transaction.
+
+        Args:
+          items: ("unlink" | "rmdir", parent, name), applied in this order (an
+            rmdir may follow the removals that empty its directory).
+        Returns the items left out (no inode hint, or what the read showed does
+        not fit): the caller does those one by one. Raises what the transaction
+        raised if it failed (then nothing of it applied).
+        """
+        reads: list[tuple[str, str]] = []
+        plan = []
+        left: list[tuple[str, int, bytes]] = []
+        for item in items:
+            op, parent, name = item
+            guess = self.hints.get((parent, name))
+            if guess is None:
+                left.append(item)
+                continue
+            first = len(reads)
+            reads += [("get", self.paths.dirent(parent, name)), ("get", self.paths.inode(guess))]
+            if op == "unlink":
+                reads += self._extras_reads(guess)
+            else:
+                reads += [("children", self.paths.xattr_dir(guess)), ("get", self.paths.inode(parent))]
+            plan.append((item, guess, first))
+        if not plan:
+            return left
+        got = await self.zk.read_many(reads)
+        t = now_ns()
+        txn = Txn()
+        state: dict[int, Inode] = {}  # inodes as this transaction leaves them so far
+        done: list[tuple[str, int, bytes]] = []
+        for item, guess, k in plan:
+            op, parent, name = item
+            ent, inode_got = got[k], got[k + 1]
+            if ent is None or inode_got is None or DirEntry.decode(ent[0]).ino != guess:
+                left.append(item)
+                continue
+            node = state.get(guess) or self._inode(guess, inode_got, None)
+            if node.rec.is_dir != (op == "rmdir") or op == "rmdir" and got[k + 3] is None:
+                left.append(item)
+                continue
+            txn.delete(self.paths.dirent(parent, name), ent[1].version)
+            txn.set(self.paths.dir(parent), str(t).encode())
+            if op == "unlink":
+                await self._drop_inode(txn, node, t, (got[k + 2], got[k + 3]), got[k + 4])
+            else:
+                p = state.get(parent) or self._inode(parent, got[k + 3], None)
+                rec = dataclasses.replace(p.rec, nlink=p.rec.nlink - 1)
+                txn.set(self.paths.inode(parent), rec.encode(), p.version)
+                state[parent] = Inode(parent, rec, p.version + 1)
+                await self._delete_inode(txn, node, (got[k + 2], None))
+            state.pop(guess, None)
+            done.append(item)
+        if done:
+            await self.zk.commit(txn)
+            for op, parent, name in done:
+                ino = self.hints.pop((parent, name), None)
+                if ino is not None:
+                    self.fresh.pop(ino, None)
+        return left
 
     async def rmdir(self, parent: int, name: bytes) -> int:
         check_name(name)
@@ -541,6 +657,9 @@ class Meta:
                 await self.zk.commit(txn)
             except NotEmptyError:
                 raise DfsError(errno.ENOTEMPTY, f"{name!r} is not empty") from None
+            self.fresh.pop(node.ino, None)
+            self.remember(p)
+            self._changed_dir(parent, t, -1)
             return node.ino
 
         self.hint(parent, name, None)
@@ -583,6 +702,11 @@ class Meta:
             raise DfsError(errno.EINVAL, "bad rename flags")
 
         async def attempt() -> None:
+            # Our cached view of the parents and of what moves is dropped first (a
+            # failed attempt may have committed after all).
+            for ino in (old_parent, new_parent, self.hints.get((old_parent, old_name)),
+                        self.hints.get((new_parent, new_name))):
+                self.fresh.pop(ino, None)
             # Round trip 1: both parents and both entries.
             same_dir = new_parent == old_parent
             got = await self.zk.read_many([
@@ -735,7 +859,7 @@ class Meta:
             await self.zk.commit(txn)
             return Inode(ino, rec, node.version + 1)
 
-        return await self._retrying(attempt, "setattr")
+        return self.remember(await self._retrying(attempt, "setattr"))
 
     # ------------------------------------------------------------------ readdir
 
@@ -754,7 +878,7 @@ class Meta:
         got = await self.zk.read_many([*self._attr_reads(ino), ("children", self.paths.dir(ino))])
         if got[0] is None:
             raise DfsError(errno.ENOENT, f"no inode {ino}")
-        this = self._inode(ino, got[0], got[1])
+        this = self.remember(self._inode(ino, got[0], got[1]))
         if not this.rec.is_dir:
             raise DfsError(errno.ENOTDIR, f"inode {ino} is not a directory")
         if got[2] is None:
@@ -762,23 +886,55 @@ class Meta:
         children = got[2]
         children.sort()
         base = self.paths.dir(ino)
-        dirents = await self.zk.get_many([f"{base}/{c}" for c in children])
-        entries = [(unescape(c), DirEntry.decode(d[0])) for c, d in zip(children, dirents) if d]
-        for name, ent in entries:
+        names = [unescape(c) for c in children]
+        # Each dirent, and (with_attrs) the inode our hint says it names, in one
+        # trip: read after its dirent, a guessed inode that matches is consistent
+        # with it. Only entries without a good guess need another trip.
+        reads: list[tuple[str, str]] = []
+        for c, name in zip(children, names):
+            reads.append(("get", f"{base}/{c}"))
+            if with_attrs:
+                guess = self.hints.get((ino, name), 0)
+                reads += [("get", self.paths.inode(guess)), ("get", self.paths.dir(guess))]
+        got = await self.zk.read_many(reads) if reads else []
+        step = 3 if with_attrs else 1
+        entries = []
+        attrs: dict[int, Inode | None] = {}
+        missing: list[int] = []
+        for k, name in enumerate(names):
+            d = got[k * step]
+            if d is None:
+                continue  # removed while we listed
+            ent = DirEntry.decode(d[0])
+            entries.append((name, ent))
             self.hint(ino, name, ent.ino)
+            if not with_attrs:
+                continue
+            guessed, times = got[k * step + 1], got[k * step + 2]
+            if guessed is not None and self.hints.get((ino, name)) == ent.ino and reads[k * step + 1][1] == self.paths.inode(ent.ino):
+                attrs[len(entries) - 1] = self._inode(ent.ino, guessed, times if stat.S_ISDIR(ent.mode) else None)
+            else:
+                missing.append(len(entries) - 1)
         if not with_attrs:
             return this, [(name, ent, None) for name, ent in entries]
-        wanted: list[str] = []
-        for _, ent in entries:
-            wanted.append(self.paths.inode(ent.ino))
-            wanted.append(self.paths.dir(ent.ino) if stat.S_ISDIR(ent.mode) else self.paths.inode(ent.ino))
-        got = await self.zk.get_many(wanted)
+        if missing:
+            wanted: list[str] = []
+            for k in missing:
+                ent = entries[k][1]
+                wanted.append(self.paths.inode(ent.ino))
+                wanted.append(self.paths.dir(ent.ino) if stat.S_ISDIR(ent.mode) else self.paths.inode(ent.ino))
+            more = await self.zk.get_many(wanted)
+            for j, k in enumerate(missing):
+                node, times = more[2 * j], more[2 * j + 1]
+                ent = entries[k][1]
+                attrs[k] = None if node is None else self._inode(
+                    ent.ino, node, times if stat.S_ISDIR(ent.mode) else None)
         out = []
         for k, (name, ent) in enumerate(entries):
-            node, times = got[2 * k], got[2 * k + 1]
+            node = attrs.get(k)
             if node is None:
                 continue  # removed while we listed
-            out.append((name, ent, self._inode(ent.ino, node, times if stat.S_ISDIR(ent.mode) else None)))
+            out.append((name, ent, self.remember(node)))
         return this, out
 
     async def count_entries(self, ino: int) -> int:
@@ -864,21 +1020,29 @@ class Meta:
             return BlockGroup(), -1
         return BlockGroup.decode(data), st.version
 
-    async def open_file(self, ino: int) -> tuple[Inode, dict[int, BlockRef]]:
-        """A file's inode and its whole block map, usually in one round trip."""
+    async def open_file(self, ino: int) -> tuple[Inode, dict[int, BlockRef], bytes | None]:
+        """A file's inode, whole block map and inline bytes, usually in one round trip.
+
+        A small file's bytes may live inline, as the data of its `blocks/<ino>`
+        znode (see FsConfig.inline_max): they are the file's content from offset
+        0, the rest up to its size reads as zeros. They count only while the
+        file has no block refs. Returns (inode, refs, inline bytes or None).
+        """
         got = await self.zk.read_many([("get", self.paths.inode(ino)), ("get", self.paths.dir(ino)),
+                                       ("get", self.paths.block_map(ino)),
                                        ("children", self.paths.block_map(ino)),
                                        ("get", self.paths.block_group(ino, 0))])
         if got[0] is None:
             raise DfsError(errno.ENOENT, f"no inode {ino}")
-        node = self._inode(ino, got[0], got[1])
-        groups = sorted(int(g) for g in got[2] or [])
+        node = self.remember(self._inode(ino, got[0], got[1]))
+        groups = sorted(int(g) for g in got[3] or [])
         refs: dict[int, BlockRef] = {}
-        if groups == [0] and got[3] is not None:
-            refs.update(BlockGroup.decode(got[3][0]).blocks)
+        if groups == [0] and got[4] is not None:
+            refs.update(BlockGroup.decode(got[4][0]).blocks)
         elif groups:
             refs = await self.read_block_map(ino)
-        return node, refs
+        inline = got[2][0] if got[2] is not None and got[2][0] and not refs else None
+        return node, refs, inline
 
     async def read_block_map(self, ino: int) -> dict[int, BlockRef]:
         """All blocks of a file (holes absent)."""
@@ -888,6 +1052,11 @@ class Meta:
             if got is not None:
                 out.update(BlockGroup.decode(got[0]).blocks)
         return out
+
+    async def read_file_map(self, ino: int) -> tuple[dict[int, BlockRef], bytes | None]:
+        """A file's block refs and inline bytes (see open_file)."""
+        _, refs, inline = await self.open_file(ino)
+        return refs, inline
 
     def _commit_reads(self, ino: int, indices: Iterable[int], truncate: bool) -> list[tuple[str, str]]:
         touched = {self.group_of(i) for i in indices}
@@ -908,7 +1077,8 @@ class Meta:
     async def commit_blocks(self, ino: int, updates: dict[int, BlockRef | None], *,
                             size: int | None = None, truncate_from: int | None = None,
                             mtime_ns: int | None = None, expect_size: int | None = None,
-                            prefetched: tuple[list, list] | None = None) -> Inode:
+                            prefetched: tuple[list, list] | None = None,
+                            inline: bytes | None = None, known: Inode | None = None) -> Inode:
         """Commit new block refs (and size/mtime) of a file in one transaction.
 
         Args:
@@ -916,6 +1086,12 @@ class Meta:
           size: the new file size (None: keep the current one, or grow to cover updates).
           truncate_from: drop every block with index >= this (a shrinking truncate).
           mtime_ns: new mtime (and ctime); None leaves the times alone.
+          inline: the file's new inline bytes (b"" clears them; None keeps them
+            unless the commit adds block refs, which clears them).
+          known: the inode as this client last committed or read it. A commit
+            that touches no block groups then needs no reads: the inode's
+            version check catches anyone who changed the file since (and the
+            commit retries with fresh reads).
         Replaced and dropped refs are queued in gc/ in the same transaction.
         Raises ENOENT if the inode is gone.
         """
@@ -923,14 +1099,19 @@ class Meta:
         async def attempt() -> Inode:
             # One round trip: the inode, then (guarded by its version) whether the
             # block map exists, its groups if truncating, and the groups we change.
-            nonlocal prefetched
+            nonlocal prefetched, known
             touched = {self.group_of(i) for i in updates}
             reads = self._commit_reads(ino, updates, truncate_from is not None)
-            if prefetched is not None and prefetched[0] == reads:
+            if known is not None and not touched and truncate_from is None:
+                got = [(known.rec.encode(), _Version(known.version)), None]
+                map_known = True
+            elif prefetched is not None and prefetched[0] == reads:
                 got = prefetched[1]  # read while the blocks uploaded (first attempt only)
+                map_known = False
             else:
                 got = await self.zk.read_many(reads)
-            prefetched = None
+                map_known = False
+            prefetched = known = None
             if got[0] is None:
                 raise DfsError(errno.ENOENT, f"no inode {ino}")
             node = self._inode(ino, got[0], None)
@@ -946,9 +1127,19 @@ class Meta:
             rec = dataclasses.replace(node.rec)
             txn = Txn()
             garbage: list[BlockRef] = []
-            if groups and got[1] is None:
-                # in the transaction: a concurrent unlink must not leave a block map behind
-                txn.create(self.paths.block_map(ino))
+            new_inline = inline
+            if new_inline is None and any(ref is not None for ref in updates.values()):
+                new_inline = b""  # block refs replace inline bytes
+            if map_known:
+                # blind: the inode's version check guards it (mknod creates the znode)
+                if new_inline is not None:
+                    txn.set(self.paths.block_map(ino), new_inline)
+            elif got[1] is None:
+                if groups or new_inline:
+                    # in the transaction: a concurrent unlink must not leave a block map behind
+                    txn.create(self.paths.block_map(ino), new_inline or b"")
+            elif new_inline is not None and got[1][0] != new_inline:
+                txn.set(self.paths.block_map(ino), new_inline)
             for g in sorted(groups):
                 grp, ver = (BlockGroup.decode(groups[g][0]), groups[g][1].version) if groups[g] else (BlockGroup(), -1)
                 before = dict(grp.blocks)
@@ -987,7 +1178,7 @@ class Meta:
             await self.zk.commit(txn)
             return Inode(ino, rec, node.version + 1)
 
-        return await self._retrying(attempt, "commit blocks")
+        return self.remember(await self._retrying(attempt, "commit blocks"))
 
     # ------------------------------------------------------------------ statfs
 

@@ -24,6 +24,8 @@ async def mkfs(zk: Zk, paths: FsPaths, config: FsConfig, *, uid: int | None = No
         raise DfsError(errno.EINVAL, "need 1 <= min_replicas <= replicas")
     if config.block_size < 4096 or config.block_size > 64 * 1024 * 1024:
         raise DfsError(errno.EINVAL, "block size must be between 4 KiB and 64 MiB")
+    if not 0 <= config.inline_max <= min(64 * 1024, config.block_size):
+        raise DfsError(errno.EINVAL, "inline_max must be between 0 and 64 KiB (and at most the block size)")
     if await zk.exists(paths.config):
         raise DfsError(errno.EEXIST, f"a filesystem already exists at {paths.root}")
     parent = paths.root.rsplit("/", 1)[0]

@@ -47,6 +47,9 @@ class FsConfig(Record):
     dead_after: float = 30.0
     group_blocks: int = 256  # blocks per block-map znode
     orphan_age: float = 3600.0  # unreferenced blocks older than this are garbage (gc, fsck)
+    # files of at most this many bytes keep their data inline in ZooKeeper (in
+    # blocks/<ino>'s data) instead of in a block; 0 turns it off
+    inline_max: int = 4096
     created: float = 0.0
     format_revision: int = FORMAT_REVISION
 

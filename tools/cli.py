@@ -67,7 +67,8 @@ async def _mkfs(args: argparse.Namespace) -> int:
     from dfs.zk import Zk
 
     config = FsConfig(block_size=args.block_size, replicas=args.replicas,
-                      min_replicas=args.min_replicas, dead_after=args.dead_after)
+                      min_replicas=args.min_replicas, dead_after=args.dead_after,
+                      inline_max=args.inline_max)
     zk = await Zk.connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
     try:
         await mkfs(zk, FsPaths(default_root(args.fs)), config)
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copies a write needs to succeed (default: 2)")
     p.add_argument("--dead-after", type=float, default=30.0,
                    help="seconds a node may be gone before repair starts (default: 30)")
+    p.add_argument("--inline-max", type=parse_size, default=4096,
+                   help="files up to this size keep their bytes in ZooKeeper, not in blocks"
+                        " (default: 4096; 0: never; at most 64K)")
     p.set_defaults(func=cmd_mkfs)
 
     p = sub.add_parser("node", help="run a storage node")
