@@ -24,6 +24,7 @@ from dfs.meta import Meta
 from dfs.mkfs import load_config
 from dfs.nodedir import NodeDirectory
 from dfs.paths import FsPaths, default_root
+from dfs.removals import Removals
 from dfs.zk import Zk
 from mount.operations import Operations, log_op_stats
 
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--zk-timeout", type=float, default=10.0)
     p.add_argument("--foreground", action="store_true")
     p.add_argument("-o", action="append", default=[], metavar="OPTION",
-                   help="allow_other, attr_timeout=S, entry_timeout=S, cache_mb=N, debug")
+                   help="allow_other, attr_timeout=S, entry_timeout=S, cache_mb=N, sync_dirops, debug")
     p.add_argument("--log", help="log file of the daemon (default: stderr in the foreground)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -54,7 +55,7 @@ def parse_options(opts: list[str]) -> dict[str, str]:
                 continue
             k, _, v = o.partition("=")
             out[k] = v
-    known = {"allow_other", "attr_timeout", "entry_timeout", "cache_mb", "debug", "ro", "rw"}
+    known = {"allow_other", "attr_timeout", "entry_timeout", "cache_mb", "sync_dirops", "debug", "ro", "rw"}
     unknown = set(out) - known
     if unknown:
         raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
@@ -102,9 +103,15 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
             await nursery.start(nodedir.run)
             files = FileData(meta, blocks, nursery,
                              cache_bytes=int(opts.get("cache_mb", 1024)) << 20)
+            # unlink/rmdir answered at once and committed in the background
+            # (dfs.removals) unless -o sync_dirops
+            removals = None if "sync_dirops" in opts else Removals(meta)
+            if removals is not None:
+                nursery.start_soon(removals.run)
             ops = Operations(meta, files, nodedir,
                              attr_timeout=float(opts.get("attr_timeout", 1.0)),
-                             entry_timeout=float(opts.get("entry_timeout", 1.0)))
+                             entry_timeout=float(opts.get("entry_timeout", 1.0)),
+                             removals=removals)
             fuse_opts = set(pyfuse3.default_options)
             fuse_opts |= {f"fsname=dfs:{args.fs}", "subtype=dfs", "default_permissions"}
             if "allow_other" in opts:
@@ -122,12 +129,14 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
             if args.ready_fd is not None:
                 os.write(args.ready_fd, b"ready\n")
                 os.close(args.ready_fd)
-            nursery.start_soon(stop_on_signal, files)
+            nursery.start_soon(stop_on_signal, files, removals)
             try:
                 await pyfuse3.main()
             finally:
                 with trio.CancelScope(shield=True):
                     await files.flush_all()
+                    if removals is not None:
+                        await removals.drain()
                 pyfuse3.close(unmount=True)
                 log_op_stats()
                 nursery.cancel_scope.cancel()
@@ -138,11 +147,13 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
     return 0
 
 
-async def stop_on_signal(files: FileData) -> None:
+async def stop_on_signal(files: FileData, removals: Removals | None) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
             log.info("signal: flushing and unmounting")
             await files.flush_all()
+            if removals is not None:
+                await removals.drain()
             pyfuse3.terminate()
             return
 

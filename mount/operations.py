@@ -20,6 +20,7 @@ from dfs.errors import DfsError
 from dfs.files import FileData
 from dfs.meta import Inode, Meta
 from dfs.names import NAME_MAX
+from dfs.removals import Removals
 
 log = logging.getLogger(__name__)
 FILE_CAPS = b"security.capability"  # file capabilities: not supported on dfs
@@ -72,13 +73,15 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
 
     def __init__(self, meta: Meta, files: FileData, nodedir, *, attr_timeout: float = 1.0,
-                 entry_timeout: float = 1.0):
+                 entry_timeout: float = 1.0, removals: Removals | None = None):
         super().__init__()
         self.meta = meta
+        self.removals = removals
         self.files = files
         self.nodedir = nodedir
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
+        meta.FRESH_FOR = attr_timeout
         self._fh_ino: dict[int, int] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
@@ -98,14 +101,15 @@ class Operations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ helpers
 
-    def _attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
+    def _attrs(self, node: Inode, age: float = 0.0) -> pyfuse3.EntryAttributes:
+        """Attributes for the kernel; `age`: how old our knowledge of them is."""
         self._remember(node)
         r = node.rec
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0
         a.entry_timeout = self.entry_timeout
-        a.attr_timeout = self.attr_timeout
+        a.attr_timeout = max(0.0, self.attr_timeout - age)
         a.st_mode = r.mode
         a.st_nlink = r.nlink
         a.st_uid = r.uid
@@ -137,6 +141,8 @@ class Operations(pyfuse3.Operations):
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         try:
+            if self.removals is not None and self.removals.hidden(parent_inode, name):
+                raise DfsError(errno.ENOENT, "being removed")
             return self._attrs(await self.meta.lookup(parent_inode, name))
         except DfsError as e:
             if e.errno == errno.ENOENT:
@@ -149,6 +155,13 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def getattr(self, inode, ctx=None):
+        # The kernel drops a directory's attributes after each entry change we
+        # make in it; what we know (read < attr_timeout ago, plus our own
+        # changes) answers without a round trip, cached only for the rest of
+        # that attr_timeout: the staleness bound stays the kernel cache's.
+        seen = self.meta.known(inode)
+        if seen is not None:
+            return self._attrs(*seen)
         return self._attrs(await self.meta.getattr(inode))
 
     @fuse_errors
@@ -185,34 +198,52 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        await self._before_change(parent_inode)
         node = await self.meta.mknod(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, rdev=rdev)
         return self._attrs(node)
 
     @fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
+        await self._before_change(parent_inode)
         node = await self.meta.mkdir(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid)
         return self._attrs(node)
 
     @fuse_errors
     async def symlink(self, parent_inode, name, target, ctx):
+        await self._before_change(parent_inode)
         node = await self.meta.symlink(parent_inode, name, target, uid=ctx.uid, gid=ctx.gid)
         return self._attrs(node)
 
     @fuse_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        await self._before_change(new_parent_inode)
         return self._attrs(await self.meta.link(inode, new_parent_inode, new_name))
 
     @fuse_errors
     async def unlink(self, parent_inode, name, ctx):
-        await self.meta.unlink(parent_inode, name)
+        if self.removals is not None:
+            await self.removals.unlink(parent_inode, name)
+        else:
+            await self.meta.unlink(parent_inode, name)
 
     @fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
-        await self.meta.rmdir(parent_inode, name)
+        if self.removals is not None:
+            await self.removals.rmdir(parent_inode, name)
+        else:
+            await self.meta.rmdir(parent_inode, name)
 
     @fuse_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self._before_change(parent_inode_old, parent_inode_new)
         await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    async def _before_change(self, *dirs: int) -> None:
+        """A namespace change in these directories: order it after their pending removals."""
+        if self.removals is not None:
+            for d in dirs:
+                self.removals.dir_changed(d)
+            await self.removals.wait_dir(*dirs)
 
     # ------------------------------------------------------------------ directories
 
@@ -224,6 +255,9 @@ class Operations(pyfuse3.Operations):
         dotdot.st_ino = this.rec.parent or pyfuse3.ROOT_INODE
         dotdot.st_mode = stat.S_IFDIR | 0o755
         snapshot = [(b".", self._attrs(this)), (b"..", dotdot)]
+        if self.removals is not None:
+            entries = [e for e in entries if not self.removals.hidden(inode, e[0])]
+            self.removals.saw_listing(inode, len(entries))
         snapshot += [(name, self._attrs(node)) for name, _, node in entries]
         fh = self._next_fh
         self._next_fh += 1
@@ -241,8 +275,13 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh):
         self._dirs.pop(fh, None)
 
+    @fuse_errors
     async def fsyncdir(self, fh, datasync):
-        pass  # every namespace change is committed before it returns
+        # every other namespace change is committed before it returns
+        if self.removals is not None:
+            await self.removals.drain()
+            if self.removals.take_failures():
+                raise DfsError(errno.EIO, "a background removal failed (see the mount log)")
 
     # ------------------------------------------------------------------ files
 
@@ -270,6 +309,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
+        await self._before_change(parent_inode)
         node = await self.meta.create(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid)
         await self.files.open(node.ino, node, created=True)
         fi = pyfuse3.FileInfo(fh=self._new_fh(node.ino))

@@ -1,0 +1,185 @@
+"""unlink and rmdir answered at once, committed in the background (asynchronous removals).
+
+A removal costs two ZooKeeper round trips, one of them a fsynced transaction;
+`rm -r` waits for each in turn. Here a removal the kernel has already validated
+(the name exists and has the right type: the VFS checks both from its dentry)
+is answered at once (the idea of CephFS's async dirops) and one background task
+commits what has queued up meanwhile, in order, as one read trip and one
+transaction (`Meta.remove_many`): the more removals queue, the bigger the batch.
+
+Semantics, as a program on this mount sees them:
+- A removed name is gone at once: lookups and listings here hide it
+  (`pending`) until its commit lands, then ZooKeeper agrees.
+- Order where it matters: removals commit in the order they were made (one
+  worker; a transaction applies its operations in order), and a namespace
+  change in a directory (create, mkdir, link, rename, a synchronous removal)
+  first waits for that directory's pending removals (`wait_dir`).
+- An rmdir is asynchronous only if this mount listed the directory less than
+  `listing_ttl` ago and removed everything the listing showed; otherwise it is
+  synchronous and reports ENOTEMPTY as usual.
+- `drain()` waits for everything (fsyncdir, unmount, SIGTERM).
+- What other mounts see: the removal, once committed (milliseconds later).
+- If a commit fails after the caller was told it succeeded (another mount
+  created an entry in a directory being removed, ZooKeeper unreachable for
+  longer than the operation timeout), the entry stays, the failure is logged,
+  and the next fsyncdir reports EIO. No data is lost: a failed removal leaves
+  the entry in place.
+"""
+
+import collections
+import errno
+import logging
+import time
+
+import trio
+
+from dfs.errors import DfsError
+from dfs.meta import Meta
+
+log = logging.getLogger(__name__)
+
+
+class Removals:
+    """Background unlink/rmdir for one client.
+
+    Args:
+      meta: the namespace.
+      max_pending: removals accepted but not committed before callers wait.
+      batch: most removals in one transaction.
+      listing_ttl: how long a directory listing counts for the emptiness of an rmdir.
+    """
+
+    def __init__(self, meta: Meta, *, max_pending: int = 1024, batch: int = 256,
+                 listing_ttl: float = 2.0):
+        self.meta = meta
+        self.batch = batch
+        self.listing_ttl = listing_ttl
+        self.pending: dict[tuple[int, bytes], str] = {}  # (parent, name) -> "unlink" | "rmdir"
+        self._per_dir: collections.Counter[int] = collections.Counter()
+        self._changed = trio.Condition()
+        self._slots = trio.Semaphore(max_pending)
+        self._send, self._recv = trio.open_memory_channel[tuple[str, int, bytes]](max_pending)
+        # directory -> (when listed, entries it had minus what we removed since)
+        self.listed: dict[int, tuple[float, int]] = {}
+        self.failures = 0  # commits that failed after their caller was told "done"
+        self.stats = {"async": 0, "sync": 0, "batches": 0}
+
+    async def run(self) -> None:
+        """The worker: commit what is queued, a batch at a time (start it in a nursery)."""
+        async for first in self._recv:
+            batch = [first]
+            while len(batch) < self.batch:
+                try:
+                    batch.append(self._recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self._commit_batch(batch)
+            finally:
+                for op, parent, name in batch:
+                    self.pending.pop((parent, name), None)
+                    self._per_dir[parent] -= 1
+                    if not self._per_dir[parent]:
+                        del self._per_dir[parent]
+                    self._slots.release()
+                async with self._changed:
+                    self._changed.notify_all()
+
+    # -- what the mount asks
+
+    def hidden(self, parent: int, name: bytes) -> bool:
+        return (parent, name) in self.pending
+
+    def busy(self, parent: int) -> bool:
+        return self._per_dir[parent] > 0
+
+    def saw_listing(self, ino: int, entries: int) -> None:
+        if len(self.listed) > 10_000:
+            self.listed.clear()
+        self.listed[ino] = (time.monotonic(), entries)
+
+    def dir_changed(self, ino: int) -> None:
+        """This client added to directory ino: a listing of it no longer tells emptiness."""
+        self.listed.pop(ino, None)
+
+    def _removed_from(self, parent: int) -> None:
+        got = self.listed.get(parent)
+        if got is not None:
+            self.listed[parent] = (got[0], got[1] - 1)
+
+    def _known_empty(self, ino: int) -> bool:
+        got = self.listed.get(ino)
+        return got is not None and got[1] <= 0 and time.monotonic() - got[0] < self.listing_ttl
+
+    async def wait_dir(self, *dirs: int) -> None:
+        """Wait until no removal is pending in any of these directories."""
+        async with self._changed:
+            while any(self._per_dir[d] for d in dirs):
+                await self._changed.wait()
+
+    async def drain(self) -> None:
+        async with self._changed:
+            while self.pending:
+                await self._changed.wait()
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        await self._enqueue("unlink", parent, name)
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        ino = self.meta.hints.get((parent, name))
+        if ino is None or not self._known_empty(ino):
+            # we cannot vouch for its emptiness: ask ZooKeeper, report ENOTEMPTY now
+            self.stats["sync"] += 1
+            await self.wait_dir(parent)
+            if ino is not None:
+                await self.wait_dir(ino)
+            await self.meta.rmdir(parent, name)
+            self._removed_from(parent)
+            return
+        await self._enqueue("rmdir", parent, name)
+
+    async def _enqueue(self, op: str, parent: int, name: bytes) -> None:
+        await self._slots.acquire()
+        key = (parent, name)
+        if key in self.pending:  # the kernel raced us: that removal is already on its way
+            self._slots.release()
+            raise DfsError(errno.ENOENT, f"no entry {name!r}")
+        self.stats["async"] += 1
+        self.pending[key] = op
+        self._per_dir[parent] += 1
+        self._removed_from(parent)
+        self.meta._changed_dir(parent, time.time_ns(), -1 if op == "rmdir" else 0)
+        self._send.send_nowait((op, parent, name))
+
+    # -- the background
+
+    async def _commit_batch(self, batch: list[tuple[str, int, bytes]]) -> None:
+        self.stats["batches"] += 1
+        try:
+            left = await self.meta.remove_many(batch)
+        except Exception as e:
+            # a conflict or error anywhere fails the whole transaction: one by one
+            log.debug("batch of %d removals failed (%r): one at a time", len(batch), e)
+            left = batch
+        for op, parent, name in left:
+            await self._commit(op, parent, name)
+
+    async def _commit(self, op: str, parent: int, name: bytes) -> None:
+        try:
+            if op == "unlink":
+                await self.meta.unlink(parent, name)
+            else:
+                await self.meta.rmdir(parent, name)
+        except DfsError as e:  # (ZkUnavailable included)
+            if e.errno == errno.ENOENT:
+                return  # gone already (another client removed or renamed it)
+            self.failures += 1
+            log.error("background %s of %r in directory %d failed after it was reported done: %s",
+                      op, name, parent, e)
+        except Exception:
+            self.failures += 1
+            log.exception("background %s of %r in directory %d crashed", op, name, parent)
+
+    def take_failures(self) -> int:
+        n, self.failures = self.failures, 0
+        return n
