@@ -35,6 +35,7 @@ from kazoo.exceptions import (
 )
 
 from dfs.errors import DfsError
+from dfs.metacache import MetaCache
 from dfs.names import NAME_MAX, check_name, unescape
 from dfs.paths import ROOT_INO, FsPaths
 from dfs.records import BlockGroup, BlockRef, DirEntry, FsConfig, GcEntry, InodeRecord
@@ -120,37 +121,85 @@ class Meta:
         # Within FRESH_FOR of that read it answers getattr (the kernel re-asks
         # for a directory after every entry change) and stands in for the read
         # before a version-checked change (a stale one fails the check: retried).
-        self.fresh: dict[int, tuple[float, Inode]] = {}
+        self.fresh: dict[int, tuple[float, Inode, bool]] = {}
+        # kept exact by ZooKeeper's change feed when enabled (enable_cache)
+        self.cache: MetaCache | None = None
 
     HINTS_MAX = 200_000
     FRESH_FOR = 1.0  # seconds; the mount sets it to its attr_timeout
 
-    def remember(self, node: Inode, seen: float | None = None) -> Inode:
+    def enable_cache(self) -> MetaCache:
+        """Cache lookups, attributes and listings exactly (needs a ZooKeeper client
+        with `add_feed`, e.g. dfs.zkwire.WireZk); run `cache.run(zk)` in a nursery."""
+        self.cache = MetaCache(self.paths.root, self._invalidate)
+        return self.cache
+
+    def _invalidate(self, kind: str, ino: int) -> None:
+        if kind == "all":
+            self.fresh.clear()
+        else:
+            self.fresh.pop(ino, None)
+
+    def _mark(self):
+        return self.cache.mark() if self.cache is not None else None
+
+    def _clean(self, mark, *paths: str) -> bool:
+        return self.cache is not None and self.cache.clean(mark, *paths)
+
+    async def _commit(self, txn: Txn) -> bool:
+        """Commit txn; True if this client's cache may take its result as exact."""
+        if self.cache is None:
+            await self.zk.commit(txn)
+            return False
+        paths = [args[0] for op, args in txn.ops if op != "check"]
+        mark = self.cache.begin(paths)
+        applied = False
+        try:
+            await self.zk.commit(txn)
+            applied = True
+        finally:
+            ok = self.cache.settle(mark, paths, applied)
+        return ok
+
+    def remember(self, node: Inode, seen: float | None = None, exact: bool = False) -> Inode:
         if len(self.fresh) >= self.HINTS_MAX:
             self.fresh.clear()
-        self.fresh[node.ino] = (time.monotonic() if seen is None else seen, node)
+        self.fresh[node.ino] = (time.monotonic() if seen is None else seen, node, exact)
         return node
 
     def known(self, ino: int) -> tuple[Inode, float] | None:
-        """The inode as this client knows it and that knowledge's age, if fresh."""
+        """The inode as this client knows it and that knowledge's age, if fresh.
+
+        Exact entries (kept by the change feed) have age 0 while the feed runs.
+        """
         got = self.fresh.get(ino)
         if got is None:
             return None
+        if got[2] and self.cache is not None and self.cache.active:
+            return got[1], 0.0
         age = time.monotonic() - got[0]
         if age >= self.FRESH_FOR:
             del self.fresh[ino]
             return None
         return got[1], age
 
-    def _changed_dir(self, ino: int, t: int, nlink_delta: int = 0) -> None:
+    @staticmethod
+    def _with_entry_change(p: Inode, t: int, nlink_delta: int) -> Inode:
+        """Directory p after an entry change at t that moved its nlink (a version-checked write)."""
+        rec = dataclasses.replace(p.rec, mtime_ns=t, ctime_ns=max(p.rec.ctime_ns, t),
+                                  nlink=p.rec.nlink + nlink_delta)
+        return Inode(p.ino, rec, p.version + 1)
+
+    def _changed_dir(self, ino: int, t: int, nlink_delta: int = 0, exact: bool | None = None) -> None:
         """This client changed directory ino's entries at time t: keep its cached inode current."""
         got = self.fresh.get(ino)
         if got is None:
             return
-        seen, node = got
+        seen, node, was_exact = got
         rec = dataclasses.replace(node.rec, mtime_ns=t, ctime_ns=max(node.rec.ctime_ns, t),
                                   nlink=node.rec.nlink + nlink_delta)
-        self.fresh[ino] = (seen, Inode(ino, rec, node.version + (1 if nlink_delta else 0)))
+        self.fresh[ino] = (seen, Inode(ino, rec, node.version + (1 if nlink_delta else 0)),
+                           was_exact if exact is None else was_exact and exact)
 
     def hint(self, parent: int, name: bytes, ino: int | None) -> None:
         if ino is None:
@@ -212,11 +261,13 @@ class Meta:
     async def getattr(self, ino: int) -> Inode:
         # One round trip reads the inode and, for a directory, the time of its
         # last content change (see _touch).
+        mark = self._mark()
         got = await self.zk.get_many([self.paths.inode(ino), self.paths.dir(ino)])
         if got[0] is None:
             self.fresh.pop(ino, None)
             raise DfsError(errno.ENOENT, f"no inode {ino}")
-        return self.remember(self._inode(ino, got[0], got[1]))
+        return self.remember(self._inode(ino, got[0], got[1]),
+                             exact=self._clean(mark, self.paths.inode(ino), self.paths.dir(ino)))
 
     @staticmethod
     def _inode(ino: int, got: tuple, dir_times: tuple | None) -> Inode:
@@ -229,8 +280,10 @@ class Meta:
         return Inode(ino, rec, st.version)
 
     async def _dir(self, ino: int) -> Inode:
+        mark = self._mark()
         got = await self.zk.get_many([self.paths.inode(ino), self.paths.dir(ino)])
-        return self.remember(self._as_dir(ino, got[0], got[1]))
+        return self.remember(self._as_dir(ino, got[0], got[1]),
+                             exact=self._clean(mark, self.paths.inode(ino), self.paths.dir(ino)))
 
     def _attr_reads(self, ino: int) -> list[tuple[str, str]]:
         """The reads of `getattr(ino)`, to put into a larger multi-read."""
@@ -275,19 +328,36 @@ class Meta:
         if name == b"..":
             p = await self._dir(parent)
             return await self.getattr(p.rec.parent or ROOT_INO)
+        cache = self.cache
+        if cache is not None and cache.active:
+            # answered from what the change feed keeps exact, when we know it
+            ent = cache.dirents.get((parent, name))
+            if ent is not None:
+                seen = self.known(ent[0])
+                if seen is not None and seen[1] == 0.0:
+                    return seen[0]
+            names = cache.names.get(parent)
+            if names is not None and ent is None and name not in names:
+                raise DfsError(errno.ENOENT, f"no entry {name!r}")
         guess = self.hints.get((parent, name))
-        reads = [("get", self.paths.dirent(parent, name)), ("get", self.paths.inode(parent))]
+        dirent_path = self.paths.dirent(parent, name)
+        reads = [("get", dirent_path), ("get", self.paths.inode(parent))]
         if guess is not None:
             reads += [("get", self.paths.inode(guess)), ("get", self.paths.dir(guess))]
+        mark = self._mark()
         got = await self.zk.read_many(reads)
         if got[0] is None:
             self.hint(parent, name, None)
             self._check_parent(parent, got[1])
             raise DfsError(errno.ENOENT, f"no entry {name!r}")
-        ino = DirEntry.decode(got[0][0]).ino
+        dirent = DirEntry.decode(got[0][0])
+        ino = dirent.ino
+        if cache is not None and self._clean(mark, dirent_path):
+            cache.trust(parent, name, ino, dirent.mode)
         if ino == guess and got[2] is not None:
             # read after the dirent in the same multi-read: consistent with it
-            return self.remember(self._inode(ino, got[2], got[3]))
+            return self.remember(self._inode(ino, got[2], got[3]), exact=self._clean(
+                mark, dirent_path, self.paths.inode(ino), self.paths.dir(ino)))
         try:
             node = await self.getattr(ino)
         except DfsError:
@@ -351,7 +421,7 @@ class Meta:
             else:
                 txn.set(self.paths.dir(parent), str(t).encode())
             try:
-                await self.zk.commit(txn)
+                exact = await self._commit(txn)
             except (NodeExistsError, NoNodeError):
                 existing = await self._dirent(parent, name)
                 if existing is not None:
@@ -360,12 +430,20 @@ class Meta:
                     raise DfsError(errno.EEXIST, f"{name!r} exists") from None
                 await self._dir(parent)  # ENOENT / ENOTDIR
                 raise
-            self._changed_dir(parent, t, 1 if p is not None else 0)
-            return Inode(ino, rec, 0)
+            if p is not None:
+                # our version check passed: p was the parent's latest state
+                self.remember(self._with_entry_change(p, t, 1), exact=exact)
+            else:
+                self._changed_dir(parent, t, exact=exact)
+            node = Inode(ino, rec, 0)
+            self.remember(node, exact=exact)
+            if exact and self.cache is not None:
+                self.cache.trust(parent, name, ino, kind)
+            return node
 
         node = await self._retrying(attempt, "create")
         self.hint(parent, name, node.ino)
-        return self.remember(node)
+        return node
 
     async def mkdir(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int) -> Inode:
         return await self.mknod(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid=uid, gid=gid)
@@ -412,7 +490,7 @@ class Meta:
                        DirEntry(ino, stat.S_IFMT(rec.mode)).encode())
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
             self._touch(txn, p, t=t)
-            await self.zk.commit(txn)
+            await self._commit(txn)
             return Inode(ino, rec, node.version + 1)
 
         node = await self._retrying(attempt, "link")
@@ -546,7 +624,7 @@ class Meta:
             txn.delete(dirent_path, dver)
             txn.set(self.paths.dir(parent), str(t).encode())
             await self._drop_inode(txn, node, t, (got[3], got[4]), got[5])
-            await self.zk.commit(txn)
+            await self._commit(txn)
             self.hint(parent, name, None)
             self.fresh.pop(node.ino, None)
             self._changed_dir(parent, t)
@@ -610,11 +688,19 @@ class Meta:
             state.pop(guess, None)
             done.append(item)
         if done:
-            await self.zk.commit(txn)
+            exact = await self._commit(txn)
             for op, parent, name in done:
                 ino = self.hints.pop((parent, name), None)
                 if ino is not None:
                     self.fresh.pop(ino, None)
+            # the parents as this transaction left them (their reads plus our changes)
+            for op, parent, name in done:
+                p = state.get(parent)
+                if p is not None:
+                    rec = dataclasses.replace(p.rec, mtime_ns=t, ctime_ns=max(p.rec.ctime_ns, t))
+                    self.remember(Inode(parent, rec, p.version), exact=exact)
+                else:
+                    self._changed_dir(parent, t, exact=exact)
         return left
 
     async def rmdir(self, parent: int, name: bytes) -> int:
@@ -654,12 +740,11 @@ class Meta:
             self._touch(txn, p, nlink_delta=-1, t=t)
             await self._delete_inode(txn, node, (got[2], None))
             try:
-                await self.zk.commit(txn)
+                exact = await self._commit(txn)
             except NotEmptyError:
                 raise DfsError(errno.ENOTEMPTY, f"{name!r} is not empty") from None
             self.fresh.pop(node.ino, None)
-            self.remember(p)
-            self._changed_dir(parent, t, -1)
+            self.remember(self._with_entry_change(p, t, -1), exact=exact)
             return node.ino
 
         self.hint(parent, name, None)
@@ -687,7 +772,7 @@ class Meta:
             await self._delete_inode(txn, node)
             if holders is not None:
                 txn.delete(self.paths.open_dir(ino))
-            await self.zk.commit(txn)
+            await self._commit(txn)
 
         await self._retrying(attempt, "release")
 
@@ -771,7 +856,7 @@ class Meta:
                 else:
                     self._touch(txn, op, nlink_delta=-delta, t=t)
                     self._touch(txn, np, nlink_delta=delta, t=t)
-                await self.zk.commit(txn)
+                await self._commit(txn)
                 return
 
             src_is_dir = src_node.rec.is_dir
@@ -800,7 +885,7 @@ class Meta:
                 self._touch(txn, op, nlink_delta=-int(src_is_dir), t=t)
                 self._touch(txn, np, nlink_delta=np_delta, t=t)
             try:
-                await self.zk.commit(txn)
+                await self._commit(txn)
             except NotEmptyError:
                 raise DfsError(errno.ENOTEMPTY, f"{new_name!r} is not empty") from None
 
@@ -856,10 +941,10 @@ class Meta:
                 # node.rec already merged the content-change time: from now on the
                 # inode's times are the truth again (see _touch / getattr)
                 txn.set(self.paths.dir(ino), b"")
-            await self.zk.commit(txn)
-            return Inode(ino, rec, node.version + 1)
+            exact = await self._commit(txn)
+            return self.remember(Inode(ino, rec, node.version + 1), exact=exact)
 
-        return self.remember(await self._retrying(attempt, "setattr"))
+        return await self._retrying(attempt, "setattr")
 
     # ------------------------------------------------------------------ readdir
 
@@ -874,11 +959,16 @@ class Meta:
 
     async def list_dir(self, ino: int, *, with_attrs: bool = False
                        ) -> tuple[Inode, list[tuple[bytes, DirEntry, Inode | None]]]:
-        """The directory's own inode and its snapshot (see readdir): 1 to 3 round trips."""
+        """The directory's own inode and its snapshot (see readdir): 0 to 3 round trips."""
+        cached = self._cached_listing(ino, with_attrs)
+        if cached is not None:
+            return cached
+        mark = self._mark()
         got = await self.zk.read_many([*self._attr_reads(ino), ("children", self.paths.dir(ino))])
         if got[0] is None:
             raise DfsError(errno.ENOENT, f"no inode {ino}")
-        this = self.remember(self._inode(ino, got[0], got[1]))
+        this = self.remember(self._inode(ino, got[0], got[1]),
+                             exact=self._clean(mark, self.paths.inode(ino), self.paths.dir(ino)))
         if not this.rec.is_dir:
             raise DfsError(errno.ENOTDIR, f"inode {ino} is not a directory")
         if got[2] is None:
@@ -887,6 +977,9 @@ class Meta:
         children.sort()
         base = self.paths.dir(ino)
         names = [unescape(c) for c in children]
+        if self.cache is not None:
+            self.cache.install_names(mark, ino, names)
+        mark = self._mark()
         # Each dirent, and (with_attrs) the inode our hint says it names, in one
         # trip: read after its dirent, a guessed inode that matches is consistent
         # with it. Only entries without a good guess need another trip.
@@ -908,16 +1001,22 @@ class Meta:
             ent = DirEntry.decode(d[0])
             entries.append((name, ent))
             self.hint(ino, name, ent.ino)
+            dirent_path = reads[k * step][1]
+            if self.cache is not None and self._clean(mark, dirent_path):
+                self.cache.trust(ino, name, ent.ino, ent.mode)
             if not with_attrs:
                 continue
             guessed, times = got[k * step + 1], got[k * step + 2]
-            if guessed is not None and self.hints.get((ino, name)) == ent.ino and reads[k * step + 1][1] == self.paths.inode(ent.ino):
-                attrs[len(entries) - 1] = self._inode(ent.ino, guessed, times if stat.S_ISDIR(ent.mode) else None)
+            if guessed is not None and reads[k * step + 1][1] == self.paths.inode(ent.ino):
+                node = self._inode(ent.ino, guessed, times if stat.S_ISDIR(ent.mode) else None)
+                attrs[len(entries) - 1] = self.remember(node, exact=self._clean(
+                    mark, dirent_path, self.paths.inode(ent.ino), self.paths.dir(ent.ino)))
             else:
                 missing.append(len(entries) - 1)
         if not with_attrs:
             return this, [(name, ent, None) for name, ent in entries]
         if missing:
+            mark = self._mark()
             wanted: list[str] = []
             for k in missing:
                 ent = entries[k][1]
@@ -927,15 +1026,40 @@ class Meta:
             for j, k in enumerate(missing):
                 node, times = more[2 * j], more[2 * j + 1]
                 ent = entries[k][1]
-                attrs[k] = None if node is None else self._inode(
-                    ent.ino, node, times if stat.S_ISDIR(ent.mode) else None)
+                attrs[k] = None if node is None else self.remember(self._inode(
+                    ent.ino, node, times if stat.S_ISDIR(ent.mode) else None), exact=self._clean(
+                        mark, self.paths.inode(ent.ino), self.paths.dir(ent.ino)))
         out = []
         for k, (name, ent) in enumerate(entries):
             node = attrs.get(k)
             if node is None:
                 continue  # removed while we listed
-            out.append((name, ent, self.remember(node)))
+            out.append((name, ent, node))
         return this, out
+
+    def _cached_listing(self, ino: int, with_attrs: bool):
+        """list_dir's answer from the change-fed cache, or None if anything is not known."""
+        cache = self.cache
+        if cache is None or not cache.active:
+            return None
+        names = cache.names.get(ino)
+        this = self.known(ino)
+        if names is None or this is None or this[1] != 0.0:
+            return None
+        out = []
+        for name in sorted(names):
+            ent = cache.dirents.get((ino, name))
+            if ent is None:
+                return None
+            node = None
+            if with_attrs:
+                seen = self.known(ent[0])
+                if seen is None or seen[1] != 0.0:
+                    return None
+                node = seen[0]
+            out.append((name, DirEntry(ent[0], ent[1]), node))
+        self.stats["cached_listings"] = self.stats.get("cached_listings", 0) + 1
+        return this[0], out
 
     async def count_entries(self, ino: int) -> int:
         st = await self.zk.exists(self.paths.dir(ino))
@@ -985,7 +1109,7 @@ class Meta:
             rec = dataclasses.replace(node.rec, ctime_ns=now_ns(),
                                       xattrs=node.rec.xattrs + (0 if exists else 1))
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
-            await self.zk.commit(txn)
+            await self._commit(txn)
 
         await self._retrying(attempt, "setxattr")
 
@@ -1003,7 +1127,7 @@ class Meta:
             txn.delete(path, got[2][1].version)
             rec = dataclasses.replace(node.rec, ctime_ns=now_ns(), xattrs=max(0, node.rec.xattrs - 1))
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
-            await self.zk.commit(txn)
+            await self._commit(txn)
 
         await self._retrying(attempt, "removexattr")
 
@@ -1028,13 +1152,15 @@ class Meta:
         0, the rest up to its size reads as zeros. They count only while the
         file has no block refs. Returns (inode, refs, inline bytes or None).
         """
+        mark = self._mark()
         got = await self.zk.read_many([("get", self.paths.inode(ino)), ("get", self.paths.dir(ino)),
                                        ("get", self.paths.block_map(ino)),
                                        ("children", self.paths.block_map(ino)),
                                        ("get", self.paths.block_group(ino, 0))])
         if got[0] is None:
             raise DfsError(errno.ENOENT, f"no inode {ino}")
-        node = self.remember(self._inode(ino, got[0], got[1]))
+        node = self.remember(self._inode(ino, got[0], got[1]),
+                             exact=self._clean(mark, self.paths.inode(ino), self.paths.dir(ino)))
         groups = sorted(int(g) for g in got[3] or [])
         refs: dict[int, BlockRef] = {}
         if groups == [0] and got[4] is not None:
@@ -1175,10 +1301,10 @@ class Meta:
                 rec.ctime_ns = max(mtime_ns, now_ns())
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
             self._queue_gc(txn, garbage)
-            await self.zk.commit(txn)
-            return Inode(ino, rec, node.version + 1)
+            exact = await self._commit(txn)
+            return self.remember(Inode(ino, rec, node.version + 1), exact=exact)
 
-        return self.remember(await self._retrying(attempt, "commit blocks"))
+        return await self._retrying(attempt, "commit blocks")
 
     # ------------------------------------------------------------------ statfs
 

@@ -56,6 +56,9 @@ class Removals:
         self.listing_ttl = listing_ttl
         self.pending: dict[tuple[int, bytes], str] = {}  # (parent, name) -> "unlink" | "rmdir"
         self._per_dir: collections.Counter[int] = collections.Counter()
+        # inodes a pending removal changes (nlink): their attributes wait for it
+        self._per_inode: collections.Counter[int] = collections.Counter()
+        self._ino_of: dict[tuple[int, bytes], int] = {}
         self._changed = trio.Condition()
         self._slots = trio.Semaphore(max_pending)
         self._send, self._recv = trio.open_memory_channel[tuple[str, int, bytes]](max_pending)
@@ -81,6 +84,12 @@ class Removals:
                     self._per_dir[parent] -= 1
                     if not self._per_dir[parent]:
                         del self._per_dir[parent]
+                    ino = self._ino_of.pop((parent, name), None)
+                    if ino is not None:
+                        self._per_inode[ino] -= 1
+                        if not self._per_inode[ino]:
+                            del self._per_inode[ino]
+                        self.meta.fresh.pop(ino, None)
                     self._slots.release()
                 async with self._changed:
                     self._changed.notify_all()
@@ -110,6 +119,15 @@ class Removals:
     def _known_empty(self, ino: int) -> bool:
         got = self.listed.get(ino)
         return got is not None and got[1] <= 0 and time.monotonic() - got[0] < self.listing_ttl
+
+    def changing(self, ino: int) -> bool:
+        return self._per_inode[ino] > 0
+
+    async def wait_inode(self, ino: int) -> None:
+        """Wait until no pending removal changes inode ino (its nlink is then ZooKeeper's)."""
+        async with self._changed:
+            while self._per_inode[ino]:
+                await self._changed.wait()
 
     async def wait_dir(self, *dirs: int) -> None:
         """Wait until no removal is pending in any of these directories."""
@@ -147,6 +165,10 @@ class Removals:
         self.stats["async"] += 1
         self.pending[key] = op
         self._per_dir[parent] += 1
+        ino = self.meta.hints.get(key)
+        if ino is not None:
+            self._ino_of[key] = ino
+            self._per_inode[ino] += 1
         self._removed_from(parent)
         self.meta._changed_dir(parent, time.time_ns(), -1 if op == "rmdir" else 0)
         self._send.send_nowait((op, parent, name))

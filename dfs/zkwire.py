@@ -73,6 +73,8 @@ from kazoo.protocol.serialization import (
     SetData,
     Transaction,
     Watch,
+    int_struct,
+    write_string,
 )
 from kazoo.protocol.states import EVENT_TYPE_MAP, EventType, KeeperState, WatchedEvent, ZnodeStat
 from kazoo.security import OPEN_ACL_UNSAFE
@@ -105,6 +107,25 @@ _ABORTED = trio.lowlevel.Abort.SUCCEEDED
 
 class _Close(Close):
     """Close, with a reply that deserializes (kazoo's Close has no deserialize)."""
+
+    @classmethod
+    def deserialize(cls, buf: bytes, offset: int) -> None:
+        return None
+
+
+class AddWatch:
+    """addWatch (opcode 106, ZooKeeper >= 3.6): a persistent watch; mode 1 = recursive."""
+
+    type = 106
+
+    def __init__(self, path: str, mode: int):
+        self.path = path
+        self.mode = mode
+
+    def serialize(self) -> bytearray:
+        b = bytearray(write_string(self.path))
+        b.extend(int_struct.pack(self.mode))
+        return b
 
     @classmethod
     def deserialize(cls, buf: bytes, offset: int) -> None:
@@ -201,6 +222,7 @@ class WireZk:
         self._listeners: list[Callable[[str], Any]] = []
         self._data_watches: dict[str, list[Callable]] = {}
         self._child_watches: dict[str, list[Callable]] = {}
+        self._feeds: list[tuple[str, Callable[[int | None, str | None], None]]] = []
         self._connected = trio.Event()
         self._closing = False
         self._run_scope = trio.CancelScope()
@@ -483,8 +505,29 @@ class WireZk:
         if fn not in fns:
             fns.append(fn)
 
+    async def add_feed(self, path: str, fn: Callable[[int | None, str | None], None]) -> None:
+        """A persistent recursive watch on `path`: fn(event type, path) for every
+        create (1), delete (2) and data change (3) at or below it, in the order
+        ZooKeeper made them, called from the reader (it must not block).
+
+        When the connection drops the server forgets the watch: fn(None, None)
+        is called once and the feed is gone (add it again once reconnected).
+        """
+        full = self._full(path)
+        prefix = self._unchroot(full)
+        await self._call(AddWatch(full, 1))
+        self._feeds.append((prefix, fn))
+
     def _watch_event(self, data: bytes, offset: int) -> None:
         watch, _ = Watch.deserialize(data, offset)
+        if self._feeds and watch.type in (1, 2, 3):
+            path = self._unchroot(watch.path)
+            for prefix, feed in self._feeds:
+                if path == prefix or path.startswith(prefix + "/"):
+                    try:
+                        feed(watch.type, path)
+                    except Exception:
+                        log.exception("error in a ZooKeeper feed callback")
         if watch.type in (1, 3):       # created, changed
             fns = self._data_watches.pop(watch.path, [])
         elif watch.type == 2:          # deleted
@@ -575,6 +618,12 @@ class WireZk:
         fns += [fn for fns in self._child_watches.values() for fn in fns]
         self._data_watches = {}
         self._child_watches = {}
+        feeds, self._feeds = self._feeds, []
+        for _, feed in feeds:
+            try:
+                feed(None, None)
+            except Exception:
+                log.exception("error in a ZooKeeper feed callback")
         event = WatchedEvent(EventType.NONE, KeeperState.CONNECTING, None)
         for fn in fns:
             self._fire(fn, event)

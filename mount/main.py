@@ -25,7 +25,7 @@ from dfs.mkfs import load_config
 from dfs.nodedir import NodeDirectory
 from dfs.paths import FsPaths, default_root
 from dfs.removals import Removals
-from dfs.zk import Zk
+from dfs.zkwire import WireZk
 from mount.operations import Operations, log_op_stats
 
 log = logging.getLogger("dfs.mount")
@@ -82,7 +82,7 @@ def set_read_ahead(target: str, kb: int = 4096) -> None:
 
 async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
     try:
-        zk = await Zk.connect(args.zk, timeout=args.zk_timeout)
+        zk = await WireZk.connect(args.zk, timeout=args.zk_timeout)
     except ZkUnavailable as e:
         print(f"dfs mount: {e.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -101,6 +101,9 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(nodedir.run)
+            # lookups, attributes and listings answered locally, kept exact by
+            # ZooKeeper's change feed (dfs.metacache)
+            await nursery.start(meta.enable_cache().run, zk)
             files = FileData(meta, blocks, nursery,
                              cache_bytes=int(opts.get("cache_mb", 1024)) << 20)
             # unlink/rmdir answered at once and committed in the background
@@ -139,6 +142,9 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
                         await removals.drain()
                 pyfuse3.close(unmount=True)
                 log_op_stats()
+                log.info("meta: %s; feed: %s; removals: %s", meta.stats,
+                         meta.cache.stats if meta.cache else None,
+                         removals.stats if removals else None)
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -143,7 +143,12 @@ class Operations(pyfuse3.Operations):
         try:
             if self.removals is not None and self.removals.hidden(parent_inode, name):
                 raise DfsError(errno.ENOENT, "being removed")
-            return self._attrs(await self.meta.lookup(parent_inode, name))
+            node = await self.meta.lookup(parent_inode, name)
+            if self.removals is not None and self.removals.changing(node.ino):
+                # another name of it is being removed: its nlink is about to change
+                await self.removals.wait_inode(node.ino)
+                node = await self.meta.getattr(node.ino)
+            return self._attrs(node)
         except DfsError as e:
             if e.errno == errno.ENOENT:
                 # cache the negative entry for a short while (st_ino 0)
@@ -159,6 +164,8 @@ class Operations(pyfuse3.Operations):
         # make in it; what we know (read < attr_timeout ago, plus our own
         # changes) answers without a round trip, cached only for the rest of
         # that attr_timeout: the staleness bound stays the kernel cache's.
+        if self.removals is not None and self.removals.changing(inode):
+            await self.removals.wait_inode(inode)  # a link of it is being removed (nlink)
         seen = self.meta.known(inode)
         if seen is not None:
             return self._attrs(*seen)

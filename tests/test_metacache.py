@@ -1,0 +1,185 @@
+"""The change-fed metadata cache: exact by its rules (pure logic), and coherent across mounts."""
+
+import os
+import shutil
+import stat
+import time
+
+import pytest
+
+from dfs.metacache import CHANGED, CREATED, DELETED, MetaCache
+from dfs.names import escape
+from tests.harness import Cluster
+from tools.zkserver import ZkEnsemble
+
+ROOT = "/dfs/t"
+
+
+def fed(invalidated=None) -> MetaCache:
+    c = MetaCache(ROOT, lambda kind, ino: invalidated.append((kind, ino)) if invalidated is not None else None)
+    c.active = True
+    c.epoch = 1
+    return c
+
+
+def dirent(d: int, name: bytes) -> str:
+    return f"{ROOT}/dirs/{d}/{escape(name)}"
+
+
+# ---------------------------------------------------------------- pure logic
+
+def test_new_directory_names_follow_the_feed():
+    c = fed()
+    c._event(CREATED, f"{ROOT}/dirs/7")
+    assert c.names[7] == set()
+    c._event(CREATED, dirent(7, b"a"))
+    c._event(CREATED, dirent(7, b"b"))
+    c._event(DELETED, dirent(7, b"a"))
+    assert c.names[7] == {b"b"}
+    c._event(DELETED, f"{ROOT}/dirs/7")
+    assert 7 not in c.names
+
+
+def test_listing_is_brought_up_to_date_by_replaying_events_since_its_mark():
+    c = fed()
+    mark = c.mark()
+    # while the listing read was in flight: x removed, y created, z created then removed
+    c._event(DELETED, dirent(3, b"x"))
+    c._event(CREATED, dirent(3, b"y"))
+    c._event(CREATED, dirent(3, b"z"))
+    c._event(DELETED, dirent(3, b"z"))
+    c.install_names(mark, 3, [b"x", b"w"])  # the read may or may not have seen them
+    assert c.names[3] == {b"w", b"y"}
+
+
+def test_nothing_is_installed_across_a_feed_loss():
+    inv = []
+    c = fed(inv)
+    mark = c.mark()
+    c._event(None, None)  # the connection dropped
+    assert not c.active and ("all", 0) in inv
+    c.install_names(mark, 3, [b"a"])
+    assert 3 not in c.names
+    assert not c.clean(mark, dirent(3, b"a"))
+    c.active, c.epoch = True, c.epoch + 1
+    assert not c.clean(mark, dirent(3, b"a"))  # an old mark stays unusable
+
+
+def test_clean_tells_whether_a_read_raced_with_a_change():
+    c = fed()
+    mark = c.mark()
+    c._event(CHANGED, f"{ROOT}/inodes/0/5")
+    assert c.clean(mark, f"{ROOT}/inodes/0/6")
+    assert not c.clean(mark, f"{ROOT}/inodes/0/5")
+
+
+def test_own_transaction_is_exact_unless_someone_else_wrote_the_same_path():
+    inv = []
+    c = fed(inv)
+    paths = [f"{ROOT}/inodes/0/5", dirent(1, b"f"), f"{ROOT}/dirs/1"]
+    mark = c.begin(paths)
+    for p, kind in zip(paths, (CREATED, CREATED, CHANGED)):
+        c._event(kind, p)  # our own events: nothing dropped while in flight
+    assert inv == []
+    assert c.settle(mark, paths, applied=True)
+    # written by us: the caller installs them again (the dir's times are kept in place)
+    assert ("inode", 5) in inv and ("dir", 1) not in inv
+
+    inv.clear()
+    mark = c.begin(paths)
+    c._event(CHANGED, f"{ROOT}/dirs/1")  # someone else's change of the directory's times...
+    c._event(CHANGED, f"{ROOT}/dirs/1")  # ...and ours
+    assert not c.settle(mark, paths, applied=True)
+    assert ("dir", 1) in inv
+
+
+def test_failed_transaction_invalidates_what_it_meant_to_write():
+    inv = []
+    c = fed(inv)
+    paths = [f"{ROOT}/dirs/1"]
+    mark = c.begin(paths)
+    assert not c.settle(mark, paths, applied=False)
+    assert ("dir", 1) in inv and not c.own
+
+
+def test_event_log_overflow_is_treated_as_a_change():
+    c = fed()
+    mark = c.mark()
+    for i in range(20000):
+        c._event(CHANGED, f"{ROOT}/inodes/0/{i}")
+    assert not c.clean(mark, f"{ROOT}/inodes/0/999999")
+
+
+# ---------------------------------------------------------------- on real mounts
+
+def wait_for(fn, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = fn()
+            if got:
+                return got
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return fn()
+        time.sleep(0.05)
+
+
+def test_changes_on_one_mount_reach_the_others_cache(cluster):
+    a = cluster.mount("a")
+    b = cluster.mount("b")
+    (a / "d").mkdir()
+    (a / "d" / "f").write_bytes(b"one")
+    # a knows d and f exactly now (it made them) and answers from its cache
+    assert sorted(os.listdir(a / "d")) == ["f"]
+    assert stat.S_IMODE(os.stat(a / "d" / "f").st_mode) == 0o644
+
+    os.chmod(b / "d" / "f", 0o600)
+    assert wait_for(lambda: stat.S_IMODE(os.stat(a / "d" / "f").st_mode) == 0o600)
+    (b / "d" / "new").write_bytes(b"two")
+    os.rename(b / "d" / "f", b / "d" / "g")
+    (b / "d" / "sub").mkdir()
+    # a: after its kernel's 1 s caches expire, the cache must not answer old facts
+    assert wait_for(lambda: sorted(os.listdir(a / "d")) == ["g", "new", "sub"]), os.listdir(a / "d")
+    assert wait_for(lambda: stat.S_IMODE(os.stat(a / "d" / "g").st_mode) == 0o600)
+    assert wait_for(lambda: not os.path.exists(a / "d" / "f"))
+    assert (a / "d" / "new").read_bytes() == b"two"
+    assert os.stat(a / "d").st_nlink == 3
+
+    # and the other way round, for a file a has cached attributes of
+    (a / "d" / "g").write_bytes(b"three!")
+    assert wait_for(lambda: os.stat(b / "d" / "g").st_size == 6)
+    shutil.rmtree(b / "d" / "sub")
+    assert wait_for(lambda: os.stat(a / "d").st_nlink == 2)
+
+
+def test_cache_survives_a_zookeeper_restart(tmp_path):
+    ens = ZkEnsemble(tmp_path / "zk", servers=1)
+    ens.start()
+    c = None
+    try:
+        c = Cluster(ens.hosts, tmp_path / "c")
+        (tmp_path / "c").mkdir()
+        c.mkfs()
+        for _ in range(3):
+            c.add_node()
+        a = c.mount("a")
+        b = c.mount("b")
+        (a / "d").mkdir()
+        (a / "d" / "f").write_bytes(b"x")
+        assert os.listdir(a / "d") == ["f"]
+        ens.stop_server(0)
+        time.sleep(1.0)
+        ens.start_server(0)
+        # a's feed was lost with its connection: what b changes now must show on a
+        (b / "d" / "late").write_bytes(b"late")
+        os.unlink(b / "d" / "f")
+        assert wait_for(lambda: sorted(os.listdir(a / "d")) == ["late"], timeout=20), os.listdir(a / "d")
+        assert (a / "d" / "late").read_bytes() == b"late"
+    finally:
+        if c is not None:
+            c.close()
+        ens.stop()
+
+
