@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import trio
 
 from dfs.errors import DfsError
-from dfs.meta import Inode, Meta
+from dfs.meta import Inode, Meta, PendingCreate
 from dfs.records import BlockRef
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class OpenFile:
     error: DfsError | None = None  # a background upload failed: next flush reports it
     inline: bytes | None = None  # committed inline bytes (no refs): block 0's content
     node: Inode | None = None  # the inode as we last loaded or committed it
+    pending_create: PendingCreate | None = None  # its create_async, until the first commit
     lock: trio.Lock = field(default_factory=trio.Lock)
     upload_done: trio.Condition | None = None
     last_read_end: int = -1
@@ -346,6 +347,28 @@ class FileData:
         f = self.files.get(ino)
         if f is None:
             return
+        try:
+            await self._flush(f)
+        except DfsError:
+            await self._check_create(f)
+            raise
+        if f.pending_create is not None and f.pending_create.done.is_set():
+            await self._check_create(f)
+
+    @staticmethod
+    async def _check_create(f: OpenFile) -> None:
+        """A commit failed, or the file's asynchronous create finished: report a failed create."""
+        pending = f.pending_create
+        if pending is None:
+            return
+        await pending.done.wait()
+        f.pending_create = None
+        if pending.error is not None:
+            raise DfsError(pending.error.errno if pending.error.errno != errno.ENOENT else errno.EIO,
+                           f"the file's create failed: {pending.error.message}")
+
+    async def _flush(self, f: OpenFile) -> None:
+        ino = f.ino
         async with f.lock:
             if (self.config.inline_max and f.size <= self.config.inline_max and not f.uploading
                     and set(f.buffers) | set(f.uploaded) | set(f.refs) <= {0}):

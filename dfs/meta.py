@@ -64,6 +64,14 @@ GC_BATCH = 2000  # block refs per gc/ entry (keeps each znode well under 1 MiB)
 INLINE_GC_LIMIT = 4 * GC_BATCH  # larger files are handed to gc as a whole inode
 
 
+class PendingCreate:
+    """The outcome of a create_async: `done` is set once it landed or failed (`error`)."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: DfsError | None = None
+
+
 class _Version:
     """A stand-in for a ZnodeStat of which only the version is used."""
 
@@ -122,6 +130,9 @@ class Meta:
         # for a directory after every entry change) and stands in for the read
         # before a version-checked change (a stale one fails the check: retried).
         self.fresh: dict[int, tuple[float, Inode, bool]] = {}
+        # (parent, name) -> inode of a create_async still on its way
+        self.creating: dict[tuple[int, bytes], Inode] = {}
+        self._creates_changed = trio.Condition()
         # kept exact by ZooKeeper's change feed when enabled (enable_cache)
         self.cache: MetaCache | None = None
 
@@ -328,6 +339,10 @@ class Meta:
         if name == b"..":
             p = await self._dir(parent)
             return await self.getattr(p.rec.parent or ROOT_INO)
+        creating = self.creating.get((parent, name))
+        if creating is not None:
+            seen = self.known(creating.ino)
+            return seen[0] if seen is not None else creating
         cache = self.cache
         if cache is not None and cache.active:
             # answered from what the change feed keeps exact, when we know it
@@ -379,13 +394,8 @@ class Meta:
 
     # ------------------------------------------------------------------ create
 
-    async def mknod(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int,
-                    rdev: int = 0, target: bytes = b"") -> Inode:
-        """Create a file, directory, symlink, fifo, socket or device node.
-
-        Raises EEXIST, ENOENT (parent gone), ENOTDIR, ENAMETOOLONG, EINVAL.
-        """
-        check_name(name)
+    async def _plan(self, mode: int, uid: int, gid: int, rdev: int = 0, target: bytes = b""
+                    ) -> tuple[int, InodeRecord, int]:
         ino = await self._alloc_ino()
         t = now_ns()
         kind = stat.S_IFMT(mode) or stat.S_IFREG
@@ -396,7 +406,73 @@ class Meta:
             rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0,
             target=os.fsdecode(target), size=len(target),
         )
+        return ino, rec, t
 
+    async def create_async(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int,
+                           nursery: trio.Nursery,
+                           on_failed: Callable[[DfsError], None] | None = None
+                           ) -> tuple[Inode, "PendingCreate"]:
+        """Create a regular file without waiting for its transaction.
+
+        Returns once the transaction is on its way (a session's requests apply
+        in order, so anything this client sends later, such as the commit of
+        the file's data, applies after it). Until it lands, this client answers
+        lookups of the name from `creating`. If it fails (another client took
+        the name meanwhile, the directory went away), `PendingCreate.error`
+        says why, and the file's first flush reports it; `on_failed` runs too.
+        """
+        check_name(name)
+        ino, rec, t = await self._plan(stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+        node = Inode(ino, rec, 0)
+        pending = PendingCreate()
+        key = (parent, name)
+        self.creating[key] = node
+        self.remember(node)
+        self.hint(parent, name, ino)
+        sent = trio.Event()
+
+        async def run() -> None:
+            try:
+                await self.mknod(parent, name, rec.mode, uid=uid, gid=gid, planned=(ino, rec, t),
+                                 on_sent=sent.set)
+            except Exception as e:
+                pending.error = e if isinstance(e, DfsError) else DfsError(errno.EIO, repr(e))
+                log.warning("create of %r in directory %d failed after open returned: %s",
+                            name, parent, pending.error)
+                self.fresh.pop(ino, None)
+                if on_failed is not None:
+                    on_failed(pending.error)
+            finally:
+                if self.creating.get(key) is node:
+                    del self.creating[key]
+                pending.done.set()
+                sent.set()
+                async with self._creates_changed:
+                    self._creates_changed.notify_all()
+
+        nursery.start_soon(run)
+        await sent.wait()
+        return node, pending
+
+    async def drain_creates(self) -> None:
+        """Wait until every create_async has landed (or failed)."""
+        async with self._creates_changed:
+            while self.creating:
+                await self._creates_changed.wait()
+
+    async def mknod(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int,
+                    rdev: int = 0, target: bytes = b"",
+                    planned: tuple[int, InodeRecord, int] | None = None,
+                    on_sent: Callable[[], None] | None = None) -> Inode:
+        """Create a file, directory, symlink, fifo, socket or device node.
+
+        Raises EEXIST, ENOENT (parent gone), ENOTDIR, ENAMETOOLONG, EINVAL.
+        `planned` (from create_async): the inode number, record and time to use;
+        `on_sent` runs just before the first attempt's transaction is sent.
+        """
+        check_name(name)
+        ino, rec, t = planned or await self._plan(mode, uid, gid, rdev, target)
+        kind = stat.S_IFMT(rec.mode)
         first = True
 
         async def attempt() -> Inode:
@@ -420,6 +496,10 @@ class Meta:
                 self._touch(txn, p, nlink_delta=1, t=t)
             else:
                 txn.set(self.paths.dir(parent), str(t).encode())
+            nonlocal on_sent
+            if on_sent is not None:
+                on_sent()  # (the transaction is written before the commit first yields)
+                on_sent = None
             try:
                 exact = await self._commit(txn)
             except (NodeExistsError, NoNodeError):
@@ -436,7 +516,9 @@ class Meta:
             else:
                 self._changed_dir(parent, t, exact=exact)
             node = Inode(ino, rec, 0)
-            self.remember(node, exact=exact)
+            seen = self.fresh.get(ino)
+            if seen is None or seen[1].version == 0:
+                self.remember(node, exact=exact)  # (unless a later change of ours is known)
             if exact and self.cache is not None:
                 self.cache.trust(parent, name, ino, kind)
             return node

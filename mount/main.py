@@ -114,7 +114,7 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
             ops = Operations(meta, files, nodedir,
                              attr_timeout=float(opts.get("attr_timeout", 1.0)),
                              entry_timeout=float(opts.get("entry_timeout", 1.0)),
-                             removals=removals)
+                             removals=removals, async_creates="sync_dirops" not in opts)
             fuse_opts = set(pyfuse3.default_options)
             fuse_opts |= {f"fsname=dfs:{args.fs}", "subtype=dfs", "default_permissions"}
             if "allow_other" in opts:
@@ -138,6 +138,7 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
             finally:
                 with trio.CancelScope(shield=True):
                     await files.flush_all()
+                    await meta.drain_creates()
                     if removals is not None:
                         await removals.drain()
                 pyfuse3.close(unmount=True)
@@ -158,6 +159,7 @@ async def stop_on_signal(files: FileData, removals: Removals | None) -> None:
         async for _ in signals:
             log.info("signal: flushing and unmounting")
             await files.flush_all()
+            await files.meta.drain_creates()
             if removals is not None:
                 await removals.drain()
             pyfuse3.terminate()

@@ -73,10 +73,12 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
 
     def __init__(self, meta: Meta, files: FileData, nodedir, *, attr_timeout: float = 1.0,
-                 entry_timeout: float = 1.0, removals: Removals | None = None):
+                 entry_timeout: float = 1.0, removals: Removals | None = None,
+                 async_creates: bool = False):
         super().__init__()
         self.meta = meta
         self.removals = removals
+        self.async_creates = async_creates
         self.files = files
         self.nodedir = nodedir
         self.attr_timeout = attr_timeout
@@ -245,6 +247,12 @@ class Operations(pyfuse3.Operations):
         await self._before_change(parent_inode_old, parent_inode_new)
         await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
+    def _forget_entry(self, parent: int, name: bytes) -> None:
+        try:
+            pyfuse3.invalidate_entry_async(parent, name)
+        except Exception as e:  # the kernel may have dropped it already
+            log.debug("invalidate_entry_async(%d, %r): %r", parent, name, e)
+
     async def _before_change(self, *dirs: int) -> None:
         """A namespace change in these directories: order it after their pending removals."""
         if self.removals is not None:
@@ -285,6 +293,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def fsyncdir(self, fh, datasync):
         # every other namespace change is committed before it returns
+        await self.meta.drain_creates()
         if self.removals is not None:
             await self.removals.drain()
             if self.removals.take_failures():
@@ -317,8 +326,19 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         await self._before_change(parent_inode)
-        node = await self.meta.create(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid)
-        await self.files.open(node.ino, node, created=True)
+        if self.async_creates and not flags & os.O_EXCL and self.meta.cache is not None \
+                and self.meta.cache.active:
+            # The create's transaction goes out now; the data's commit at close
+            # follows it on the same session and reports a create that failed.
+            # O_EXCL (lock files) keeps the synchronous create: its EEXIST is the point.
+            node, pending = await self.meta.create_async(
+                parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, nursery=self.files.nursery,
+                on_failed=lambda e: self._forget_entry(parent_inode, name))
+        else:
+            node = await self.meta.create(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid)
+            pending = None
+        f, _ = await self.files.open(node.ino, node, created=True)
+        f.pending_create = pending
         fi = pyfuse3.FileInfo(fh=self._new_fh(node.ino))
         fi.keep_cache = True
         return fi, self._attrs(node)

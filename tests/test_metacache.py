@@ -1,5 +1,6 @@
 """The change-fed metadata cache: exact by its rules (pure logic), and coherent across mounts."""
 
+import errno
 import os
 import shutil
 import stat
@@ -183,3 +184,71 @@ def test_cache_survives_a_zookeeper_restart(tmp_path):
         ens.stop()
 
 
+
+
+def test_failed_asynchronous_create_is_reported_by_the_files_close(cluster):
+    """create_async of a name someone else took meanwhile: the first flush says so."""
+    import trio
+
+    from dfs.blockclient import BlockClient
+    from dfs.files import FileData
+    from dfs.meta import Meta
+    from dfs.mkfs import load_config
+    from dfs.nodedir import NodeDirectory
+    from dfs.paths import ROOT_INO
+    from dfs.errors import DfsError
+    from dfs.zkwire import WireZk
+
+    async def go():
+        zk = await WireZk.connect(cluster.hosts)
+        try:
+            meta = Meta(zk, cluster.paths, await load_config(zk, cluster.paths))
+            nodedir = NodeDirectory(zk, cluster.paths)
+            await nodedir.refresh()
+            blocks = BlockClient(nodedir)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(meta.enable_cache().run, zk)
+                taken = await meta.create(ROOT_INO, b"taken", 0o644, uid=0, gid=0)
+                fd = FileData(meta, blocks, nursery)
+                failed = []
+                node, pending = await meta.create_async(ROOT_INO, b"taken", 0o644, uid=0, gid=0,
+                                                        nursery=nursery, on_failed=failed.append)
+                f, _ = await fd.open(node.ino, node, created=True)
+                f.pending_create = pending
+                await fd.write(node.ino, 0, b"lost?")
+                try:
+                    await fd.release(node.ino)
+                    error = None
+                except DfsError as e:
+                    error = e
+                # the name still names the other file, untouched
+                still = await meta.lookup(ROOT_INO, b"taken")
+                nursery.cancel_scope.cancel()
+            await blocks.aclose()
+            return error, failed, still.ino == taken.ino and still.rec.size == 0
+        finally:
+            await zk.close()
+
+    error, failed, untouched = trio.run(go)
+    assert error is not None and "create failed" in error.message
+    assert failed and failed[0].errno == errno.EEXIST
+    assert untouched
+
+
+def test_exclusive_create_is_synchronous(cluster):
+    a = cluster.mount("a")
+    b = cluster.mount("b")
+    for i in range(5):
+        lock = f"lock{i}"
+        assert not os.path.exists(a / lock)  # a's kernel now holds a negative entry for it
+        os.close(os.open(b / lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        # a's kernel sends the create (its negative entry is < 1 s old): only ZooKeeper can say
+        try:
+            fd = os.open(a / lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        pytest.fail("an exclusive create of an existing name succeeded")
