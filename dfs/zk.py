@@ -101,7 +101,22 @@ class Txn:
         return len(self.ops)
 
 
-class Zk:
+class ManyReads:
+    """get_many / children_many over a client's `read_many` (shared by Zk and WireZk)."""
+
+    async def read_many(self, reads: list[tuple[str, str]], batch: int = 512) -> list[Any]:
+        raise NotImplementedError
+
+    async def get_many(self, paths: list[str], batch: int = 512) -> list[tuple[bytes, ZnodeStat] | None]:
+        """Read many znodes with few round trips (multi-read); None for a missing one."""
+        return await self.read_many([("get", p) for p in paths], batch)
+
+    async def children_many(self, paths: list[str]) -> list[list[str] | None]:
+        """get_children of several znodes in one round trip; None for a missing one."""
+        return await self.read_many([("children", p) for p in paths])
+
+
+class Zk(ManyReads):
     """One ZooKeeper session used from trio.
 
     Args:
@@ -247,14 +262,6 @@ class Zk:
             for r in await self._retry(self._request(request)):
                 out.append(None if isinstance(r, Exception) else r)
         return out
-
-    async def get_many(self, paths: list[str], batch: int = 512) -> list[tuple[bytes, ZnodeStat] | None]:
-        """Read many znodes with few round trips (multi-read); None for a missing one."""
-        return await self.read_many([("get", p) for p in paths], batch)
-
-    async def children_many(self, paths: list[str]) -> list[list[str] | None]:
-        """get_children of several znodes in one round trip; None for a missing one."""
-        return await self.read_many([("children", p) for p in paths])
 
     async def exists(self, path: str) -> ZnodeStat | None:
         return await self._retry(lambda: self.client.exists_async(path))

@@ -80,7 +80,7 @@ from kazoo.protocol.states import EVENT_TYPE_MAP, EventType, KeeperState, Watche
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from dfs.errors import ZkUnavailable
-from dfs.zk import RETRYABLE, Txn
+from dfs.zk import RETRYABLE, ManyReads, Txn
 from dfs.zkmultiread import MultiRead
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class _Conn:
         self.sock.close()
 
 
-class WireZk:
+class WireZk(ManyReads):
     """One ZooKeeper session used from trio, over our own socket (see the module doc).
 
     Use `await WireZk.connect(hosts)`; the constructor does no I/O.
@@ -328,14 +328,6 @@ class WireZk:
             for r in await self._call(request):
                 out.append(None if isinstance(r, Exception) else r)
         return out
-
-    async def get_many(self, paths: list[str], batch: int = 512) -> list[tuple[bytes, ZnodeStat] | None]:
-        """Read many znodes with few round trips (multi-read); None for a missing one."""
-        return await self.read_many([("get", p) for p in paths], batch)
-
-    async def children_many(self, paths: list[str]) -> list[list[str] | None]:
-        """get_children of several znodes in one round trip; None for a missing one."""
-        return await self.read_many([("children", p) for p in paths])
 
     async def exists(self, path: str) -> ZnodeStat | None:
         return await self._call(Exists(self._full(path), None))
