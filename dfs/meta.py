@@ -132,6 +132,7 @@ class Meta:
         self.fresh: dict[int, tuple[float, Inode, bool]] = {}
         # (parent, name) -> inode of a create_async still on its way
         self.creating: dict[tuple[int, bytes], Inode] = {}
+        self._vmax: dict[int, int] = {}  # ino -> highest znode version remembered
         self._creates_changed = trio.Condition()
         # kept exact by ZooKeeper's change feed when enabled (enable_cache)
         self.cache: MetaCache | None = None
@@ -173,8 +174,14 @@ class Meta:
         return ok
 
     def remember(self, node: Inode, seen: float | None = None, exact: bool = False) -> Inode:
+        """Cache node, unless we already saw a later version of it (concurrent tasks
+        finish in any order; an inode's znode version only grows)."""
+        if node.version < self._vmax.get(node.ino, -1):
+            return node
         if len(self.fresh) >= self.HINTS_MAX:
             self.fresh.clear()
+            self._vmax.clear()
+        self._vmax[node.ino] = node.version
         self.fresh[node.ino] = (time.monotonic() if seen is None else seen, node, exact)
         return node
 
@@ -209,7 +216,9 @@ class Meta:
         seen, node, was_exact = got
         rec = dataclasses.replace(node.rec, mtime_ns=t, ctime_ns=max(node.rec.ctime_ns, t),
                                   nlink=node.rec.nlink + nlink_delta)
-        self.fresh[ino] = (seen, Inode(ino, rec, node.version + (1 if nlink_delta else 0)),
+        version = node.version + (1 if nlink_delta else 0)
+        self._vmax[ino] = max(self._vmax.get(ino, -1), version)
+        self.fresh[ino] = (seen, Inode(ino, rec, version),
                            was_exact if exact is None else was_exact and exact)
 
     def hint(self, parent: int, name: bytes, ino: int | None) -> None:
@@ -516,9 +525,7 @@ class Meta:
             else:
                 self._changed_dir(parent, t, exact=exact)
             node = Inode(ino, rec, 0)
-            seen = self.fresh.get(ino)
-            if seen is None or seen[1].version == 0:
-                self.remember(node, exact=exact)  # (unless a later change of ours is known)
+            self.remember(node, exact=exact)
             if exact and self.cache is not None:
                 self.cache.trust(parent, name, ino, kind)
             return node

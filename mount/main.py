@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--zk-timeout", type=float, default=10.0)
     p.add_argument("--foreground", action="store_true")
     p.add_argument("-o", action="append", default=[], metavar="OPTION",
-                   help="allow_other, attr_timeout=S, entry_timeout=S, cache_mb=N, sync_dirops, debug")
+                   help="allow_other, attr_timeout=S, entry_timeout=S, feed_timeout=S, cache_mb=N, "
+                        "sync_dirops, debug")
     p.add_argument("--log", help="log file of the daemon (default: stderr in the foreground)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -55,7 +56,8 @@ def parse_options(opts: list[str]) -> dict[str, str]:
                 continue
             k, _, v = o.partition("=")
             out[k] = v
-    known = {"allow_other", "attr_timeout", "entry_timeout", "cache_mb", "sync_dirops", "debug", "ro", "rw"}
+    known = {"allow_other", "attr_timeout", "entry_timeout", "feed_timeout", "cache_mb", "sync_dirops",
+             "debug", "ro", "rw"}
     unknown = set(out) - known
     if unknown:
         raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
@@ -114,7 +116,8 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
             ops = Operations(meta, files, nodedir,
                              attr_timeout=float(opts.get("attr_timeout", 1.0)),
                              entry_timeout=float(opts.get("entry_timeout", 1.0)),
-                             removals=removals, async_creates="sync_dirops" not in opts)
+                             removals=removals, async_creates="sync_dirops" not in opts,
+                             feed_timeout=float(opts.get("feed_timeout", 10.0)))
             fuse_opts = set(pyfuse3.default_options)
             fuse_opts |= {f"fsname=dfs:{args.fs}", "subtype=dfs", "default_permissions"}
             if "allow_other" in opts:
@@ -141,6 +144,8 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
                     await meta.drain_creates()
                     if removals is not None:
                         await removals.drain()
+                if meta.cache is not None:
+                    meta.cache.kernel = None  # the kernel side is gone with the session
                 pyfuse3.close(unmount=True)
                 log_op_stats()
                 log.info("meta: %s; feed: %s; removals: %s", meta.stats,

@@ -74,11 +74,15 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, meta: Meta, files: FileData, nodedir, *, attr_timeout: float = 1.0,
                  entry_timeout: float = 1.0, removals: Removals | None = None,
-                 async_creates: bool = False):
+                 async_creates: bool = False, feed_timeout: float = 0.0):
         super().__init__()
         self.meta = meta
         self.removals = removals
         self.async_creates = async_creates
+        self.feed_timeout = feed_timeout
+        self._long: dict[tuple, float] = {}
+        if meta.cache is not None:
+            meta.cache.kernel = self._kernel_forget
         self.files = files
         self.nodedir = nodedir
         self.attr_timeout = attr_timeout
@@ -103,8 +107,58 @@ class Operations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ helpers
 
-    def _attrs(self, node: Inode, age: float = 0.0) -> pyfuse3.EntryAttributes:
-        """Attributes for the kernel; `age`: how old our knowledge of them is."""
+    # -- kernel caching while the change feed runs
+    #
+    # What the metadata cache knows exactly (dfs.metacache), the kernel may keep
+    # for `feed_timeout` instead of attr_timeout/entry_timeout: when someone
+    # else changes it, the feed's event makes us invalidate the kernel's copy
+    # (a reply racing with that invalidation is discarded by the kernel, which
+    # versions attributes, and an entry invalidation waits for the directory's
+    # lookups). `_long` lists what we handed out that way, so that a lost feed
+    # can take it all back.
+
+    LONG_MAX = 200_000
+
+    def _long_ok(self) -> bool:
+        cache = self.meta.cache
+        if not self.feed_timeout or cache is None or not cache.active:
+            return False
+        if len(self._long) >= self.LONG_MAX:
+            now = time.monotonic()
+            self._long = {k: d for k, d in self._long.items() if d > now}
+        return len(self._long) < self.LONG_MAX
+
+    def _kernel_forget(self, kind: str, key: int, name: bytes | None) -> None:
+        """Someone else changed something (or the feed dropped): drop the kernel's long-lived copies."""
+        try:
+            if kind == "entry":
+                if self._long.pop(("e", key, name), None) is not None:
+                    pyfuse3.invalidate_entry_async(key, name, ignore_enoent=True)
+            elif kind == "inode":
+                if self._long.pop(("i", key), None) is not None:
+                    pyfuse3.invalidate_inode(key, attr_only=True)
+            elif kind == "lost":
+                now = time.monotonic()
+                held, self._long = self._long, {}
+                for k, deadline in held.items():
+                    if deadline <= now:
+                        continue
+                    if k[0] == "e":
+                        pyfuse3.invalidate_entry_async(k[1], k[2], ignore_enoent=True)
+                    else:
+                        try:
+                            pyfuse3.invalidate_inode(k[1], attr_only=True)
+                        except OSError:
+                            pass
+        except OSError:
+            pass  # the kernel no longer has it
+        except Exception:  # never let the feed's reader fail on this
+            log.exception("kernel invalidation of %s %r %r", kind, key, name)
+
+    def _attrs(self, node: Inode, age: float = 0.0, parent: int | None = None,
+               name: bytes | None = None) -> pyfuse3.EntryAttributes:
+        """Attributes for the kernel; `age`: how old our knowledge of them is;
+        parent/name: the entry they answer (lookup, create, readdirplus)."""
         self._remember(node)
         r = node.rec
         a = pyfuse3.EntryAttributes()
@@ -112,6 +166,17 @@ class Operations(pyfuse3.Operations):
         a.generation = 0
         a.entry_timeout = self.entry_timeout
         a.attr_timeout = max(0.0, self.attr_timeout - age)
+        if self._long_ok():
+            deadline = time.monotonic() + self.feed_timeout
+            got = self.meta.fresh.get(node.ino)
+            if got is not None and got[2] and got[1] is node:
+                a.attr_timeout = self.feed_timeout
+                self._long[("i", node.ino)] = deadline
+            if parent is not None:
+                ent = self.meta.cache.dirents.get((parent, name))
+                if ent is not None and ent[0] == node.ino:
+                    a.entry_timeout = self.feed_timeout
+                    self._long[("e", parent, name)] = deadline
         a.st_mode = r.mode
         a.st_nlink = r.nlink
         a.st_uid = r.uid
@@ -150,7 +215,7 @@ class Operations(pyfuse3.Operations):
                 # another name of it is being removed: its nlink is about to change
                 await self.removals.wait_inode(node.ino)
                 node = await self.meta.getattr(node.ino)
-            return self._attrs(node)
+            return self._attrs(node, parent=parent_inode, name=name)
         except DfsError as e:
             if e.errno == errno.ENOENT:
                 # cache the negative entry for a short while (st_ino 0)
@@ -209,19 +274,19 @@ class Operations(pyfuse3.Operations):
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         await self._before_change(parent_inode)
         node = await self.meta.mknod(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, rdev=rdev)
-        return self._attrs(node)
+        return self._attrs(node, parent=parent_inode, name=name)
 
     @fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
         await self._before_change(parent_inode)
         node = await self.meta.mkdir(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid)
-        return self._attrs(node)
+        return self._attrs(node, parent=parent_inode, name=name)
 
     @fuse_errors
     async def symlink(self, parent_inode, name, target, ctx):
         await self._before_change(parent_inode)
         node = await self.meta.symlink(parent_inode, name, target, uid=ctx.uid, gid=ctx.gid)
-        return self._attrs(node)
+        return self._attrs(node, parent=parent_inode, name=name)
 
     @fuse_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
@@ -273,7 +338,7 @@ class Operations(pyfuse3.Operations):
         if self.removals is not None:
             entries = [e for e in entries if not self.removals.hidden(inode, e[0])]
             self.removals.saw_listing(inode, len(entries))
-        snapshot += [(name, self._attrs(node)) for name, _, node in entries]
+        snapshot += [(name, self._attrs(node, parent=inode, name=name)) for name, _, node in entries]
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = DirHandle(inode, snapshot)
@@ -341,7 +406,7 @@ class Operations(pyfuse3.Operations):
         f.pending_create = pending
         fi = pyfuse3.FileInfo(fh=self._new_fh(node.ino))
         fi.keep_cache = True
-        return fi, self._attrs(node)
+        return fi, self._attrs(node, parent=parent_inode, name=name)
 
     @fuse_errors
     async def read(self, fh, off, size):
