@@ -55,6 +55,9 @@ class MetaCache:
         self._dirs = root + "/dirs/"
         self._inodes = root + "/inodes/"
         self.invalidate = invalidate
+        # tells the kernel about someone else's change: ("entry", dir, name),
+        # ("inode", ino, None), or ("lost", 0, None) when the feed dropped
+        self.kernel: Callable[[str, int, bytes | None], None] | None = None
         self.active = False
         self.epoch = 0
         self.seq = 0
@@ -103,6 +106,8 @@ class MetaCache:
         self.stats["drops"] += 1
         self.invalidate("all", 0)
         self._lost.set()
+        if self.kernel is not None:
+            self.kernel("lost", 0, None)
 
     def _event(self, kind: int | None, path: str | None) -> None:
         if kind is None or path is None:
@@ -128,6 +133,8 @@ class MetaCache:
                     self.names.pop(dino, None)
                 if path not in self.own:
                     self.invalidate("dir", dino)
+                    if self.kernel is not None:
+                        self.kernel("inode", dino, None)
                 return
             name = unescape(esc)
             names = self.names.get(dino)
@@ -138,10 +145,14 @@ class MetaCache:
                     names.discard(name)
             if path not in self.own:
                 self.dirents.pop((dino, name), None)
+                if self.kernel is not None:
+                    self.kernel("entry", dino, name)
         elif path.startswith(self._inodes):
             _, _, ino = path[len(self._inodes):].partition("/")
             if ino and path not in self.own:
                 self.invalidate("inode", int(ino))
+                if self.kernel is not None:
+                    self.kernel("inode", int(ino), None)
 
     def trust(self, parent: int, name: bytes, ino: int, mode: int) -> None:
         """Entry (parent, name) names inode ino of type mode, as of now (exact)."""
@@ -225,7 +236,7 @@ class MetaCache:
         events = self._since(mark) if mark is not None else None
         if events is None or not applied:
             for p in set(paths):
-                self._invalidate_path(p)
+                self._invalidate_path(p, foreign=True)
             return False
         seen = collections.Counter(p for _, p, _ in events)
         mine = collections.Counter(paths) if applied else collections.Counter()
@@ -236,22 +247,30 @@ class MetaCache:
             # What we wrote is stale in the cache unless the caller installs it
             # again; a directory's times (dirs/<d>) are kept current in place.
             if seen[p] > mine[p] or not self._is_dir_times(p):
-                self._invalidate_path(p)
+                self._invalidate_path(p, foreign=seen[p] > mine[p])
         return ok
 
     def _is_dir_times(self, path: str) -> bool:
         return path.startswith(self._dirs) and "/" not in path[len(self._dirs):]
 
-    def _invalidate_path(self, path: str) -> None:
+    def _invalidate_path(self, path: str, foreign: bool = False) -> None:
+        """Drop what we cache of path; `foreign`: someone else may have changed it (tell the kernel)."""
+        tell = self.kernel if foreign else None
         if path.startswith(self._dirs):
             d, _, esc = path[len(self._dirs):].partition("/")
             if not d.isdigit():
                 return
             if esc:
                 self.dirents.pop((int(d), unescape(esc)), None)
+                if tell is not None:
+                    tell("entry", int(d), unescape(esc))
             else:
                 self.invalidate("dir", int(d))
+                if tell is not None:
+                    tell("inode", int(d), None)
         elif path.startswith(self._inodes):
             _, _, ino = path[len(self._inodes):].partition("/")
             if ino.isdigit():
                 self.invalidate("inode", int(ino))
+                if tell is not None:
+                    tell("inode", int(ino), None)
