@@ -31,7 +31,8 @@ OP_STATS: dict[str, list[float]] = {}  # handler -> [calls, seconds]; logged at 
 
 def log_op_stats() -> None:
     for name, (calls, secs) in sorted(OP_STATS.items(), key=lambda kv: -kv[1][1]):
-        log.info("op %-12s %8d calls %9.3f s %8.3f ms/call", name, calls, secs, secs / calls * 1e3)
+        if calls:
+            log.info("op %-12s %8d calls %9.3f s %8.3f ms/call", name, calls, secs, secs / calls * 1e3)
 
 
 def fuse_errors(fn):

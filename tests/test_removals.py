@@ -102,7 +102,10 @@ def test_unmount_commits_pending_removals(cluster):
         (a / f"f{i}").write_bytes(b"x" * (i % 7000))
     for i in range(300):
         os.unlink(a / f"f{i}")
-    cluster.mounts[-1].stop()  # fusermount3 -u right after the last unlink
+    m = cluster.mounts[-1]
+    m.stop()  # fusermount3 -u right after the last unlink
+    assert m.proc.returncode == 0, m.log_tail()  # the daemon drained, unmounted and exited cleanly
+    assert "Traceback" not in m.log_tail()
     c = cluster.mount("c")
     assert os.listdir(c) == []
     fsck_clean(cluster)
