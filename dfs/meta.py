@@ -203,10 +203,10 @@ class Meta:
 
     @staticmethod
     def _with_entry_change(p: Inode, t: int, nlink_delta: int) -> Inode:
-        """Directory p after an entry change at t that moved its nlink (a version-checked write)."""
+        """Directory p after an entry change at t (an nlink change is a version-checked write)."""
         rec = dataclasses.replace(p.rec, mtime_ns=t, ctime_ns=max(p.rec.ctime_ns, t),
                                   nlink=p.rec.nlink + nlink_delta)
-        return Inode(p.ino, rec, p.version + 1)
+        return Inode(p.ino, rec, p.version + (1 if nlink_delta else 0))
 
     def _changed_dir(self, ino: int, t: int, nlink_delta: int = 0, exact: bool | None = None) -> None:
         """This client changed directory ino's entries at time t: keep its cached inode current."""
@@ -214,12 +214,8 @@ class Meta:
         if got is None:
             return
         seen, node, was_exact = got
-        rec = dataclasses.replace(node.rec, mtime_ns=t, ctime_ns=max(node.rec.ctime_ns, t),
-                                  nlink=node.rec.nlink + nlink_delta)
-        version = node.version + (1 if nlink_delta else 0)
-        self._vmax[ino] = max(self._vmax.get(ino, -1), version)
-        self.fresh[ino] = (seen, Inode(ino, rec, version),
-                           was_exact if exact is None else was_exact and exact)
+        self.remember(self._with_entry_change(node, t, nlink_delta), seen=seen,
+                      exact=was_exact if exact is None else was_exact and exact)
 
     def hint(self, parent: int, name: bytes, ino: int | None) -> None:
         if ino is None:

@@ -102,10 +102,34 @@ class Txn:
 
 
 class ManyReads:
-    """get_many / children_many over a client's `read_many` (shared by Zk and WireZk)."""
+    """Multi-reads (read_many, get_many, children_many) over a client's `_multi_read` (Zk, WireZk)."""
+
+    _chroot = ""  # prefixed to the paths of a MultiRead (the clients' calls add it themselves)
+
+    async def _multi_read(self, request: MultiRead) -> list[Any]:
+        """Send one MultiRead (with retries); its per-read results."""
+        raise NotImplementedError
 
     async def read_many(self, reads: list[tuple[str, str]], batch: int = 512) -> list[Any]:
-        raise NotImplementedError
+        """Several reads in few round trips (ZooKeeper multi-read, in order).
+
+        Args:
+          reads: ("get", path) or ("children", path) pairs.
+        Returns:
+          per read, in order: (data, stat) for "get", a list of names for
+          "children", or None where the znode does not exist.
+
+        The server runs the reads of one batch one after the other, so a read
+        listed later never sees an older state than one listed earlier: read an
+        inode before the znodes its version guards (see Meta._delete_inode).
+        """
+        kinds = {"get": GetData, "children": GetChildren}
+        out: list[Any] = []
+        for i in range(0, len(reads), batch):
+            request = MultiRead([kinds[k](self._chroot + p, None) for k, p in reads[i:i + batch]])
+            for r in await self._multi_read(request):
+                out.append(None if isinstance(r, Exception) else r)
+        return out
 
     async def get_many(self, paths: list[str], batch: int = 512) -> list[tuple[bytes, ZnodeStat] | None]:
         """Read many znodes with few round trips (multi-read); None for a missing one."""
@@ -241,27 +265,14 @@ class Zk(ManyReads):
     async def get_children(self, path: str, watch: Callable | None = None) -> list[str]:
         return await self._retry(lambda: self.client.get_children_async(path, watch))
 
-    async def read_many(self, reads: list[tuple[str, str]], batch: int = 512) -> list[Any]:
-        """Several reads in few round trips (ZooKeeper multi-read, in order).
+    async def _multi_read(self, request: MultiRead) -> list[Any]:
+        # kazoo adds the chroot in its own calls; MultiRead bypasses them
+        return await self._retry(self._request(request))
 
-        Args:
-          reads: ("get", path) or ("children", path) pairs.
-        Returns:
-          per read, in order: (data, stat) for "get", a list of names for
-          "children", or None where the znode does not exist.
+    @property
+    def _chroot(self) -> str:
+        return self.client.chroot
 
-        The server runs the reads of one batch one after the other, so a read
-        listed later never sees an older state than one listed earlier: read an
-        inode before the znodes its version guards (see Meta._delete_inode).
-        """
-        kinds = {"get": GetData, "children": GetChildren}
-        chroot = self.client.chroot  # kazoo adds it in its own calls; MultiRead bypasses them
-        out: list[Any] = []
-        for i in range(0, len(reads), batch):
-            request = MultiRead([kinds[k](chroot + p, None) for k, p in reads[i:i + batch]])
-            for r in await self._retry(self._request(request)):
-                out.append(None if isinstance(r, Exception) else r)
-        return out
 
     async def exists(self, path: str) -> ZnodeStat | None:
         return await self._retry(lambda: self.client.exists_async(path))

@@ -308,26 +308,12 @@ class WireZk(ManyReads):
     async def get_children(self, path: str, watch: Callable | None = None) -> list[str]:
         return await self._call(GetChildren(self._full(path), watch), watch)
 
-    async def read_many(self, reads: list[tuple[str, str]], batch: int = 512) -> list[Any]:
-        """Several reads in few round trips (ZooKeeper multi-read, in order).
+    async def _multi_read(self, request: MultiRead) -> list[Any]:
+        return await self._call(request)
 
-        Args:
-          reads: ("get", path) or ("children", path) pairs.
-        Returns:
-          per read, in order: (data, stat) for "get", a list of names for
-          "children", or None where the znode does not exist.
-
-        The server runs the reads of one batch one after the other, so a read
-        listed later never sees an older state than one listed earlier.
-        """
-        kinds = {"get": GetData, "children": GetChildren}
-        chroot = self.chroot
-        out: list[Any] = []
-        for i in range(0, len(reads), batch):
-            request = MultiRead([kinds[k](chroot + p, None) for k, p in reads[i:i + batch]])
-            for r in await self._call(request):
-                out.append(None if isinstance(r, Exception) else r)
-        return out
+    @property
+    def _chroot(self) -> str:
+        return self.chroot
 
     async def exists(self, path: str) -> ZnodeStat | None:
         return await self._call(Exists(self._full(path), None))

@@ -72,3 +72,34 @@ class Cluster:
                 n.stop()
             except Exception as e:
                 print(f"cleanup: node {n.pid}: {e!r}")
+
+
+def client_session(cluster: Cluster, body, *, zk_class=Zk, cache: bool = False):
+    """trio.run body(zk, meta, blocks, nursery) as one client of `cluster`, without a mount.
+
+    cache: run the change-fed metadata cache (needs dfs.zkwire.WireZk).
+    The nursery is cancelled when body returns; its value is returned.
+    """
+    from dfs.blockclient import BlockClient
+    from dfs.meta import Meta
+    from dfs.mkfs import load_config
+    from dfs.nodedir import NodeDirectory
+
+    async def go():
+        zk = await zk_class.connect(cluster.hosts)
+        try:
+            meta = Meta(zk, cluster.paths, await load_config(zk, cluster.paths))
+            nodedir = NodeDirectory(zk, cluster.paths)
+            await nodedir.refresh()
+            blocks = BlockClient(nodedir)
+            async with trio.open_nursery() as nursery:
+                if cache:
+                    await nursery.start(meta.enable_cache().run, zk)
+                out = await body(zk, meta, blocks, nursery)
+                nursery.cancel_scope.cancel()
+            await blocks.aclose()
+            return out
+        finally:
+            await zk.close()
+
+    return trio.run(go)

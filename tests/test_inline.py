@@ -4,33 +4,10 @@ import os
 import subprocess
 import time
 
-import trio
-
-from dfs.blockclient import BlockClient
 from dfs.files import FileData
-from dfs.meta import Meta
-from dfs.mkfs import load_config
-from dfs.nodedir import NodeDirectory
 from dfs.paths import ROOT_INO
 from dfs.records import FsConfig
-from dfs.zk import Zk
-
-
-async def _session(c, body):
-    zk = await Zk.connect(c.hosts)
-    try:
-        config = await load_config(zk, c.paths)
-        meta = Meta(zk, c.paths, config)
-        nodedir = NodeDirectory(zk, c.paths)
-        await nodedir.refresh()
-        blocks = BlockClient(nodedir)
-        async with trio.open_nursery() as nursery:
-            out = await body(zk, meta, blocks, nursery)
-            nursery.cancel_scope.cancel()
-        await blocks.aclose()
-        return out
-    finally:
-        await zk.close()
+from tests.harness import client_session
 
 
 async def _stored(zk, c, ino):
@@ -80,7 +57,7 @@ def test_small_file_lives_inline_and_moves_to_blocks_when_it_grows(cluster_facto
         await fd3.release(ino)
         return seen
 
-    seen = trio.run(_session, c, body)
+    seen = client_session(c, body)
     patched = small[:1000] + b"X" * 10 + small[1010:]
     assert seen["small"] == (small, 0)
     assert seen["size_small"] == 3000
@@ -111,7 +88,7 @@ def test_truncate_and_extend_inline_file(cluster_factory):
         await fd2.release(node.ino)
         return shrunk, grown, back
 
-    shrunk, grown, back = trio.run(_session, c, body)
+    shrunk, grown, back = client_session(c, body)
     assert shrunk == (data[:1500], 0)
     assert grown == (data[:1500], 0)
     assert back == data[:1500] + bytes(20000 - 1500)
@@ -128,7 +105,7 @@ def test_inline_off_writes_blocks(cluster_factory):
         await fd.release(node.ino)
         return await _stored(zk, c, node.ino)
 
-    assert trio.run(_session, c, body) == (b"", 1)
+    assert client_session(c, body) == (b"", 1)
 
 
 def test_small_files_through_two_mounts(cluster):

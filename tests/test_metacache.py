@@ -10,7 +10,7 @@ import pytest
 
 from dfs.metacache import CHANGED, CREATED, DELETED, MetaCache
 from dfs.names import escape
-from tests.harness import Cluster
+from tests.harness import Cluster, client_session
 from tools.zkserver import ZkEnsemble
 
 ROOT = "/dfs/t"
@@ -188,48 +188,30 @@ def test_cache_survives_a_zookeeper_restart(tmp_path):
 
 def test_failed_asynchronous_create_is_reported_by_the_files_close(cluster):
     """create_async of a name someone else took meanwhile: the first flush says so."""
-    import trio
-
-    from dfs.blockclient import BlockClient
-    from dfs.files import FileData
-    from dfs.meta import Meta
-    from dfs.mkfs import load_config
-    from dfs.nodedir import NodeDirectory
-    from dfs.paths import ROOT_INO
     from dfs.errors import DfsError
+    from dfs.files import FileData
+    from dfs.paths import ROOT_INO
     from dfs.zkwire import WireZk
 
-    async def go():
-        zk = await WireZk.connect(cluster.hosts)
+    async def go(zk, meta, blocks, nursery):
+        taken = await meta.create(ROOT_INO, b"taken", 0o644, uid=0, gid=0)
+        fd = FileData(meta, blocks, nursery)
+        failed = []
+        node, pending = await meta.create_async(ROOT_INO, b"taken", 0o644, uid=0, gid=0,
+                                                nursery=nursery, on_failed=failed.append)
+        f, _ = await fd.open(node.ino, node, created=True)
+        f.pending_create = pending
+        await fd.write(node.ino, 0, b"lost?")
         try:
-            meta = Meta(zk, cluster.paths, await load_config(zk, cluster.paths))
-            nodedir = NodeDirectory(zk, cluster.paths)
-            await nodedir.refresh()
-            blocks = BlockClient(nodedir)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(meta.enable_cache().run, zk)
-                taken = await meta.create(ROOT_INO, b"taken", 0o644, uid=0, gid=0)
-                fd = FileData(meta, blocks, nursery)
-                failed = []
-                node, pending = await meta.create_async(ROOT_INO, b"taken", 0o644, uid=0, gid=0,
-                                                        nursery=nursery, on_failed=failed.append)
-                f, _ = await fd.open(node.ino, node, created=True)
-                f.pending_create = pending
-                await fd.write(node.ino, 0, b"lost?")
-                try:
-                    await fd.release(node.ino)
-                    error = None
-                except DfsError as e:
-                    error = e
-                # the name still names the other file, untouched
-                still = await meta.lookup(ROOT_INO, b"taken")
-                nursery.cancel_scope.cancel()
-            await blocks.aclose()
-            return error, failed, still.ino == taken.ino and still.rec.size == 0
-        finally:
-            await zk.close()
+            await fd.release(node.ino)
+            error = None
+        except DfsError as e:
+            error = e
+        # the name still names the other file, untouched
+        still = await meta.lookup(ROOT_INO, b"taken")
+        return error, failed, still.ino == taken.ino and still.rec.size == 0
 
-    error, failed, untouched = trio.run(go)
+    error, failed, untouched = client_session(cluster, go, zk_class=WireZk, cache=True)
     assert error is not None and "create failed" in error.message
     assert failed and failed[0].errno == errno.EEXIST
     assert untouched
