@@ -4,11 +4,11 @@ Layer stack (top to bottom):
 
     mount/ (pyfuse3 Operations)      tools/ (CLI, fsck, cluster)     nodes/ (block servers)
         |                                 |                               |
-    dfs.files (write buffers, read cache)  dfs.fsck ...                   |
+    dfs.client.files (write buffers, read cache)  dfs.fsck ...                   |
         |                                                                 |
-    dfs.meta (namespace + block map)   dfs.blockclient -> dfs.protocol <--'
+    dfs.meta.store (namespace + block map)   dfs.blocks.client -> dfs.blocks.protocol <--'
         |                                   |
-    dfs.zk (kazoo <-> trio bridge)      dfs.placement (pure)
+    dfs.zk.bridge (kazoo <-> trio bridge)      dfs.placement (pure)
         |
     dfs.paths / dfs.names / dfs.records (pure: znode layout and payloads)
 

@@ -28,5 +28,26 @@ class ZkUnavailable(DfsError):
         super().__init__(errno.EHOSTUNREACH, message)
 
 
-class UsageError(Exception):
-    """Bad command-line input: the CLI prints it and exits 2."""
+class QuietError(Exception):
+    """A failure a command reports in one clear line (no traceback) and ends with `exitcode`.
+
+    Every main catches it in one place: `dfs` subcommands (tools/cli.py), the
+    node (nodes/main.py) and the mount (mount/main.py). Exit codes follow the
+    command contract: 1 ran and found a problem or refused, 2 usage or
+    connection error.
+    """
+
+    def __init__(self, message: str, exitcode: int = 2):
+        self.message = message
+        self.exitcode = exitcode
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(QuietError):
+    """Bad command-line input: one line, exit 2."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 2)

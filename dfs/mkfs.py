@@ -5,15 +5,14 @@ import os
 import stat
 import time
 
-from kazoo.exceptions import NodeExistsError
-
+from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.paths import ROOT_INO, FsPaths
-from dfs.records import FsConfig, InodeRecord
-from dfs.zk import Txn, Zk
+from dfs.records import InodeRecord
+from dfs.zk import NodeExistsError, NoNodeError, Txn, ZkClient
 
 
-async def mkfs(zk: Zk, paths: FsPaths, config: FsConfig, *, uid: int | None = None,
+async def mkfs(zk: ZkClient, paths: FsPaths, config: FsConfig, *, uid: int | None = None,
                gid: int | None = None) -> None:
     """Create the filesystem at `paths.root`.
 
@@ -53,9 +52,7 @@ async def mkfs(zk: Zk, paths: FsPaths, config: FsConfig, *, uid: int | None = No
         raise DfsError(errno.EEXIST, f"a filesystem already exists at {paths.root}") from None
 
 
-async def load_config(zk: Zk, paths: FsPaths) -> FsConfig:
-    from kazoo.exceptions import NoNodeError
-
+async def load_config(zk: ZkClient, paths: FsPaths) -> FsConfig:
     try:
         data, _ = await zk.get(paths.config)
     except NoNodeError:

@@ -40,21 +40,6 @@ class Record:
 
 
 @dataclass
-class FsConfig(Record):
-    block_size: int = 4 * 1024 * 1024
-    replicas: int = 3
-    min_replicas: int = 2
-    dead_after: float = 30.0
-    group_blocks: int = 256  # blocks per block-map znode
-    orphan_age: float = 3600.0  # unreferenced blocks older than this are garbage (gc, fsck)
-    # files of at most this many bytes keep their data inline in ZooKeeper (in
-    # blocks/<ino>'s data) instead of in a block; 0 turns it off
-    inline_max: int = 4096
-    created: float = 0.0
-    format_revision: int = FORMAT_REVISION
-
-
-@dataclass
 class InodeRecord(Record):
     mode: int
     uid: int = 0

@@ -17,15 +17,15 @@ import uuid
 import pyfuse3
 import trio
 
-from dfs.blockclient import BlockClient
+from dfs.blocks.client import BlockClient
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.client.files import FileData
+from dfs.client.removals import Removals
 from dfs.errors import DfsError, ZkUnavailable
-from dfs.files import FileData
-from dfs.meta import Meta
+from dfs.meta.store import Meta
 from dfs.mkfs import load_config
-from dfs.nodedir import NodeDirectory
 from dfs.paths import FsPaths, default_root
-from dfs.removals import Removals
-from dfs.zkwire import WireZk
+from dfs.zk import connect
 from mount.operations import Operations, log_op_stats
 
 log = logging.getLogger("dfs.mount")
@@ -84,7 +84,7 @@ def set_read_ahead(target: str, kb: int = 4096) -> None:
 
 async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
     try:
-        zk = await WireZk.connect(args.zk, timeout=args.zk_timeout)
+        zk = await connect(args.zk, timeout=args.zk_timeout)
     except ZkUnavailable as e:
         print(f"dfs mount: {e.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -104,12 +104,12 @@ async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(nodedir.run)
             # lookups, attributes and listings answered locally, kept exact by
-            # ZooKeeper's change feed (dfs.metacache)
+            # ZooKeeper's change feed (dfs.client.feed)
             await nursery.start(meta.enable_cache().run, zk)
             files = FileData(meta, blocks, nursery,
                              cache_bytes=int(opts.get("cache_mb", 1024)) << 20)
             # unlink/rmdir answered at once and committed in the background
-            # (dfs.removals) unless -o sync_dirops
+            # (dfs.client.removals) unless -o sync_dirops
             removals = None if "sync_dirops" in opts else Removals(meta)
             if removals is not None:
                 nursery.start_soon(removals.run)

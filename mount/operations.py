@@ -1,4 +1,4 @@
-"""pyfuse3 Operations: kernel requests translated into dfs.meta and dfs.files calls.
+"""pyfuse3 Operations: kernel requests translated into dfs.meta.store and dfs.client.files calls.
 
 Thin on purpose: no znode paths, no sockets. Every DfsError becomes a FUSEError
 in `fuse_errors` (the one translation point); anything else is a bug, logged,
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from dfs.client.files import FileData
+from dfs.client.removals import Removals
 from dfs.errors import DfsError
-from dfs.files import FileData
-from dfs.meta import Inode, Meta
+from dfs.meta.store import Inode, Meta
 from dfs.names import NAME_MAX
-from dfs.removals import Removals
 
 log = logging.getLogger(__name__)
 FILE_CAPS = b"security.capability"  # file capabilities: not supported on dfs
@@ -110,7 +110,7 @@ class Operations(pyfuse3.Operations):
 
     # -- kernel caching while the change feed runs
     #
-    # What the metadata cache knows exactly (dfs.metacache), the kernel may keep
+    # What the metadata cache knows exactly (dfs.client.feed), the kernel may keep
     # for `feed_timeout` instead of attr_timeout/entry_timeout: when someone
     # else changes it, the feed's event makes us invalidate the kernel's copy
     # (a reply racing with that invalidation is discarded by the kernel, which

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import trio
 
-from dfs.blockclient import BlockClient
+from dfs.blocks.client import BlockClient
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.config import FsConfig
 from dfs.errors import DfsError, ZkUnavailable
 from dfs.mkfs import load_config
-from dfs.nodedir import NodeDirectory
 from dfs.paths import FsPaths, default_root
-from dfs.records import FsConfig
-from dfs.zk import Zk
+from dfs.zk import ZkClient, connect
 from nodes.registration import Registration, default_interval
 from nodes.server import NodeServer
 from nodes.store import BlockStore
@@ -56,7 +56,7 @@ class NodeContext:
     zone: str
     store: BlockStore
     server: NodeServer
-    zk: Zk
+    zk: ZkClient
     paths: FsPaths
     config: FsConfig
     nodedir: NodeDirectory
@@ -69,7 +69,7 @@ async def start_services(nursery: trio.Nursery, ctx: NodeContext) -> None:
     Each service is a small object with `async def run(self)`; it is cancelled
     when the node shuts down.
     """
-    from nodes.housekeeping import run_housekeeping  # issue 5: repair leader, gc
+    from nodes.leader.housekeeping import run_housekeeping  # issue 5: repair leader, gc
 
     if os.environ.get("DFS_REPAIR_LEADER", "1") == "0":
         # tests of the repair primitives drive repairs themselves: no node may
@@ -174,7 +174,7 @@ async def serve_node(args: argparse.Namespace) -> int:
         await trio.to_thread.run_sync(store.open)
 
         try:
-            zk = await Zk.connect(args.zk, timeout=args.zk_timeout, op_timeout=30.0)
+            zk = await connect(args.zk, timeout=args.zk_timeout, op_timeout=30.0)
         except ZkUnavailable as e:
             raise StartupError(e.message) from None
         stack.push_async_callback(zk.close)
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.verbose:
-        logging.getLogger("kazoo").setLevel(logging.WARNING)
+        logging.getLogger("dfs.zk").setLevel(logging.WARNING)
     try:
         return trio.run(serve_node, args)
     except StartupError as e:

@@ -14,14 +14,15 @@ import time
 from typing import Callable
 
 import trio
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
-from kazoo.protocol.states import KazooState
 
 from dfs.paths import FsPaths
 from dfs.records import NodeLive, NodeRegistration
-from dfs.zk import Zk
+from dfs.zk import BadVersionError, NodeExistsError, NoNodeError, ZkClient, ZkState
+from dfs.zk.retry import retrying
 
 log = logging.getLogger(__name__)
+
+REGISTER_ATTEMPTS = 100  # only `dfs drain` writes the entry besides its node
 
 
 class Registration:
@@ -34,7 +35,7 @@ class Registration:
       interval: seconds between live-znode refreshes.
     """
 
-    def __init__(self, zk: Zk, paths: FsPaths, node_id: str, address: str, zone: str,
+    def __init__(self, zk: ZkClient, paths: FsPaths, node_id: str, address: str, zone: str,
                  usage: Callable[[], tuple[int, int, int, int, float]], *,
                  interval: float = 2.0):
         self.zk = zk
@@ -51,26 +52,25 @@ class Registration:
     async def register(self) -> None:
         """Create or update the registry entry, then create the live znode."""
         path = self.paths.registry_node(self.node_id)
-        while True:
+
+        async def attempt() -> None:
             try:
                 data, stat = await self.zk.get(path)
             except NoNodeError:
                 reg = NodeRegistration(self.node_id, self.address, self.zone, "active", time.time())
-                try:
-                    await self.zk.create(path, reg.encode())
-                    break
-                except NodeExistsError:
-                    continue  # raced with ourselves after a retried create: read it again
+                # NodeExists: raced with ourselves after a retried create: read it again
+                await self.zk.create(path, reg.encode())
+                return
             reg = NodeRegistration.decode(data)
             self.state = reg.state
             if reg.address == self.address and reg.zone == self.zone:
-                break
+                return
             reg.address, reg.zone = self.address, self.zone
-            try:
-                await self.zk.set(path, reg.encode(), stat.version)
-                break
-            except BadVersionError:
-                continue  # `dfs drain` changed the state meanwhile: keep its change
+            # BadVersion: `dfs drain` changed the state meanwhile: keep its change
+            await self.zk.set(path, reg.encode(), stat.version)
+
+        await retrying(attempt, attempts=REGISTER_ATTEMPTS, what=f"registration of node {self.node_id}",
+                       conflicts=(BadVersionError, NodeExistsError))
         await self.publish()
 
     async def _live_record(self) -> bytes:
@@ -106,8 +106,8 @@ class Registration:
     def _listener(self) -> Callable[[str], None]:
         token = trio.lowlevel.current_trio_token()
 
-        def on_state(state: str) -> None:  # kazoo's thread: hand off only
-            if state == KazooState.CONNECTED:
+        def on_state(state: str) -> None:  # the session's task: hand off only
+            if state == ZkState.CONNECTED:
                 try:
                     token.run_sync_soon(self._wake.set)
                 except trio.RunFinishedError:

@@ -17,11 +17,21 @@ import time
 
 import trio
 
-from dfs.blockclient import NodeConnection
+from dfs.blocks.client import NodeConnection
+from dfs.blocks.protocol import (
+    LIST_ENTRY,
+    MAX_PAYLOAD,
+    MORE,
+    REPLY,
+    Frame,
+    FrameSocket,
+    Op,
+    ProtocolError,
+    TruncatedFrame,
+    encode_block_id,
+)
 from dfs.checksum import hash64, valid_block_id
 from dfs.errors import DfsError
-from dfs.protocol import (LIST_ENTRY, MAX_PAYLOAD, MORE, REPLY, Frame, FrameSocket, Op,
-                          ProtocolError, TruncatedFrame, encode_block_id)
 from nodes.store import DIRECT_MIN, BlockBuffer, BlockStore
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ chunks it returns, so the store never hands out bytes that differ from what
 was written.
 """
 
-import errno
 import ctypes
+import errno
 import itertools
 import mmap
 import os

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.zkserver import ZkEnsemble
+from tools.local.zkserver import ZkEnsemble
 
 
 @pytest.fixture(scope="session")
@@ -49,9 +49,9 @@ def fs_paths(fs_root):
 
 @pytest.fixture
 async def zk(zk_hosts):
-    from dfs.zk import Zk
+    from dfs.zk import connect
 
-    client = await Zk.connect(zk_hosts)
+    client = await connect(zk_hosts)
     try:
         yield client
     finally:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import trio
 
+from dfs.config import FsConfig
 from dfs.mkfs import mkfs
 from dfs.paths import FsPaths, default_root
-from dfs.records import FsConfig
-from dfs.zk import Zk
-from tools.mountproc import MountProcess
-from tools.nodeproc import NodeProcess
+from dfs.zk import connect
+from tools.local.mountproc import MountProcess
+from tools.local.nodeproc import NodeProcess
 
 
 class Cluster:
@@ -30,7 +30,7 @@ class Cluster:
 
     def mkfs(self) -> "Cluster":
         async def go() -> None:
-            zk = await Zk.connect(self.hosts)
+            zk = await connect(self.hosts)
             try:
                 await mkfs(zk, self.paths, self.config)
             finally:
@@ -74,19 +74,19 @@ class Cluster:
                 print(f"cleanup: node {n.pid}: {e!r}")
 
 
-def client_session(cluster: Cluster, body, *, zk_class=Zk, cache: bool = False):
+def client_session(cluster: Cluster, body, *, cache: bool = False):
     """trio.run body(zk, meta, blocks, nursery) as one client of `cluster`, without a mount.
 
-    cache: run the change-fed metadata cache (needs dfs.zkwire.WireZk).
+    cache: run the change-fed metadata cache.
     The nursery is cancelled when body returns; its value is returned.
     """
-    from dfs.blockclient import BlockClient
-    from dfs.meta import Meta
+    from dfs.blocks.client import BlockClient
+    from dfs.blocks.nodedir import NodeDirectory
+    from dfs.meta.store import Meta
     from dfs.mkfs import load_config
-    from dfs.nodedir import NodeDirectory
 
     async def go():
-        zk = await zk_class.connect(cluster.hosts)
+        zk = await connect(cluster.hosts)
         try:
             meta = Meta(zk, cluster.paths, await load_config(zk, cluster.paths))
             nodedir = NodeDirectory(zk, cluster.paths)

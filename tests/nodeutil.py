@@ -12,13 +12,14 @@ from pathlib import Path
 
 import trio
 
-from dfs.blockclient import BlockClient
+from dfs.blocks.client import BlockClient
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.config import FsConfig
 from dfs.mkfs import mkfs
-from dfs.nodedir import NodeDirectory
 from dfs.paths import FsPaths
-from dfs.records import CorruptReport, FsConfig
-from dfs.zk import Zk
-from tools.nodeproc import NodeProcess
+from dfs.records import CorruptReport
+from dfs.zk import ZkClient
+from tools.local.nodeproc import NodeProcess
 
 TEST_ENV = {"DFS_NODE_HEARTBEAT": "0.3"}
 
@@ -29,7 +30,7 @@ def fsname_of(paths: FsPaths) -> str:
 
 @dataclass
 class Cluster:
-    zk: Zk
+    zk: ZkClient
     paths: FsPaths
     nodes: list[NodeProcess]
     nodedir: NodeDirectory
@@ -71,7 +72,7 @@ def stop_all(nodes: list[NodeProcess]) -> None:
 
 
 @asynccontextmanager
-async def cluster(zk: Zk, zk_hosts: str, paths: FsPaths, base: Path, n: int = 3, *,
+async def cluster(zk: ZkClient, zk_hosts: str, paths: FsPaths, base: Path, n: int = 3, *,
                   config: FsConfig | None = None, env: dict[str, str] | None = None,
                   collect_corrupt: bool = True, **client_kw):
     """A filesystem with `n` running nodes and a client; everything stopped afterwards."""
@@ -97,7 +98,7 @@ async def cluster(zk: Zk, zk_hosts: str, paths: FsPaths, base: Path, n: int = 3,
         await trio.to_thread.run_sync(stop_all, nodes)
 
 
-async def corrupt_reports(zk: Zk, paths: FsPaths) -> list[CorruptReport]:
+async def corrupt_reports(zk: ZkClient, paths: FsPaths) -> list[CorruptReport]:
     out = []
     for name in await zk.get_children(paths.repair_reports):
         data, _ = await zk.get(f"{paths.repair_reports}/{name}")

@@ -6,10 +6,10 @@ import time
 import pytest
 import trio
 
-from dfs.meta import Meta
+from dfs.config import FsConfig
+from dfs.meta.store import Meta
 from dfs.mkfs import mkfs
 from dfs.paths import ROOT_INO
-from dfs.records import FsConfig
 
 ENTRIES = 100_000
 IN_FLIGHT = 64

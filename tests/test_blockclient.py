@@ -10,9 +10,8 @@ import trio
 
 from dfs.errors import DfsError
 from dfs.records import BlockRef, NodeLive, NodeRegistration
-from tests.nodeutil import cluster, fsname_of, stop_all
-from tools.nodeproc import NodeProcess
-from tools.zkserver import free_port
+from tests.nodeutil import cluster, fsname_of
+from tools.local.zkserver import free_port
 
 MiB = 1 << 20
 

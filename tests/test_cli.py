@@ -49,8 +49,8 @@ def test_mkfs_twice_refuses_and_keeps_the_first(zk_hosts):
 
     from kazoo.client import KazooClient
 
+    from dfs.config import FsConfig
     from dfs.paths import FsPaths, default_root
-    from dfs.records import FsConfig
 
     client = KazooClient(hosts=zk_hosts)
     client.start(timeout=10)

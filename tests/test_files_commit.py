@@ -1,13 +1,13 @@
 """Client data path details that need no mount: large commits are split, sizes stay right."""
 
-from dfs import files as files_mod
-from dfs.files import FileData
+from dfs.client import files as files_mod
+from dfs.client.files import FileData
 from dfs.paths import ROOT_INO
 from tests.harness import client_session
 
 
 def test_many_blocks_commit_in_batches(cluster_factory, monkeypatch):
-    from dfs.records import FsConfig
+    from dfs.config import FsConfig
 
     c = cluster_factory(FsConfig(block_size=4096, replicas=2, min_replicas=1, group_blocks=16))
     monkeypatch.setattr(files_mod, "COMMIT_BATCH", 7)  # force several transactions

@@ -1,7 +1,7 @@
 """`dfs fsck`: each test injects exactly one kind of damage into a real cluster, sees fsck
 report it (right category, exit 1), repairs it, and sees a clean run afterwards.
 
-Data is written through `dfs.meta.Meta` and `dfs.blockclient.BlockClient` (the same
+Data is written through `dfs.meta.store.Meta` and `dfs.blocks.client.BlockClient` (the same
 calls the mount makes) so that each test knows exactly which block sits where. The
 nodes' repair leader is slowed down (hour-long scan intervals, dead_after 3600 s) so
 that it does not repair the damage before fsck sees it.
@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from dfs.blockclient import BlockClient
-from dfs.meta import Meta
-from dfs.nodedir import NodeDirectory
+from dfs.blocks.client import BlockClient
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.blocks.protocol import Frame, Op, encode_block_id
+from dfs.config import FsConfig
+from dfs.meta.store import Meta
 from dfs.paths import ROOT_INO
-from dfs.protocol import Frame, Op, encode_block_id
-from dfs.records import BlockGroup, DirEntry, FsConfig, InodeRecord
-from dfs.zk import Txn, Zk
+from dfs.records import BlockGroup, DirEntry, InodeRecord
+from dfs.zk import Txn, ZkClient, connect
 from tests.harness import Cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def categories(report: dict) -> set[str]:
 class Client:
     """Meta + BlockClient on the cluster, for writing files and reading maps."""
 
-    def __init__(self, c: Cluster, zk: Zk):
+    def __init__(self, c: Cluster, zk: ZkClient):
         self.c = c
         self.zk = zk
         self.paths = c.paths
@@ -92,7 +93,7 @@ class Client:
 
 
 async def with_client(c: Cluster, fn):
-    zk = await Zk.connect(c.hosts)
+    zk = await connect(c.hosts)
     try:
         cl = Client(c, zk)
         await cl.nodedir.refresh()

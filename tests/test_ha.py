@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from kazoo.client import KazooClient
 
-from dfs.records import BlockGroup, FsConfig, NodeRegistration
+from dfs.config import FsConfig
+from dfs.records import BlockGroup, NodeRegistration
 from tests.harness import Cluster
-from tools.zkserver import ZkEnsemble
+from tools.local.zkserver import ZkEnsemble
 
 MiB = 1 << 20
 NODE_ENV = {"DFS_NODE_HEARTBEAT": "0.5"}

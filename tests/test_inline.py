@@ -4,9 +4,9 @@ import os
 import subprocess
 import time
 
-from dfs.files import FileData
+from dfs.client.files import FileData
+from dfs.config import FsConfig
 from dfs.paths import ROOT_INO
-from dfs.records import FsConfig
 from tests.harness import client_session
 
 

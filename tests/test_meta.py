@@ -6,12 +6,13 @@ import stat
 import pytest
 import trio
 
+from dfs.config import FsConfig
 from dfs.errors import DfsError
-from dfs.meta import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, Meta
+from dfs.meta.store import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, Meta
 from dfs.mkfs import mkfs
 from dfs.paths import ROOT_INO
-from dfs.records import BlockRef, FsConfig, GcEntry
-from dfs.zk import Zk
+from dfs.records import BlockRef, GcEntry
+from dfs.zk import connect
 
 UID, GID = 1000, 1000
 
@@ -26,7 +27,7 @@ async def meta(zk, fs_paths):
 @pytest.fixture
 async def meta2(zk_hosts, fs_paths, meta):
     """A second client with its own ZooKeeper session."""
-    zk2 = await Zk.connect(zk_hosts)
+    zk2 = await connect(zk_hosts)
     try:
         yield Meta(zk2, fs_paths, meta.config)
     finally:

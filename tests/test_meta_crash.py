@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
 
+from dfs.config import FsConfig
 from dfs.mkfs import mkfs
-from dfs.paths import ROOT_INO, FsPaths
-from dfs.records import BlockGroup, DirEntry, FsConfig, GcEntry, InodeRecord
 from dfs.names import unescape
+from dfs.paths import ROOT_INO, FsPaths
+from dfs.records import BlockGroup, DirEntry, GcEntry, InodeRecord
+from dfs.zk import NoNodeError
 
 WORKER = Path(__file__).parent / "helpers" / "meta_worker.py"
 ROUNDS = 6
@@ -226,13 +227,13 @@ def test_checker_finds_damage(zk_hosts, fs_root):
     """The checker itself is not blind: a few hand-made inconsistencies are reported."""
     import trio
 
-    from dfs.meta import Meta
-    from dfs.zk import Zk
+    from dfs.meta.store import Meta
+    from dfs.zk import connect
 
     paths = FsPaths(fs_root)
 
     async def build() -> tuple[int, int, int]:
-        z = await Zk.connect(zk_hosts)
+        z = await connect(zk_hosts)
         try:
             cfg = FsConfig(group_blocks=4)
             await mkfs(z, paths, cfg)

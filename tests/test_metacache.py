@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from dfs.metacache import CHANGED, CREATED, DELETED, MetaCache
+from dfs.client.feed import CHANGED, CREATED, DELETED, MetaCache
 from dfs.names import escape
 from tests.harness import Cluster, client_session
-from tools.zkserver import ZkEnsemble
+from tools.local.zkserver import ZkEnsemble
 
 ROOT = "/dfs/t"
 
@@ -188,10 +188,9 @@ def test_cache_survives_a_zookeeper_restart(tmp_path):
 
 def test_failed_asynchronous_create_is_reported_by_the_files_close(cluster):
     """create_async of a name someone else took meanwhile: the first flush says so."""
+    from dfs.client.files import FileData
     from dfs.errors import DfsError
-    from dfs.files import FileData
     from dfs.paths import ROOT_INO
-    from dfs.zkwire import WireZk
 
     async def go(zk, meta, blocks, nursery):
         taken = await meta.create(ROOT_INO, b"taken", 0o644, uid=0, gid=0)
@@ -211,7 +210,7 @@ def test_failed_asynchronous_create_is_reported_by_the_files_close(cluster):
         still = await meta.lookup(ROOT_INO, b"taken")
         return error, failed, still.ino == taken.ino and still.rec.size == 0
 
-    error, failed, untouched = client_session(cluster, go, zk_class=WireZk, cache=True)
+    error, failed, untouched = client_session(cluster, go, cache=True)
     assert error is not None and "create failed" in error.message
     assert failed and failed[0].errno == errno.EEXIST
     assert untouched

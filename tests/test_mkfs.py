@@ -2,10 +2,11 @@ import errno
 
 import pytest
 
+from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.mkfs import load_config, mkfs
 from dfs.paths import ROOT_INO
-from dfs.records import FsConfig, InodeRecord
+from dfs.records import InodeRecord
 
 
 async def test_mkfs_creates_root_and_config(zk, fs_paths):

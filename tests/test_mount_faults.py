@@ -1,18 +1,16 @@
 """Faults under a real mount: a storage node dies mid-read, the mount dies mid-write."""
 
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import trio
 
-from dfs.meta import Meta
+from dfs.meta.store import Meta
 from dfs.mkfs import load_config
 from dfs.paths import ROOT_INO
-from dfs.zk import Zk
+from dfs.zk import connect
 
 BS = 1 << 20
 
@@ -72,10 +70,10 @@ def test_mount_killed_while_writing(cluster):
 
 async def check_block_refs(cluster) -> list[str]:
     """Every block a file references exists, with its checksum, on each replica named."""
-    from dfs.blockclient import BlockClient
-    from dfs.nodedir import NodeDirectory
+    from dfs.blocks.client import BlockClient
+    from dfs.blocks.nodedir import NodeDirectory
 
-    zk = await Zk.connect(cluster.hosts)
+    zk = await connect(cluster.hosts)
     problems = []
     try:
         config = await load_config(zk, cluster.paths)

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from dfs.records import FsConfig
+from dfs.config import FsConfig
 
 BS = 1 << 20
 
@@ -58,10 +58,10 @@ def test_enospc_reaches_the_writer_and_nothing_else_breaks(small_disks):
     # the failed file left nothing behind: no inode held open, no block map
     import trio
 
-    from dfs.zk import Zk
+    from dfs.zk import connect
 
     async def leftovers() -> tuple[list, list]:
-        zk = await Zk.connect(small_disks.hosts)
+        zk = await connect(small_disks.hosts)
         try:
             return (await zk.get_children(small_disks.paths.open),
                     await zk.get_children(small_disks.paths.blocks))

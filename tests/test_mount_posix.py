@@ -2,7 +2,6 @@
 
 import errno
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -263,7 +262,7 @@ def test_remount_keeps_everything(cluster):
 
 
 def test_mount_unreachable_zookeeper(tmp_path):
-    from tools.zkserver import free_port
+    from tools.local.zkserver import free_port
 
     mp = tmp_path / "m"
     mp.mkdir()
@@ -280,7 +279,7 @@ def test_mount_unreachable_zookeeper(tmp_path):
 def test_rename_over_open_file_then_close_frees_it(cluster):
     import trio
 
-    from dfs.zk import Zk
+    from dfs.zk import connect
 
     mnt = cluster.mounts[0].mountpoint
     (mnt / "victim").write_bytes(b"old contents")
@@ -291,7 +290,7 @@ def test_rename_over_open_file_then_close_frees_it(cluster):
     assert (mnt / "victim").read_bytes() == b"new"
 
     async def held() -> list[str]:
-        zk = await Zk.connect(cluster.hosts)
+        zk = await connect(cluster.hosts)
         try:
             return await zk.get_children(cluster.paths.open)
         finally:

@@ -10,18 +10,19 @@ import uuid
 import pytest
 import trio
 
-from dfs.blockclient import BlockClient
+from dfs.blocks.client import BlockClient
+from dfs.blocks.nodedir import NodeDirectory
 from dfs.checksum import CHUNK_SIZE
+from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.mkfs import mkfs
-from dfs.nodedir import NodeDirectory
 from dfs.paths import FsPaths
-from dfs.records import BlockRef, FsConfig, NodeLive
-from dfs.zk import Zk
+from dfs.records import BlockRef, NodeLive
+from dfs.zk import connect
 from nodes.store import header_size
 from tests.nodeutil import TEST_ENV, cluster, corrupt_reports, fsname_of, stop_all
-from tools.nodeproc import NodeProcess
-from tools.zkserver import ZkEnsemble
+from tools.local.nodeproc import NodeProcess
+from tools.local.zkserver import ZkEnsemble
 
 MiB = 1 << 20
 
@@ -203,7 +204,7 @@ async def test_zookeeper_restart_node_reregisters_and_serves_meanwhile(tmp_path)
     node = None
     try:
         paths = FsPaths(f"/dfs/test-{uuid.uuid4().hex[:12]}")
-        zk = await Zk.connect(ens.hosts, op_timeout=30)
+        zk = await connect(ens.hosts, op_timeout=30)
         await mkfs(zk, paths, FsConfig(replicas=1, min_replicas=1))
         node = NodeProcess(ens.hosts, fsname_of(paths), tmp_path / "data", env=TEST_ENV)
         await trio.to_thread.run_sync(node.start)

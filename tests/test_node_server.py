@@ -8,26 +8,25 @@ nothing may appear outside its data directory.
 import errno
 import os
 import socket
-import struct
 import uuid
 
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from dfs.blocks.protocol import HEADER, HEADER_SIZE, MAGIC, REPLY, Frame, Op, encode_block_id, parse_header
 from dfs.checksum import hash64
+from dfs.config import FsConfig
 from dfs.mkfs import mkfs
 from dfs.paths import FsPaths
-from dfs.protocol import (HEADER, HEADER_SIZE, MAGIC, REPLY, Frame, Op, encode_block_id,
-                          parse_header)
-from dfs.records import FsConfig
-from dfs.zk import Zk
+from dfs.zk import connect as zk_connect
 from tests.nodeutil import TEST_ENV, files_under, stop_all
-from tools.nodeproc import NodeProcess
+from tools.local.nodeproc import NodeProcess
 
 
 async def _mkfs(hosts: str, paths: FsPaths) -> None:
-    zk = await Zk.connect(hosts)
+    zk = await zk_connect(hosts)
     try:
         await mkfs(zk, paths, FsConfig())
     finally:

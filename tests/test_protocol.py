@@ -5,9 +5,21 @@ import errno
 import pytest
 import trio
 
+from dfs.blocks.protocol import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_PAYLOAD,
+    REPLY,
+    Frame,
+    FrameSocket,
+    Op,
+    ProtocolError,
+    TruncatedFrame,
+    encode_block_id,
+    parse_header,
+)
 from dfs.checksum import block_checksum, chunk_checksums, hash64, to_hex, valid_block_id
-from dfs.protocol import (HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, REPLY, Frame, FrameSocket, Op,
-                          ProtocolError, TruncatedFrame, encode_block_id, parse_header)
 
 BID = "0123456789abcdef0123456789abcdef"
 

@@ -1,14 +1,15 @@
-"""dfs/repair.py against real node processes: re-replication, dropping replicas, gc, audit."""
+"""dfs/maint/repair.py against real node processes: re-replication, dropping replicas, gc, audit."""
 
 import os
 import stat
 
 import trio
 
-from dfs import repair
-from dfs.meta import Meta
+from dfs.config import FsConfig
+from dfs.maint import repair
+from dfs.meta.store import Meta
 from dfs.paths import ROOT_INO
-from dfs.records import FsConfig, GcEntry
+from dfs.records import GcEntry
 from tests.nodeutil import cluster
 
 MiB = 1 << 20

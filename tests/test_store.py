@@ -4,7 +4,8 @@ import errno
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dfs.checksum import CHUNK_SIZE, hash64
 from dfs.errors import DfsError

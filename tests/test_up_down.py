@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
-from tools.mountproc import fusermount_unmount, is_mounted
-from tools.procs import pid_alive, stop_pid
+from tools.local.mountproc import fusermount_unmount, is_mounted
+from tools.local.procs import pid_alive, stop_pid
 
 
 def dfs(*args, cwd):

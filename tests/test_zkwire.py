@@ -1,4 +1,5 @@
-"""dfs.zkwire.WireZk against a real ZooKeeper: the same answers and errors as dfs.zk.Zk,
+"""dfs.zk.session.WireZk against a real ZooKeeper: the same answers and errors as kazoo
+(tests/kazoo_bridge.py),
 pipelining, watches, sessions across a server restart and an expiry, failing fast."""
 
 import itertools
@@ -12,15 +13,16 @@ import trio
 from kazoo.protocol.serialization import Connect
 from kazoo.protocol.states import WatchedEvent, ZnodeStat
 
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.config import FsConfig
 from dfs.errors import ZkUnavailable
-from dfs.meta import Meta
+from dfs.meta.store import Meta
 from dfs.mkfs import mkfs
-from dfs.nodedir import NodeDirectory
 from dfs.paths import ROOT_INO, FsPaths
-from dfs.records import FsConfig
-from dfs.zk import Txn, Zk
-from dfs.zkwire import WireZk
-from tools.zkserver import ZkEnsemble, free_port
+from dfs.zk import Txn, connect
+from dfs.zk.session import WireZk
+from tests.kazoo_bridge import Zk
+from tools.local.zkserver import ZkEnsemble, free_port
 
 
 @pytest.fixture
@@ -110,7 +112,7 @@ async def test_same_results_and_errors_as_zk(zk_hosts, fs_root, chroot):
     for cls in (Zk, WireZk):
         root = f"{fs_root}/{cls.__name__}"
         if chroot:  # the chroot is the root; paths inside it start at /
-            setup = await Zk.connect(zk_hosts)
+            setup = await connect(zk_hosts)
             await setup.ensure_path(root)
             await setup.close()
             client, r = await cls.connect(zk_hosts + root), "/in"
@@ -130,7 +132,7 @@ async def test_chroot_paths(zk_hosts, fs_root, zk):
     await zk.ensure_path(fs_root)
     inner = await WireZk.connect(zk_hosts + fs_root)
     try:
-        assert inner.chroot == fs_root and inner.client.chroot == fs_root
+        assert inner.chroot == fs_root
         assert await inner.create("/s-", b"", sequence=True) == "/s-0000000000"
         assert await inner.commit(Txn().create("/t", b"v")) == ["/t"]
         assert (await zk.get(f"{fs_root}/t"))[0] == b"v"
@@ -204,7 +206,7 @@ async def test_watches_fire(wire, fs_root):
     events: list[WatchedEvent] = []
     fired = trio.Event()
 
-    def on_event(event: WatchedEvent) -> None:  # like dfs.nodedir: hand off to trio
+    def on_event(event: WatchedEvent) -> None:  # like dfs.blocks.nodedir: hand off to trio
         events.append(event)
         token.run_sync_soon(fired.set)
 
@@ -232,7 +234,7 @@ async def test_watches_fire(wire, fs_root):
 
 
 async def test_nodedir_watch_and_meta_run_on_wirezk(wire, fs_root):
-    """The callers as they are: dfs.nodedir's child watch and dfs.meta's calls."""
+    """The callers as they are: dfs.blocks.nodedir's child watch and dfs.meta.store's calls."""
     paths = FsPaths(fs_root)
     await mkfs(wire, paths, FsConfig(block_size=1 << 20))
     nodedir = NodeDirectory(wire, paths)

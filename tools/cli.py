@@ -61,15 +61,15 @@ def add_common(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------ subcommands
 
 async def _mkfs(args: argparse.Namespace) -> int:
+    from dfs.config import FsConfig
     from dfs.mkfs import mkfs
     from dfs.paths import FsPaths, default_root
-    from dfs.records import FsConfig
-    from dfs.zk import Zk
+    from dfs.zk import connect
 
     config = FsConfig(block_size=args.block_size, replicas=args.replicas,
                       min_replicas=args.min_replicas, dead_after=args.dead_after,
                       inline_max=args.inline_max)
-    zk = await Zk.connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
+    zk = await connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
     try:
         await mkfs(zk, FsPaths(default_root(args.fs)), config)
     except DfsError as e:
@@ -120,13 +120,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from tools import cluster
+    from tools.local import cluster
 
     return cluster.up(args)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from tools import cluster
+    from tools.local import cluster
 
     return cluster.down(args)
 
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --repair: what to do with files whose data is lost")
     p.add_argument("--orphan-age", type=float, default=3600.0,
                    help="seconds before an unreferenced block counts as an orphan (default: 3600)")
-    p.set_defaults(func=optional("tools.fsck", "main"))
+    p.set_defaults(func=optional("tools.fsck.check", "main"))
 
     p = sub.add_parser("status", help="nodes, health and repair queue")
     add_common(p)
@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not verbose:
-        # kazoo's reconnect chatter would break "one clear line on stderr"
-        logging.getLogger("kazoo").setLevel(logging.CRITICAL)
+        # the ZooKeeper client's reconnect chatter would break "one clear line on stderr"
+        logging.getLogger("dfs.zk").setLevel(logging.CRITICAL)
     try:
         return args.func(args)
     except UsageError as e:

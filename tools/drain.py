@@ -13,19 +13,17 @@ import sys
 import time
 
 import trio
-from kazoo.exceptions import NoNodeError
 
-
-from dfs import repair
+from dfs.maint import repair
 from dfs.paths import FsPaths, default_root
 from dfs.records import BlockGroup
-from dfs.zk import Zk
+from dfs.zk import NoNodeError, ZkClient, connect
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 POLL = 1.0
 
 
-async def referenced_blocks(zk: Zk, paths: FsPaths, node_id: str) -> int:
+async def referenced_blocks(zk: ZkClient, paths: FsPaths, node_id: str) -> int:
     """How many blocks the maps still place on `node_id` (streamed, group by group)."""
     try:
         inos = await zk.get_children(paths.blocks)
@@ -47,7 +45,7 @@ async def referenced_blocks(zk: Zk, paths: FsPaths, node_id: str) -> int:
 async def _main(args: argparse.Namespace) -> int:
     from tools.cli import resolve_zk
 
-    zk = await Zk.connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
+    zk = await connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
     paths = FsPaths(default_root(args.fs))
     node_id = args.node_id
     try:

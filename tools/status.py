@@ -10,13 +10,12 @@ import sys
 import time
 
 import trio
-from kazoo.exceptions import NoNodeError
 
 from dfs.errors import DfsError, ZkUnavailable
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.records import BlockGroup, NodeLive, NodeRegistration
-from dfs.zk import Zk
+from dfs.zk import NoNodeError, ZkClient, connect
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -29,14 +28,14 @@ def human(n: float) -> str:
     return str(n)
 
 
-async def _children(zk: Zk, path: str) -> list[str]:
+async def _children(zk: ZkClient, path: str) -> list[str]:
     try:
         return await zk.get_children(path)
     except NoNodeError:
         return []
 
 
-async def gather(zk: Zk, paths: FsPaths) -> dict:
+async def gather(zk: ZkClient, paths: FsPaths) -> dict:
     config = await load_config(zk, paths)
     reg_names = await _children(zk, paths.registry)
     regs = {n: NodeRegistration.decode(item[0]) for n, item in
@@ -153,7 +152,7 @@ def render(s: dict) -> str:
 async def _main(args: argparse.Namespace) -> int:
     from tools.cli import resolve_zk
 
-    zk = await Zk.connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
+    zk = await connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
     try:
         s = await gather(zk, FsPaths(default_root(args.fs)))
     finally:

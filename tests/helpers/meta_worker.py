@@ -21,11 +21,11 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dfs.errors import DfsError  # noqa: E402
-from dfs.meta import RENAME_EXCHANGE, RENAME_NOREPLACE, Meta  # noqa: E402
+from dfs.meta.store import RENAME_EXCHANGE, RENAME_NOREPLACE, Meta  # noqa: E402
 from dfs.mkfs import load_config  # noqa: E402
 from dfs.paths import ROOT_INO, FsPaths  # noqa: E402
 from dfs.records import BlockRef  # noqa: E402
-from dfs.zk import Zk  # noqa: E402
+from dfs.zk import connect  # noqa: E402
 
 NAMES = [f"n{i}".encode() for i in range(8)]
 TASKS = 4
@@ -126,7 +126,7 @@ class Worker:
 
 
 async def main(hosts: str, root: str, seed: int, log_path: str) -> None:
-    zk = await Zk.connect(hosts)
+    zk = await connect(hosts)
     paths = FsPaths(root)
     config = await load_config(zk, paths)
     rng = random.Random(seed)

@@ -1,6 +1,6 @@
 """Block-layer benchmark: one client against N local storage nodes (no FUSE, no metadata).
 
-    python -m tools.blockbench [--nodes 3] [--blocks 64] [--concurrency 8] [--small 4000]
+    python -m tools.benches.blockbench [--nodes 3] [--blocks 64] [--concurrency 8] [--small 4000]
 
 Starts its own ZooKeeper and nodes in a temporary directory, then measures
 durable replicated 4 MiB block writes, verified 4 MiB reads, and 4 KiB PUT/GET
@@ -18,14 +18,15 @@ from pathlib import Path
 
 import trio
 
-from dfs.blockclient import BlockClient
+from dfs.blocks.client import BlockClient
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.config import FsConfig
 from dfs.mkfs import mkfs
-from dfs.nodedir import NodeDirectory
 from dfs.paths import FsPaths, default_root
-from dfs.records import BlockRef, FsConfig
-from dfs.zk import Zk
-from tools.nodeproc import NodeProcess, start_nodes
-from tools.zkserver import ZkEnsemble
+from dfs.records import BlockRef
+from dfs.zk import connect
+from tools.local.nodeproc import NodeProcess, start_nodes
+from tools.local.zkserver import ZkEnsemble
 
 MiB = 1 << 20
 
@@ -83,7 +84,7 @@ async def bench(client: BlockClient, args: argparse.Namespace) -> dict[str, floa
 
 
 async def main_async(args: argparse.Namespace, zk_hosts: str, fsname: str) -> dict[str, float]:
-    zk = await Zk.connect(zk_hosts)
+    zk = await connect(zk_hosts)
     try:
         nodedir = NodeDirectory(zk, FsPaths(default_root(fsname)))
         await nodedir.wait_for(args.nodes, timeout=30)
@@ -97,7 +98,7 @@ async def main_async(args: argparse.Namespace, zk_hosts: str, fsname: str) -> di
 
 
 async def make_fs(zk_hosts: str, fsname: str) -> None:
-    zk = await Zk.connect(zk_hosts)
+    zk = await connect(zk_hosts)
     try:
         await mkfs(zk, FsPaths(default_root(fsname)), FsConfig())
     finally:
@@ -119,7 +120,7 @@ def print_table(results: dict[str, float], args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tools.blockbench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tools.benches.blockbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--replicas", type=int, default=3)

@@ -9,11 +9,10 @@ import logging
 import time
 
 import trio
-from kazoo.exceptions import NoNodeError
 
 from dfs.paths import FsPaths
 from dfs.records import NodeLive
-from dfs.zk import Zk
+from dfs.zk import NoNodeError, ZkClient
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ class NodeDirectory:
       interval: seconds between periodic refreshes in `run()`.
     """
 
-    def __init__(self, zk: Zk, paths: FsPaths, *, interval: float = 2.0):
+    def __init__(self, zk: ZkClient, paths: FsPaths, *, interval: float = 2.0):
         self.zk = zk
         self.paths = paths
         self.interval = interval
@@ -80,7 +79,7 @@ class NodeDirectory:
         token = trio.lowlevel.current_trio_token()
         changed = self._changed
 
-        def fire(_event) -> None:  # kazoo's thread: only hand off to trio
+        def fire(_event) -> None:  # the session's task: only hand off to trio
             try:
                 token.run_sync_soon(changed.set)
             except trio.RunFinishedError:

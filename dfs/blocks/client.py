@@ -25,15 +25,14 @@ import uuid
 from typing import AsyncIterator, Awaitable, Callable
 
 import trio
-from kazoo.exceptions import NodeExistsError
 
+from dfs.blocks.nodedir import NodeDirectory, split_address
+from dfs.blocks.protocol import LIST_ENTRY, MORE, REPLY, Frame, FrameSocket, Op, ProtocolError, encode_block_id
 from dfs.checksum import from_hex, hash64, to_hex
 from dfs.errors import DfsError
-from dfs.nodedir import NodeDirectory, split_address
 from dfs.placement import place_replicas
-from dfs.protocol import (LIST_ENTRY, MORE, REPLY, Frame, FrameSocket, Op, ProtocolError,
-                          encode_block_id)
 from dfs.records import BlockRef, CorruptReport
+from dfs.zk import NodeExistsError
 
 log = logging.getLogger(__name__)
 

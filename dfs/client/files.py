@@ -1,7 +1,7 @@
 """File data on one client: write-back buffers, copy-on-write uploads, verified cached reads.
 
-Layering: `mount` calls this; this calls `dfs.meta` (block map, size) and
-`dfs.blockclient` (bytes on nodes). Nothing here knows about FUSE.
+Layering: `mount` calls this; this calls `dfs.meta.store` (block map, size) and
+`dfs.blocks.client` (bytes on nodes). Nothing here knows about FUSE.
 
 Write path: bytes land in a per-(inode, block) buffer. A buffer that fills a
 whole block is uploaded at once in the background (bounded by `upload_slots`
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import trio
 
 from dfs.errors import DfsError
-from dfs.meta import Inode, Meta, PendingCreate
+from dfs.meta.store import Inode, Meta, PendingCreate
 from dfs.records import BlockRef
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class FileData:
 
     Args:
       meta: namespace and block map.
-      blocks: a `dfs.blockclient.BlockClient`.
+      blocks: a `dfs.blocks.client.BlockClient`.
       nursery: where background uploads and prefetches run.
       cache_bytes: block cache size.
       dirty_limit: bytes of dirty or in-flight data before writers wait.

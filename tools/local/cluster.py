@@ -16,9 +16,9 @@ from pathlib import Path
 import trio
 
 from dfs.errors import DfsError
-from tools.mountproc import MountProcess, fusermount_unmount, is_mounted
-from tools.procs import pid_alive, pid_cmdline, stop_pid
-from tools.zkserver import ZkEnsemble, four_letter
+from tools.local.mountproc import MountProcess, fusermount_unmount, is_mounted
+from tools.local.procs import pid_alive, pid_cmdline, stop_pid
+from tools.local.zkserver import ZkEnsemble, four_letter
 
 
 def _load(state: Path) -> dict:
@@ -48,12 +48,12 @@ def _zk_serving(hosts: str) -> bool:
 
 
 async def _ensure_fs(hosts: str, fsname: str) -> bool:
+    from dfs.config import FsConfig
     from dfs.mkfs import mkfs
     from dfs.paths import FsPaths, default_root
-    from dfs.records import FsConfig
-    from dfs.zk import Zk
+    from dfs.zk import connect
 
-    zk = await Zk.connect(hosts, timeout=30)
+    zk = await connect(hosts, timeout=30)
     try:
         await mkfs(zk, FsPaths(default_root(fsname)), FsConfig())
         return True
@@ -64,7 +64,7 @@ async def _ensure_fs(hosts: str, fsname: str) -> bool:
 
 
 def up(args: argparse.Namespace) -> int:
-    from tools.nodeproc import NodeProcess
+    from tools.local.nodeproc import NodeProcess
 
     state = Path(args.state).absolute()
     (state / "logs").mkdir(parents=True, exist_ok=True)

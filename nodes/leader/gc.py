@@ -17,13 +17,13 @@ import logging
 import time
 
 import trio
-from kazoo.exceptions import NoNodeError
 
-from dfs import repair
 from dfs.errors import DfsError
-from dfs.meta import Meta
+from dfs.maint import repair
+from dfs.meta.store import Meta
 from dfs.records import GcEntry
-from nodes.repairer import env_float
+from dfs.zk import NoNodeError
+from nodes.leader.repairer import env_float
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,16 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
+import trio
 
 from dfs.paths import FsPaths, default_root
 from dfs.records import NodeLive
+from dfs.zk import NoNodeError, connect
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class NodeStartError(RuntimeError):
@@ -121,9 +122,17 @@ class NodeProcess:
         return self
 
     def wait_registered(self, timeout: float = 30.0) -> NodeLive:
+        """Block until the node's live znode (of this run) appears.
+
+        Callable from any thread, a trio task's included: the wait runs in a
+        trio loop of its own on a worker thread.
+        """
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(trio.run, self._wait_registered, timeout).result()
+
+    async def _wait_registered(self, timeout: float) -> NodeLive:
         deadline = time.monotonic() + timeout
-        zk = KazooClient(hosts=self.zk_hosts, timeout=10.0)
-        zk.start(timeout=max(1.0, deadline - time.monotonic()))
+        zk = await connect(self.zk_hosts, timeout=max(1.0, deadline - time.monotonic()))
         try:
             while time.monotonic() < deadline:
                 if not self.alive():
@@ -132,7 +141,7 @@ class NodeProcess:
                 if node_id:
                     self.node_id = node_id
                     try:
-                        data, _ = zk.get(self.paths.live_node(node_id))
+                        data, _ = await zk.get(self.paths.live_node(node_id))
                         live = NodeLive.decode(data)
                         # a live znode of an earlier run of this node may linger: wait for ours
                         if live.updated >= self.started_at:
@@ -140,10 +149,9 @@ class NodeProcess:
                             return live
                     except NoNodeError:
                         pass
-                time.sleep(0.05)
+                await trio.sleep(0.05)
         finally:
-            zk.stop()
-            zk.close()
+            await zk.close()
         raise NodeStartError(f"node did not register within {timeout:g} s:\n{self.log_tail()}")
 
     def _read_node_id(self) -> str | None:

@@ -7,10 +7,10 @@ import logging
 
 import trio
 
-from dfs.repair import RepairContext
-from nodes.gc import GcCollector
-from nodes.leader import Election
-from nodes.repairer import Repairer
+from dfs.maint.repair import RepairContext
+from nodes.leader.election import Election
+from nodes.leader.gc import GcCollector
+from nodes.leader.repairer import Repairer
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ import dataclasses
 import errno
 import logging
 import os
-import random
 import stat
 import time
 import uuid
@@ -27,19 +26,15 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import trio
-from kazoo.exceptions import (
-    BadVersionError,
-    NodeExistsError,
-    NoNodeError,
-    NotEmptyError,
-)
 
+from dfs.client.feed import MetaCache
+from dfs.config import FsConfig
 from dfs.errors import DfsError
-from dfs.metacache import MetaCache
 from dfs.names import NAME_MAX, check_name, unescape
 from dfs.paths import ROOT_INO, FsPaths
-from dfs.records import BlockGroup, BlockRef, DirEntry, FsConfig, GcEntry, InodeRecord
-from dfs.zk import Txn, Zk
+from dfs.records import BlockGroup, BlockRef, DirEntry, GcEntry, InodeRecord
+from dfs.zk import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError, Txn, ZkClient
+from dfs.zk.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +53,6 @@ class Conflict(Exception):
 
 CONFLICTS = (BadVersionError, NoNodeError, NodeExistsError, NotEmptyError, Conflict)
 MAX_ATTEMPTS = 100
-MAX_BACKOFF = 0.05  # seconds; the random pause before a retry grows up to this
 INO_RANGE = 1024
 GC_BATCH = 2000  # block refs per gc/ entry (keeps each znode well under 1 MiB)
 INLINE_GC_LIMIT = 4 * GC_BATCH  # larger files are handed to gc as a whole inode
@@ -106,7 +100,7 @@ class Meta:
         inode that is open stays (nlink 0) until `release_orphan`.
     """
 
-    def __init__(self, zk: Zk, paths: FsPaths, config: FsConfig, *, mount_id: str | None = None,
+    def __init__(self, zk: ZkClient, paths: FsPaths, config: FsConfig, *, mount_id: str | None = None,
                  is_open: Callable[[int], bool] = lambda ino: False):
         self.zk = zk
         self.paths = paths
@@ -142,7 +136,7 @@ class Meta:
 
     def enable_cache(self) -> MetaCache:
         """Cache lookups, attributes and listings exactly (needs a ZooKeeper client
-        with `add_feed`, e.g. dfs.zkwire.WireZk); run `cache.run(zk)` in a nursery."""
+        with `add_feed`, e.g. dfs.zk.session.WireZk); run `cache.run(zk)` in a nursery."""
         self.cache = MetaCache(self.paths.root, self._invalidate)
         return self.cache
 
@@ -228,25 +222,13 @@ class Meta:
     # ------------------------------------------------------------------ helpers
 
     async def _retrying(self, attempt: Callable, what: str):
-        """Run `attempt()` until it does not hit a conflict, at most MAX_ATTEMPTS times.
+        """Run a namespace change's idempotent `attempt()` until it does not
+        conflict (at most MAX_ATTEMPTS times; dfs.zk.retry)."""
+        return await retrying(attempt, attempts=MAX_ATTEMPTS, what=what, conflicts=CONFLICTS,
+                              on_retry=self._count_retry)
 
-        After the first few conflicts each retry waits a random, growing pause
-        (capped at MAX_BACKOFF) so that clients fighting over one znode spread
-        out; the whole loop is bounded by roughly MAX_ATTEMPTS * MAX_BACKOFF / 2.
-        Raises DfsError(EIO) when every attempt conflicted.
-        """
-        last: Exception | None = None
-        for n in range(MAX_ATTEMPTS):
-            if n:
-                self.stats["retries"] += 1
-                log.debug("%s: conflict %r, retrying", what, last)
-                if n > 2:
-                    await trio.sleep(random.uniform(0, min(MAX_BACKOFF, 0.0005 * 2 ** n)))
-            try:
-                return await attempt()
-            except CONFLICTS as e:
-                last = e
-        raise DfsError(errno.EIO, f"{what}: too many conflicting concurrent changes ({last!r})")
+    def _count_retry(self, _conflict: BaseException) -> None:
+        self.stats["retries"] += 1
 
     async def _alloc_ino(self) -> int:
         async with self._ino_lock:
@@ -258,15 +240,14 @@ class Meta:
 
     async def _reserve_inodes(self) -> None:
         """Reserve INO_RANGE inode numbers by compare-and-set on ids/inode."""
-        while True:
+        async def attempt() -> int:
             data, st = await self.zk.get(self.paths.inode_counter)
             start = int(data)
-            try:
-                await self.zk.set(self.paths.inode_counter, str(start + INO_RANGE).encode(),
-                                  st.version)
-            except BadVersionError:
-                continue
-            break
+            await self.zk.set(self.paths.inode_counter, str(start + INO_RANGE).encode(), st.version)
+            return start
+
+        start = await retrying(attempt, attempts=MAX_ATTEMPTS, what="reserve inode numbers",
+                               conflicts=(BadVersionError,))
         for shard in {self.paths.inode_shard(start), self.paths.inode_shard(start + INO_RANGE - 1)}:
             try:
                 await self.zk.create(shard)

@@ -1,10 +1,9 @@
-"""Latency of ZooKeeper calls: the kazoo bridge (`dfs.zk.Zk`) against `dfs.zkwire.WireZk`.
+"""Latency of ZooKeeper calls through dfs's client (`dfs.zk.session.WireZk`).
 
-    python -m tools.zkwirebench [--zk HOSTS] [-n 3000] [--size 200] [--concurrency 200]
+    python -m tools.benches.zkwirebench [--zk HOSTS] [-n 3000] [--size 200] [--concurrency 200]
 
 Times N sequential calls of each kind (get, set, a 3-operation commit: set +
-create + set) for both clients on the same ZooKeeper and prints median and p90
-per call, then the wall time of `--concurrency` pipelined gets. Without --zk it
+create + set) and prints median and p90 per call, then the wall time of `--concurrency` pipelined gets. Without --zk it
 starts a private standalone ZooKeeper in a temporary directory and stops it (by
 PID) at the end. Znodes go under a fresh /zkwirebench-<id> root, removed at the end.
 """
@@ -19,9 +18,8 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from dfs.zk import Txn, Zk
-from dfs.zkwire import WireZk
-from tools.zkserver import ZkEnsemble
+from dfs.zk import Txn, connect
+from tools.local.zkserver import ZkEnsemble
 
 
 async def timed(n: int, call: Callable[[int], Awaitable[Any]]) -> list[float]:
@@ -48,8 +46,8 @@ async def pipelined(zk: Any, path: str, concurrency: int, rounds: int = 20) -> f
     return statistics.median(walls)
 
 
-async def measure(cls: type, hosts: str, n: int, size: int, concurrency: int) -> dict[str, Any]:
-    zk = await cls.connect(hosts)
+async def measure(hosts: str, n: int, size: int, concurrency: int) -> dict[str, Any]:
+    zk = await connect(hosts)
     root = f"/zkwirebench-{uuid.uuid4().hex[:8]}"
     value = b"x" * size
     try:
@@ -73,19 +71,13 @@ def ms(seconds: float) -> str:
 
 
 async def run(hosts: str, n: int, size: int, concurrency: int) -> None:
-    results = {cls.__name__: await measure(cls, hosts, n, size, concurrency) for cls in (Zk, WireZk)}
+    results = await measure(hosts, n, size, concurrency)
     print(f"{n} sequential calls per kind, {size}-byte values, ZooKeeper {hosts}")
-    print(f"{'call':<10} {'Zk median':>10} {'Zk p90':>8} {'WireZk median':>14} {'WireZk p90':>11} {'speedup':>8}")
+    print(f"{'call':<10} {'median ms':>10} {'p90 ms':>8}")
     for name in ("get", "set", "commit3"):
-        row = []
-        for cls in ("Zk", "WireZk"):
-            ts = sorted(results[cls][name])
-            row.append((statistics.median(ts), ts[int(len(ts) * 0.9)]))
-        print(f"{name:<10} {ms(row[0][0]):>10} {ms(row[0][1]):>8} {ms(row[1][0]):>14}"
-              f" {ms(row[1][1]):>11} {row[0][0] / row[1][0]:>7.2f}x")
-    zk_wall, wire_wall = results["Zk"]["pipelined"], results["WireZk"]["pipelined"]
-    print(f"{concurrency} concurrent gets (wall, median of 20): Zk {ms(zk_wall)} ms,"
-          f" WireZk {ms(wire_wall)} ms ({zk_wall / wire_wall:.2f}x)")
+        ts = sorted(results[name])
+        print(f"{name:<10} {ms(statistics.median(ts)):>10} {ms(ts[int(len(ts) * 0.9)]):>8}")
+    print(f"{concurrency} concurrent gets (wall, median of 20): {ms(results['pipelined'])} ms")
 
 
 def main(argv: list[str] | None = None) -> int:

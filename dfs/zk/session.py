@@ -1,11 +1,10 @@
 """A trio-native ZooKeeper client: `WireZk` speaks the wire protocol on one TCP socket.
 
-`WireZk` is a drop-in replacement for `dfs.zk.Zk` (same methods, same results,
-same errors) without kazoo's threads: a call serializes its request with kazoo's
+`WireZk` implements `dfs.zk.ZkClient` without kazoo's threads: a call serializes its request with kazoo's
 serialization classes, writes it to the socket before it first yields, and parks
 until the session's reader task hands it the reply. Every metadata operation of
 the mount pays a ZooKeeper round trip, so the ~0.2 ms the kazoo bridge adds per
-call (thread hand-offs, callbacks) matters; see tools/zkwirebench.py.
+call (thread hand-offs, callbacks) matters; see tools/benches/zkwirebench.py.
 
 Wire format: every frame is a 4-byte big-endian length and a body. A request
 body is `xid, type` (`>ii`) and `request.serialize()` (the Connect handshake has
@@ -50,15 +49,6 @@ from typing import Any, Callable
 
 import outcome
 import trio
-from kazoo.client import KazooState
-from kazoo.exceptions import (
-    EXCEPTIONS,
-    ConnectionLoss,
-    NodeExistsError,
-    NoNodeError,
-    RolledBackError,
-    SessionExpiredError,
-)
 from kazoo.hosts import collect_hosts
 from kazoo.protocol.paths import _prefix_root, normpath
 from kazoo.protocol.serialization import (
@@ -80,8 +70,18 @@ from kazoo.protocol.states import EVENT_TYPE_MAP, EventType, KeeperState, Watche
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from dfs.errors import ZkUnavailable
-from dfs.zk import RETRYABLE, ManyReads, Txn
-from dfs.zkmultiread import MultiRead
+from dfs.zk.errors import (
+    EXCEPTIONS,
+    RETRYABLE,
+    ConnectionLoss,
+    NodeExistsError,
+    NoNodeError,
+    RolledBackError,
+    SessionExpiredError,
+)
+from dfs.zk.reads import ManyReads
+from dfs.zk.txn import Txn
+from dfs.zk.wire import MultiRead, ZkState
 
 log = logging.getLogger(__name__)
 
@@ -274,14 +274,8 @@ class WireZk(ManyReads):
         """(session id, password), as kazoo's `client_id`."""
         return (self._session_id, self._passwd) if self._session_id else None
 
-    @property
-    def client(self) -> "WireZk":
-        """For callers written against `Zk.client` (a KazooClient): `chroot`,
-        `last_zxid` and `client_id` are attributes of WireZk itself."""
-        return self
-
     def add_listener(self, fn: Callable[[str], Any]) -> None:
-        """fn(state) with a KazooState runs in the session's trio task; it must not block.
+        """fn(state) with a ZkState runs in the session's trio task; it must not block.
         A listener that returns True is removed (as in kazoo)."""
         self._listeners.append(fn)
 
@@ -300,7 +294,7 @@ class WireZk(ManyReads):
             with trio.move_on_after(left + 0.01):
                 await self._connected.wait()
 
-    # -- calls (the same surface as dfs.zk.Zk)
+    # -- calls (the same surface as dfs.zk.bridge.Zk)
 
     async def get(self, path: str, watch: Callable | None = None) -> tuple[bytes, ZnodeStat]:
         return await self._call(GetData(self._full(path), watch), watch)
@@ -555,7 +549,7 @@ class WireZk(ManyReads):
             self._closing = True
             if self._conn is not None:
                 self._drop(self._conn)
-            self._set_state(KazooState.LOST)
+            self._set_state(ZkState.LOST)
             self._done.set()
 
     async def _serve(self, conn: _Conn) -> None:
@@ -564,7 +558,7 @@ class WireZk(ManyReads):
             conn.scope = nursery.cancel_scope
             self._conn = conn
             self._connected.set()
-            self._set_state(KazooState.CONNECTED)
+            self._set_state(ZkState.CONNECTED)
             nursery.start_soon(self._guard, conn, self._reader)
             nursery.start_soon(self._guard, conn, self._writer)
             nursery.start_soon(self._guard, conn, self._pinger)
@@ -591,7 +585,7 @@ class WireZk(ManyReads):
                 _reschedule(entry.task, _Error(ConnectionLoss()))
                 entry.task = None
         if not self._closing:
-            self._set_state(KazooState.SUSPENDED)
+            self._set_state(ZkState.SUSPENDED)
         fns = [fn for fns in self._data_watches.values() for fn in fns]
         fns += [fn for fns in self._child_watches.values() for fn in fns]
         self._data_watches = {}
@@ -704,7 +698,7 @@ class WireZk(ManyReads):
                                     self._session_id)
                         self._session_id = 0
                         self._passwd = EMPTY_PASSWORD
-                        self._set_state(KazooState.LOST)
+                        self._set_state(ZkState.LOST)
                     except (OSError, trio.TooSlowError, ConnectionLoss, ValueError,
                             struct.error) as e:
                         (log.debug if quiet else log.info)("ZooKeeper %s:%s: %r", host, port, e)

@@ -27,12 +27,11 @@ import time
 from dataclasses import dataclass, field
 
 import trio
-from kazoo.exceptions import NoNodeError
 
-from dfs import repair
 from dfs.errors import DfsError
+from dfs.maint import repair
 from dfs.records import BlockRef, CorruptReport, NodeRegistration
-from dfs.zk import Zk
+from dfs.zk import NoNodeError, ZkClient
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ class Repairer:
         self.maintenance_lock = trio.Lock()  # shared with the gc collector's orphan scans
 
     @property
-    def zk(self) -> Zk:
+    def zk(self) -> ZkClient:
         return self.ctx.zk
 
     # ------------------------------------------------------------------ running
@@ -435,7 +434,7 @@ class Repairer:
             await trio.sleep(self.tick)
 
 
-async def mark_retired(zk: Zk, paths, node_id: str) -> bool:
+async def mark_retired(zk: ZkClient, paths, node_id: str) -> bool:
     """draining -> retired (version-checked). False if the node is not draining."""
     found = await repair.set_node_state(zk, paths, node_id, {"draining"}, "retired")
     return found in ("draining", "retired")

@@ -10,17 +10,16 @@ node never mistakes the znode of its previous (killed) process for its own.
 A leader that loses its znode (session expired while ZooKeeper was out of
 reach) stops leading at once (its work is cancelled) and joins again. Two
 leaders may overlap for a moment around a session expiry; every repair step
-is version-checked and idempotent (dfs/repair.py), so that costs work only.
+is version-checked and idempotent (dfs/maint/repair.py), so that costs work only.
 """
 
 import logging
 from typing import Awaitable, Callable
 
 import trio
-from kazoo.exceptions import NoNodeError
 
 from dfs.paths import FsPaths
-from dfs.zk import Zk
+from dfs.zk import NoNodeError, ZkClient
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ class Election:
       poll: seconds between checks of who leads.
     """
 
-    def __init__(self, zk: Zk, paths: FsPaths, node_id: str, *, poll: float = 0.5):
+    def __init__(self, zk: ZkClient, paths: FsPaths, node_id: str, *, poll: float = 0.5):
         self.zk = zk
         self.paths = paths
         self.node_id = node_id
@@ -104,7 +103,7 @@ class Election:
             await trio.sleep(self.poll)
 
 
-async def current_leader(zk: Zk, paths: FsPaths) -> str | None:
+async def current_leader(zk: ZkClient, paths: FsPaths) -> str | None:
     """The node id of the current repair leader (lowest election znode), or None."""
     try:
         names = await zk.get_children(paths.repair_election)

@@ -1,6 +1,6 @@
 """Per-operation latency of the metadata core against a real local ZooKeeper.
 
-    python -m tools.metabench [--ops 2000] [--zk HOST:PORT]
+    python -m tools.benches.metabench [--ops 2000] [--zk HOST:PORT]
 
 Starts its own standalone ZooKeeper unless --zk is given, makes a fresh
 filesystem, and times create, lookup, getattr, rename and unlink from one client,
@@ -16,12 +16,12 @@ import uuid
 
 import trio
 
-from dfs.meta import Meta
+from dfs.config import FsConfig
+from dfs.meta.store import Meta
 from dfs.mkfs import mkfs
 from dfs.paths import ROOT_INO, FsPaths
-from dfs.records import FsConfig
-from dfs.zk import Zk
-from tools.zkserver import ZkEnsemble
+from dfs.zk import connect
+from tools.local.zkserver import ZkEnsemble
 
 
 def summarize(name: str, samples: list[float]) -> str:
@@ -32,7 +32,7 @@ def summarize(name: str, samples: list[float]) -> str:
 
 
 async def run(hosts: str, n: int, parallel_n: int) -> None:
-    zk = await Zk.connect(hosts)
+    zk = await connect(hosts)
     paths = FsPaths(f"/dfs/bench-{uuid.uuid4().hex[:8]}")
     config = FsConfig()
     await mkfs(zk, paths, config)

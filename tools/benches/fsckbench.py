@@ -1,11 +1,11 @@
 """How fast `dfs fsck` checks a filesystem: metadata pass (files/s) and --verify-data (MiB/s).
 
-    python -m tools.fsckbench [--files 20000] [--big-gib 2] [--keep DIR] [--profile]
+    python -m tools.benches.fsckbench [--files 20000] [--big-gib 2] [--keep DIR] [--profile]
 
 Starts its own ZooKeeper and 3 storage nodes in a temporary directory, builds a
 filesystem of `--files` small files (1-4 KiB, 200 per directory) and `--big-gib`
 GiB of 64 MiB files with 4 MiB blocks, all real: inodes and maps made by
-`dfs.meta.Meta`, every block PUT to 3 nodes by `dfs.blockclient.BlockClient`.
+`dfs.meta.store.Meta`, every block PUT to 3 nodes by `dfs.blocks.client.BlockClient`.
 Then runs `dfs fsck` (a subprocess, as a user would) without and with
 --verify-data and prints files/s and MiB/s. For comparison it reads and
 xxh3-hashes every block file on the nodes once in this process (what VERIFY
@@ -26,24 +26,24 @@ from pathlib import Path
 import trio
 import xxhash
 
-from dfs.blockclient import BlockClient
-from dfs.meta import Meta
+from dfs.blocks.client import BlockClient
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.config import FsConfig
+from dfs.meta.store import Meta
 from dfs.mkfs import mkfs
-from dfs.nodedir import NodeDirectory
 from dfs.paths import ROOT_INO, FsPaths, default_root
-from dfs.records import FsConfig
-from dfs.zk import Zk
+from dfs.zk import ZkClient, connect
 from tools.bench import drop_caches
-from tools.nodeproc import start_nodes
-from tools.zkserver import ZkEnsemble
+from tools.local.nodeproc import start_nodes
+from tools.local.zkserver import ZkEnsemble
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PER_DIR = 200
 BIG_FILE = 64 << 20
 
 
 async def build(hosts: str, fsname: str, files: int, big_bytes: int) -> None:
-    zk = await Zk.connect(hosts)
+    zk = await connect(hosts)
     paths = FsPaths(default_root(fsname))
     config = await _config(zk, paths)
     meta = Meta(zk, paths, config)
@@ -88,13 +88,13 @@ async def build(hosts: str, fsname: str, files: int, big_bytes: int) -> None:
         await zk.close()
 
 
-async def _config(zk: Zk, paths: FsPaths) -> FsConfig:
+async def _config(zk: ZkClient, paths: FsPaths) -> FsConfig:
     from dfs.mkfs import load_config
     return await load_config(zk, paths)
 
 
 async def make_fs(hosts: str, fsname: str) -> None:
-    zk = await Zk.connect(hosts)
+    zk = await connect(hosts)
     try:
         await mkfs(zk, FsPaths(default_root(fsname)), FsConfig())
     finally:

@@ -34,7 +34,7 @@ import time
 import trio
 
 from dfs.errors import DfsError
-from dfs.meta import Meta
+from dfs.meta.store import Meta
 
 log = logging.getLogger(__name__)
 

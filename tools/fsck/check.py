@@ -22,14 +22,14 @@ bytes each. Orphan, unreachable-inode and gc/report checks need the whole
 namespace, so they run only when PATH is `/`.
 
 Repairs (only with --repair; --dry-run prints the plan) are version-checked
-ZooKeeper transactions or the shared primitives of `dfs.repair`
-(re-replicate, drop replicas, collect gc entries), and `dfs.meta` for moving
+ZooKeeper transactions or the shared primitives of `dfs.maint.repair`
+(re-replicate, drop replicas, collect gc entries), and `dfs.meta.store` for moving
 or deleting files.
 """
 
 import argparse
-import json
 import errno
+import json
 import logging
 import os
 import stat
@@ -39,20 +39,19 @@ import uuid
 from dataclasses import dataclass, field
 
 import trio
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
-from dfs import repair
-from dfs.blockclient import BlockClient, NodeUnavailable
+from dfs.blocks.client import BlockClient, NodeUnavailable
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.config import FsConfig
 from dfs.errors import DfsError, UsageError
-from dfs.meta import Meta
+from dfs.maint import repair
+from dfs.meta.store import Meta
 from dfs.mkfs import load_config
 from dfs.names import unescape
-from dfs.nodedir import NodeDirectory
 from dfs.paths import ROOT_INO, FsPaths, default_root
-from dfs.records import (BlockGroup, BlockRef, CorruptReport, DirEntry, FsConfig, GcEntry, InodeRecord,
-                         NodeRegistration)
-from dfs.zk import Txn, Zk
-from tools.fsck_report import Problem, Progress, Report
+from dfs.records import BlockGroup, BlockRef, CorruptReport, DirEntry, GcEntry, InodeRecord, NodeRegistration
+from dfs.zk import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError, Txn, ZkClient, connect
+from tools.fsck.report import Problem, Progress, Report
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ def join(parent: str, name: bytes) -> str:
 class Fsck:
     """One fsck run. `await run()` returns the Report."""
 
-    def __init__(self, zk: Zk, paths: FsPaths, config: FsConfig, nodedir: NodeDirectory,
+    def __init__(self, zk: ZkClient, paths: FsPaths, config: FsConfig, nodedir: NodeDirectory,
                  blocks: BlockClient, opts: Options, report: Report | None = None,
                  progress: Progress | None = None):
         self.zk = zk
@@ -320,7 +319,7 @@ class Fsck:
     async def load_state(self) -> None:
         """Nodes (registry, live), corrupt reports, gc entries, open holders, and start_zxid."""
         await self.zk.get(self.paths.config)
-        self.start_zxid = self.zk.client.last_zxid
+        self.start_zxid = self.zk.last_zxid
         self.registry = await repair.registry(self.ctx)
         await self.nodedir.refresh()
         self.live = self.nodedir.live()
@@ -1452,7 +1451,7 @@ async def run_fsck(args: argparse.Namespace, out=sys.stdout) -> int:
         raise UsageError("--orphan-age must be >= 0")
     if not opts.path.startswith("/"):
         opts.path = "/" + opts.path
-    zk = await Zk.connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=max(args.zk_timeout, 30.0))
+    zk = await connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=max(args.zk_timeout, 30.0))
     blocks = None
     try:
         paths = FsPaths(default_root(args.fs))
@@ -1481,7 +1480,7 @@ async def run_fsck(args: argparse.Namespace, out=sys.stdout) -> int:
 
 def main(args: argparse.Namespace) -> int:
     if not getattr(args, "verbose", False):
-        # kazoo's reconnect chatter would break "one clear line on stderr"
-        logging.getLogger("kazoo").setLevel(logging.CRITICAL)
+        # the ZooKeeper client's reconnect chatter would break "one clear line on stderr"
+        logging.getLogger("dfs.zk").setLevel(logging.CRITICAL)
         logging.getLogger("dfs").setLevel(logging.ERROR)
     return trio.run(run_fsck, args)

@@ -29,21 +29,23 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Collection, Iterable
 
 import trio
-from kazoo.exceptions import BadVersionError, NoNodeError, NotEmptyError
 
-from dfs.blockclient import BlockClient
+from dfs.blocks.client import BlockClient
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.config import FsConfig
 from dfs.errors import DfsError
-from dfs.nodedir import NodeDirectory
 from dfs.paths import FsPaths
 from dfs.placement import place_replicas
-from dfs.records import BlockGroup, BlockRef, FsConfig, GcEntry, NodeRegistration
-from dfs.zk import Txn, Zk
+from dfs.records import BlockGroup, BlockRef, GcEntry, NodeRegistration
+from dfs.zk import BadVersionError, NoNodeError, NotEmptyError, Txn, ZkClient
+from dfs.zk.retry import retrying
 
 log = logging.getLogger(__name__)
 
 AUDIT_KEEP = 1000
 AUDIT_TRIM_EVERY = 100
-COMMIT_ATTEMPTS = 20
+COMMIT_ATTEMPTS = 20  # a block map changing under a repair: give up for now, the next scan retries
+STATE_ATTEMPTS = 100  # a node's registry state: only `dfs drain` and the leader write it
 INODE_BATCH = 256  # inodes whose group lists are read in one multi-read
 GROUP_BATCH = 64  # block groups read in one multi-read (each up to a few hundred KiB)
 
@@ -60,7 +62,7 @@ class RepairContext:
       limiter: bounds concurrent copies/deletes started by one call.
     """
 
-    zk: Zk
+    zk: ZkClient
     paths: FsPaths
     config: FsConfig
     nodedir: NodeDirectory
@@ -159,7 +161,7 @@ async def trim_audit(ctx: RepairContext, keep: int = AUDIT_KEEP) -> None:
             pass
 
 
-async def read_audit(zk: Zk, paths: FsPaths) -> list[dict]:
+async def read_audit(zk: ZkClient, paths: FsPaths) -> list[dict]:
     """The audit log, oldest first."""
     names = sorted(await zk.get_children(paths.repair_audit))
     got = await zk.get_many([f"{paths.repair_audit}/{n}" for n in names])
@@ -178,7 +180,8 @@ async def _commit_replicas(ctx: RepairContext, ino: int, index: int, block_id: s
     """
     group = group_of(ctx, index)
     path = ctx.paths.block_group(ino, group)
-    for _ in range(COMMIT_ATTEMPTS):
+
+    async def attempt() -> BlockRef | None:
         got = await read_group(ctx, ino, group)
         if got is None:
             return None
@@ -191,12 +194,11 @@ async def _commit_replicas(ctx: RepairContext, ino: int, index: int, block_id: s
             return ref
         ref.replicas = replicas
         ref.gen += 1
-        try:
-            await ctx.zk.commit(Txn().set(path, grp.encode(), version))
-        except (BadVersionError, NoNodeError):
-            continue  # the group changed under us: look again
+        await ctx.zk.commit(Txn().set(path, grp.encode(), version))  # conflicts: look again
         return ref
-    raise DfsError(errno.EIO, f"block map {path} keeps changing; repair gave up for now")
+
+    return await retrying(attempt, attempts=COMMIT_ATTEMPTS, what=f"repair of block map {path}",
+                          conflicts=(BadVersionError, NoNodeError))
 
 
 async def _delete_quietly(ctx: RepairContext, block_id: str, node_ids: Iterable[str]) -> list[str]:
@@ -408,7 +410,7 @@ async def collect_gc_entry(ctx: RepairContext, name: str) -> int:
     return deleted
 
 
-async def set_node_state(zk: Zk, paths: FsPaths, node_id: str, frm: Collection[str],
+async def set_node_state(zk: ZkClient, paths: FsPaths, node_id: str, frm: Collection[str],
                          to: str) -> str | None:
     """Move a node's registry state from one of `frm` to `to`, version-checked.
 
@@ -416,7 +418,8 @@ async def set_node_state(zk: Zk, paths: FsPaths, node_id: str, frm: Collection[s
     one), or None when there is no such node.
     """
     path = paths.registry_node(node_id)
-    while True:
+
+    async def attempt() -> str | None:
         try:
             data, st = await zk.get(path)
         except NoNodeError:
@@ -426,8 +429,8 @@ async def set_node_state(zk: Zk, paths: FsPaths, node_id: str, frm: Collection[s
             return reg.state
         found = reg.state
         reg.state = to
-        try:
-            await zk.set(path, reg.encode(), st.version)
-            return found
-        except BadVersionError:
-            continue
+        await zk.set(path, reg.encode(), st.version)  # BadVersion: someone else changed it
+        return found
+
+    return await retrying(attempt, attempts=STATE_ATTEMPTS, what=f"state change of node {node_id}",
+                          conflicts=(BadVersionError,))

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.procs import log_tail, pid_alive, stop_pid
+from tools.local.procs import log_tail, pid_alive, stop_pid
 
 
 def fusermount_unmount(mountpoint: str | os.PathLike, lazy: bool = False) -> bool:

@@ -19,7 +19,15 @@ from kazoo.protocol.serialization import (
     read_string,
     stat_struct,
 )
-from kazoo.protocol.states import ZnodeStat
+from kazoo.protocol.states import ZnodeStat  # re-exported: the stat of every read
+
+
+class ZkState:
+    """Session states a listener receives (kazoo's names and values)."""
+
+    CONNECTED = "CONNECTED"
+    SUSPENDED = "SUSPENDED"  # connection lost; the session may still be alive
+    LOST = "LOST"            # the session expired (ephemerals gone) or the client closed
 
 
 class MultiRead(namedtuple("MultiRead", "operations")):

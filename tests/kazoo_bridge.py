@@ -1,4 +1,5 @@
-"""The kazoo <-> trio bridge: ZooKeeper calls as trio coroutines.
+"""The kazoo <-> trio bridge dfs used before WireZk, kept as an independent oracle for
+tests/test_zkwire.py: WireZk must give the same answers and errors as kazoo's client.
 
 kazoo runs its own threads; every call here uses kazoo's `*_async` API and hands
 the result back to trio through `TrioToken.run_sync_soon` (cheaper than a thread
@@ -13,29 +14,24 @@ BadVersion for a change that did apply: callers treat those outcomes as such.
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import trio
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import (
-    ConnectionClosedError,
-    ConnectionLoss,
-    OperationTimeoutError,
-    RolledBackError,
-    SessionExpiredError,
-)
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.serialization import Transaction
 from kazoo.protocol.states import ZnodeStat
 from kazoo.retry import KazooRetry
 
 from dfs.errors import ZkUnavailable
-from dfs.zkmultiread import GetChildren, GetData, MultiRead
+from dfs.zk.errors import RETRYABLE, RolledBackError
+from dfs.zk.reads import ManyReads
+from dfs.zk.txn import Txn
+from dfs.zk.wire import GetData, MultiRead
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = (ConnectionLoss, OperationTimeoutError, SessionExpiredError, ConnectionClosedError)
+
 
 
 class _TrioResult:
@@ -73,71 +69,6 @@ class _TrioResult:
         if self._exc is not None:
             raise self._exc
         return self._value
-
-
-@dataclass
-class Txn:
-    """A list of operations committed atomically (a ZooKeeper multi)."""
-
-    ops: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-
-    def create(self, path: str, value: bytes = b"", ephemeral: bool = False) -> "Txn":
-        self.ops.append(("create", (path, value, None, ephemeral, False)))
-        return self
-
-    def set(self, path: str, value: bytes, version: int = -1) -> "Txn":
-        self.ops.append(("set_data", (path, value, version)))
-        return self
-
-    def delete(self, path: str, version: int = -1) -> "Txn":
-        self.ops.append(("delete", (path, version)))
-        return self
-
-    def check(self, path: str, version: int) -> "Txn":
-        self.ops.append(("check", (path, version)))
-        return self
-
-    def __len__(self) -> int:
-        return len(self.ops)
-
-
-class ManyReads:
-    """Multi-reads (read_many, get_many, children_many) over a client's `_multi_read` (Zk, WireZk)."""
-
-    _chroot = ""  # prefixed to the paths of a MultiRead (the clients' calls add it themselves)
-
-    async def _multi_read(self, request: MultiRead) -> list[Any]:
-        """Send one MultiRead (with retries); its per-read results."""
-        raise NotImplementedError
-
-    async def read_many(self, reads: list[tuple[str, str]], batch: int = 512) -> list[Any]:
-        """Several reads in few round trips (ZooKeeper multi-read, in order).
-
-        Args:
-          reads: ("get", path) or ("children", path) pairs.
-        Returns:
-          per read, in order: (data, stat) for "get", a list of names for
-          "children", or None where the znode does not exist.
-
-        The server runs the reads of one batch one after the other, so a read
-        listed later never sees an older state than one listed earlier: read an
-        inode before the znodes its version guards (see Meta._delete_inode).
-        """
-        kinds = {"get": GetData, "children": GetChildren}
-        out: list[Any] = []
-        for i in range(0, len(reads), batch):
-            request = MultiRead([kinds[k](self._chroot + p, None) for k, p in reads[i:i + batch]])
-            for r in await self._multi_read(request):
-                out.append(None if isinstance(r, Exception) else r)
-        return out
-
-    async def get_many(self, paths: list[str], batch: int = 512) -> list[tuple[bytes, ZnodeStat] | None]:
-        """Read many znodes with few round trips (multi-read); None for a missing one."""
-        return await self.read_many([("get", p) for p in paths], batch)
-
-    async def children_many(self, paths: list[str]) -> list[list[str] | None]:
-        """get_children of several znodes in one round trip; None for a missing one."""
-        return await self.read_many([("children", p) for p in paths])
 
 
 class Zk(ManyReads):
