@@ -137,3 +137,8 @@ class FsPaths:
             self.xattrs, f"{self.root}/nodes", self.registry, self.live, self.gc,
             self.open, self.repair, self.repair_reports, self.repair_audit,
         ]
+
+
+def child(parent: str, name: str) -> str:
+    """The znode `name` (already a znode name, e.g. from get_children) under `parent`."""
+    return f"{parent}/{name}"

@@ -4,6 +4,10 @@ Daemonizing re-runs this module with --foreground in a new session and waits
 until it reports the mount ready through a pipe (or exits with its error), so a
 failure never leaves a half-mounted directory and the caller gets the real exit
 code. SIGTERM/SIGINT and `fusermount3 -u` flush every open file, then unmount.
+
+Wiring: every resource goes into one AsyncExitStack as it is acquired (the
+ZooKeeper session, the block client, the services' nursery, the FUSE session)
+and is released in reverse; failures are QuietErrors, one line and an exit code.
 """
 
 import argparse
@@ -13,20 +17,26 @@ import signal
 import subprocess
 import sys
 import uuid
+from contextlib import AsyncExitStack
+from typing import Awaitable, Callable
 
 import pyfuse3
 import trio
 
 from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
+from dfs.client.creates import Creates
 from dfs.client.files import FileData
 from dfs.client.removals import Removals
-from dfs.errors import DfsError, ZkUnavailable
-from dfs.meta.store import Meta
+from dfs.client.view import ClientView
+from dfs.config import MountSettings
+from dfs.errors import DfsError, QuietError, ZkUnavailable
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
-from mount.operations import Operations, log_op_stats
+from mount.kernel import Kernel
+from mount.operations import Operations
+from mount.stats import log_op_stats
 
 log = logging.getLogger("dfs.mount")
 EXIT_USAGE = 2
@@ -48,22 +58,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_options(opts: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for group in opts:
-        for o in group.split(","):
-            if not o:
-                continue
-            k, _, v = o.partition("=")
-            out[k] = v
-    known = {"allow_other", "attr_timeout", "entry_timeout", "feed_timeout", "cache_mb", "sync_dirops",
-             "debug", "ro", "rw"}
-    unknown = set(out) - known
-    if unknown:
-        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    return out
-
-
 def set_read_ahead(target: str, kb: int = 4096) -> None:
     """Let the kernel send 1 MiB+ reads: raise read_ahead_kb of the mount's bdi.
 
@@ -82,91 +76,95 @@ def set_read_ahead(target: str, kb: int = 4096) -> None:
         log.info("could not raise read_ahead_kb: %s", e)
 
 
-async def serve(args: argparse.Namespace, opts: dict[str, str]) -> int:
-    try:
-        zk = await connect(args.zk, timeout=args.zk_timeout)
-    except ZkUnavailable as e:
-        print(f"dfs mount: {e.message}", file=sys.stderr)
-        return EXIT_USAGE
-    paths = FsPaths(default_root(args.fs))
-    try:
-        config = await load_config(zk, paths)
-    except DfsError as e:
-        print(f"dfs mount: {e.message}", file=sys.stderr)
-        await zk.close()
-        return EXIT_USAGE
-    mount_id = uuid.uuid4().hex[:16]
-    files: FileData | None = None
-    meta = Meta(zk, paths, config, mount_id=mount_id, is_open=lambda ino: files is not None and files.is_open(ino))
-    nodedir = NodeDirectory(zk, paths)
-    blocks = BlockClient(nodedir)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(nodedir.run)
-            # lookups, attributes and listings answered locally, kept exact by
-            # ZooKeeper's change feed (dfs.client.feed)
-            await nursery.start(meta.enable_cache().run, zk)
-            files = FileData(meta, blocks, nursery,
-                             cache_bytes=int(opts.get("cache_mb", 1024)) << 20)
-            # unlink/rmdir answered at once and committed in the background
-            # (dfs.client.removals) unless -o sync_dirops
-            removals = None if "sync_dirops" in opts else Removals(meta)
+def shielded(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A cleanup that must finish even while everything is being cancelled."""
+    async def run() -> None:
+        with trio.CancelScope(shield=True):
+            await fn()
+    return run
+
+
+async def serve(args: argparse.Namespace, settings: MountSettings) -> int:
+    async with AsyncExitStack() as stack:
+        try:
+            zk = await connect(args.zk, timeout=args.zk_timeout)
+        except ZkUnavailable as e:
+            raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
+        stack.push_async_callback(shielded(zk.close))
+        paths = FsPaths(default_root(args.fs))
+        try:
+            config = await load_config(zk, paths)
+        except DfsError as e:
+            raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
+        view = ClientView(zk, paths, config, mount_id=uuid.uuid4().hex[:16],
+                          fresh_for=settings.attr_timeout)
+        nodedir = NodeDirectory(zk, paths)
+        blocks = BlockClient(nodedir)
+        stack.push_async_callback(shielded(blocks.aclose))
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(nursery.cancel_scope.cancel)  # (runs before the nursery waits)
+        await nursery.start(nodedir.run)
+        # lookups, attributes and listings answered locally, kept exact by
+        # ZooKeeper's change feed (dfs.client.feed)
+        await nursery.start(view.feed.run, zk)
+        files = FileData(view, blocks, nursery, cache_bytes=settings.cache_mb << 20)
+        # creates, unlink and rmdir answered at once and committed in the
+        # background (dfs.client.creates, dfs.client.removals) unless -o sync_dirops
+        creates = None if settings.sync_dirops else Creates(view, nursery)
+        removals = None if settings.sync_dirops else Removals(view)
+        if removals is not None:
+            nursery.start_soon(removals.run)
+        kernel = Kernel(view, files, attr_timeout=settings.attr_timeout,
+                        entry_timeout=settings.entry_timeout, feed_timeout=settings.feed_timeout)
+        ops = Operations(view, files, kernel, nodedir, creates=creates, removals=removals)
+
+        async def drain() -> None:
+            await files.flush_all()
+            if creates is not None:
+                await creates.drain()
             if removals is not None:
-                nursery.start_soon(removals.run)
-            ops = Operations(meta, files, nodedir,
-                             attr_timeout=float(opts.get("attr_timeout", 1.0)),
-                             entry_timeout=float(opts.get("entry_timeout", 1.0)),
-                             removals=removals, async_creates="sync_dirops" not in opts,
-                             feed_timeout=float(opts.get("feed_timeout", 10.0)))
-            fuse_opts = set(pyfuse3.default_options)
-            fuse_opts |= {f"fsname=dfs:{args.fs}", "subtype=dfs", "default_permissions"}
-            if "allow_other" in opts:
-                fuse_opts.add("allow_other")
-            if "debug" in opts:
-                fuse_opts.add("debug")
-            target = os.path.realpath(args.mountpoint)
-            try:
-                pyfuse3.init(ops, args.mountpoint, fuse_opts)
-            except RuntimeError as e:
-                print(f"dfs mount: cannot mount on {args.mountpoint}: {e}", file=sys.stderr)
-                nursery.cancel_scope.cancel()
-                return EXIT_USAGE
+                await removals.drain()
+
+        fuse_opts = set(pyfuse3.default_options)
+        fuse_opts |= {f"fsname=dfs:{args.fs}", "subtype=dfs", "default_permissions"}
+        if settings.allow_other:
+            fuse_opts.add("allow_other")
+        if settings.debug:
+            fuse_opts.add("debug")
+        target = os.path.realpath(args.mountpoint)
+        try:
+            pyfuse3.init(ops, args.mountpoint, fuse_opts)
+        except RuntimeError as e:
+            nursery.cancel_scope.cancel()
+            failed = f"dfs mount: cannot mount on {args.mountpoint}: {e}"
+        else:
+            failed = None
+
+            async def unmount() -> None:
+                kernel.detach()  # the kernel side is gone with the session
+                pyfuse3.close(unmount=True)
+                log_op_stats()
+                log.info("meta: %s; view: %s; feed: %s; removals: %s", view.meta.stats, view.stats,
+                         view.feed.stats, removals.stats if removals else None)
+
+            stack.push_async_callback(unmount)
+            stack.push_async_callback(shielded(drain))
             set_read_ahead(target)
             if args.ready_fd is not None:
                 os.write(args.ready_fd, b"ready\n")
                 os.close(args.ready_fd)
-            nursery.start_soon(stop_on_signal, files, removals)
-            try:
-                await pyfuse3.main()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await files.flush_all()
-                    await meta.drain_creates()
-                    if removals is not None:
-                        await removals.drain()
-                if meta.cache is not None:
-                    meta.cache.kernel = None  # the kernel side is gone with the session
-                pyfuse3.close(unmount=True)
-                log_op_stats()
-                log.info("meta: %s; feed: %s; removals: %s", meta.stats,
-                         meta.cache.stats if meta.cache else None,
-                         removals.stats if removals else None)
-                nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await blocks.aclose()
-            await zk.close()
+            nursery.start_soon(stop_on_signal, drain)
+            await pyfuse3.main()
+    if failed is not None:
+        raise QuietError(failed, EXIT_USAGE)
     return 0
 
 
-async def stop_on_signal(files: FileData, removals: Removals | None) -> None:
+async def stop_on_signal(drain: Callable[[], Awaitable[None]]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
             log.info("signal: flushing and unmounting")
-            await files.flush_all()
-            await files.meta.drain_creates()
-            if removals is not None:
-                await removals.drain()
+            await drain()
             pyfuse3.terminate()
             return
 
@@ -192,28 +190,30 @@ def daemonize(argv: list[str], args: argparse.Namespace) -> int:
     return rc or 1
 
 
+def check_mountpoint(path: str) -> None:
+    if not os.path.isdir(path):
+        raise QuietError(f"dfs mount: {path} is not a directory", EXIT_USAGE)
+    if os.path.ismount(path):
+        raise QuietError(f"dfs mount: {path} is already a mount point", EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        opts = parse_options(args.o)
-        for key in ("attr_timeout", "entry_timeout", "cache_mb"):
-            if key in opts:
-                float(opts[key])
-    except ValueError as e:
-        print(f"dfs mount: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    if not os.path.isdir(args.mountpoint):
-        print(f"dfs mount: {args.mountpoint} is not a directory", file=sys.stderr)
-        return EXIT_USAGE
-    if os.path.ismount(args.mountpoint):
-        print(f"dfs mount: {args.mountpoint} is already a mount point", file=sys.stderr)
-        return EXIT_USAGE
-    if not args.foreground:
-        return daemonize([a for a in argv], args)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        filename=None if args.ready_fd is None else args.log,
-    )
-    return trio.run(serve, args, opts)
+        try:
+            settings = MountSettings.from_options(args.o)
+        except ValueError as e:
+            raise QuietError(f"dfs mount: {e}", EXIT_USAGE) from None
+        check_mountpoint(args.mountpoint)
+        if not args.foreground:
+            return daemonize(list(argv), args)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+            filename=None if args.ready_fd is None else args.log,
+        )
+        return trio.run(serve, args, settings)
+    except QuietError as e:
+        print(e.message, file=sys.stderr)
+        return e.exitcode

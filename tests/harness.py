@@ -9,8 +9,11 @@ from pathlib import Path
 
 import trio
 
+from dfs.blocks.client import BlockClient
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.client.view import ClientView
 from dfs.config import FsConfig
-from dfs.mkfs import mkfs
+from dfs.mkfs import load_config, mkfs
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from tools.local.mountproc import MountProcess
@@ -75,27 +78,24 @@ class Cluster:
 
 
 def client_session(cluster: Cluster, body, *, cache: bool = False):
-    """trio.run body(zk, meta, blocks, nursery) as one client of `cluster`, without a mount.
+    """trio.run body(zk, view, blocks, nursery) as one client of `cluster`, without a mount.
 
-    cache: run the change-fed metadata cache.
+    view: a dfs.client.view.ClientView (its namespace calls, `view.meta` for the rest).
+    cache: run the change feed that keeps what the view knows exact.
     The nursery is cancelled when body returns; its value is returned.
     """
-    from dfs.blocks.client import BlockClient
-    from dfs.blocks.nodedir import NodeDirectory
-    from dfs.meta.store import Meta
-    from dfs.mkfs import load_config
 
     async def go():
         zk = await connect(cluster.hosts)
         try:
-            meta = Meta(zk, cluster.paths, await load_config(zk, cluster.paths))
+            view = ClientView(zk, cluster.paths, await load_config(zk, cluster.paths))
             nodedir = NodeDirectory(zk, cluster.paths)
             await nodedir.refresh()
             blocks = BlockClient(nodedir)
             async with trio.open_nursery() as nursery:
                 if cache:
-                    await nursery.start(meta.enable_cache().run, zk)
-                out = await body(zk, meta, blocks, nursery)
+                    await nursery.start(view.feed.run, zk)
+                out = await body(zk, view, blocks, nursery)
                 nursery.cancel_scope.cancel()
             await blocks.aclose()
             return out

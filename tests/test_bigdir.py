@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from dfs.config import FsConfig
-from dfs.meta.store import Meta
+from dfs.meta import Meta
 from dfs.mkfs import mkfs
 from dfs.paths import ROOT_INO
 

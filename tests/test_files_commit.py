@@ -13,14 +13,14 @@ def test_many_blocks_commit_in_batches(cluster_factory, monkeypatch):
     monkeypatch.setattr(files_mod, "COMMIT_BATCH", 7)  # force several transactions
     payload = bytes(range(256)) * 16 * 50  # 50 blocks of 4 KiB
 
-    async def go(zk, meta, blocks, nursery) -> tuple[bytes, int]:
-        fd = FileData(meta, blocks, nursery)
-        node = await meta.create(ROOT_INO, b"many", 0o644, uid=0, gid=0)
+    async def go(zk, view, blocks, nursery) -> tuple[bytes, int]:
+        fd = FileData(view, blocks, nursery)
+        node = await view.create(ROOT_INO, b"many", 0o644, uid=0, gid=0)
         await fd.open(node.ino, node, created=True)
         await fd.write(node.ino, 0, payload + b"tail")
         await fd.release(node.ino)
-        size = (await meta.getattr(node.ino)).rec.size
-        fd2 = FileData(meta, blocks, nursery, cache_bytes=0)
+        size = (await view.getattr(node.ino)).rec.size
+        fd2 = FileData(view, blocks, nursery, cache_bytes=0)
         await fd2.open(node.ino)
         back = await fd2.read(node.ino, 0, len(payload) + 100)
         await fd2.release(node.ino)

@@ -23,7 +23,7 @@ from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.blocks.protocol import Frame, Op, encode_block_id
 from dfs.config import FsConfig
-from dfs.meta.store import Meta
+from dfs.meta import Meta
 from dfs.paths import ROOT_INO
 from dfs.records import BlockGroup, DirEntry, InodeRecord
 from dfs.zk import Txn, ZkClient, connect

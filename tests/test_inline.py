@@ -21,19 +21,19 @@ def test_small_file_lives_inline_and_moves_to_blocks_when_it_grows(cluster_facto
     small = os.urandom(3000)
     more = os.urandom(5000)
 
-    async def body(zk, meta, blocks, nursery):
+    async def body(zk, view, blocks, nursery):
         seen = {}
-        fd = FileData(meta, blocks, nursery)
-        node = await meta.create(ROOT_INO, b"f", 0o644, uid=0, gid=0)
+        fd = FileData(view, blocks, nursery)
+        node = await view.create(ROOT_INO, b"f", 0o644, uid=0, gid=0)
         ino = node.ino
         await fd.open(ino, node, created=True)
         await fd.write(ino, 0, small)
         await fd.release(ino)
         seen["small"] = await _stored(zk, c, ino)
-        seen["size_small"] = (await meta.getattr(ino)).rec.size
+        seen["size_small"] = (await view.getattr(ino)).rec.size
 
         # another client (no shared cache) reads it back, then patches 10 bytes in the middle
-        fd2 = FileData(meta, blocks, nursery, cache_bytes=0)
+        fd2 = FileData(view, blocks, nursery, cache_bytes=0)
         await fd2.open(ino)
         seen["read_small"] = await fd2.read(ino, 0, 100_000)
         await fd2.write(ino, 1000, b"X" * 10)
@@ -45,7 +45,7 @@ def test_small_file_lives_inline_and_moves_to_blocks_when_it_grows(cluster_facto
         await fd2.write(ino, 3000, more)
         await fd2.release(ino)
         seen["grown"] = await _stored(zk, c, ino)
-        fd3 = FileData(meta, blocks, nursery, cache_bytes=0)
+        fd3 = FileData(view, blocks, nursery, cache_bytes=0)
         await fd3.open(ino)
         seen["read_grown"] = await fd3.read(ino, 0, 100_000)
         await fd3.release(ino)
@@ -72,9 +72,9 @@ def test_truncate_and_extend_inline_file(cluster_factory):
     c = cluster_factory(FsConfig(block_size=16384, replicas=2, min_replicas=1))
     data = os.urandom(4000)
 
-    async def body(zk, meta, blocks, nursery):
-        fd = FileData(meta, blocks, nursery)
-        node = await meta.create(ROOT_INO, b"t", 0o644, uid=0, gid=0)
+    async def body(zk, view, blocks, nursery):
+        fd = FileData(view, blocks, nursery)
+        node = await view.create(ROOT_INO, b"t", 0o644, uid=0, gid=0)
         await fd.open(node.ino, node, created=True)
         await fd.write(node.ino, 0, data)
         await fd.release(node.ino)
@@ -82,7 +82,7 @@ def test_truncate_and_extend_inline_file(cluster_factory):
         shrunk = await _stored(zk, c, node.ino)
         await fd.truncate(node.ino, 20000)  # a hole after the inline bytes, still no block
         grown = await _stored(zk, c, node.ino)
-        fd2 = FileData(meta, blocks, nursery, cache_bytes=0)
+        fd2 = FileData(view, blocks, nursery, cache_bytes=0)
         await fd2.open(node.ino)
         back = await fd2.read(node.ino, 0, 30000)
         await fd2.release(node.ino)
@@ -97,9 +97,9 @@ def test_truncate_and_extend_inline_file(cluster_factory):
 def test_inline_off_writes_blocks(cluster_factory):
     c = cluster_factory(FsConfig(block_size=16384, replicas=2, min_replicas=1, inline_max=0))
 
-    async def body(zk, meta, blocks, nursery):
-        fd = FileData(meta, blocks, nursery)
-        node = await meta.create(ROOT_INO, b"b", 0o644, uid=0, gid=0)
+    async def body(zk, view, blocks, nursery):
+        fd = FileData(view, blocks, nursery)
+        node = await view.create(ROOT_INO, b"b", 0o644, uid=0, gid=0)
         await fd.open(node.ino, node, created=True)
         await fd.write(node.ino, 0, b"hello")
         await fd.release(node.ino)

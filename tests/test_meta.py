@@ -8,7 +8,7 @@ import trio
 
 from dfs.config import FsConfig
 from dfs.errors import DfsError
-from dfs.meta.store import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, Meta
+from dfs.meta import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, Meta
 from dfs.mkfs import mkfs
 from dfs.paths import ROOT_INO
 from dfs.records import BlockRef, GcEntry

@@ -227,7 +227,7 @@ def test_checker_finds_damage(zk_hosts, fs_root):
     """The checker itself is not blind: a few hand-made inconsistencies are reported."""
     import trio
 
-    from dfs.meta.store import Meta
+    from dfs.meta import Meta
     from dfs.zk import connect
 
     paths = FsPaths(fs_root)

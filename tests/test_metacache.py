@@ -1,4 +1,4 @@
-"""The change-fed metadata cache: exact by its rules (pure logic), and coherent across mounts."""
+"""The change feed and the client view it keeps exact: exact by its rules (pure logic), and coherent across mounts."""
 
 import errno
 import os
@@ -8,19 +8,47 @@ import time
 
 import pytest
 
-from dfs.client.feed import CHANGED, CREATED, DELETED, MetaCache
+from dfs.client.creates import Creates
+from dfs.client.feed import CHANGED, CREATED, DELETED
+from dfs.client.files import FileData
+from dfs.client.view import ClientView
+from dfs.config import FsConfig
+from dfs.errors import DfsError
+from dfs.meta.inodes import Inode
 from dfs.names import escape
+from dfs.paths import ROOT_INO, FsPaths
+from dfs.records import InodeRecord
 from tests.harness import Cluster, client_session
 from tools.local.zkserver import ZkEnsemble
 
 ROOT = "/dfs/t"
 
 
-def fed(invalidated=None) -> MetaCache:
-    c = MetaCache(ROOT, lambda kind, ino: invalidated.append((kind, ino)) if invalidated is not None else None)
+class Recorder(ClientView):
+    """A client view (no ZooKeeper needed for the feed's logic) that records what it drops."""
+
+    def __init__(self, invalidated):
+        super().__init__(None, FsPaths(ROOT), FsConfig())  # type: ignore[arg-type]
+        self.invalidated = invalidated
+
+    def forget_inode(self, ino, foreign):
+        if self.invalidated is not None:
+            self.invalidated.append(("inode", ino))
+        super().forget_inode(ino, foreign)
+
+    def feed_lost(self):
+        if self.invalidated is not None:
+            self.invalidated.append(("all", 0))
+        super().feed_lost()
+
+
+def fed(invalidated=None):
+    """(the feed, the view it keeps), the feed on."""
+    view = Recorder(invalidated)
+    c = view.feed
     c.active = True
     c.epoch = 1
-    return c
+    return c, view
 
 
 def dirent(d: int, name: bytes) -> str:
@@ -30,44 +58,54 @@ def dirent(d: int, name: bytes) -> str:
 # ---------------------------------------------------------------- pure logic
 
 def test_new_directory_names_follow_the_feed():
-    c = fed()
+    c, view = fed()
     c._event(CREATED, f"{ROOT}/dirs/7")
-    assert c.names[7] == set()
+    assert view.names[7] == set()
     c._event(CREATED, dirent(7, b"a"))
     c._event(CREATED, dirent(7, b"b"))
     c._event(DELETED, dirent(7, b"a"))
-    assert c.names[7] == {b"b"}
+    assert view.names[7] == {b"b"}
     c._event(DELETED, f"{ROOT}/dirs/7")
-    assert 7 not in c.names
+    assert 7 not in view.names
 
 
 def test_listing_is_brought_up_to_date_by_replaying_events_since_its_mark():
-    c = fed()
+    c, view = fed()
     mark = c.mark()
     # while the listing read was in flight: x removed, y created, z created then removed
     c._event(DELETED, dirent(3, b"x"))
     c._event(CREATED, dirent(3, b"y"))
     c._event(CREATED, dirent(3, b"z"))
     c._event(DELETED, dirent(3, b"z"))
-    c.install_names(mark, 3, [b"x", b"w"])  # the read may or may not have seen them
-    assert c.names[3] == {b"w", b"y"}
+    # the read may or may not have seen them
+    assert c.replay_names(mark, 3, [b"x", b"w"]) == {b"w", b"y"}
 
 
 def test_nothing_is_installed_across_a_feed_loss():
     inv = []
-    c = fed(inv)
+    c, view = fed(inv)
     mark = c.mark()
     c._event(None, None)  # the connection dropped
     assert not c.active and ("all", 0) in inv
-    c.install_names(mark, 3, [b"a"])
-    assert 3 not in c.names
+    assert c.replay_names(mark, 3, [b"a"]) is None
+    assert 3 not in view.names
     assert not c.clean(mark, dirent(3, b"a"))
     c.active, c.epoch = True, c.epoch + 1
     assert not c.clean(mark, dirent(3, b"a"))  # an old mark stays unusable
 
 
+def test_feed_loss_forgets_what_it_made_exact():
+    c, view = fed()
+    view.remember(Inode(5, InodeRecord(mode=0o100644), 3, exact=True))
+    view.trust(1, b"f", 5, 0o100000)
+    c._event(CREATED, f"{ROOT}/dirs/1")
+    assert view.known(5).exact and view.names[1] == set()
+    c._event(None, None)
+    assert view.known(5) is None and view.dirents == {} and view.names == {}
+
+
 def test_clean_tells_whether_a_read_raced_with_a_change():
-    c = fed()
+    c, _ = fed()
     mark = c.mark()
     c._event(CHANGED, f"{ROOT}/inodes/0/5")
     assert c.clean(mark, f"{ROOT}/inodes/0/6")
@@ -76,7 +114,7 @@ def test_clean_tells_whether_a_read_raced_with_a_change():
 
 def test_own_transaction_is_exact_unless_someone_else_wrote_the_same_path():
     inv = []
-    c = fed(inv)
+    c, _ = fed(inv)
     paths = [f"{ROOT}/inodes/0/5", dirent(1, b"f"), f"{ROOT}/dirs/1"]
     mark = c.begin(paths)
     for p, kind in zip(paths, (CREATED, CREATED, CHANGED)):
@@ -84,27 +122,27 @@ def test_own_transaction_is_exact_unless_someone_else_wrote_the_same_path():
     assert inv == []
     assert c.settle(mark, paths, applied=True)
     # written by us: the caller installs them again (the dir's times are kept in place)
-    assert ("inode", 5) in inv and ("dir", 1) not in inv
+    assert ("inode", 5) in inv and ("inode", 1) not in inv
 
     inv.clear()
     mark = c.begin(paths)
     c._event(CHANGED, f"{ROOT}/dirs/1")  # someone else's change of the directory's times...
     c._event(CHANGED, f"{ROOT}/dirs/1")  # ...and ours
     assert not c.settle(mark, paths, applied=True)
-    assert ("dir", 1) in inv
+    assert ("inode", 1) in inv
 
 
 def test_failed_transaction_invalidates_what_it_meant_to_write():
     inv = []
-    c = fed(inv)
+    c, _ = fed(inv)
     paths = [f"{ROOT}/dirs/1"]
     mark = c.begin(paths)
     assert not c.settle(mark, paths, applied=False)
-    assert ("dir", 1) in inv and not c.own
+    assert ("inode", 1) in inv and not c.own
 
 
 def test_event_log_overflow_is_treated_as_a_change():
-    c = fed()
+    c, _ = fed()
     mark = c.mark()
     for i in range(20000):
         c._event(CHANGED, f"{ROOT}/inodes/0/{i}")
@@ -187,19 +225,15 @@ def test_cache_survives_a_zookeeper_restart(tmp_path):
 
 
 def test_failed_asynchronous_create_is_reported_by_the_files_close(cluster):
-    """create_async of a name someone else took meanwhile: the first flush says so."""
-    from dfs.client.files import FileData
-    from dfs.errors import DfsError
-    from dfs.paths import ROOT_INO
+    """An asynchronous create of a name someone else took meanwhile: the first flush says so."""
 
-    async def go(zk, meta, blocks, nursery):
-        taken = await meta.create(ROOT_INO, b"taken", 0o644, uid=0, gid=0)
-        fd = FileData(meta, blocks, nursery)
+    async def go(zk, view, blocks, nursery):
+        taken = await view.meta.create(ROOT_INO, b"taken", 0o644, uid=0, gid=0)
+        fd = FileData(view, blocks, nursery)
         failed = []
-        node, pending = await meta.create_async(ROOT_INO, b"taken", 0o644, uid=0, gid=0,
-                                                nursery=nursery, on_failed=failed.append)
-        f, _ = await fd.open(node.ino, node, created=True)
-        f.pending_create = pending
+        node, pending = await Creates(view, nursery).create(ROOT_INO, b"taken", 0o644, uid=0, gid=0,
+                                                            on_failed=failed.append)
+        await fd.open(node.ino, node, created=True, pending=pending)
         await fd.write(node.ino, 0, b"lost?")
         try:
             await fd.release(node.ino)
@@ -207,7 +241,7 @@ def test_failed_asynchronous_create_is_reported_by_the_files_close(cluster):
         except DfsError as e:
             error = e
         # the name still names the other file, untouched
-        still = await meta.lookup(ROOT_INO, b"taken")
+        still = await view.lookup(ROOT_INO, b"taken")
         return error, failed, still.ino == taken.ino and still.rec.size == 0
 
     error, failed, untouched = client_session(cluster, go, cache=True)

@@ -7,7 +7,7 @@ import time
 
 import trio
 
-from dfs.meta.store import Meta
+from dfs.meta import Meta
 from dfs.mkfs import load_config
 from dfs.paths import ROOT_INO
 from dfs.zk import connect

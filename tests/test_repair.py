@@ -7,7 +7,7 @@ import trio
 
 from dfs.config import FsConfig
 from dfs.maint import repair
-from dfs.meta.store import Meta
+from dfs.meta import Meta
 from dfs.paths import ROOT_INO
 from dfs.records import GcEntry
 from tests.nodeutil import cluster

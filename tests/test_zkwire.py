@@ -16,7 +16,7 @@ from kazoo.protocol.states import WatchedEvent, ZnodeStat
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import FsConfig
 from dfs.errors import ZkUnavailable
-from dfs.meta.store import Meta
+from dfs.meta import Meta
 from dfs.mkfs import mkfs
 from dfs.paths import ROOT_INO, FsPaths
 from dfs.zk import Txn, connect

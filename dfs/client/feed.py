@@ -1,21 +1,21 @@
-"""What one client knows of the namespace, kept exact by a ZooKeeper change feed.
+"""The change feed: ZooKeeper tells this client, in order, about every namespace change.
 
 A mount asks the same things again and again: does this name exist, what
 inode does it name, what are its attributes, what is in this directory. Each
-answer from ZooKeeper is a round trip. This cache answers them locally and
-stays exact: the client holds persistent recursive watches (ZooKeeper >= 3.6
-`addWatch`) on `dirs/` and `inodes/`, so ZooKeeper tells it, in order, about
-every entry created or removed and every inode or directory changed, by anyone.
-
-What it holds:
-- `names[d]`: the complete set of entry names of directory d, for negative
-  lookups and listings. Exact by construction: a directory created while the
-  feed runs starts empty (its `dirs/<d>` creation is in the feed before any of
-  its entries), and a listing read at sequence s0 is brought up to date by
-  replaying the feed's events since s0 (adding or removing a name is
-  idempotent, so replaying events the read already saw changes nothing).
-- `dirents[(d, name)]`: the inode and type an entry names.
-- exact inodes: `Meta.fresh` entries flagged exact (see `Meta.known`).
+answer from ZooKeeper is a round trip. The client view (dfs.client.view)
+answers them locally and stays exact because the client holds persistent
+recursive watches (ZooKeeper >= 3.6 `addWatch`) on `dirs/` and `inodes/`, so
+ZooKeeper tells it about every entry created or removed and every inode or
+directory changed, by anyone. This module is that feed: the subscription, the
+event log, and the marks that tell whether a read or a commit raced with
+anyone. What is known lives in the view (its `FeedListener`):
+- the complete set of entry names of a directory, for negative lookups and
+  listings. Exact by construction: a directory created while the feed runs
+  starts empty (its `dirs/<d>` creation is in the feed before any of its
+  entries), and a listing read at sequence s0 is brought up to date by
+  replaying the feed's events since s0 (`replay_names`; adding or removing a
+  name is idempotent, so replaying events the read already saw changes nothing).
+- the inode and type an entry names, and exact inodes (`ClientView.known`).
 
 Race rules (the feed is processed by the ZooKeeper reader as it arrives, the
 caller's code later):
@@ -31,54 +31,66 @@ caller's code later):
 
 import collections
 import logging
-from typing import Callable
+from typing import Any, Protocol
 
 import trio
 
 from dfs.errors import ZkUnavailable
 from dfs.names import unescape
+from dfs.paths import FsPaths, child
+from dfs.zk import ZkClient
 
 log = logging.getLogger(__name__)
 
 CREATED, DELETED, CHANGED = 1, 2, 3
 LOG_SIZE = 8192  # events kept for `clean` / `settle` / listing replays
-MAX_DIRS = 100_000  # directories whose names are kept (then everything is dropped)
-MAX_DIRENTS = 1_000_000  # entries whose inode is kept
+
+Mark = tuple[int, int]  # (epoch, sequence number)
 
 
-class MetaCache:
-    """Args: root: the filesystem's znode root; invalidate(kind, key): drops what
-    Meta caches for an inode ("inode", ino) or a directory's times ("dir", ino)."""
+class FeedListener(Protocol):
+    """Who keeps what the feed makes exact (dfs.client.view.ClientView)."""
 
-    def __init__(self, root: str, invalidate: Callable[[str, int], None]):
-        self.root = root
-        self._dirs = root + "/dirs/"
-        self._inodes = root + "/inodes/"
-        self.invalidate = invalidate
-        # tells the kernel about someone else's change: ("entry", dir, name),
-        # ("inode", ino, None), or ("lost", 0, None) when the feed dropped
-        self.kernel: Callable[[str, int, bytes | None], None] | None = None
+    def names_event(self, kind: int, dino: int, name: bytes | None) -> None:
+        """An entry `name` of directory dino (None: `dirs/<dino>` itself) was created or deleted."""
+
+    def forget_entry(self, dino: int, name: bytes, foreign: bool) -> None:
+        """Drop what is known of an entry; `foreign`: someone else may have changed it."""
+
+    def forget_inode(self, ino: int, foreign: bool) -> None:
+        """Drop what is known of an inode (or a directory's times)."""
+
+    def feed_lost(self) -> None:
+        """The feed dropped: nothing it made exact is any more."""
+
+
+class Feed:
+    """Args: paths: the filesystem's znodes; listener: told about every event."""
+
+    def __init__(self, paths: FsPaths, listener: FeedListener):
+        self.paths = paths
+        self._dirs = child(paths.dirs, "")
+        self._inodes = child(paths.inodes, "")
+        self.listener = listener
         self.active = False
         self.epoch = 0
         self.seq = 0
         self.log: collections.deque[tuple[int, str, int]] = collections.deque(maxlen=LOG_SIZE)
-        self.names: dict[int, set[bytes]] = {}
-        self.dirents: dict[tuple[int, bytes], tuple[int, int]] = {}
         self.own: collections.Counter[str] = collections.Counter()
         self._lost = trio.Event()
         self.stats = {"events": 0, "drops": 0}
 
     # -- the feed
 
-    async def run(self, zk, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, zk: ZkClient, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the feed subscribed (re-subscribe after every connection loss)."""
         started = False
         while True:
             await zk.wait_connected(float("inf"))
             self._lost = trio.Event()
             try:
-                await zk.add_feed(self.root + "/dirs", self._event)
-                await zk.add_feed(self.root + "/inodes", self._event)
+                await zk.add_feed(self.paths.dirs, self._event)
+                await zk.add_feed(self.paths.inodes, self._event)
             except ZkUnavailable as e:  # connection lost while subscribing: try again
                 log.info("metadata feed: cannot subscribe yet (%s)", e)
                 self._drop()
@@ -101,13 +113,9 @@ class MetaCache:
     def _drop(self) -> None:
         self.active = False
         self.epoch += 1
-        self.names.clear()
-        self.dirents.clear()
         self.stats["drops"] += 1
-        self.invalidate("all", 0)
         self._lost.set()
-        if self.kernel is not None:
-            self.kernel("lost", 0, None)
+        self.listener.feed_lost()
 
     def _event(self, kind: int | None, path: str | None) -> None:
         if kind is None or path is None:
@@ -117,6 +125,7 @@ class MetaCache:
         self.seq += 1
         self.stats["events"] += 1
         self.log.append((self.seq, path, kind))
+        listener = self.listener
         if path.startswith(self._dirs):
             rest = path[len(self._dirs):]
             d, _, esc = rest.partition("/")
@@ -125,48 +134,28 @@ class MetaCache:
             except ValueError:
                 return
             if not esc:  # dirs/<d> itself: created (empty), deleted, or its times set
-                if kind == CREATED:
-                    if len(self.names) >= MAX_DIRS:
-                        self.names.clear()
-                    self.names[dino] = set()
-                elif kind == DELETED:
-                    self.names.pop(dino, None)
+                if kind != CHANGED:
+                    listener.names_event(kind, dino, None)
                 if path not in self.own:
-                    self.invalidate("dir", dino)
-                    if self.kernel is not None:
-                        self.kernel("inode", dino, None)
+                    listener.forget_inode(dino, True)
                 return
             name = unescape(esc)
-            names = self.names.get(dino)
-            if names is not None:
-                if kind == CREATED:
-                    names.add(name)
-                elif kind == DELETED:
-                    names.discard(name)
+            if kind != CHANGED:
+                listener.names_event(kind, dino, name)
             if path not in self.own:
-                self.dirents.pop((dino, name), None)
-                if self.kernel is not None:
-                    self.kernel("entry", dino, name)
+                listener.forget_entry(dino, name, True)
         elif path.startswith(self._inodes):
             _, _, ino = path[len(self._inodes):].partition("/")
             if ino and path not in self.own:
-                self.invalidate("inode", int(ino))
-                if self.kernel is not None:
-                    self.kernel("inode", int(ino), None)
-
-    def trust(self, parent: int, name: bytes, ino: int, mode: int) -> None:
-        """Entry (parent, name) names inode ino of type mode, as of now (exact)."""
-        if len(self.dirents) >= MAX_DIRENTS:
-            self.dirents.clear()
-        self.dirents[(parent, name)] = (ino, mode)
+                listener.forget_inode(int(ino), True)
 
     # -- marks and checks
 
-    def mark(self) -> tuple[int, int] | None:
+    def mark(self) -> Mark | None:
         """Taken before a read or a transaction; None while the feed is off."""
         return (self.epoch, self.seq) if self.active else None
 
-    def _since(self, mark: tuple[int, int]) -> list[tuple[int, str, int]] | None:
+    def _since(self, mark: Mark) -> list[tuple[int, str, int]] | None:
         """The events after `mark`, or None if they are not all known any more."""
         epoch, s0 = mark
         if epoch != self.epoch or not self.active:
@@ -183,7 +172,7 @@ class MetaCache:
         out.reverse()
         return out
 
-    def clean(self, mark: tuple[int, int] | None, *paths: str) -> bool:
+    def clean(self, mark: Mark | None, *paths: str) -> bool:
         """Did nothing touch these paths since `mark` (and is the feed still the same)?"""
         if mark is None:
             return False
@@ -195,35 +184,34 @@ class MetaCache:
         touched = {p for _, p, _ in events}
         return not any(p in touched for p in paths)
 
-    def install_names(self, mark: tuple[int, int] | None, dino: int, names: list[bytes]) -> None:
-        """A listing of directory dino read after `mark`: bring it up to date and keep it."""
+    def replay_names(self, mark: Mark | None, dino: int, names: list[bytes]) -> set[bytes] | None:
+        """A listing of directory dino read after `mark`, brought up to date (None: unusable)."""
         if mark is None:
-            return
+            return None
         events = self._since(mark)
         if events is None:
-            return
-        base = f"{self._dirs}{dino}"
+            return None
+        base = self.paths.dir(dino)
+        prefix = child(base, "")
         current = set(names)
         for _, path, kind in events:
             if path == base:
-                return  # the directory itself was created/removed meanwhile: skip
-            if path.startswith(base + "/"):
-                name = unescape(path[len(base) + 1:])
+                return None  # the directory itself was created/removed meanwhile: skip
+            if path.startswith(prefix):
+                name = unescape(path[len(prefix):])
                 if kind == CREATED:
                     current.add(name)
                 elif kind == DELETED:
                     current.discard(name)
-        if len(self.names) >= MAX_DIRS:
-            self.names.clear()
-        self.names[dino] = current
+        return current
 
-    def begin(self, paths: list[str]) -> tuple[int, int] | None:
+    def begin(self, paths: list[str]) -> Mark | None:
         """Our transaction writing these paths is about to be sent."""
         for p in paths:
             self.own[p] += 1
         return self.mark()
 
-    def settle(self, mark: tuple[int, int] | None, paths: list[str], applied: bool) -> bool:
+    def settle(self, mark: Mark | None, paths: list[str], applied: bool) -> bool:
         """Our transaction is done; returns whether its results may be installed.
 
         Every path that saw more events since `mark` than our own operations on
@@ -239,7 +227,7 @@ class MetaCache:
                 self._invalidate_path(p, foreign=True)
             return False
         seen = collections.Counter(p for _, p, _ in events)
-        mine = collections.Counter(paths) if applied else collections.Counter()
+        mine = collections.Counter(paths)
         ok = True
         for p in set(paths):
             if seen[p] > mine[p]:
@@ -254,23 +242,16 @@ class MetaCache:
         return path.startswith(self._dirs) and "/" not in path[len(self._dirs):]
 
     def _invalidate_path(self, path: str, foreign: bool = False) -> None:
-        """Drop what we cache of path; `foreign`: someone else may have changed it (tell the kernel)."""
-        tell = self.kernel if foreign else None
+        """Drop what is known of path; `foreign`: someone else may have changed it (tell the kernel)."""
         if path.startswith(self._dirs):
             d, _, esc = path[len(self._dirs):].partition("/")
             if not d.isdigit():
                 return
             if esc:
-                self.dirents.pop((int(d), unescape(esc)), None)
-                if tell is not None:
-                    tell("entry", int(d), unescape(esc))
+                self.listener.forget_entry(int(d), unescape(esc), foreign)
             else:
-                self.invalidate("dir", int(d))
-                if tell is not None:
-                    tell("inode", int(d), None)
+                self.listener.forget_inode(int(d), foreign)
         elif path.startswith(self._inodes):
             _, _, ino = path[len(self._inodes):].partition("/")
             if ino.isdigit():
-                self.invalidate("inode", int(ino))
-                if tell is not None:
-                    tell("inode", int(ino), None)
+                self.listener.forget_inode(int(ino), foreign)

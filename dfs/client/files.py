@@ -1,6 +1,7 @@
 """File data on one client: write-back buffers, copy-on-write uploads, verified cached reads.
 
-Layering: `mount` calls this; this calls `dfs.meta.store` (block map, size) and
+Layering: `mount` calls this; this calls the client view (dfs.client.view: block
+map and size through dfs.meta, the versions last seen, the inodes held) and
 `dfs.blocks.client` (bytes on nodes). Nothing here knows about FUSE.
 
 Write path: bytes land in a per-(inode, block) buffer. A buffer that fills a
@@ -25,7 +26,6 @@ Concurrency invariants (trio is cooperative; every `await` is a switch point):
 - The cache holds immutable bytes only.
 """
 
-import collections
 import errno
 import logging
 import math
@@ -34,8 +34,12 @@ from dataclasses import dataclass, field
 
 import trio
 
+from dfs.blocks.client import BlockClient
+from dfs.client.blockcache import BlockCache
+from dfs.client.creates import PendingCreate
+from dfs.client.view import ClientView
 from dfs.errors import DfsError
-from dfs.meta.store import Inode, Meta, PendingCreate
+from dfs.meta.inodes import Inode
 from dfs.records import BlockRef
 
 log = logging.getLogger(__name__)
@@ -81,48 +85,25 @@ class OpenFile:
         return bool(self.buffers or self.uploaded or self.uploading or self.dirty_meta)
 
 
-class BlockCache:
-    """LRU of whole blocks keyed by block id (content is immutable)."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.used = 0
-        self._lru: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-
-    def get(self, block_id: str) -> bytes | None:
-        data = self._lru.get(block_id)
-        if data is not None:
-            self._lru.move_to_end(block_id)
-        return data
-
-    def put(self, block_id: str, data: bytes) -> None:
-        if block_id in self._lru or len(data) > self.capacity:
-            return
-        self._lru[block_id] = data
-        self.used += len(data)
-        while self.used > self.capacity:
-            _, old = self._lru.popitem(last=False)
-            self.used -= len(old)
-
-
 class FileData:
     """All open files' data of one client.
 
     Args:
-      meta: namespace and block map.
-      blocks: a `dfs.blocks.client.BlockClient`.
+      view: the client's namespace (block map, size, versions seen, held inodes).
+      blocks: bytes on the storage nodes.
       nursery: where background uploads and prefetches run.
       cache_bytes: block cache size.
       dirty_limit: bytes of dirty or in-flight data before writers wait.
     """
 
-    def __init__(self, meta: Meta, blocks, nursery: trio.Nursery, *, cache_bytes: int = 1024 << 20,
-                 dirty_limit: int = 256 << 20, upload_slots: int = 6, readahead_blocks: int = 2):
-        self.meta = meta
+    def __init__(self, view: ClientView, blocks: BlockClient, nursery: trio.Nursery, *,
+                 cache_bytes: int = 1024 << 20, dirty_limit: int = 256 << 20, upload_slots: int = 6,
+                 readahead_blocks: int = 2):
+        self.view = view
         self.blocks = blocks
         self.nursery = nursery
-        self.config = meta.config
-        self.bs = meta.config.block_size
+        self.config = view.config
+        self.bs = view.config.block_size
         self.files: dict[int, OpenFile] = {}
         self.cache = BlockCache(cache_bytes)
         self.dirty_limit = dirty_limit
@@ -132,42 +113,45 @@ class FileData:
         self.readahead_blocks = readahead_blocks
         self._fetching: dict[str, trio.Event] = {}
         self._serial = 0
-        self._seen_versions: dict[int, tuple[int, int]] = {}  # ino -> (version, size) last seen
+        view.set_open_files(self.is_open)
 
     # ------------------------------------------------------------------ open / close
 
     def is_open(self, ino: int) -> bool:
         return ino in self.files
 
-    async def open(self, ino: int, node: Inode | None = None, *, created: bool = False
-                   ) -> tuple[OpenFile, bool]:
+    async def open(self, ino: int, node: Inode | None = None, *, created: bool = False,
+                   pending: PendingCreate | None = None) -> tuple[OpenFile, bool]:
         """Register a handle; returns (file, keep_kernel_cache).
 
         Close-to-open: the first handle (re)loads the inode and block map from
         ZooKeeper; the kernel's page cache is kept only if the file did not change
-        since this client last saw it.
+        since this client last saw it. `pending`: the file's asynchronous create
+        (dfs.client.creates), reported by its first flush if it failed.
         """
         f = self.files.get(ino)
         if f is not None:
             f.handles += 1
+            if pending is not None:
+                f.pending_create = pending
             return f, True
         inline = None
         if created:
-            node = node or await self.meta.getattr(ino)
+            node = node or await self.view.getattr(ino)
             refs: dict[int, BlockRef] = {}
         else:
-            node, refs, inline = await self.meta.open_file(ino)
+            node, refs, inline = await self.view.open_file(ino)
         f = self.files.get(ino)  # another opener may have won while we awaited
         if f is not None:
             f.handles += 1
+            if pending is not None:
+                f.pending_create = pending
             return f, True
         f = OpenFile(ino, node.rec.size, refs, node.version, handles=1, mtime_ns=node.rec.mtime_ns,
-                     inline=inline, node=node)
+                     inline=inline, node=node, pending_create=pending)
         f.upload_done = trio.Condition(f.lock)
         self.files[ino] = f
-        keep = self._seen_versions.get(ino) == (node.version, node.rec.size)
-        self._seen_versions[ino] = (node.version, node.rec.size)
-        return f, keep
+        return f, self.view.saw_version(node)
 
     async def release(self, ino: int) -> None:
         f = self.files.get(ino)
@@ -186,8 +170,8 @@ class FileData:
             f.handles -= 1
             if f.handles <= 0 and not f.dirty:
                 del self.files[ino]
-                if ino in self.meta.held:  # unlinked or renamed over while open here
-                    await self.meta.release_orphan(ino)
+                if ino in self.view.held:  # unlinked or renamed over while open here
+                    await self.view.release_orphan(ino)
 
     def local_size(self, ino: int) -> int | None:
         f = self.files.get(ino)
@@ -388,7 +372,7 @@ class FileData:
                     # read what the commit needs while the blocks upload (one round trip less)
                     async def prefetch() -> None:
                         try:
-                            prefetched.append(await self.meta.prefetch_commit(ino, indices))
+                            prefetched.append(await self.view.prefetch_commit(ino, indices))
                         except DfsError:
                             pass  # the commit reads for itself
                     nursery.start_soon(prefetch)
@@ -411,12 +395,12 @@ class FileData:
             while len(indices) > COMMIT_BATCH:
                 batch, indices = indices[:COMMIT_BATCH], indices[COMMIT_BATCH:]
                 updates = {i: f.uploaded[i] for i in batch}
-                await self.meta.commit_blocks(ino, updates)
+                await self.view.commit_blocks(ino, updates)
                 f.refs.update(updates)
                 for i in batch:
                     del f.uploaded[i]
             updates = dict(f.uploaded)
-            node = await self.meta.commit_blocks(ino, updates, size=f.size, mtime_ns=f.mtime_ns,
+            node = await self.view.commit_blocks(ino, updates, size=f.size, mtime_ns=f.mtime_ns,
                                                  prefetched=prefetched[0] if prefetched else None)
             f.refs.update(updates)
             f.uploaded.clear()
@@ -427,7 +411,7 @@ class FileData:
     def _committed(self, f: OpenFile, node: Inode) -> None:
         f.node = node
         f.version_seen = node.version
-        self._seen_versions[f.ino] = (node.version, node.rec.size)
+        self.view.saw_version(node)
 
     async def _commit_inline(self, f: OpenFile) -> None:
         """Commit a small file's bytes into its block-map znode (called under f.lock).
@@ -448,7 +432,7 @@ class FileData:
             content = f.inline or b""
         content = content[:f.size]
         updates: dict[int, BlockRef | None] = {0: None} if 0 in f.refs else {}
-        node = await self.meta.commit_blocks(
+        node = await self.view.commit_blocks(
             f.ino, updates, size=f.size, mtime_ns=f.mtime_ns, inline=content,
             known=None if updates else f.node)
         freed = sum(len(b.data) for b in f.buffers.values())
@@ -485,18 +469,18 @@ class FileData:
         else:
             lock = trio.Lock()
         async with lock:
-            node = await self.meta.getattr(ino)
+            node = await self.view.getattr(ino)
             if not node.rec.is_reg:
                 raise DfsError(errno.EINVAL, "not a regular file")
             if f is not None:
                 refs, inline = f.refs, f.inline
             else:
-                refs, inline = await self.meta.read_file_map(ino)
+                refs, inline = await self.view.read_file_map(ino)
             old_size = node.rec.size
             if not refs:
                 # inline bytes (or nothing): the commit trims them, no block to rewrite
                 new_inline = inline[:size] if inline and size < len(inline) else None
-                node = await self.meta.commit_blocks(ino, {}, size=size, mtime_ns=time.time_ns(),
+                node = await self.view.commit_blocks(ino, {}, size=size, mtime_ns=time.time_ns(),
                                                      inline=new_inline)
                 if f is not None:
                     f.size = size
@@ -504,7 +488,7 @@ class FileData:
                         f.inline = new_inline or None
                     self._committed(f, node)
                 else:
-                    self._seen_versions[ino] = (node.version, node.rec.size)
+                    self.view.saw_version(node)
                 return node
             bs = self.bs
             updates: dict[int, BlockRef | None] = {}
@@ -518,7 +502,7 @@ class FileData:
                     updates[last] = await self.blocks.write_block(
                         data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
                     self.cache.put(updates[last].id, data)
-            node = await self.meta.commit_blocks(ino, updates, size=size, truncate_from=truncate_from,
+            node = await self.view.commit_blocks(ino, updates, size=size, truncate_from=truncate_from,
                                                  mtime_ns=time.time_ns())
             if f is not None:
                 f.size = size
@@ -529,7 +513,7 @@ class FileData:
                         f.refs[i] = r
                 self._committed(f, node)
             else:
-                self._seen_versions[ino] = (node.version, node.rec.size)
+                self.view.saw_version(node)
             return node
 
     # ------------------------------------------------------------------ read

@@ -5,7 +5,7 @@ A removal costs two ZooKeeper round trips, one of them a fsynced transaction;
 (the name exists and has the right type: the VFS checks both from its dentry)
 is answered at once (the idea of CephFS's async dirops) and one background task
 commits what has queued up meanwhile, in order, as one read trip and one
-transaction (`Meta.remove_many`): the more removals queue, the bigger the batch.
+transaction (`ClientView.remove_many`): the more removals queue, the bigger the batch.
 
 Semantics, as a program on this mount sees them:
 - A removed name is gone at once: lookups and listings here hide it
@@ -15,8 +15,9 @@ Semantics, as a program on this mount sees them:
   change in a directory (create, mkdir, link, rename, a synchronous removal)
   first waits for that directory's pending removals (`wait_dir`).
 - An rmdir is asynchronous only if this mount listed the directory less than
-  `listing_ttl` ago and removed everything the listing showed; otherwise it is
-  synchronous and reports ENOTEMPTY as usual.
+  `ClientView.listing_ttl` ago and removed everything the listing showed
+  (`ClientView.known_empty`); otherwise it is synchronous and reports
+  ENOTEMPTY as usual.
 - `drain()` waits for everything (fsyncdir, unmount, SIGTERM).
 - What other mounts see: the removal, once committed (milliseconds later).
 - If a commit fails after the caller was told it succeeded (another mount
@@ -33,8 +34,8 @@ import time
 
 import trio
 
+from dfs.client.view import ClientView
 from dfs.errors import DfsError
-from dfs.meta.store import Meta
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,14 @@ class Removals:
     """Background unlink/rmdir for one client.
 
     Args:
-      meta: the namespace.
+      view: the client's namespace.
       max_pending: removals accepted but not committed before callers wait.
       batch: most removals in one transaction.
-      listing_ttl: how long a directory listing counts for the emptiness of an rmdir.
     """
 
-    def __init__(self, meta: Meta, *, max_pending: int = 1024, batch: int = 256,
-                 listing_ttl: float = 2.0):
-        self.meta = meta
+    def __init__(self, view: ClientView, *, max_pending: int = 1024, batch: int = 256):
+        self.view = view
         self.batch = batch
-        self.listing_ttl = listing_ttl
         self.pending: dict[tuple[int, bytes], str] = {}  # (parent, name) -> "unlink" | "rmdir"
         self._per_dir: collections.Counter[int] = collections.Counter()
         # inodes a pending removal changes (nlink): their attributes wait for it
@@ -62,8 +60,6 @@ class Removals:
         self._changed = trio.Condition()
         self._slots = trio.Semaphore(max_pending)
         self._send, self._recv = trio.open_memory_channel[tuple[str, int, bytes]](max_pending)
-        # directory -> (when listed, entries it had minus what we removed since)
-        self.listed: dict[int, tuple[float, int]] = {}
         self.failures = 0  # commits that failed after their caller was told "done"
         self.stats = {"async": 0, "sync": 0, "batches": 0}
 
@@ -89,7 +85,7 @@ class Removals:
                         self._per_inode[ino] -= 1
                         if not self._per_inode[ino]:
                             del self._per_inode[ino]
-                        self.meta.fresh.pop(ino, None)
+                        self.view.forget(ino)
                     self._slots.release()
                 async with self._changed:
                     self._changed.notify_all()
@@ -101,24 +97,6 @@ class Removals:
 
     def busy(self, parent: int) -> bool:
         return self._per_dir[parent] > 0
-
-    def saw_listing(self, ino: int, entries: int) -> None:
-        if len(self.listed) > 10_000:
-            self.listed.clear()
-        self.listed[ino] = (time.monotonic(), entries)
-
-    def dir_changed(self, ino: int) -> None:
-        """This client added to directory ino: a listing of it no longer tells emptiness."""
-        self.listed.pop(ino, None)
-
-    def _removed_from(self, parent: int) -> None:
-        got = self.listed.get(parent)
-        if got is not None:
-            self.listed[parent] = (got[0], got[1] - 1)
-
-    def _known_empty(self, ino: int) -> bool:
-        got = self.listed.get(ino)
-        return got is not None and got[1] <= 0 and time.monotonic() - got[0] < self.listing_ttl
 
     def changing(self, ino: int) -> bool:
         return self._per_inode[ino] > 0
@@ -144,15 +122,15 @@ class Removals:
         await self._enqueue("unlink", parent, name)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
-        ino = self.meta.hints.get((parent, name))
-        if ino is None or not self._known_empty(ino):
+        ino = self.view.guess(parent, name)
+        if ino is None or not self.view.known_empty(ino):
             # we cannot vouch for its emptiness: ask ZooKeeper, report ENOTEMPTY now
             self.stats["sync"] += 1
             await self.wait_dir(parent)
             if ino is not None:
                 await self.wait_dir(ino)
-            await self.meta.rmdir(parent, name)
-            self._removed_from(parent)
+            await self.view.rmdir(parent, name)
+            self.view.removed_from(parent)
             return
         await self._enqueue("rmdir", parent, name)
 
@@ -165,12 +143,12 @@ class Removals:
         self.stats["async"] += 1
         self.pending[key] = op
         self._per_dir[parent] += 1
-        ino = self.meta.hints.get(key)
+        ino = self.view.guess(parent, name)
         if ino is not None:
             self._ino_of[key] = ino
             self._per_inode[ino] += 1
-        self._removed_from(parent)
-        self.meta._changed_dir(parent, time.time_ns(), -1 if op == "rmdir" else 0)
+        self.view.removed_from(parent)
+        self.view.changed_dir(parent, time.time_ns(), -1 if op == "rmdir" else 0)
         self._send.send_nowait((op, parent, name))
 
     # -- the background
@@ -178,7 +156,7 @@ class Removals:
     async def _commit_batch(self, batch: list[tuple[str, int, bytes]]) -> None:
         self.stats["batches"] += 1
         try:
-            left = await self.meta.remove_many(batch)
+            left = await self.view.remove_many(batch)
         except Exception as e:
             # a conflict or error anywhere fails the whole transaction: one by one
             log.debug("batch of %d removals failed (%r): one at a time", len(batch), e)
@@ -189,9 +167,9 @@ class Removals:
     async def _commit(self, op: str, parent: int, name: bytes) -> None:
         try:
             if op == "unlink":
-                await self.meta.unlink(parent, name)
+                await self.view.unlink(parent, name)
             else:
-                await self.meta.rmdir(parent, name)
+                await self.view.rmdir(parent, name)
         except DfsError as e:  # (ZkUnavailable included)
             if e.errno == errno.ENOENT:
                 return  # gone already (another client removed or renamed it)

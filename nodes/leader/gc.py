@@ -20,7 +20,7 @@ import trio
 
 from dfs.errors import DfsError
 from dfs.maint import repair
-from dfs.meta.store import Meta
+from dfs.meta import Meta
 from dfs.records import GcEntry
 from dfs.zk import NoNodeError
 from nodes.leader.repairer import env_float

@@ -21,7 +21,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dfs.errors import DfsError  # noqa: E402
-from dfs.meta.store import RENAME_EXCHANGE, RENAME_NOREPLACE, Meta  # noqa: E402
+from dfs.meta import RENAME_EXCHANGE, RENAME_NOREPLACE, Meta  # noqa: E402
 from dfs.mkfs import load_config  # noqa: E402
 from dfs.paths import ROOT_INO, FsPaths  # noqa: E402
 from dfs.records import BlockRef  # noqa: E402

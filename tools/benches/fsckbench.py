@@ -29,7 +29,7 @@ import xxhash
 from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import FsConfig
-from dfs.meta.store import Meta
+from dfs.meta import Meta
 from dfs.mkfs import mkfs
 from dfs.paths import ROOT_INO, FsPaths, default_root
 from dfs.zk import ZkClient, connect

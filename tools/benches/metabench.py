@@ -17,7 +17,7 @@ import uuid
 import trio
 
 from dfs.config import FsConfig
-from dfs.meta.store import Meta
+from dfs.meta import Meta
 from dfs.mkfs import mkfs
 from dfs.paths import ROOT_INO, FsPaths
 from dfs.zk import connect

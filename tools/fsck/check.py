@@ -45,7 +45,7 @@ from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import FsConfig
 from dfs.errors import DfsError, UsageError
 from dfs.maint import repair
-from dfs.meta.store import Meta
+from dfs.meta import Meta
 from dfs.mkfs import load_config
 from dfs.names import unescape
 from dfs.paths import ROOT_INO, FsPaths, default_root

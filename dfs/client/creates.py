@@ -1,0 +1,87 @@
+"""Asynchronous creates: `open(O_CREAT)` answered once the create's transaction is on its way.
+
+A session's requests apply in order, so anything this client sends later (the
+commit of the file's data at close, above all) applies after the create. Until
+it lands, the view answers lookups of the name from `ClientView.creating`. If
+it fails (another client took the name meanwhile, the directory went away),
+`PendingCreate.error` says why, the file's first flush reports it, and
+`on_failed` runs (the mount makes the kernel forget the entry).
+O_EXCL creates stay synchronous (their EEXIST is the point).
+"""
+
+import errno
+import logging
+import stat
+from typing import Callable
+
+import trio
+
+from dfs.client.view import ClientView
+from dfs.errors import DfsError
+from dfs.meta.inodes import Inode
+from dfs.names import check_name
+
+log = logging.getLogger(__name__)
+
+
+class PendingCreate:
+    """The outcome of an asynchronous create: `done` is set once it landed or failed (`error`)."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: DfsError | None = None
+
+
+class Creates:
+    """Args: view: the client's namespace; nursery: where the creates' transactions run."""
+
+    def __init__(self, view: ClientView, nursery: trio.Nursery):
+        self.view = view
+        self.nursery = nursery
+        self._in_flight = 0
+        self._changed = trio.Condition()
+
+    async def create(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int,
+                     on_failed: Callable[[DfsError], None] | None = None
+                     ) -> tuple[Inode, PendingCreate]:
+        """Create a regular file without waiting for its transaction (see the module)."""
+        check_name(name)
+        view = self.view
+        ino, rec, t = await view.meta.inodes.plan(stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+        node = Inode(ino, rec, 0)
+        pending = PendingCreate()
+        view.creating_started(parent, name, node)
+        self._in_flight += 1
+        sent = trio.Event()
+
+        async def run() -> None:
+            failed = False
+            try:
+                await view.mknod(parent, name, rec.mode, uid=uid, gid=gid, planned=(ino, rec, t),
+                                 on_sent=sent.set)
+            except Exception as e:
+                failed = True
+                pending.error = e if isinstance(e, DfsError) else DfsError(errno.EIO, repr(e))
+                log.warning("create of %r in directory %d failed after open returned: %s",
+                            name, parent, pending.error)
+                view.creating_done(parent, name, node, failed)
+                if on_failed is not None:
+                    on_failed(pending.error)
+            finally:
+                if not failed:
+                    view.creating_done(parent, name, node, failed)
+                self._in_flight -= 1
+                pending.done.set()
+                sent.set()
+                async with self._changed:
+                    self._changed.notify_all()
+
+        self.nursery.start_soon(run)
+        await sent.wait()
+        return node, pending
+
+    async def drain(self) -> None:
+        """Wait until every asynchronous create has landed (or failed)."""
+        async with self._changed:
+            while self._in_flight:
+                await self._changed.wait()

@@ -1,0 +1,487 @@
+"""What one mount knows about the namespace, in one place.
+
+Every map of client-side knowledge lives here: name -> inode hints, inodes as
+last seen (`known`: fresh for `fresh_for` seconds, or exact while the change
+feed keeps them so), the entry names and entries the feed keeps exact,
+inodes being created asynchronously, inodes this mount holds open after
+their unlink, the versions of files as last seen (close-to-open), and what a
+recent listing told about a directory's emptiness. ClientView is the
+`CommitHook` of its `Meta` (dfs.meta) and the `FeedListener` of its `Feed`
+(dfs.client.feed), and the namespace calls of the mount go through it: each
+asks `Meta` with what is known and keeps what it learns.
+
+What is known is only ever a guess or a bounded-staleness answer unless the
+feed vouches for it: a hint is checked against the dirent read with it (a stale
+hint costs a round trip, never a wrong answer); a fresh inode stands in for a
+read before a version-checked change (a stale one fails the check: retried).
+"""
+
+import errno
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from dfs.client.feed import CREATED, DELETED, Feed, Mark
+from dfs.config import FsConfig
+from dfs.errors import DfsError
+from dfs.meta import Meta
+from dfs.meta.blockmap import Prefetched
+from dfs.meta.inodes import Inode, with_entry_change
+from dfs.meta.namespace import Made, check_target
+from dfs.paths import FsPaths
+from dfs.records import BlockRef, DirEntry
+from dfs.zk import ZkClient
+
+HINTS_MAX = 200_000
+MAX_DIRS = 100_000  # directories whose names are kept (then everything is dropped)
+MAX_DIRENTS = 1_000_000  # entries whose inode is kept
+LISTED_MAX = 10_000
+
+Listing = tuple[Inode, list[tuple[bytes, DirEntry, Inode | None]]]
+KernelNotice = Callable[[str, int, bytes | None], None]
+
+
+@dataclass
+class Known:
+    """An inode as this client knows it: how old that knowledge is, and whether
+    the change feed vouches for it (then its age does not matter)."""
+
+    inode: Inode
+    age: float
+    exact: bool
+
+
+class ClientView:
+    """Args:
+      zk, paths, config: the filesystem (for its `Meta`).
+      mount_id: identifies this client in `open/<ino>/<mount_id>`.
+      fresh_for: seconds an inode read stands for the inode (the mount's attr_timeout).
+      listing_ttl: how long a directory listing counts for the emptiness of an rmdir.
+    """
+
+    def __init__(self, zk: ZkClient, paths: FsPaths, config: FsConfig, *, mount_id: str | None = None,
+                 fresh_for: float = 1.0, listing_ttl: float = 2.0):
+        self.fresh_for = fresh_for
+        self.listing_ttl = listing_ttl
+        self.feed = Feed(paths, self)
+        self.meta = Meta(zk, paths, config, mount_id=mount_id, is_open=self._holds, hook=self)
+        self.config = config
+        # (parent, name) -> inode last seen there: lets one multi-read fetch a
+        # name's inode together with its dirent
+        self.hints: dict[tuple[int, bytes], int] = {}
+        # ino -> (when we read it, the inode as read plus our own changes since, exact)
+        self._fresh: dict[int, tuple[float, Inode, bool]] = {}
+        self._vmax: dict[int, int] = {}  # ino -> highest znode version remembered
+        # kept exact by the feed: a directory's complete entry names, an entry's (inode, type)
+        self.names: dict[int, set[bytes]] = {}
+        self.dirents: dict[tuple[int, bytes], tuple[int, int]] = {}
+        # (parent, name) -> inode of an asynchronous create still on its way
+        self.creating: dict[tuple[int, bytes], Inode] = {}
+        # inodes this client unlinked (or renamed over) while it had them open:
+        # it holds them in open/<ino>/<mount_id> until release_orphan
+        self.held: set[int] = set()
+        self.versions: dict[int, tuple[int, int]] = {}  # ino -> (version, size) last seen
+        # directory -> (when listed, entries it had minus what we removed since)
+        self.listed: dict[int, tuple[float, int]] = {}
+        self._is_open: Callable[[int], bool] = lambda ino: False
+        self._kernel: KernelNotice | None = None
+        self.stats = {"cached_listings": 0}
+
+    def set_open_files(self, is_open: Callable[[int], bool]) -> None:
+        """Who tells whether this client has an inode open (dfs.client.files.FileData)."""
+        self._is_open = is_open
+
+    def on_foreign_change(self, notice: KernelNotice | None) -> None:
+        """Tell `notice` about someone else's change: ("entry", dir, name), ("inode",
+        ino, None), or ("lost", 0, None) when the feed dropped (mount.kernel)."""
+        self._kernel = notice
+
+    @property
+    def exact_active(self) -> bool:
+        """Whether the feed runs (what it vouches for is exact)."""
+        return self.feed.active
+
+    # ------------------------------------------------------------------ the CommitHook
+
+    def mark(self) -> Mark | None:
+        return self.feed.mark()
+
+    def clean(self, mark: Any, *paths: str) -> bool:
+        return self.feed.clean(mark, *paths)
+
+    def begin(self, paths: list[str]) -> Mark | None:
+        return self.feed.begin(paths)
+
+    def settle(self, mark: Any, paths: list[str], applied: bool) -> bool:
+        return self.feed.settle(mark, paths, applied)
+
+    # ------------------------------------------------------------------ the FeedListener
+
+    def names_event(self, kind: int, dino: int, name: bytes | None) -> None:
+        if name is None:
+            if kind == CREATED:
+                if len(self.names) >= MAX_DIRS:
+                    self.names.clear()
+                self.names[dino] = set()
+            elif kind == DELETED:
+                self.names.pop(dino, None)
+            return
+        names = self.names.get(dino)
+        if names is not None:
+            if kind == CREATED:
+                names.add(name)
+            elif kind == DELETED:
+                names.discard(name)
+
+    def forget_entry(self, dino: int, name: bytes, foreign: bool) -> None:
+        self.dirents.pop((dino, name), None)
+        if foreign and self._kernel is not None:
+            self._kernel("entry", dino, name)
+
+    def forget_inode(self, ino: int, foreign: bool) -> None:
+        self._fresh.pop(ino, None)
+        if foreign and self._kernel is not None:
+            self._kernel("inode", ino, None)
+
+    def feed_lost(self) -> None:
+        self.names.clear()
+        self.dirents.clear()
+        self._fresh.clear()
+        if self._kernel is not None:
+            self._kernel("lost", 0, None)
+
+    # ------------------------------------------------------------------ what is known
+
+    def remember(self, node: Inode, seen: float | None = None, exact: bool | None = None) -> Inode:
+        """Keep node (exact: as its read or commit said, unless told otherwise), unless
+        we already saw a later version of it (concurrent tasks finish in any order; an
+        inode's znode version only grows)."""
+        if node.version < self._vmax.get(node.ino, -1):
+            return node
+        if len(self._fresh) >= HINTS_MAX:
+            self._fresh.clear()
+            self._vmax.clear()
+        self._vmax[node.ino] = node.version
+        self._fresh[node.ino] = (time.monotonic() if seen is None else seen, node,
+                                 node.exact if exact is None else exact)
+        return node
+
+    def known(self, ino: int) -> Known | None:
+        """The inode as this client knows it, if exact (the feed runs) or fresh."""
+        got = self._fresh.get(ino)
+        if got is None:
+            return None
+        if got[2] and self.feed.active:
+            return Known(got[1], 0.0, True)
+        age = time.monotonic() - got[0]
+        if age >= self.fresh_for:
+            del self._fresh[ino]
+            return None
+        return Known(got[1], age, False)
+
+    def is_exact(self, node: Inode) -> bool:
+        """Whether node is what this client keeps for its inode, vouched for by the feed."""
+        got = self._fresh.get(node.ino)
+        return got is not None and got[2] and got[1] is node
+
+    def entry_exact(self, parent: int, name: bytes | None, ino: int) -> bool:
+        """Whether the feed vouches that (parent, name) names ino."""
+        ent = self.dirents.get((parent, name))  # type: ignore[arg-type]
+        return ent is not None and ent[0] == ino
+
+    def forget(self, ino: int | None) -> None:
+        if ino is not None:
+            self._fresh.pop(ino, None)
+
+    def changed_dir(self, ino: int, t: int, nlink_delta: int = 0, exact: bool | None = None) -> None:
+        """This client changed directory ino's entries at time t: keep its known inode current."""
+        got = self._fresh.get(ino)
+        if got is None:
+            return
+        seen, node, was_exact = got
+        self.remember(with_entry_change(node, t, nlink_delta), seen=seen,
+                      exact=was_exact if exact is None else was_exact and exact)
+
+    def hint(self, parent: int, name: bytes, ino: int | None) -> None:
+        if ino is None:
+            self.hints.pop((parent, name), None)
+            return
+        if len(self.hints) >= HINTS_MAX:
+            self.hints.clear()
+        self.hints[(parent, name)] = ino
+
+    def guess(self, parent: int, name: bytes) -> int | None:
+        """The inode (parent, name) was last seen to name, if any."""
+        return self.hints.get((parent, name))
+
+    def trust(self, parent: int, name: bytes, ino: int, mode: int) -> None:
+        """Entry (parent, name) names inode ino of type mode, as of now (exact)."""
+        if len(self.dirents) >= MAX_DIRENTS:
+            self.dirents.clear()
+        self.dirents[(parent, name)] = (ino, mode)
+
+    # -- asynchronous creates (dfs.client.creates)
+
+    def creating_started(self, parent: int, name: bytes, node: Inode) -> None:
+        self.creating[(parent, name)] = node
+        self.remember(node)
+        self.hint(parent, name, node.ino)
+
+    def creating_done(self, parent: int, name: bytes, node: Inode, failed: bool) -> None:
+        if failed:
+            self.forget(node.ino)
+        if self.creating.get((parent, name)) is node:
+            del self.creating[(parent, name)]
+
+    # -- open files and the inodes held for them
+
+    def _holds(self, ino: int) -> bool:
+        """Meta's is_open: an open inode that loses its last name is held from then on."""
+        if self._is_open(ino):
+            self.held.add(ino)
+            return True
+        return False
+
+    # -- file versions (close-to-open)
+
+    def saw_version(self, node: Inode) -> bool:
+        """Note the file's version as seen now; True if it is the one seen last time."""
+        same = self.versions.get(node.ino) == (node.version, node.rec.size)
+        self.versions[node.ino] = (node.version, node.rec.size)
+        return same
+
+    # -- what a listing told about emptiness (dfs.client.removals)
+
+    def saw_listing(self, ino: int, entries: int) -> None:
+        if len(self.listed) > LISTED_MAX:
+            self.listed.clear()
+        self.listed[ino] = (time.monotonic(), entries)
+
+    def dir_changed(self, ino: int) -> None:
+        """This client adds to directory ino: a listing of it no longer tells emptiness."""
+        self.listed.pop(ino, None)
+
+    def removed_from(self, parent: int) -> None:
+        got = self.listed.get(parent)
+        if got is not None:
+            self.listed[parent] = (got[0], got[1] - 1)
+
+    def known_empty(self, ino: int) -> bool:
+        got = self.listed.get(ino)
+        return got is not None and got[1] <= 0 and time.monotonic() - got[0] < self.listing_ttl
+
+    # ------------------------------------------------------------------ namespace calls
+
+    async def lookup(self, parent: int, name: bytes) -> Inode:
+        creating = self.creating.get((parent, name))
+        if creating is not None:
+            seen = self.known(creating.ino)
+            return seen.inode if seen is not None else creating
+        if self.feed.active:
+            # answered from what the change feed keeps exact, when we know it
+            ent = self.dirents.get((parent, name))
+            if ent is not None:
+                seen = self.known(ent[0])
+                if seen is not None and seen.exact:
+                    return seen.inode
+            names = self.names.get(parent)
+            if names is not None and ent is None and name not in names:
+                raise DfsError(errno.ENOENT, f"no entry {name!r}")
+        try:
+            found = await self.meta.namespace.lookup(parent, name, self.hints.get((parent, name)))
+        except DfsError as e:
+            if e.errno == errno.ENOENT:
+                self.hint(parent, name, None)
+            raise
+        entry = found.entry
+        if entry is not None:
+            if found.entry_exact:
+                self.trust(parent, name, entry.ino, entry.mode)
+            self.hint(parent, name, found.node.ino)
+        return self.remember(found.node)
+
+    async def getattr(self, ino: int) -> Inode:
+        try:
+            node = await self.meta.inodes.getattr(ino)
+        except DfsError as e:
+            if e.errno == errno.ENOENT:
+                self.forget(ino)
+            raise
+        return self.remember(node)
+
+    async def attrs(self, ino: int) -> tuple[Inode, float]:
+        """The inode and the age of that knowledge: known, or read now."""
+        seen = self.known(ino)
+        if seen is not None:
+            return seen.inode, seen.age
+        return await self.getattr(ino), 0.0
+
+    async def mknod(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int,
+                    rdev: int = 0, target: bytes = b"",
+                    planned: Any = None, on_sent: Callable[[], None] | None = None) -> Inode:
+        known = self.known(parent) if stat.S_ISDIR(mode) else None
+        made = await self.meta.namespace.mknod(
+            parent, name, mode, uid=uid, gid=gid, rdev=rdev, target=target, planned=planned,
+            on_sent=on_sent, parent_known=known.inode if known is not None else None)
+        return self._made(parent, name, made)
+
+    def _made(self, parent: int, name: bytes, made: Made) -> Inode:
+        if made.parent is not None:
+            self.remember(made.parent)
+        elif made.t is not None:
+            self.changed_dir(parent, made.t, exact=made.exact)
+        node = self.remember(made.node)
+        if made.exact:
+            self.trust(parent, name, node.ino, stat.S_IFMT(node.rec.mode))
+        self.hint(parent, name, node.ino)
+        return node
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int) -> Inode:
+        return await self.mknod(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid=uid, gid=gid)
+
+    async def create(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int) -> Inode:
+        return await self.mknod(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid=uid, gid=gid)
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, *, uid: int, gid: int) -> Inode:
+        return await self.mknod(parent, name, stat.S_IFLNK | 0o777, uid=uid, gid=gid,
+                                target=check_target(target))
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Inode:
+        self.forget(new_parent)
+        self.forget(ino)
+        node = await self.meta.namespace.link(ino, new_parent, new_name)
+        self.hint(new_parent, new_name, ino)
+        return node
+
+    async def unlink(self, parent: int, name: bytes) -> int:
+        removed = await self.meta.namespace.unlink(parent, name, self.hints.get((parent, name)))
+        self.hint(parent, name, None)
+        self.forget(removed.ino)
+        self.changed_dir(parent, removed.t)
+        return removed.ino
+
+    async def rmdir(self, parent: int, name: bytes) -> int:
+        guess = self.hints.get((parent, name))
+        self.hint(parent, name, None)
+        removed = await self.meta.namespace.rmdir(parent, name, guess)
+        self.forget(removed.ino)
+        if removed.parent is not None:
+            self.remember(removed.parent)
+        return removed.ino
+
+    async def remove_many(self, items: list[tuple[str, int, bytes]]) -> list[tuple[str, int, bytes]]:
+        """Several removals in one transaction (Namespace.remove_many); returns those left."""
+        batch = await self.meta.namespace.remove_many(items, [self.hints.get((p, n)) for _, p, n in items])
+        for _, parent, name in batch.done:
+            self.forget(self.hints.pop((parent, name), None))
+        for _, parent, _ in batch.done:
+            p = batch.parents.get(parent)
+            if p is not None:
+                self.remember(p)
+            else:
+                self.changed_dir(parent, batch.t, exact=batch.exact)
+        return batch.left
+
+    async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+                     flags: int = 0) -> None:
+        # What we know of the parents and of what moves is dropped before and
+        # after (a failed attempt may have committed after all).
+        moving = (old_parent, new_parent, self.hints.get((old_parent, old_name)),
+                  self.hints.get((new_parent, new_name)))
+        for ino in moving:
+            self.forget(ino)
+        self.hint(old_parent, old_name, None)
+        self.hint(new_parent, new_name, None)
+        try:
+            await self.meta.namespace.rename(old_parent, old_name, new_parent, new_name, flags)
+        finally:
+            for ino in moving:
+                self.forget(ino)
+
+    async def setattr(self, ino: int, **fields: int | None) -> Inode:
+        return self.remember(await self.meta.inodes.setattr(ino, **fields))
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        self.forget(ino)  # its xattr count changes (see has_no_xattrs)
+        try:
+            await self.meta.xattrs.set(ino, name, value, flags)
+        finally:
+            self.forget(ino)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        self.forget(ino)
+        try:
+            await self.meta.xattrs.remove(ino, name)
+        finally:
+            self.forget(ino)
+
+    def has_no_xattrs(self, ino: int) -> bool:
+        """Known to have no xattrs (ls -l asks for two of them per file)."""
+        seen = self.known(ino)
+        return seen is not None and seen.inode.rec.xattrs == 0
+
+    async def release_orphan(self, ino: int) -> None:
+        """The last handle of a held inode closed: let it go."""
+        self.held.discard(ino)
+        await self.meta.namespace.release_orphan(ino)
+
+    async def list_dir(self, ino: int, *, with_attrs: bool = False) -> Listing:
+        """The directory's inode and its snapshot (Namespace.list_dir): 0 to 3 round trips."""
+        cached = self._cached_listing(ino, with_attrs)
+        if cached is not None:
+            return cached
+        hints = self.hints
+        listing = await self.meta.namespace.list_dir(ino, with_attrs=with_attrs,
+                                                     guess=lambda name: hints.get((ino, name)))
+        this = self.remember(listing.this)
+        current = self.feed.replay_names(listing.mark, ino, listing.names)
+        if current is not None:
+            if len(self.names) >= MAX_DIRS:
+                self.names.clear()
+            self.names[ino] = current
+        out = []
+        for e in listing.entries:
+            self.hint(ino, e.name, e.entry.ino)
+            if e.exact:
+                self.trust(ino, e.name, e.entry.ino, e.entry.mode)
+            out.append((e.name, e.entry, self.remember(e.node) if e.node is not None else None))
+        return this, out
+
+    def _cached_listing(self, ino: int, with_attrs: bool) -> Listing | None:
+        """list_dir's answer from what the feed keeps exact, or None if anything is not known."""
+        if not self.feed.active:
+            return None
+        names = self.names.get(ino)
+        this = self.known(ino)
+        if names is None or this is None or not this.exact:
+            return None
+        out = []
+        for name in sorted(names):
+            ent = self.dirents.get((ino, name))
+            if ent is None:
+                return None
+            node = None
+            if with_attrs:
+                seen = self.known(ent[0])
+                if seen is None or not seen.exact:
+                    return None
+                node = seen.inode
+            out.append((name, DirEntry(ent[0], ent[1]), node))
+        self.stats["cached_listings"] += 1
+        return this.inode, out
+
+    # ------------------------------------------------------------------ file calls (dfs.client.files)
+
+    async def open_file(self, ino: int) -> tuple[Inode, dict[int, BlockRef], bytes | None]:
+        node, refs, inline = await self.meta.blockmap.open_file(ino)
+        return self.remember(node), refs, inline
+
+    async def commit_blocks(self, ino: int, updates: dict[int, BlockRef | None], **kw: Any) -> Inode:
+        return self.remember(await self.meta.blockmap.commit_blocks(ino, updates, **kw))
+
+    async def prefetch_commit(self, ino: int, indices: set[int]) -> Prefetched:
+        return await self.meta.blockmap.prefetch_commit(ino, indices)
+
+    async def read_file_map(self, ino: int) -> tuple[dict[int, BlockRef], bytes | None]:
+        return await self.meta.blockmap.read_file_map(ino)
