@@ -20,7 +20,7 @@ import errno
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from dfs.client.feed import CREATED, DELETED, Feed, Mark
 from dfs.config import FsConfig
@@ -40,6 +40,12 @@ LISTED_MAX = 10_000
 
 Listing = tuple[Inode, list[tuple[bytes, DirEntry, Inode | None]]]
 KernelNotice = Callable[[str, int, bytes | None], None]
+
+
+class _Seen(NamedTuple):
+    when: float  # time.monotonic() of the read
+    node: Inode  # as read, plus our own changes since
+    exact: bool
 
 
 @dataclass
@@ -70,8 +76,7 @@ class ClientView:
         # (parent, name) -> inode last seen there: lets one multi-read fetch a
         # name's inode together with its dirent
         self.hints: dict[tuple[int, bytes], int] = {}
-        # ino -> (when we read it, the inode as read plus our own changes since, exact)
-        self._fresh: dict[int, tuple[float, Inode, bool]] = {}
+        self._fresh: dict[int, _Seen] = {}
         self._vmax: dict[int, int] = {}  # ino -> highest znode version remembered
         # kept exact by the feed: a directory's complete entry names, an entry's (inode, type)
         self.names: dict[int, set[bytes]] = {}
@@ -163,8 +168,8 @@ class ClientView:
             self._fresh.clear()
             self._vmax.clear()
         self._vmax[node.ino] = node.version
-        self._fresh[node.ino] = (time.monotonic() if seen is None else seen, node,
-                                 node.exact if exact is None else exact)
+        self._fresh[node.ino] = _Seen(time.monotonic() if seen is None else seen, node,
+                                      node.exact if exact is None else exact)
         return node
 
     def known(self, ino: int) -> Known | None:
@@ -172,18 +177,18 @@ class ClientView:
         got = self._fresh.get(ino)
         if got is None:
             return None
-        if got[2] and self.feed.active:
-            return Known(got[1], 0.0, True)
-        age = time.monotonic() - got[0]
+        if got.exact and self.feed.active:
+            return Known(got.node, 0.0, True)
+        age = time.monotonic() - got.when
         if age >= self.fresh_for:
             del self._fresh[ino]
             return None
-        return Known(got[1], age, False)
+        return Known(got.node, age, False)
 
     def is_exact(self, node: Inode) -> bool:
         """Whether node is what this client keeps for its inode, vouched for by the feed."""
         got = self._fresh.get(node.ino)
-        return got is not None and got[2] and got[1] is node
+        return got is not None and got.exact and got.node is node
 
     def entry_exact(self, parent: int, name: bytes | None, ino: int) -> bool:
         """Whether the feed vouches that (parent, name) names ino."""
