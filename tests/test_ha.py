@@ -19,6 +19,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from dfs.config import FsConfig
+from dfs.paths import election_leader
 from dfs.records import BlockGroup, NodeRegistration
 from tests.harness import Cluster
 from tools.local.zkserver import ZkEnsemble
@@ -82,10 +83,7 @@ class View:
             return {}
 
     def leader(self) -> str | None:
-        names = self.zk.get_children(self.paths.repair_election)
-        if not names:
-            return None
-        return min(names, key=lambda n: int(n.rsplit("-", 1)[1])).split(".", 1)[0]
+        return election_leader(self.zk.get_children(self.paths.repair_election))
 
 
 def wait_for(what: str, check, timeout: float, interval: float = 0.25):

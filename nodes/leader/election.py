@@ -18,14 +18,10 @@ from typing import Awaitable, Callable
 
 import trio
 
-from dfs.paths import FsPaths
-from dfs.zk import NoNodeError, ZkClient
+from dfs.paths import FsPaths, election_sequence
+from dfs.zk import ZkClient
 
 log = logging.getLogger(__name__)
-
-
-def sequence_of(name: str) -> int:
-    return int(name.rsplit("-", 1)[1])
 
 
 class Election:
@@ -47,7 +43,7 @@ class Election:
 
     async def _join(self) -> str:
         await self.zk.ensure_path(self.paths.repair_election)
-        prefix = f"{self.paths.repair_election}/{self.node_id}.{self.zk.session_id or 0:x}-"
+        prefix = self.paths.election_prefix(self.node_id, self.zk.session_id or 0)
         path = await self.zk.create(prefix, self.node_id.encode(), ephemeral=True, sequence=True)
         return path.rsplit("/", 1)[1]
 
@@ -56,12 +52,8 @@ class Election:
         names = await self.zk.get_children(self.paths.repair_election)
         if me not in names:
             return "gone"
-        first = min(names, key=sequence_of)
+        first = min(names, key=election_sequence)
         return "first" if first == me else "waiting"
-
-    async def leader(self) -> str | None:
-        """The node id of the current leader, or None."""
-        return await current_leader(self.zk, self.paths)
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
         """Forever: join, wait for our turn, lead until we lose the znode. Cancel to stop."""
@@ -97,18 +89,7 @@ class Election:
                 self.znode = None
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     try:
-                        await self.zk.delete(f"{self.paths.repair_election}/{me}")
+                        await self.zk.delete(self.paths.election_member(me))
                     except Exception:
                         pass  # gone already, or ZooKeeper away: it expires with the session
             await trio.sleep(self.poll)
-
-
-async def current_leader(zk: ZkClient, paths: FsPaths) -> str | None:
-    """The node id of the current repair leader (lowest election znode), or None."""
-    try:
-        names = await zk.get_children(paths.repair_election)
-    except NoNodeError:
-        return None
-    if not names:
-        return None
-    return min(names, key=sequence_of).split(".", 1)[0]
