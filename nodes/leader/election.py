@@ -6,6 +6,9 @@ others poll (cheap: one get_children per `poll` seconds) and take over when
 the znodes before theirs are gone: a dead leader's znode vanishes with its
 session. The znode name carries the node id and session id, so a restarted
 node never mistakes the znode of its previous (killed) process for its own.
+Joining is idempotent: a create retried after a connection loss may have been
+applied twice, and the extra znode (same name stem) would stand in front of
+us for the rest of the session, so it is deleted.
 
 A leader that loses its znode (session expired while ZooKeeper was out of
 reach) stops leading at once (its work is cancelled) and joins again. Two
@@ -19,7 +22,7 @@ from typing import Awaitable, Callable
 import trio
 
 from dfs.paths import FsPaths, election_sequence
-from dfs.zk import ZkClient
+from dfs.zk import NoNodeError, ZkClient
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,15 @@ class Election:
         await self.zk.ensure_path(self.paths.repair_election)
         prefix = self.paths.election_prefix(self.node_id, self.zk.session_id or 0)
         path = await self.zk.create(prefix, self.node_id.encode(), ephemeral=True, sequence=True)
-        return path.rsplit("/", 1)[1]
+        me = path.rsplit("/", 1)[1]
+        stem = prefix.rsplit("/", 1)[1]
+        for name in await self.zk.get_children(self.paths.repair_election):
+            if name != me and name.startswith(stem):
+                try:
+                    await self.zk.delete(self.paths.election_member(name))
+                except NoNodeError:
+                    pass
+        return me
 
     async def _standing(self, me: str) -> str:
         """'first', 'waiting' or 'gone' (our znode vanished: the session expired)."""
