@@ -47,13 +47,11 @@ class NodeServer:
         self.requests = 0  # served since start, for the load figure
         self._accepting: trio.CancelScope | None = None
         self._readers: set[trio.CancelScope] = set()
-        self._conns: trio.Nursery | None = None
 
     async def serve(self, listeners: list[trio.SocketListener], *,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Accept connections until `drain()`; returns once every connection is done."""
         async with trio.open_nursery() as conns:
-            self._conns = conns
             with trio.CancelScope() as self._accepting:
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
@@ -78,12 +76,6 @@ class NodeServer:
             self._accepting.cancel()
         for scope in list(self._readers):
             scope.cancel()
-
-    def abort(self) -> None:
-        """Cancel everything, in-flight requests included."""
-        self.drain()
-        if self._conns is not None:
-            self._conns.cancel_scope.cancel()
 
     # -- one connection
 

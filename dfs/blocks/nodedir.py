@@ -6,7 +6,6 @@ load that nodes publish every few seconds. Without `run()`, call `refresh()`.
 """
 
 import logging
-import time
 
 import trio
 
@@ -32,8 +31,6 @@ class NodeDirectory:
         self.interval = interval
         self._live: dict[str, NodeLive] = {}
         self._changed = trio.Event()   # set by the ZooKeeper watch (via the trio token)
-        self._updated = trio.Event()   # set after each refresh, for wait_for()
-        self.refreshed_at = 0.0
 
     # -- reading the view
 
@@ -71,9 +68,6 @@ class NodeDirectory:
                 except (ValueError, TypeError) as e:
                     log.warning("ignoring unreadable live znode %s: %s", name, e)
         self._live = found
-        self.refreshed_at = time.monotonic()
-        self._updated.set()
-        self._updated = trio.Event()
 
     def _watcher(self):
         token = trio.lowlevel.current_trio_token()

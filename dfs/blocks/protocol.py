@@ -22,12 +22,9 @@ ProtocolError; the node answers it with EINVAL and closes that connection.
 """
 
 import errno
-import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
-
 from dfs.errors import DfsError
 
 MAGIC = b"DFS\x01"
@@ -35,7 +32,6 @@ HEADER = struct.Struct("!4sBBHQ32sQQQIQ")
 HEADER_SIZE = HEADER.size
 MAX_PAYLOAD = 64 * 1024 * 1024 + 64 * 1024  # a 64 MiB block and a little room
 NO_BLOCK = bytes(32)
-U64_MAX = (1 << 64) - 1
 
 REPLY = 0x80
 MORE = 0x01  # flags: more reply frames follow for this request
@@ -111,7 +107,3 @@ def parse_header(raw: bytes | bytearray | memoryview, max_payload: int = MAX_PAY
     if plen > max_payload:
         raise ProtocolError(f"payload of {plen} bytes exceeds the limit of {max_payload}", rid)
     return Frame(op, rid, bid, off, length, csum, status, flags), plen
-
-
-def json_payload(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
