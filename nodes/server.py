@@ -18,7 +18,17 @@ import time
 import trio
 
 from dfs.blocks.connection import FrameSocket, NodeConnection
-from dfs.blocks.protocol import LIST_ENTRY, MAX_PAYLOAD, MORE, REPLY, Frame, Op, ProtocolError, TruncatedFrame, encode_block_id
+from dfs.blocks.protocol import (
+    LIST_ENTRY,
+    MAX_PAYLOAD,
+    MORE,
+    REPLY,
+    Frame,
+    Op,
+    ProtocolError,
+    TruncatedFrame,
+    encode_block_id,
+)
 from dfs.checksum import hash64, valid_block_id
 from dfs.errors import DfsError
 from nodes.store import DIRECT_MIN, BlockBuffer, BlockStore

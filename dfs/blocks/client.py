@@ -25,7 +25,14 @@ from typing import AsyncIterator, Awaitable, Callable, Collection, Protocol
 
 import trio
 
-from dfs.blocks.connection import CONNECT_TIMEOUT, POOL_SIZE, NodeConnection, NodePool, NodeUnavailable, reply_error
+from dfs.blocks.connection import (
+    CONNECT_TIMEOUT,
+    POOL_SIZE,
+    NodeConnection,
+    NodePool,
+    NodeUnavailable,
+    reply_error,
+)
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.blocks.protocol import LIST_ENTRY, MORE, Frame, Op, encode_block_id
 from dfs.checksum import from_hex, hash64, to_hex

@@ -19,8 +19,17 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from dfs.blocks.nodedir import split_address
-from dfs.blocks.protocol import HEADER_SIZE, MAX_PAYLOAD, REPLY, Frame, Op, ProtocolError, TruncatedFrame, parse_header
+from dfs.blocks.protocol import (
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    REPLY,
+    Frame,
+    Op,
+    ProtocolError,
+    TruncatedFrame,
+    parse_header,
+    split_address,
+)
 from dfs.errors import DfsError
 
 CONNECT_TIMEOUT = 5.0

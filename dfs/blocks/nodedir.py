@@ -9,6 +9,7 @@ import logging
 
 import trio
 
+from dfs.blocks.protocol import split_address
 from dfs.paths import FsPaths
 from dfs.records import NodeLive
 from dfs.zk import NoNodeError, ZkClient
@@ -113,9 +114,3 @@ class NodeDirectory:
             if trio.current_time() >= deadline:
                 raise TimeoutError(f"only {len(self._live)} of {n_nodes} storage nodes are live")
             await trio.sleep(min(0.1, max(0.0, deadline - trio.current_time())))
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """'host:port' (or '[v6]:port') -> (host, port)."""
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)

@@ -25,6 +25,7 @@ import errno
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+
 from dfs.errors import DfsError
 
 MAGIC = b"DFS\x01"
@@ -107,3 +108,9 @@ def parse_header(raw: bytes | bytearray | memoryview, max_payload: int = MAX_PAY
     if plen > max_payload:
         raise ProtocolError(f"payload of {plen} bytes exceeds the limit of {max_payload}", rid)
     return Frame(op, rid, bid, off, length, csum, status, flags), plen
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' (or '[v6]:port') -> (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
