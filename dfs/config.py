@@ -1,10 +1,12 @@
 """The filesystem's settings (`config` znode, written once by `dfs mkfs`).
 
-Pure: no I/O. `dfs.mkfs.load_config` reads it from ZooKeeper; the daemons'
-own knobs are their mains' business (nodes/settings.py, mount/main.py).
+Pure: no I/O. `dfs.mkfs.load_config` reads it from ZooKeeper. The daemons'
+own knobs (`DFS_*` environment variables) are settings objects below, read
+once by their mains (nodes/main.py, mount/main.py) and passed down.
 """
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from dfs.records import FORMAT_REVISION, Record
 
@@ -61,3 +63,45 @@ class MountSettings:
         if unknown:
             raise ValueError(f"unknown option(s): {', '.join(sorted(set(unknown)))}")
         return out
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """A storage node's knobs; `from_environ` reads them (nodes/main.py, once). README lists them."""
+
+    heartbeat: float = 2.0             # DFS_NODE_HEARTBEAT: s between live-znode refreshes
+    syncfs: bool = False               # DFS_NODE_SMALL_SYNC=syncfs (default fdatasync per small block)
+    fault_put_pause: float = 0.0       # DFS_NODE_FAULT_PUT_PAUSE: s before a PUT commits (tests)
+    repair_leader: bool = True         # DFS_REPAIR_LEADER=0: never stand for repair leader (tests)
+    repair_concurrency: int = 4        # DFS_REPAIR_CONCURRENCY: repairs at once
+    repair_bandwidth: float = 200 * 2**20  # DFS_REPAIR_BANDWIDTH (MiB/s): bytes/s copied, 0 unlimited
+    repair_scan_interval: float = 60.0  # DFS_REPAIR_SCAN_INTERVAL: s between full scans
+    orphan_age: float | None = None    # DFS_ORPHAN_AGE: s; None: the filesystem's orphan_age
+    orphan_interval: float | None = None  # DFS_ORPHAN_INTERVAL: s; None: from orphan_age
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str]) -> "NodeSettings":
+        """The knobs set in `env`; an unset, empty or unreadable number keeps its default."""
+        d = cls()
+
+        def number(name: str) -> float | None:
+            try:
+                return float(env.get(name, "")) if env.get(name) else None
+            except ValueError:
+                return None
+
+        def knob(name: str, default: float) -> float:
+            got = number(name)
+            return default if got is None else got
+
+        return cls(
+            heartbeat=knob("DFS_NODE_HEARTBEAT", d.heartbeat),
+            syncfs=env.get("DFS_NODE_SMALL_SYNC", "fdatasync") == "syncfs",
+            fault_put_pause=knob("DFS_NODE_FAULT_PUT_PAUSE", d.fault_put_pause),
+            repair_leader=env.get("DFS_REPAIR_LEADER", "1") != "0",
+            repair_concurrency=int(knob("DFS_REPAIR_CONCURRENCY", d.repair_concurrency)),
+            repair_bandwidth=knob("DFS_REPAIR_BANDWIDTH", d.repair_bandwidth / 2**20) * 2**20,
+            repair_scan_interval=knob("DFS_REPAIR_SCAN_INTERVAL", d.repair_scan_interval),
+            orphan_age=number("DFS_ORPHAN_AGE"),
+            orphan_interval=number("DFS_ORPHAN_INTERVAL"),
+        )

@@ -115,12 +115,23 @@ class FsPaths:
     def repair_election(self) -> str:
         return f"{self.root}/repair/election"
 
+    def election_prefix(self, node_id: str, session_id: int) -> str:
+        """A candidate's znode before ZooKeeper appends the sequence number (see election_leader)."""
+        return f"{self.root}/repair/election/{node_id}.{session_id:x}-"
+
+    def election_member(self, name: str) -> str:
+        return f"{self.root}/repair/election/{name}"
+
     @property
     def repair_reports(self) -> str:
         return f"{self.root}/repair/corrupt"
 
     def repair_report(self, block_id: str, node_id: str) -> str:
         return f"{self.root}/repair/corrupt/{block_id}-{node_id}"
+
+    def repair_report_named(self, name: str) -> str:
+        """A report by its znode name (as listed under repair_reports)."""
+        return f"{self.root}/repair/corrupt/{name}"
 
     @property
     def repair_audit(self) -> str:
@@ -142,3 +153,15 @@ class FsPaths:
 def child(parent: str, name: str) -> str:
     """The znode `name` (already a znode name, e.g. from get_children) under `parent`."""
     return f"{parent}/{name}"
+
+
+def election_sequence(name: str) -> int:
+    """The sequence number ZooKeeper appended to an election znode's name."""
+    return int(name.rsplit("-", 1)[1])
+
+
+def election_leader(names: list[str]) -> str | None:
+    """The node id of the repair leader (lowest sequence number) among election znode names."""
+    if not names:
+        return None
+    return min(names, key=election_sequence).split(".", 1)[0]

@@ -6,10 +6,10 @@ Exit codes: 0 after a clean SIGTERM/SIGINT shutdown; 2 when it cannot start
 (ZooKeeper unreachable within --zk-timeout, no filesystem at the root, data
 directory unusable or owned by another running node), with one line on stderr.
 
-Background services: `start_services()` is where loops that live inside the
-node process (the repair leader, gc) get started, in the node's main nursery,
-with a `NodeContext` that gives them the store, the ZooKeeper session, paths,
-config and a BlockClient.
+The node's knobs (`DFS_*` environment variables, dfs.config.NodeSettings) are
+read here, once, and passed down. Background services (the node directory, the
+repair leader and gc: nodes/leader/housekeeping.py) run in a nursery of their
+own, cancelled first at shutdown; each is restarted after a crash.
 """
 
 import argparse
@@ -21,19 +21,20 @@ import socket
 import sys
 import uuid
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import trio
 
 from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
-from dfs.config import FsConfig
-from dfs.errors import DfsError, ZkUnavailable
+from dfs.config import NodeSettings
+from dfs.errors import DfsError, QuietError, ZkUnavailable
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
-from dfs.zk import ZkClient, connect
-from nodes.registration import Registration, default_interval
+from dfs.zk import connect
+from nodes.leader.housekeeping import Housekeeping
+from nodes.registration import Registration
 from nodes.server import NodeServer
 from nodes.store import BlockStore
 
@@ -43,43 +44,7 @@ EXIT_OK, EXIT_USAGE = 0, 2
 DRAIN_TIMEOUT = 30.0
 
 
-class StartupError(Exception):
-    """The node cannot start; the message is the one line printed on stderr."""
-
-
-@dataclass
-class NodeContext:
-    """What a background service inside the node process may use."""
-
-    node_id: str
-    address: str
-    zone: str
-    store: BlockStore
-    server: NodeServer
-    zk: ZkClient
-    paths: FsPaths
-    config: FsConfig
-    nodedir: NodeDirectory
-    blocks: BlockClient
-
-
-async def start_services(nursery: trio.Nursery, ctx: NodeContext) -> None:
-    """Hook: start the node's background services (repair leader, gc) in `nursery`.
-
-    Each service is a small object with `async def run(self)`; it is cancelled
-    when the node shuts down.
-    """
-    from nodes.leader.housekeeping import run_housekeeping  # issue 5: repair leader, gc
-
-    if os.environ.get("DFS_REPAIR_LEADER", "1") == "0":
-        # tests of the repair primitives drive repairs themselves: no node may
-        # stand for leader and repair behind their back
-        log.warning("repair leader disabled (DFS_REPAIR_LEADER=0)")
-        return
-    nursery.start_soon(supervised, "repair leader", lambda: run_housekeeping(ctx))
-
-
-async def supervised(name: str, run, *, backoff: float = 1.0) -> None:
+async def supervised(name: str, run: Callable[[], Awaitable[None]], *, backoff: float = 1.0) -> None:
     """Run a background service; restart it after a crash instead of taking the node down."""
     while True:
         try:
@@ -90,7 +55,7 @@ async def supervised(name: str, run, *, backoff: float = 1.0) -> None:
             await trio.sleep(backoff)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, settings: NodeSettings) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dfs node", description="run a dfs storage node")
     p.add_argument("--zk", required=True, help="ZooKeeper hosts, host:port[,host:port...]")
     p.add_argument("--fs", default="default", help="filesystem name (default: %(default)s)")
@@ -103,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--zone", default="", help="failure zone (rack, room) for replica placement")
     p.add_argument("--zk-timeout", type=float, default=10.0,
                    help="seconds to wait for ZooKeeper at startup (default: %(default)s)")
-    p.add_argument("--heartbeat", type=float, default=default_interval(),
+    p.add_argument("--heartbeat", type=float, default=settings.heartbeat,
                    help="seconds between live-znode refreshes (default: $DFS_NODE_HEARTBEAT or 2)")
     p.add_argument("--disk-threads", type=int, default=32, help="worker threads for disk I/O")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -117,7 +82,7 @@ def lock_data_dir(data: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise StartupError(f"data directory {data} is in use by another running node") from None
+        raise QuietError(f"data directory {data} is in use by another running node") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
@@ -145,7 +110,7 @@ def load_node_id(data: Path) -> str:
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
-        raise StartupError(f"--listen must be HOST:PORT, not {text!r}")
+        raise QuietError(f"--listen must be HOST:PORT, not {text!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -157,42 +122,42 @@ def advertised_host(listen_host: str, advertise: str) -> str:
     return listen_host
 
 
-async def serve_node(args: argparse.Namespace) -> int:
+async def serve_node(args: argparse.Namespace, settings: NodeSettings) -> int:
     data = Path(args.data).resolve()
     try:
         data.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise StartupError(f"cannot create data directory {data}: {e.strerror}") from None
+        raise QuietError(f"cannot create data directory {data}: {e.strerror}") from None
     async with AsyncExitStack() as stack:
         # From here on SIGTERM means "shut down cleanly", even during startup.
         signals = stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
         lock_fd = lock_data_dir(data)
         stack.callback(os.close, lock_fd)
         node_id = load_node_id(data)
-        pause = float(os.environ.get("DFS_NODE_FAULT_PUT_PAUSE", "0") or 0)
-        store = BlockStore(data, pause_before_commit=pause)
+        store = BlockStore(data, pause_before_commit=settings.fault_put_pause,
+                           syncfs=settings.syncfs)
         await trio.to_thread.run_sync(store.open)
 
         try:
             zk = await connect(args.zk, timeout=args.zk_timeout, op_timeout=30.0)
         except ZkUnavailable as e:
-            raise StartupError(e.message) from None
+            raise QuietError(e.message) from None
         stack.push_async_callback(zk.close)
         paths = FsPaths(default_root(args.fs))
         try:
             with trio.fail_after(args.zk_timeout):
                 config = await load_config(zk, paths)
         except trio.TooSlowError:
-            raise StartupError(f"ZooKeeper at {args.zk} did not answer within "
-                               f"{args.zk_timeout:g} s") from None
+            raise QuietError(f"ZooKeeper at {args.zk} did not answer within "
+                             f"{args.zk_timeout:g} s") from None
         except DfsError as e:
-            raise StartupError(e.message) from None
+            raise QuietError(e.message) from None
 
         host, port = parse_listen(args.listen)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as e:
-            raise StartupError(f"cannot listen on {args.listen}: {e.strerror}") from None
+            raise QuietError(f"cannot listen on {args.listen}: {e.strerror}") from None
         port = listeners[0].socket.getsockname()[1]
         address = f"{advertised_host(host, args.advertise)}:{port}"
 
@@ -214,21 +179,26 @@ async def serve_node(args: argparse.Namespace) -> int:
             with trio.fail_after(max(args.zk_timeout, 30.0)):
                 await reg.register()
         except (trio.TooSlowError, ZkUnavailable):
-            raise StartupError(f"could not register with ZooKeeper at {args.zk}") from None
+            raise QuietError(f"could not register with ZooKeeper at {args.zk}") from None
 
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, listeners)
             await nursery.start(reg.run)
             log.info("node %s serving %s on %s (fs %s)", node_id, data, address, args.fs)
-            ctx = NodeContext(node_id, address, args.zone, store, server, zk, paths, config,
-                              nodedir, blocks)
             services = trio.CancelScope()
 
             async def run_services() -> None:
                 with services:
                     async with trio.open_nursery() as svc:
                         svc.start_soon(supervised, "node directory", nodedir.run)
-                        await start_services(svc, ctx)
+                        if settings.repair_leader:
+                            housekeeping = Housekeeping(zk, paths, config, nodedir, blocks,
+                                                        node_id, settings)
+                            svc.start_soon(supervised, "repair leader", housekeeping.run)
+                        else:
+                            # tests of the repair primitives drive repairs themselves: no
+                            # node may stand for leader and repair behind their back
+                            log.warning("repair leader disabled (DFS_REPAIR_LEADER=0)")
 
             nursery.start_soon(run_services)
             async for signum in signals:
@@ -247,15 +217,16 @@ async def serve_node(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    settings = NodeSettings.from_environ(os.environ)
+    args = parse_args(argv, settings)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.verbose:
         logging.getLogger("dfs.zk").setLevel(logging.WARNING)
     try:
-        return trio.run(serve_node, args)
-    except StartupError as e:
+        return trio.run(serve_node, args, settings)
+    except QuietError as e:
         print(f"dfs node: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return e.exitcode
     except KeyboardInterrupt:
         return EXIT_OK

@@ -9,7 +9,6 @@ is unreachable the node keeps serving blocks and keeps trying.
 """
 
 import logging
-import os
 import time
 from typing import Callable
 
@@ -138,6 +137,3 @@ class Registration:
         except NoNodeError:
             pass
 
-
-def default_interval() -> float:
-    return float(os.environ.get("DFS_NODE_HEARTBEAT", "2.0"))

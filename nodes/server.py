@@ -17,14 +17,13 @@ import time
 
 import trio
 
-from dfs.blocks.client import NodeConnection
+from dfs.blocks.connection import FrameSocket, NodeConnection
 from dfs.blocks.protocol import (
     LIST_ENTRY,
     MAX_PAYLOAD,
     MORE,
     REPLY,
     Frame,
-    FrameSocket,
     Op,
     ProtocolError,
     TruncatedFrame,
@@ -58,13 +57,11 @@ class NodeServer:
         self.requests = 0  # served since start, for the load figure
         self._accepting: trio.CancelScope | None = None
         self._readers: set[trio.CancelScope] = set()
-        self._conns: trio.Nursery | None = None
 
     async def serve(self, listeners: list[trio.SocketListener], *,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Accept connections until `drain()`; returns once every connection is done."""
         async with trio.open_nursery() as conns:
-            self._conns = conns
             with trio.CancelScope() as self._accepting:
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
@@ -89,12 +86,6 @@ class NodeServer:
             self._accepting.cancel()
         for scope in list(self._readers):
             scope.cancel()
-
-    def abort(self) -> None:
-        """Cancel everything, in-flight requests included."""
-        self.drain()
-        if self._conns is not None:
-            self._conns.cancel_scope.cancel()
 
     # -- one connection
 

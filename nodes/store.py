@@ -151,10 +151,12 @@ class BlockStore:
       reserve: bytes of free space a PUT must leave on the filesystem.
       pause_before_commit: test hook; seconds to sleep between writing a temp
         file and renaming it (lets a test SIGKILL the node mid-PUT).
+      syncfs: make small blocks durable with shared syncfs() calls (GroupCommit)
+        instead of an fdatasync each.
     """
 
     def __init__(self, root: str | os.PathLike, *, reserve: int = 0,
-                 pause_before_commit: float = 0.0):
+                 pause_before_commit: float = 0.0, syncfs: bool = False):
         self.root = Path(root).resolve()
         self.blocks_dir = self.root / "blocks"
         self.tmp_dir = self.root / "tmp"
@@ -166,7 +168,7 @@ class BlockStore:
         self._seq = itertools.count()
         self.direct = True  # O_DIRECT for large blocks until the filesystem refuses it
         self.buffers = BufferPool()
-        self.group = GroupCommit(self.root)
+        self.group = GroupCommit(self.root, syncfs)
 
     # -- lifecycle
 
@@ -448,7 +450,7 @@ class GroupCommit:
     serves every caller that registered before it began. Thread-safe.
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, use_syncfs: bool):
         self.root = root
         self._fd: int | None = None
         self._cond = threading.Condition()
@@ -459,7 +461,7 @@ class GroupCommit:
         # also writes back every dirty page of the whole filesystem the data dir
         # lives on; on a shared disk (or with a big file being written next to
         # it) one small PUT then waited for all of that.
-        self.available = _syncfs is not None and os.environ.get("DFS_NODE_SMALL_SYNC", "fdatasync") == "syncfs"
+        self.available = _syncfs is not None and use_syncfs
 
     def _dirfd(self) -> int:
         if self._fd is None:

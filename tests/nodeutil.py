@@ -6,11 +6,14 @@ node by PID and prints their log tails (pytest shows them when a test fails).
 """
 
 import os
+import socket
+import struct
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from kazoo.protocol.serialization import Connect
 
 from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
@@ -101,10 +104,25 @@ async def cluster(zk: ZkClient, zk_hosts: str, paths: FsPaths, base: Path, n: in
 async def corrupt_reports(zk: ZkClient, paths: FsPaths) -> list[CorruptReport]:
     out = []
     for name in await zk.get_children(paths.repair_reports):
-        data, _ = await zk.get(f"{paths.repair_reports}/{name}")
+        data, _ = await zk.get(paths.repair_report_named(name))
         out.append(CorruptReport.decode(data))
     return out
 
 
 def files_under(path: Path) -> set[str]:
     return {os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs}
+
+
+def close_session(zk_hosts: str, client_id: tuple[int, bytes]) -> None:
+    """End a ZooKeeper session from outside (what an expiry does to it): another
+    connection takes the session over with its id and password and closes it.
+    Blocking; the session's own client sees it expired when it next reconnects."""
+    host, port = zk_hosts.split(",")[0].split(":")
+    connect = Connect(0, 0, 4000, *client_id, False).serialize()
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(struct.pack("!i", len(connect)) + connect + struct.pack("!iii", 8, 1, -11))
+            while s.recv(4096):
+                pass
+    except OSError:
+        pass

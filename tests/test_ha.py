@@ -19,7 +19,8 @@ import pytest
 from kazoo.client import KazooClient
 
 from dfs.config import FsConfig
-from dfs.records import BlockGroup, NodeRegistration
+from dfs.paths import election_leader
+from dfs.records import BlockGroup, NodeLive, NodeRegistration
 from tests.harness import Cluster
 from tools.local.zkserver import ZkEnsemble
 
@@ -82,10 +83,7 @@ class View:
             return {}
 
     def leader(self) -> str | None:
-        names = self.zk.get_children(self.paths.repair_election)
-        if not names:
-            return None
-        return min(names, key=lambda n: int(n.rsplit("-", 1)[1])).split(".", 1)[0]
+        return election_leader(self.zk.get_children(self.paths.repair_election))
 
 
 def wait_for(what: str, check, timeout: float, interval: float = 0.25):
@@ -446,7 +444,7 @@ def test_zookeeper_leader_killed_during_cp(tmp_path):
                      60, interval=0.05)
             leader = ens.leader_index()
             assert leader is not None
-            killed = time.monotonic()
+            killed, killed_at = time.monotonic(), time.time()
             ens.kill_server(leader)
             _, err = cp.communicate(timeout=180)
         finally:
@@ -466,6 +464,18 @@ def test_zookeeper_leader_killed_during_cp(tmp_path):
                 assert x == y, "the copy differs"
                 if not x:
                     break
+        # the nodes rode through too: each still registered and refreshing, one repair leader
+        view = View(ens.hosts, c.paths)
+        try:
+            def refreshed():
+                lives = [NodeLive.decode(view.zk.get(view.paths.live_node(n.node_id))[0])
+                         for n in c.nodes if n.node_id in view.live()]
+                return len(lives) == len(c.nodes) and all(lv.updated > killed_at for lv in lives)
+            wait_for("every node's live znode refreshed after the ZooKeeper leader kill", refreshed, 30)
+            assert len(view.zk.get_children(c.paths.repair_election)) == len(c.nodes)
+            assert view.leader() in {n.node_id for n in c.nodes}
+        finally:
+            view.close()
         after = [(t, s) for t, s in progress if t >= killed]
         stall = max((b[0] - a[0] for a, b in zip(after, after[1:]) if b[1] == a[1]), default=0.0)
         # longest time the file did not grow after the kill

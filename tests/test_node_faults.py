@@ -3,6 +3,7 @@ ZooKeeper restart, live-znode loss; and the node directory's watch."""
 
 import errno
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -16,7 +17,7 @@ from dfs.checksum import CHUNK_SIZE
 from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.mkfs import mkfs
-from dfs.paths import FsPaths
+from dfs.paths import FsPaths, election_leader
 from dfs.records import BlockRef, NodeLive
 from dfs.zk import connect
 from nodes.store import header_size
@@ -196,6 +197,44 @@ async def test_live_znode_is_recreated_when_it_vanishes(zk, zk_hosts, fs_paths, 
             while await zk.exists(path) is None:
                 await trio.sleep(0.1)
         assert NodeLive.decode((await zk.get(path))[0]).address == c.nodes[0].address
+
+
+async def test_session_expiry_of_a_running_node_recreates_its_znodes(zk, zk_hosts, fs_paths, tmp_path):
+    """A node frozen past its session timeout (10 s) loses its live and election znodes;
+    once it runs again it registers on a new session, joins the election behind the
+    leader that took over, and serves its blocks."""
+    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=2) as c:
+        ref = await c.client.write_block(b"kept" * 1000, replicas=2, min_replicas=2)
+
+        async def election() -> list[str]:
+            return await zk.get_children(fs_paths.repair_election)
+
+        with trio.fail_after(20):
+            while len(await election()) < 2:
+                await trio.sleep(0.1)
+        leader = c.node(election_leader(await election()))
+        other = next(n for n in c.nodes if n is not leader)
+        live = fs_paths.live_node(leader.node_id)
+        old_owner = (await zk.exists(live)).ephemeralOwner
+        old_znode = next(n for n in await election() if n.startswith(f"{leader.node_id}."))
+        os.kill(leader.pid, signal.SIGSTOP)
+        try:
+            with trio.fail_after(40):
+                while await zk.exists(live) is not None or \
+                        election_leader(await election()) != other.node_id:
+                    await trio.sleep(0.2)
+        finally:
+            os.kill(leader.pid, signal.SIGCONT)
+        with trio.fail_after(30):
+            while (st := await zk.exists(live)) is None or st.ephemeralOwner == old_owner:
+                await trio.sleep(0.1)
+            while not [n for n in await election()
+                       if n.startswith(f"{leader.node_id}.") and n != old_znode]:
+                await trio.sleep(0.1)
+        assert election_leader(await election()) == other.node_id
+        assert len(await election()) == 2
+        assert (await c.client.stat_block(leader.node_id, ref.id))["length"] == 4000
+        assert leader.alive()
 
 
 async def test_zookeeper_restart_node_reregisters_and_serves_meanwhile(tmp_path):

@@ -5,6 +5,7 @@ import errno
 import pytest
 import trio
 
+from dfs.blocks.connection import FrameSocket
 from dfs.blocks.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -12,7 +13,6 @@ from dfs.blocks.protocol import (
     MAX_PAYLOAD,
     REPLY,
     Frame,
-    FrameSocket,
     Op,
     ProtocolError,
     TruncatedFrame,

@@ -1,5 +1,9 @@
 """The client side of the block protocol: write, read, delete and inspect blocks on nodes.
 
+`BlockStore` is the contract the file layer (dfs/client/files.py) holds: three
+calls, nothing about nodes or sockets. `BlockClient` implements it, plus the
+maintenance calls of fsck, gc and repair.
+
 This is the "router" of the design (DESIGN.md section 1): `place_replicas` picks
 the nodes, this module talks to them directly. Every byte returned by
 `read_block` has been verified (the whole block against the writer's checksum,
@@ -7,27 +11,30 @@ a range by the node's chunk checksums plus a checksum of the reply payload); a
 bad replica is reported and the next one tried, so a read either returns the
 right bytes or raises DfsError(EIO).
 
-Connections: a small pool per node. Requests are pipelined on a connection
-with request ids. There is no background reader task (the client has no
-nursery of its own): whichever waiting request finds no reader active reads
-frames and hands each to its waiter, then passes the role on. A connection on
-which a frame was cut short (error, cancellation mid-frame) is closed and
-dropped; the next request dials a new one.
+Connections: a small pool per node (dfs/blocks/connection.py), requests
+pipelined on each.
 """
 
 import errno
-import itertools
 import json
 import logging
 import random
 import time
 import uuid
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Collection, Protocol
 
 import trio
 
-from dfs.blocks.nodedir import NodeDirectory, split_address
-from dfs.blocks.protocol import LIST_ENTRY, MORE, REPLY, Frame, FrameSocket, Op, ProtocolError, encode_block_id
+from dfs.blocks.connection import (
+    CONNECT_TIMEOUT,
+    POOL_SIZE,
+    NodeConnection,
+    NodePool,
+    NodeUnavailable,
+    reply_error,
+)
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.blocks.protocol import LIST_ENTRY, MORE, Frame, Op, encode_block_id
 from dfs.checksum import from_hex, hash64, to_hex
 from dfs.errors import DfsError
 from dfs.placement import place_replicas
@@ -36,199 +43,32 @@ from dfs.zk import NodeExistsError
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 30.0
-POOL_SIZE = 4
-# A connection with fewer requests in flight than this is reused before dialing another.
-PIPELINE_DEPTH = 8
 
 OnCorrupt = Callable[[BlockRef, str, str], Awaitable[None]]
 LOAD_TIE = 8  # in-flight requests that count as equally loaded (see _read_order)
 
 
-class NodeUnavailable(DfsError):
-    """The node could not be reached, or the connection broke (not a reply from the node)."""
+class BlockStore(Protocol):
+    """Blocks as the file layer sees them: write one, read (a range of) one, drop a replica.
 
-    def __init__(self, message: str):
-        super().__init__(errno.EHOSTDOWN, message)
-
-
-def reply_error(reply: Frame, what: str) -> DfsError:
-    text = bytes(reply.payload).decode("utf-8", "replace") if reply.payload else ""
-    return DfsError(reply.status, f"{what}: {text}" if text else what)
-
-
-class _Waiter:
-    __slots__ = ("event", "frame", "error")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.frame: Frame | None = None
-        self.error: BaseException | None = None
-
-
-class NodeConnection:
-    """One TCP connection to a node, with pipelined requests.
-
-    Invariant: at most one task reads frames (`_reading`) and at most one task
-    sends (`_send_lock`); a task interrupted in the middle of either breaks the
-    connection, since the stream is out of step after that.
+    Errors carry an errno: EIO when too few replicas took a block or none could
+    deliver verified bytes, ENOSPC when the nodes are full, ENOENT when a
+    replica to delete is not there.
     """
 
-    def __init__(self, node_id: str, address: str, fs: FrameSocket):
-        self.node_id = node_id
-        self.address = address
-        self.fs = fs
-        self.broken = False
-        self.info: dict = {}
-        self._ids = itertools.count(1)
-        self._waiters: dict[int, _Waiter] = {}
-        self._send_lock = trio.Lock()
-        self._reading = False
+    async def write_block(self, data: bytes | bytearray | memoryview, *, replicas: int,
+                          min_replicas: int, exclude: Collection[str] = ()) -> BlockRef:
+        """A new block on up to `replicas` nodes; at least `min_replicas` have it durably."""
+        ...
 
-    @classmethod
-    async def open(cls, node_id: str | None, address: str, *,
-                   connect_timeout: float = CONNECT_TIMEOUT) -> "NodeConnection":
-        """Dial `address` and check (PING) that the node there is `node_id` (if given)."""
-        host, port = split_address(address)
-        try:
-            with trio.fail_after(connect_timeout):
-                stream = await trio.open_tcp_stream(host, port)
-                conn = cls(node_id or "", address, FrameSocket(stream.socket))
-                reply = await conn.request(Frame(Op.PING))
-        except (OSError, trio.TooSlowError) as e:
-            raise NodeUnavailable(f"cannot connect to node {node_id} at {address}: {e!r}") from None
-        try:
-            conn.info = json.loads(bytes(reply.payload)) if reply.payload else {}
-        except ValueError:
-            conn.info = {}
-        if node_id and conn.info.get("node_id") != node_id:
-            conn.close()
-            raise NodeUnavailable(f"{address} is node {conn.info.get('node_id')!r}, not {node_id}")
-        conn.node_id = conn.info.get("node_id", node_id or "")
-        return conn
+    async def read_block(self, ref: BlockRef, offset: int = 0, length: int | None = None) -> bytes:
+        """Verified bytes `offset .. offset+length` of the block (clamped to its end)."""
+        ...
 
-    @property
-    def inflight(self) -> int:
-        return len(self._waiters)
-
-    def close(self) -> None:
-        self._break(NodeUnavailable(f"connection to node {self.node_id} closed"))
-
-    def _break(self, error: BaseException) -> None:
-        if not self.broken:
-            self.broken = True
-            self.fs.close()
-        for w in self._waiters.values():
-            if w.frame is None and w.error is None:
-                w.error = error
-            w.event.set()
-
-    def _as_unavailable(self, e: BaseException) -> NodeUnavailable:
-        if isinstance(e, NodeUnavailable):
-            return e
-        return NodeUnavailable(f"connection to node {self.node_id} at {self.address} failed: {e!r}")
-
-    async def request(self, frame: Frame) -> Frame:
-        """Send `frame` and wait for its reply (of any status).
-
-        Raises:
-          NodeUnavailable: the connection is or became broken.
-        """
-        if self.broken:
-            raise NodeUnavailable(f"connection to node {self.node_id} is closed")
-        rid = next(self._ids)
-        frame.request_id = rid
-        w = _Waiter()
-        self._waiters[rid] = w
-        try:
-            try:
-                async with self._send_lock:
-                    await self.fs.send_frame(frame)
-            except trio.Cancelled:
-                self._break(NodeUnavailable("request cancelled while sending"))
-                raise
-            except (OSError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
-                self._break(self._as_unavailable(e))
-                raise self._as_unavailable(e) from None
-            return await self._wait_reply(w)
-        finally:
-            del self._waiters[rid]
-            if not self._reading:
-                self._wake_all()
-
-    def _wake_all(self) -> None:
-        # Someone must take over reading: every waiter still without a reply checks.
-        for other in self._waiters.values():
-            if other.frame is None:
-                other.event.set()
-
-    async def _wait_reply(self, w: _Waiter) -> Frame:
-        while True:
-            if w.frame is not None:
-                return w.frame
-            if w.error is not None:
-                raise w.error
-            if self._reading:
-                w.event = trio.Event()
-                await w.event.wait()
-                continue
-            self._reading = True
-            try:
-                while w.frame is None:
-                    f = await self.fs.recv_frame()
-                    if f is None:
-                        raise NodeUnavailable(f"node {self.node_id} closed the connection")
-                    if not f.op & REPLY:
-                        raise ProtocolError(f"node {self.node_id} sent a request, not a reply")
-                    target = self._waiters.get(f.request_id)
-                    if target is None:
-                        continue  # its requester gave up (timeout); drop the late reply
-                    target.frame = f
-                    target.event.set()
-            except trio.Cancelled:
-                self._break(NodeUnavailable("request cancelled while reading"))
-                raise
-            except (OSError, DfsError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
-                err = self._as_unavailable(e)
-                self._break(err)
-                raise err from None
-            finally:
-                self._reading = False
-                self._wake_all()
-            return w.frame
-
-
-class NodePool:
-    """A few connections to one node; requests go to the least busy one."""
-
-    def __init__(self, node_id: str, address: str, size: int = POOL_SIZE,
-                 connect_timeout: float = CONNECT_TIMEOUT):
-        self.node_id = node_id
-        self.address = address
-        self.size = size
-        self.connect_timeout = connect_timeout
-        self.conns: list[NodeConnection] = []
-        self._dial_lock = trio.Lock()
-
-    async def get(self) -> NodeConnection:
-        self.conns = [c for c in self.conns if not c.broken]
-        best = min(self.conns, key=lambda c: c.inflight, default=None)
-        if best is not None and (best.inflight < PIPELINE_DEPTH or len(self.conns) >= self.size):
-            return best
-        async with self._dial_lock:
-            self.conns = [c for c in self.conns if not c.broken]
-            if len(self.conns) >= self.size:
-                return min(self.conns, key=lambda c: c.inflight)
-            conn = await NodeConnection.open(self.node_id, self.address,
-                                             connect_timeout=self.connect_timeout)
-            self.conns.append(conn)
-            return conn
-
-    def close(self) -> None:
-        for c in self.conns:
-            c.close()
-        self.conns = []
+    async def delete_block(self, node_id: str, block_id: str) -> None:
+        """Delete the replica on `node_id`."""
+        ...
 
 
 class BlockClient:
@@ -304,7 +144,7 @@ class BlockClient:
     # -- writing
 
     async def write_block(self, data: bytes | bytearray | memoryview, *, replicas: int,
-                          min_replicas: int, exclude=()) -> BlockRef:
+                          min_replicas: int, exclude: Collection[str] = ()) -> BlockRef:
         """Store `data` as a new block on up to `replicas` nodes (in parallel).
 
         Succeeds when at least `min_replicas` nodes acknowledged a durable copy;

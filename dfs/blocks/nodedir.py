@@ -6,10 +6,10 @@ load that nodes publish every few seconds. Without `run()`, call `refresh()`.
 """
 
 import logging
-import time
 
 import trio
 
+from dfs.blocks.protocol import split_address
 from dfs.paths import FsPaths
 from dfs.records import NodeLive
 from dfs.zk import NoNodeError, ZkClient
@@ -32,8 +32,6 @@ class NodeDirectory:
         self.interval = interval
         self._live: dict[str, NodeLive] = {}
         self._changed = trio.Event()   # set by the ZooKeeper watch (via the trio token)
-        self._updated = trio.Event()   # set after each refresh, for wait_for()
-        self.refreshed_at = 0.0
 
     # -- reading the view
 
@@ -71,9 +69,6 @@ class NodeDirectory:
                 except (ValueError, TypeError) as e:
                     log.warning("ignoring unreadable live znode %s: %s", name, e)
         self._live = found
-        self.refreshed_at = time.monotonic()
-        self._updated.set()
-        self._updated = trio.Event()
 
     def _watcher(self):
         token = trio.lowlevel.current_trio_token()
@@ -119,9 +114,3 @@ class NodeDirectory:
             if trio.current_time() >= deadline:
                 raise TimeoutError(f"only {len(self._live)} of {n_nodes} storage nodes are live")
             await trio.sleep(min(0.1, max(0.0, deadline - trio.current_time())))
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """'host:port' (or '[v6]:port') -> (host, port)."""
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)

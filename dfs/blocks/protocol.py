@@ -22,13 +22,9 @@ ProtocolError; the node answers it with EINVAL and closes that connection.
 """
 
 import errno
-import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable, Sequence
-
-import trio
 
 from dfs.errors import DfsError
 
@@ -37,8 +33,6 @@ HEADER = struct.Struct("!4sBBHQ32sQQQIQ")
 HEADER_SIZE = HEADER.size
 MAX_PAYLOAD = 64 * 1024 * 1024 + 64 * 1024  # a 64 MiB block and a little room
 NO_BLOCK = bytes(32)
-RECV_BUFFER = 256 * 1024
-U64_MAX = (1 << 64) - 1
 
 REPLY = 0x80
 MORE = 0x01  # flags: more reply frames follow for this request
@@ -116,96 +110,7 @@ def parse_header(raw: bytes | bytearray | memoryview, max_payload: int = MAX_PAY
     return Frame(op, rid, bid, off, length, csum, status, flags), plen
 
 
-def json_payload(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-class FrameSocket:
-    """Frames over one connected trio socket, with few copies.
-
-    Small frames are parsed out of one receive buffer; a large payload is
-    received straight into its own bytearray (`recv_into`). Sends use `sendmsg`
-    so a header and its payload go out in one system call without concatenation.
-
-    Not safe for concurrent receivers or concurrent senders: callers serialise
-    each direction (the node reads in one task and sends under a lock).
-    """
-
-    def __init__(self, sock: trio.socket.SocketType, max_payload: int = MAX_PAYLOAD,
-                 alloc: Callable[[Frame, int], Any] | None = None):
-        self.sock = sock
-        self.max_payload = max_payload
-        # alloc(frame, payload_len) -> an object with a writable `.data` view of
-        # payload_len bytes to receive into (or None for a plain bytearray);
-        # the node uses it to receive a PUT straight into block-file layout.
-        self.alloc = alloc
-        self._buf = bytearray(RECV_BUFFER)
-        self._lo = 0
-        self._hi = 0
-
-    async def _recv_more(self) -> bool:
-        if self._lo == self._hi:
-            self._lo = self._hi = 0
-        elif self._hi == len(self._buf):
-            n = self._hi - self._lo
-            self._buf[:n] = self._buf[self._lo:self._hi]
-            self._lo, self._hi = 0, n
-        got = await self.sock.recv_into(memoryview(self._buf)[self._hi:])
-        self._hi += got
-        return got > 0
-
-    async def recv_frame(self) -> Frame | None:
-        """The next frame, or None at a clean end of stream between frames.
-
-        Raises:
-          ProtocolError: a bad header (the caller should reply and close).
-          TruncatedFrame: the stream ended inside a frame.
-          OSError: the connection broke.
-        """
-        while self._hi - self._lo < HEADER_SIZE:
-            if not await self._recv_more():
-                if self._hi == self._lo:
-                    return None
-                raise TruncatedFrame("connection closed inside a frame header")
-        frame, plen = parse_header(memoryview(self._buf)[self._lo:self._lo + HEADER_SIZE],
-                                   self.max_payload)
-        self._lo += HEADER_SIZE
-        if plen == 0:
-            return frame
-        have = min(plen, self._hi - self._lo)
-        if have == plen:  # common for small frames: all in the buffer already
-            frame.payload = bytes(self._buf[self._lo:self._lo + plen])
-            self._lo += plen
-            return frame
-        holder = self.alloc(frame, plen) if self.alloc is not None else None
-        payload = holder if holder is not None else bytearray(plen)
-        view = holder.data if holder is not None else memoryview(payload)
-        view[:have] = memoryview(self._buf)[self._lo:self._lo + have]
-        self._lo += have
-        while have < plen:
-            got = await self.sock.recv_into(view[have:])
-            if got == 0:
-                raise TruncatedFrame(f"connection closed after {have} of {plen} payload bytes",
-                                     frame.request_id)
-            have += got
-        frame.payload = payload
-        return frame
-
-    async def send_frame(self, frame: Frame) -> None:
-        await self.send_buffers([frame.header(), frame.payload] if len(frame.payload)
-                                else [frame.header()])
-
-    async def send_buffers(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
-        views = [memoryview(b).cast("B") for b in buffers if len(b)]
-        while views:
-            sent = await self.sock.sendmsg(views)
-            while sent and views:
-                if sent >= len(views[0]):
-                    sent -= len(views[0])
-                    views.pop(0)
-                else:
-                    views[0] = views[0][sent:]
-                    sent = 0
-
-    def close(self) -> None:
-        self.sock.close()
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' (or '[v6]:port') -> (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -6,6 +6,9 @@ others poll (cheap: one get_children per `poll` seconds) and take over when
 the znodes before theirs are gone: a dead leader's znode vanishes with its
 session. The znode name carries the node id and session id, so a restarted
 node never mistakes the znode of its previous (killed) process for its own.
+Joining is idempotent: a create retried after a connection loss may have been
+applied twice, and the extra znode (same name stem) would stand in front of
+us for the rest of the session, so it is deleted.
 
 A leader that loses its znode (session expired while ZooKeeper was out of
 reach) stops leading at once (its work is cancelled) and joins again. Two
@@ -18,14 +21,10 @@ from typing import Awaitable, Callable
 
 import trio
 
-from dfs.paths import FsPaths
+from dfs.paths import FsPaths, election_sequence
 from dfs.zk import NoNodeError, ZkClient
 
 log = logging.getLogger(__name__)
-
-
-def sequence_of(name: str) -> int:
-    return int(name.rsplit("-", 1)[1])
 
 
 class Election:
@@ -47,21 +46,25 @@ class Election:
 
     async def _join(self) -> str:
         await self.zk.ensure_path(self.paths.repair_election)
-        prefix = f"{self.paths.repair_election}/{self.node_id}.{self.zk.session_id or 0:x}-"
+        prefix = self.paths.election_prefix(self.node_id, self.zk.session_id or 0)
         path = await self.zk.create(prefix, self.node_id.encode(), ephemeral=True, sequence=True)
-        return path.rsplit("/", 1)[1]
+        me = path.rsplit("/", 1)[1]
+        stem = prefix.rsplit("/", 1)[1]
+        for name in await self.zk.get_children(self.paths.repair_election):
+            if name != me and name.startswith(stem):
+                try:
+                    await self.zk.delete(self.paths.election_member(name))
+                except NoNodeError:
+                    pass
+        return me
 
     async def _standing(self, me: str) -> str:
         """'first', 'waiting' or 'gone' (our znode vanished: the session expired)."""
         names = await self.zk.get_children(self.paths.repair_election)
         if me not in names:
             return "gone"
-        first = min(names, key=sequence_of)
+        first = min(names, key=election_sequence)
         return "first" if first == me else "waiting"
-
-    async def leader(self) -> str | None:
-        """The node id of the current leader, or None."""
-        return await current_leader(self.zk, self.paths)
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
         """Forever: join, wait for our turn, lead until we lose the znode. Cancel to stop."""
@@ -97,18 +100,7 @@ class Election:
                 self.znode = None
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     try:
-                        await self.zk.delete(f"{self.paths.repair_election}/{me}")
+                        await self.zk.delete(self.paths.election_member(me))
                     except Exception:
                         pass  # gone already, or ZooKeeper away: it expires with the session
             await trio.sleep(self.poll)
-
-
-async def current_leader(zk: ZkClient, paths: FsPaths) -> str | None:
-    """The node id of the current repair leader (lowest election znode), or None."""
-    try:
-        names = await zk.get_children(paths.repair_election)
-    except NoNodeError:
-        return None
-    if not names:
-        return None
-    return min(names, key=sequence_of).split(".", 1)[0]

@@ -18,32 +18,45 @@ import time
 
 import trio
 
+from dfs.config import NodeSettings
 from dfs.errors import DfsError
 from dfs.maint import repair
 from dfs.meta import Meta
 from dfs.records import GcEntry
 from dfs.zk import NoNodeError
-from nodes.leader.repairer import env_float
 
 log = logging.getLogger(__name__)
 
 
 class GcCollector:
-    def __init__(self, ctx: repair.RepairContext, *, interval: float = 1.0,
-                 orphan_interval: float | None = None, concurrency: int = 4):
+    """The leader's garbage collection.
+
+    Args:
+      ctx: repair context of this node.
+      settings: the node's knobs: orphan age and interval (default: the
+        filesystem's orphan_age, and half of it within 10 s .. 10 min).
+      maintenance_lock: held for each orphan scan; the repairer holds it for
+        its passes (an orphan scan's picture of the maps must not be outrun by
+        a repair that adds a replica).
+      interval: seconds between looks at `gc/`.
+      concurrency: gc entries collected at once.
+    """
+
+    def __init__(self, ctx: repair.RepairContext, settings: NodeSettings, *,
+                 maintenance_lock: trio.Lock, interval: float = 1.0, concurrency: int = 4):
         self.ctx = ctx
         self.interval = interval
-        age = getattr(ctx.config, "orphan_age", 3600.0)
-        self.orphan_age = env_float("DFS_ORPHAN_AGE", age)
-        self.orphan_interval = orphan_interval or env_float(
-            "DFS_ORPHAN_INTERVAL", max(10.0, min(600.0, self.orphan_age / 2)))
+        self.orphan_age = (ctx.config.orphan_age if settings.orphan_age is None
+                           else settings.orphan_age)
+        self.orphan_interval = (max(10.0, min(600.0, self.orphan_age / 2))
+                                if settings.orphan_interval is None else settings.orphan_interval)
         self.concurrency = concurrency
         self.pending = 0
         self.orphans_deleted = 0
         self.last_orphan_scan = 0.0
         self._check_nodes: set[str] = set()
         self._wake = trio.Event()
-        self.maintenance_lock = trio.Lock()  # shared with the repairer's passes
+        self.maintenance_lock = maintenance_lock
 
     def node_returned(self, node_id: str) -> None:
         """Called by the observer: look for orphans on this node soon."""
@@ -106,17 +119,17 @@ class GcCollector:
         """Unlinked inodes left open by mounts that died: release them."""
         zk, paths = self.ctx.zk, self.ctx.paths
         try:
-            inos = await zk.get_children(paths.open)
+            inos = [int(i) for i in await zk.get_children(paths.open) if i.isdigit()]
         except NoNodeError:
             return
         if not inos:
             return
-        holders = await zk.children_many([f"{paths.open}/{i}" for i in inos])
+        holders = await zk.children_many([paths.open_dir(i) for i in inos])
         meta = Meta(zk, paths, self.ctx.config, mount_id="repair-leader")
         for ino, h in zip(inos, holders):
-            if h == [] and ino.isdigit():
+            if h == []:
                 try:
-                    await meta.release_orphan(int(ino))
+                    await meta.release_orphan(ino)
                     log.info("released inode %s: every mount holding it open is gone", ino)
                 except DfsError as e:
                     log.warning("could not release inode %s: %s", ino, e)

@@ -1,13 +1,18 @@
 """The repair leader's services inside a storage node: election, repair, gc.
 
-Every node runs `run_housekeeping`; only the elected leader does the work.
+Every node runs `Housekeeping.run`; only the elected leader does the work.
 """
 
 import logging
 
 import trio
 
+from dfs.blocks.client import BlockClient
+from dfs.blocks.nodedir import NodeDirectory
+from dfs.config import FsConfig, NodeSettings
 from dfs.maint.repair import RepairContext
+from dfs.paths import FsPaths
+from dfs.zk import ZkClient
 from nodes.leader.election import Election
 from nodes.leader.gc import GcCollector
 from nodes.leader.repairer import Repairer
@@ -15,29 +20,42 @@ from nodes.leader.repairer import Repairer
 log = logging.getLogger(__name__)
 
 
-async def run_housekeeping(ctx) -> None:
+class Housekeeping:
     """Take part in the repair-leader election; while leading, repair and collect garbage.
 
     Args:
-      ctx: the node's NodeContext (nodes/main.py).
+      zk, paths, config: the node's ZooKeeper session, the filesystem's paths and settings.
+      nodedir: the live nodes (kept fresh by the node's own task).
+      blocks: a BlockClient on `nodedir`.
+      node_id: this node.
+      settings: the node's knobs (repair and orphan ones).
     """
-    election = Election(ctx.zk, ctx.paths, ctx.node_id)
 
-    async def lead() -> None:
+    def __init__(self, zk: ZkClient, paths: FsPaths, config: FsConfig, nodedir: NodeDirectory,
+                 blocks: BlockClient, node_id: str, settings: NodeSettings):
+        self.zk = zk
+        self.paths = paths
+        self.config = config
+        self.nodedir = nodedir
+        self.blocks = blocks
+        self.node_id = node_id
+        self.settings = settings
+        self.election = Election(zk, paths, node_id)
+
+    async def run(self) -> None:
+        """Forever (cancel to stop): stand for leader, lead while elected."""
+        await self.election.run(self._lead)
+
+    async def _lead(self) -> None:
         # Fresh state per term: a new leader re-reads everything from ZooKeeper.
-        rctx = RepairContext(ctx.zk, ctx.paths, ctx.config, ctx.nodedir, ctx.blocks,
-                             actor=f"node:{ctx.node_id}")
-        repairer = Repairer(rctx, ctx.node_id)
-        gc = GcCollector(rctx)
+        rctx = RepairContext(self.zk, self.paths, self.config, self.nodedir, self.blocks,
+                             actor=f"node:{self.node_id}")
         # Orphan collection and repair passes never overlap: an orphan scan's
         # picture of the maps must not be outrun by a repair that adds a replica.
         lock = trio.Lock()
-        repairer.maintenance_lock = lock
-        gc.maintenance_lock = lock
-        repairer.on_node_return = gc.node_returned
-        repairer.status_extra = gc.status
+        gc = GcCollector(rctx, self.settings, maintenance_lock=lock)
+        repairer = Repairer(rctx, self.node_id, self.settings, maintenance_lock=lock,
+                            on_node_return=gc.node_returned, status_extra=gc.status)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(gc.run)
             await repairer.run()
-
-    await election.run(lead)

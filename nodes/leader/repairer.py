@@ -22,27 +22,22 @@ import collections
 import itertools
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import trio
 
+from dfs.config import NodeSettings
 from dfs.errors import DfsError
 from dfs.maint import repair
+from dfs.paths import FsPaths
 from dfs.records import BlockRef, CorruptReport, NodeRegistration
 from dfs.zk import NoNodeError, ZkClient
 
 log = logging.getLogger(__name__)
 
 PENDING_SHOWN = 20  # queue items listed in the status document
-
-
-def env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, "") or default)
-    except ValueError:
-        return default
 
 
 class Bandwidth:
@@ -87,21 +82,26 @@ class Repairer:
     Args:
       ctx: repair context of this node (its nodedir is kept fresh by the node).
       node_id: this node (published as the leader).
-      concurrency: repairs running at once.
-      bandwidth: bytes/s of copies started (0: unlimited).
-      scan_interval: seconds between periodic full scans.
+      settings: the node's knobs: repair concurrency (repairs running at once),
+        bandwidth (bytes/s of copies started, 0: unlimited), scan interval
+        (seconds between periodic full scans).
+      maintenance_lock: held for a whole pass; the gc collector holds it for
+        its orphan scans, so the two never overlap.
+      on_node_return: called with a node id that joined or came back (the gc
+        collector scans it for orphans).
+      status_extra: returns more fields for the status document (gc progress).
       tick: seconds between observations.
     """
 
-    def __init__(self, ctx: repair.RepairContext, node_id: str, *, concurrency: int | None = None,
-                 bandwidth: float | None = None, scan_interval: float | None = None,
-                 tick: float = 1.0):
+    def __init__(self, ctx: repair.RepairContext, node_id: str, settings: NodeSettings, *,
+                 maintenance_lock: trio.Lock,
+                 on_node_return: Callable[[str], None] | None = None,
+                 status_extra: Callable[[], dict] | None = None, tick: float = 1.0):
         self.ctx = ctx
         self.node_id = node_id
-        self.concurrency = concurrency or int(env_float("DFS_REPAIR_CONCURRENCY", 4))
-        self.bandwidth = Bandwidth(bandwidth if bandwidth is not None else
-                                   env_float("DFS_REPAIR_BANDWIDTH", 200) * (1 << 20))
-        self.scan_interval = scan_interval or env_float("DFS_REPAIR_SCAN_INTERVAL", 60.0)
+        self.concurrency = settings.repair_concurrency
+        self.bandwidth = Bandwidth(settings.repair_bandwidth)
+        self.scan_interval = settings.repair_scan_interval
         self.tick = tick
         self.registry: dict[str, NodeRegistration] = {}
         self.gone_since: dict[str, float] = {}  # wall-clock time each node left nodes/live
@@ -121,9 +121,9 @@ class Repairer:
         self.counts: dict[str, int] = {}
         self.node_refs: dict[str, int] = {}
         self.reports_planned: set[str] = set()  # report znodes a pass has looked at
-        self.on_node_return = None  # callback(node_id): the gc collector scans it for orphans
-        self.status_extra = None  # callable returning a dict (gc progress)
-        self.maintenance_lock = trio.Lock()  # shared with the gc collector's orphan scans
+        self.on_node_return = on_node_return
+        self.status_extra = status_extra
+        self.maintenance_lock = maintenance_lock
 
     @property
     def zk(self) -> ZkClient:
@@ -229,7 +229,8 @@ class Repairer:
         except NoNodeError:
             return {}
         out: dict[str, list] = {}
-        for name, item in zip(names, await self.zk.get_many([f"{base}/{n}" for n in names])):
+        for name, item in zip(names, await self.zk.get_many([self.ctx.paths.repair_report_named(n)
+                                                             for n in names])):
             if item is None:
                 continue
             try:
@@ -242,7 +243,7 @@ class Repairer:
 
     async def _delete_report(self, name: str) -> None:
         try:
-            await self.zk.delete(f"{self.ctx.paths.repair_reports}/{name}")
+            await self.zk.delete(self.ctx.paths.repair_report_named(name))
         except NoNodeError:
             pass
 
@@ -434,7 +435,7 @@ class Repairer:
             await trio.sleep(self.tick)
 
 
-async def mark_retired(zk: ZkClient, paths, node_id: str) -> bool:
+async def mark_retired(zk: ZkClient, paths: FsPaths, node_id: str) -> bool:
     """draining -> retired (version-checked). False if the node is not draining."""
     found = await repair.set_node_state(zk, paths, node_id, {"draining"}, "retired")
     return found in ("draining", "retired")

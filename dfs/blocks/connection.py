@@ -1,0 +1,315 @@
+"""Connections to storage nodes: frames over a trio socket, pipelined requests, a pool per node.
+
+Shared by the block client (dfs/blocks/client.py) and the nodes themselves
+(a node pushes a replica to another one for repair: nodes/server.py).
+
+`FrameSocket` moves frames (dfs/blocks/protocol.py) over one connected socket
+with few copies. `NodeConnection` pipelines requests on one connection with
+request ids. There is no background reader task (the client has no nursery of
+its own): whichever waiting request finds no reader active reads frames and
+hands each to its waiter, then passes the role on. A connection on which a
+frame was cut short (error, cancellation mid-frame) is closed and dropped;
+`NodePool` dials a new one for the next request.
+"""
+
+import errno
+import itertools
+import json
+from typing import Any, Callable, Sequence
+
+import trio
+
+from dfs.blocks.protocol import (
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    REPLY,
+    Frame,
+    Op,
+    ProtocolError,
+    TruncatedFrame,
+    parse_header,
+    split_address,
+)
+from dfs.errors import DfsError
+
+CONNECT_TIMEOUT = 5.0
+POOL_SIZE = 4
+# A connection with fewer requests in flight than this is reused before dialing another.
+PIPELINE_DEPTH = 8
+RECV_BUFFER = 256 * 1024
+
+
+class FrameSocket:
+    """Frames over one connected trio socket, with few copies.
+
+    Small frames are parsed out of one receive buffer; a large payload is
+    received straight into its own bytearray (`recv_into`). Sends use `sendmsg`
+    so a header and its payload go out in one system call without concatenation.
+
+    Not safe for concurrent receivers or concurrent senders: callers serialise
+    each direction (the node reads in one task and sends under a lock).
+    """
+
+    def __init__(self, sock: trio.socket.SocketType, max_payload: int = MAX_PAYLOAD,
+                 alloc: Callable[[Frame, int], Any] | None = None):
+        self.sock = sock
+        self.max_payload = max_payload
+        # alloc(frame, payload_len) -> an object with a writable `.data` view of
+        # payload_len bytes to receive into (or None for a plain bytearray);
+        # the node uses it to receive a PUT straight into block-file layout.
+        self.alloc = alloc
+        self._buf = bytearray(RECV_BUFFER)
+        self._lo = 0
+        self._hi = 0
+
+    async def _recv_more(self) -> bool:
+        if self._lo == self._hi:
+            self._lo = self._hi = 0
+        elif self._hi == len(self._buf):
+            n = self._hi - self._lo
+            self._buf[:n] = self._buf[self._lo:self._hi]
+            self._lo, self._hi = 0, n
+        got = await self.sock.recv_into(memoryview(self._buf)[self._hi:])
+        self._hi += got
+        return got > 0
+
+    async def recv_frame(self) -> Frame | None:
+        """The next frame, or None at a clean end of stream between frames.
+
+        Raises:
+          ProtocolError: a bad header (the caller should reply and close).
+          TruncatedFrame: the stream ended inside a frame.
+          OSError: the connection broke.
+        """
+        while self._hi - self._lo < HEADER_SIZE:
+            if not await self._recv_more():
+                if self._hi == self._lo:
+                    return None
+                raise TruncatedFrame("connection closed inside a frame header")
+        frame, plen = parse_header(memoryview(self._buf)[self._lo:self._lo + HEADER_SIZE],
+                                   self.max_payload)
+        self._lo += HEADER_SIZE
+        if plen == 0:
+            return frame
+        have = min(plen, self._hi - self._lo)
+        if have == plen:  # common for small frames: all in the buffer already
+            frame.payload = bytes(self._buf[self._lo:self._lo + plen])
+            self._lo += plen
+            return frame
+        holder = self.alloc(frame, plen) if self.alloc is not None else None
+        payload = holder if holder is not None else bytearray(plen)
+        view = holder.data if holder is not None else memoryview(payload)
+        view[:have] = memoryview(self._buf)[self._lo:self._lo + have]
+        self._lo += have
+        while have < plen:
+            got = await self.sock.recv_into(view[have:])
+            if got == 0:
+                raise TruncatedFrame(f"connection closed after {have} of {plen} payload bytes",
+                                     frame.request_id)
+            have += got
+        frame.payload = payload
+        return frame
+
+    async def send_frame(self, frame: Frame) -> None:
+        await self.send_buffers([frame.header(), frame.payload] if len(frame.payload)
+                                else [frame.header()])
+
+    async def send_buffers(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
+        views = [memoryview(b).cast("B") for b in buffers if len(b)]
+        while views:
+            sent = await self.sock.sendmsg(views)
+            while sent and views:
+                if sent >= len(views[0]):
+                    sent -= len(views[0])
+                    views.pop(0)
+                else:
+                    views[0] = views[0][sent:]
+                    sent = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class NodeUnavailable(DfsError):
+    """The node could not be reached, or the connection broke (not a reply from the node)."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EHOSTDOWN, message)
+
+
+def reply_error(reply: Frame, what: str) -> DfsError:
+    text = bytes(reply.payload).decode("utf-8", "replace") if reply.payload else ""
+    return DfsError(reply.status, f"{what}: {text}" if text else what)
+
+
+class _Waiter:
+    __slots__ = ("event", "frame", "error")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.frame: Frame | None = None
+        self.error: BaseException | None = None
+
+
+class NodeConnection:
+    """One TCP connection to a node, with pipelined requests.
+
+    Invariant: at most one task reads frames (`_reading`) and at most one task
+    sends (`_send_lock`); a task interrupted in the middle of either breaks the
+    connection, since the stream is out of step after that.
+    """
+
+    def __init__(self, node_id: str, address: str, fs: FrameSocket):
+        self.node_id = node_id
+        self.address = address
+        self.fs = fs
+        self.broken = False
+        self.info: dict = {}
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, _Waiter] = {}
+        self._send_lock = trio.Lock()
+        self._reading = False
+
+    @classmethod
+    async def open(cls, node_id: str | None, address: str, *,
+                   connect_timeout: float = CONNECT_TIMEOUT) -> "NodeConnection":
+        """Dial `address` and check (PING) that the node there is `node_id` (if given)."""
+        host, port = split_address(address)
+        try:
+            with trio.fail_after(connect_timeout):
+                stream = await trio.open_tcp_stream(host, port)
+                conn = cls(node_id or "", address, FrameSocket(stream.socket))
+                reply = await conn.request(Frame(Op.PING))
+        except (OSError, trio.TooSlowError) as e:
+            raise NodeUnavailable(f"cannot connect to node {node_id} at {address}: {e!r}") from None
+        try:
+            conn.info = json.loads(bytes(reply.payload)) if reply.payload else {}
+        except ValueError:
+            conn.info = {}
+        if node_id and conn.info.get("node_id") != node_id:
+            conn.close()
+            raise NodeUnavailable(f"{address} is node {conn.info.get('node_id')!r}, not {node_id}")
+        conn.node_id = conn.info.get("node_id", node_id or "")
+        return conn
+
+    @property
+    def inflight(self) -> int:
+        return len(self._waiters)
+
+    def close(self) -> None:
+        self._break(NodeUnavailable(f"connection to node {self.node_id} closed"))
+
+    def _break(self, error: BaseException) -> None:
+        if not self.broken:
+            self.broken = True
+            self.fs.close()
+        for w in self._waiters.values():
+            if w.frame is None and w.error is None:
+                w.error = error
+            w.event.set()
+
+    def _as_unavailable(self, e: BaseException) -> NodeUnavailable:
+        if isinstance(e, NodeUnavailable):
+            return e
+        return NodeUnavailable(f"connection to node {self.node_id} at {self.address} failed: {e!r}")
+
+    async def request(self, frame: Frame) -> Frame:
+        """Send `frame` and wait for its reply (of any status).
+
+        Raises:
+          NodeUnavailable: the connection is or became broken.
+        """
+        if self.broken:
+            raise NodeUnavailable(f"connection to node {self.node_id} is closed")
+        rid = next(self._ids)
+        frame.request_id = rid
+        w = _Waiter()
+        self._waiters[rid] = w
+        try:
+            try:
+                async with self._send_lock:
+                    await self.fs.send_frame(frame)
+            except trio.Cancelled:
+                self._break(NodeUnavailable("request cancelled while sending"))
+                raise
+            except (OSError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
+                self._break(self._as_unavailable(e))
+                raise self._as_unavailable(e) from None
+            return await self._wait_reply(w)
+        finally:
+            del self._waiters[rid]
+            if not self._reading:
+                self._wake_all()
+
+    def _wake_all(self) -> None:
+        # Someone must take over reading: every waiter still without a reply checks.
+        for other in self._waiters.values():
+            if other.frame is None:
+                other.event.set()
+
+    async def _wait_reply(self, w: _Waiter) -> Frame:
+        while True:
+            if w.frame is not None:
+                return w.frame
+            if w.error is not None:
+                raise w.error
+            if self._reading:
+                w.event = trio.Event()
+                await w.event.wait()
+                continue
+            self._reading = True
+            try:
+                while w.frame is None:
+                    f = await self.fs.recv_frame()
+                    if f is None:
+                        raise NodeUnavailable(f"node {self.node_id} closed the connection")
+                    if not f.op & REPLY:
+                        raise ProtocolError(f"node {self.node_id} sent a request, not a reply")
+                    target = self._waiters.get(f.request_id)
+                    if target is None:
+                        continue  # its requester gave up (timeout); drop the late reply
+                    target.frame = f
+                    target.event.set()
+            except trio.Cancelled:
+                self._break(NodeUnavailable("request cancelled while reading"))
+                raise
+            except (OSError, DfsError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
+                err = self._as_unavailable(e)
+                self._break(err)
+                raise err from None
+            finally:
+                self._reading = False
+                self._wake_all()
+            return w.frame
+
+
+class NodePool:
+    """A few connections to one node; requests go to the least busy one."""
+
+    def __init__(self, node_id: str, address: str, size: int = POOL_SIZE,
+                 connect_timeout: float = CONNECT_TIMEOUT):
+        self.node_id = node_id
+        self.address = address
+        self.size = size
+        self.connect_timeout = connect_timeout
+        self.conns: list[NodeConnection] = []
+        self._dial_lock = trio.Lock()
+
+    async def get(self) -> NodeConnection:
+        self.conns = [c for c in self.conns if not c.broken]
+        best = min(self.conns, key=lambda c: c.inflight, default=None)
+        if best is not None and (best.inflight < PIPELINE_DEPTH or len(self.conns) >= self.size):
+            return best
+        async with self._dial_lock:
+            self.conns = [c for c in self.conns if not c.broken]
+            if len(self.conns) >= self.size:
+                return min(self.conns, key=lambda c: c.inflight)
+            conn = await NodeConnection.open(self.node_id, self.address,
+                                             connect_timeout=self.connect_timeout)
+            self.conns.append(conn)
+            return conn
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        self.conns = []
