@@ -221,8 +221,7 @@ RULES = [rule_packages, rule_pure, rule_kazoo, rule_client, rule_transactions, r
 
 # Rules the restructuring (issue 10) has not made true yet: each fails here until
 # its last violation is gone, and then must leave this set (strict xfail).
-STILL_OPEN = {"rule_pure", "rule_transactions", "rule_znode_paths", "rule_environ",
-              "rule_local_imports"}
+STILL_OPEN = {"rule_transactions", "rule_znode_paths", "rule_local_imports"}
 
 
 @pytest.mark.parametrize("rule", [
