@@ -18,7 +18,8 @@ Layers (an arrow is "imports"; nothing imports upward):
                  (ZkClient, WireZk, Txn, Reads,    client (BlockClient, BlockStore), nodedir
                  retrying, error names)
         |
-    pure: errors config records paths names checksum placement mkfs(I/O only through zk)
+    pure (no I/O): errors config records paths names checksum placement, zk/wire zk/txn zk/reads,
+    blocks/protocol.   dfs.mkfs writes a new filesystem's skeleton and reads its config.
 
 Rules (tests/test_layering.py): `dfs` never imports pyfuse3, `mount`, `nodes` or
 `tools`; only `dfs/zk/` imports kazoo; `dfs.meta` and `dfs.maint` never import
