@@ -32,7 +32,7 @@ from dfs.config import FsConfig
 from dfs.meta.store import Meta
 from dfs.mkfs import load_config, mkfs
 from dfs.paths import ROOT_INO, FsPaths, default_root
-from dfs.zk import ZkClient, connect
+from dfs.zk import connect
 from tools.bench import drop_caches
 from tools.local.nodeproc import start_nodes
 from tools.local.zkserver import ZkEnsemble
