@@ -5,6 +5,8 @@ An entry is queued in the same transaction that dropped the references
 may be repeated by anyone (the repair leader, fsck --repair).
 """
 
+from typing import Iterable
+
 import trio
 
 from dfs.maint.cluster import RepairContext
@@ -12,7 +14,7 @@ from dfs.maint.repair import delete_quietly
 from dfs.maint.scan import map_groups
 from dfs.paths import FsPaths
 from dfs.records import GcEntry
-from dfs.zk import NoNodeError, NotEmptyError, ZkClient, ZnodeStat
+from dfs.zk import NoNodeError, NotEmptyError, Txn, ZkClient, ZnodeStat
 
 ENTRY_BATCH = 64  # gc entries read in one multi-read
 DELETES = 16  # blocks of one entry being deleted at once
@@ -82,3 +84,22 @@ async def collect_gc_entry(ctx: RepairContext, name: str) -> int:
         pass
     ctx.stats["gc_blocks"] += deleted
     return deleted
+
+
+async def keep_blocks(zk: ZkClient, paths: FsPaths, name: str, blocks: Iterable[str]) -> str:
+    """Take blocks still in use out of gc entry `name` (version-checked; fsck --repair)."""
+    data, st = await zk.get(paths.gc_entry(name))
+    entry = GcEntry.decode(data)
+    for b in blocks:
+        entry.blocks.pop(b, None)
+    if entry.blocks or entry.inode:
+        await zk.commit(Txn().set(paths.gc_entry(name), entry.encode(), st.version))
+    else:
+        await zk.commit(Txn().delete(paths.gc_entry(name), st.version))
+    return "took the blocks in use out of the entry"
+
+
+async def remove_gc_entry(zk: ZkClient, paths: FsPaths, name: str, version: int) -> str:
+    """Drop gc entry `name` unchanged since `version` (a whole-map entry of a live inode)."""
+    await zk.delete(paths.gc_entry(name), version)
+    return "removed the entry"

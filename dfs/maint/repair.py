@@ -68,25 +68,26 @@ async def commit_replicas(ctx: RepairContext, ino: int, index: int, block_id: st
 
 
 async def delete_quietly(ctx: RepairContext, block_id: str, node_ids: Iterable[str]) -> list[str]:
-    """Delete a block from nodes, best effort. Returns the nodes where it is surely gone."""
-    gone: list[str] = []
+    """Delete a block from nodes, best effort. Returns the nodes where it is surely gone, in order."""
+    nodes = list(dict.fromkeys(node_ids))
+    gone: set[str] = set()
 
     async def one(node_id: str) -> None:
         if ctx.nodedir.get(node_id) is None:
             return  # unreachable: an orphan there, collected when the node is back
         try:
             await ctx.blocks.delete_block(node_id, block_id)
-            gone.append(node_id)
+            gone.add(node_id)
         except DfsError as e:
             if e.errno == errno.ENOENT:
-                gone.append(node_id)
+                gone.add(node_id)
             else:
                 log.info("could not delete block %s from node %s: %s", block_id, node_id, e)
 
     async with trio.open_nursery() as nursery:
-        for n in set(node_ids):
+        for n in nodes:
             nursery.start_soon(one, n)
-    return gone
+    return [n for n in nodes if n in gone]
 
 
 def _settled(ctx: RepairContext, replicas: list[str], bad: Collection[str]) -> list[str]:
