@@ -16,6 +16,7 @@ from dfs.paths import ROOT_INO
 from dfs.records import InodeRecord
 from dfs.zk import ZnodeStat
 from tools.fsck.blocks import BlockChecks
+from tools.fsck.report import Problem
 from tools.fsck.state import CHUNK, FileInfo, FsckState, decode_dirent, decode_inode
 from tools.fsck.walk import Walk
 
@@ -161,6 +162,7 @@ class UnreachableInodes:
         tops = [ino for ino in orphans if ino not in covered]
         # cycles: unreachable directories that only contain each other
         seen_top: set[int] = set()
+        cycles: dict[int, Problem] = {}  # head -> its dir_cycle problem, repaired with the head
         for ino in orphans:
             chain, cur = [], ino
             while cur in covered and cur not in chain:
@@ -169,8 +171,9 @@ class UnreachableInodes:
             if cur in chain and not seen_top & set(chain):
                 head = min(chain[chain.index(cur):])
                 seen_top.add(head)
-                s.problem("dir_cycle", f"<unreachable inode {head}>",
-                          f"directories {sorted(chain[chain.index(cur):])} contain each other", ino=head)
+                cycles[head] = s.problem("dir_cycle", f"<unreachable inode {head}>",
+                                         f"directories {sorted(chain[chain.index(cur):])} contain each other",
+                                         ino=head)
                 tops.append(head)
         for ino, (rec, st) in sorted(orphans.items()):
             kind = "directory" if rec.is_dir else "file" if rec.is_reg else "inode"
@@ -190,6 +193,8 @@ class UnreachableInodes:
                 await s.act(p, "delete it", self._relink, ino, covered.get(ino), True)
             else:
                 await s.act(p, "move it to /lost+found", self._relink, ino, covered.get(ino), False)
+            if ino in cycles:
+                cycles[ino].repair = p.repair
 
     async def _release(self, ino: int) -> str:
         await self.s.meta.release_orphan(ino)
