@@ -232,7 +232,6 @@ class BlockChecks:
             r.missing_size += ref.length
             p = s.problem("missing_block", f.path, f"block {index} ({ref.length} B) has no good replica",
                           ino=f.ino, block=ref.id, nodes=list(ref.replicas))
-            f.lost = True
             s.lost_files.setdefault(f.ino, f)
             s.lost_problems.setdefault(f.ino, []).extend([p, *problems])
             return

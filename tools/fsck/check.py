@@ -1,16 +1,8 @@
 """`dfs fsck [PATH]`: check (and with --repair, fix) a live filesystem (DESIGN.md section 6).
 
 Like S3QL's fsck, each invariant is one `check_*` method; here they sit in
-small check groups over one run state (tools/fsck/state.py), and `Fsck.run`
-says in which order they run:
-
-    state.py         FsckState: what the run knows; problem(), in_flux(), act()
-    walk.py          Walk: the namespace, directory by directory
-    namespace.py     NamespaceChecks: entries, link counts, parents
-    blocks.py        BlockChecks: block maps vs sizes, replicas
-    inodes.py        UnreachableInodes, LostFound
-    housekeeping.py  Leftovers (znodes of deleted inodes), Housekeeping (gc/, reports, orphans)
-    report.py        Report, Problem, Progress
+small check groups (walk, namespace, blocks, inodes, housekeeping) over one
+run state (state.py: FsckState), and `Fsck.run` says in which order they run.
 
 What the check runs against is a busy cluster, so it never trusts one read of
 something that looks wrong:
@@ -24,9 +16,9 @@ something that looks wrong:
 - A block counts as an orphan only if no block map and no gc/ entry names it,
   it is older than --orphan-age, and a STAT still finds it.
 
-Memory: the walk holds one chunk of entries at a time; what is kept for the
-whole run is O(blocks) (state.py). Orphan, unreachable-inode and gc/report
-checks need the whole namespace, so they run only when PATH is `/`.
+Memory: the walk holds one chunk of entries at a time; the run keeps O(blocks)
+(state.py). Orphan, unreachable-inode and gc/report checks need the whole
+namespace, so they run only when PATH is `/`.
 
 Repairs (only with --repair; --dry-run prints the plan) are the namespace
 fixes of `dfs.meta.repairs`, `dfs.meta.store` for moving or deleting files,
@@ -57,8 +49,6 @@ from tools.fsck.namespace import NamespaceChecks
 from tools.fsck.report import Progress, Report
 from tools.fsck.state import FsckState, Options
 from tools.fsck.walk import Walk
-
-EXIT_DAMAGE = EXIT_PROBLEM
 
 
 class Fsck:
@@ -147,8 +137,8 @@ async def run_fsck(args: argparse.Namespace, out=sys.stdout) -> int:
     else:
         report.write_text(out)
     if opts.repair and not opts.dry_run:
-        return EXIT_OK if report.unrepaired == 0 else EXIT_DAMAGE
-    return EXIT_OK if report.healthy else EXIT_DAMAGE
+        return EXIT_OK if report.unrepaired == 0 else EXIT_PROBLEM
+    return EXIT_OK if report.healthy else EXIT_PROBLEM
 
 
 def main(args: argparse.Namespace) -> int:

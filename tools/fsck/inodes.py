@@ -138,7 +138,7 @@ class UnreachableInodes:
                 orphans[ino] = (rec, st)
                 label = f"<unreachable inode {ino}>"
             if rec.is_reg:
-                files.append(FileInfo(label, ino, rec, st.version, st.mzxid))
+                files.append(FileInfo(label, ino, rec))
         lists = await s.zk.children_many([s.paths.block_map(f.ino) for f in files]) if files else []
         for f, groups in zip(files, lists):
             f.groups = groups or []

@@ -41,10 +41,6 @@ class Options:
     lost_found: str = "move"  # or "delete"
     orphan_age: float = 3600.0
 
-    @property
-    def changing(self) -> bool:
-        return self.repair and not self.dry_run
-
 
 class Bitmap:
     """A growable set of small non-negative ints (inode numbers), one bit each."""
@@ -114,8 +110,6 @@ class DirWalk:
     ino: int
     path: str
     nlink: int
-    version: int
-    mzxid: int
     subdirs: int = 0
     pending: int = 0
     quiet: bool = False  # a subtree found late (moved while we walked): namespace checks off
@@ -126,12 +120,9 @@ class FileInfo:
     path: str
     ino: int
     rec: InodeRecord
-    version: int
-    mzxid: int
     parent: int = 0
     name: bytes = b""
     groups: list[str] = field(default_factory=list)
-    lost: bool = False  # a block with no good replica
 
 
 def _fast(cls):

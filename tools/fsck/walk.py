@@ -15,7 +15,7 @@ from dfs.errors import DfsError, UsageError
 from dfs.names import unescape
 from dfs.paths import ROOT_INO
 from dfs.records import DirEntry, InodeRecord
-from dfs.zk import NoNodeError, ZnodeStat
+from dfs.zk import NoNodeError
 from dfs.zk.reads import Read, Reads
 from tools.fsck.blocks import BlockChecks
 from tools.fsck.namespace import NamespaceChecks
@@ -62,7 +62,7 @@ class Walk:
             return
         s.reached.add(ino)
         if not rec.is_dir:
-            f = FileInfo(path, ino, rec, st.version, st.mzxid)
+            f = FileInfo(path, ino, rec)
             self.count_file(f)
             if rec.is_reg:
                 f.groups = await s.children(s.paths.block_map(ino)) or []
@@ -72,7 +72,7 @@ class Walk:
         s.report.total_dirs += 1
         if ino == ROOT_INO and not quiet:
             await self.names.check_root(rec, st)
-        self._queue.append(("dir", DirWalk(ino, path, rec.nlink, st.version, st.mzxid, quiet=quiet)))
+        self._queue.append(("dir", DirWalk(ino, path, rec.nlink, quiet=quiet)))
         async with trio.open_nursery() as nursery:
             for _ in range(WORKERS):
                 nursery.start_soon(self._worker)
@@ -147,16 +147,15 @@ class Walk:
                     await self.names.check_dangling_dirent(d, name, ent, path)
                 continue
             rec = decode_inode(item[0])
-            st: ZnodeStat = item[1]
             if stat.S_IFMT(rec.mode) != stat.S_IFMT(ent.mode) and not d.quiet:
                 await self.names.check_dirent_type(d, name, ent, rec, path)
             if rec.is_dir:
                 d.subdirs += 1
                 s.report.total_dirs += 1
                 self.names.saw_dir(d, name, ent.ino, rec, path)
-                self._push(("dir", DirWalk(ent.ino, path, rec.nlink, st.version, st.mzxid, quiet=d.quiet)))
+                self._push(("dir", DirWalk(ent.ino, path, rec.nlink, quiet=d.quiet)))
                 continue
-            f = FileInfo(path, ent.ino, rec, st.version, st.mzxid, d.ino, unescape(name))
+            f = FileInfo(path, ent.ino, rec, d.ino, unescape(name))
             self.count_file(f)
             self.names.saw_file(ent.ino, rec, path)
             if rec.is_reg:
