@@ -149,6 +149,24 @@ class FsPaths:
             self.open, self.repair, self.repair_reports, self.repair_audit,
         ]
 
+    # -- children named by their znode name (as get_children lists them)
+    def inode_shard_named(self, shard: str) -> str:
+        return f"{self.root}/inodes/{shard}"
+
+    def dirent_named(self, parent: int, escaped: str) -> str:
+        return f"{self.root}/dirs/{parent}/{escaped}"
+
+    def xattr_named(self, ino: int, escaped: str) -> str:
+        return f"{self.root}/xattrs/{ino}/{escaped}"
+
+    @property
+    def repair_audit_prefix(self) -> str:
+        """Sequential audit records are created as a-0000000001, ..."""
+        return f"{self.root}/repair/audit/a-"
+
+    def repair_audit_record(self, name: str) -> str:
+        return f"{self.root}/repair/audit/{name}"
+
 
 def child(parent: str, name: str) -> str:
     """The znode `name` (already a znode name, e.g. from get_children) under `parent`."""

@@ -433,6 +433,123 @@ def test_wrong_directory_nlink_and_parent(make_cluster):
     assert_healthy(c)
 
 
+def test_directory_without_listing(make_cluster):
+    c = make_cluster()
+    run(c, populate)
+
+    async def unlist(cl: Client):
+        e = await cl.meta.mkdir(ROOT_INO, b"e", 0o755, uid=0, gid=0)
+        await cl.zk.delete(cl.paths.dir(e.ino))
+    run(c, unlist)
+    rc, rep = fsck(c)
+    assert rc == 1 and categories(rep) == {"missing_dir_listing"}
+    assert rep["problems"][0]["path"] == "/e"
+    repair(c)
+    assert_healthy(c)
+
+
+def test_entry_type_disagrees_with_inode(make_cluster):
+    c = make_cluster()
+    ids = run(c, populate)
+
+    async def retype(cl: Client):
+        path = cl.paths.dirent(ROOT_INO, b"f3")
+        _, st = await cl.zk.get(path)
+        await cl.zk.set(path, DirEntry(ids["f3"], stat.S_IFDIR).encode(), st.version)
+    run(c, retype)
+    rc, rep = fsck(c)
+    assert rc == 1 and categories(rep) == {"dirent_type"}
+    repair(c)
+    assert_healthy(c)
+
+
+def test_directory_linked_twice(make_cluster):
+    c = make_cluster()
+    ids = run(c, populate)
+
+    async def link(cl: Client):
+        await cl.zk.create(cl.paths.dirent(ROOT_INO, b"b2"), DirEntry(ids["b"], stat.S_IFDIR).encode())
+    run(c, link)
+    rc, rep = fsck(c)
+    assert rc == 1 and "dir_hardlink" in categories(rep), rep["problems"]
+    assert categories(rep) <= {"dir_hardlink", "wrong_dir_nlink"}
+    repair(c)
+    assert_healthy(c)
+    names = run(c, lambda cl: cl.meta.readdir(ROOT_INO))
+    assert b"b2" not in [n for n, _, _ in names]
+
+
+def test_replica_listed_twice(make_cluster):
+    c = make_cluster()
+    ids = run(c, populate)
+
+    async def twice(cl: Client):
+        path = cl.paths.block_group(ids["f2"], 0)
+        data, st = await cl.zk.get(path)
+        grp = BlockGroup.decode(data)
+        grp.blocks[0].replicas = grp.blocks[0].replicas[:2] + grp.blocks[0].replicas[:1]
+        await cl.zk.set(path, grp.encode(), st.version)
+    run(c, twice)
+    rc, rep = fsck(c, "--orphan-age", "3600")
+    assert rc == 1 and "mis_replicated" in categories(rep), rep["problems"]
+    repair(c)
+    assert_healthy(c)
+    refs = run(c, lambda cl: cl.block_map(ids["f2"]))
+    assert len(set(refs[0].replicas)) == len(refs[0].replicas) == 3
+
+
+def test_leftovers_of_deleted_inodes(make_cluster):
+    c = make_cluster()
+    run(c, populate)
+    gone = [4090, 4091, 4092, 4093]  # in inode shard 0, which exists: as if the inodes had been removed
+
+    async def leave(cl: Client):
+        await cl.zk.create(cl.paths.dirent(gone[0], b"x"), DirEntry(5, stat.S_IFREG).encode(), makepath=True)
+        await cl.zk.create(cl.paths.xattr(gone[1], b"user.a"), b"v", makepath=True)
+        await cl.zk.create(cl.paths.open_dir(gone[2]))
+        await cl.zk.create(cl.paths.block_map(gone[3]))
+    run(c, leave)
+    rc, rep = fsck(c)
+    assert rc == 1 and categories(rep) == {"leftover_dir_listing", "leftover_xattrs", "stale_open",
+                                           "dangling_block_map"}, rep["problems"]
+    repair(c)
+    assert_healthy(c)
+
+    async def left(cl: Client):
+        return [await cl.zk.exists(p) for p in (cl.paths.dir(gone[0]), cl.paths.xattr_dir(gone[1]),
+                                                 cl.paths.open_dir(gone[2]))]
+    assert run(c, left) == [None, None, None]
+
+
+def test_unreachable_directories_in_a_cycle(make_cluster):
+    c = make_cluster()
+    run(c, populate)
+
+    async def cycle(cl: Client):
+        x = await cl.meta.mkdir(ROOT_INO, b"x", 0o755, uid=0, gid=0)
+        y = await cl.meta.mkdir(x.ino, b"y", 0o755, uid=0, gid=0)
+        # cut x from the root (and mend the root's link count), then let y name x
+        path = cl.paths.dirent(ROOT_INO, b"x")
+        _, st = await cl.zk.get(path)
+        await cl.zk.delete(path, st.version)
+        data, st = await cl.zk.get(cl.paths.inode(ROOT_INO))
+        rec = InodeRecord.decode(data)
+        rec.nlink -= 1
+        await cl.zk.set(cl.paths.inode(ROOT_INO), rec.encode(), st.version)
+        await cl.zk.create(cl.paths.dirent(y.ino, b"back"), DirEntry(x.ino, stat.S_IFDIR).encode())
+        return x.ino, y.ino
+    x, y = run(c, cycle)
+    rc, rep = fsck(c)
+    assert rc == 1 and categories(rep) == {"orphan_inode", "dir_cycle"}, rep["problems"]
+    repair(c)
+    assert_healthy(c)
+
+    async def where(cl: Client):
+        lf = await cl.meta.lookup(ROOT_INO, b"lost+found")
+        return [(n, e.ino) for n, e, _ in await cl.meta.readdir(lf.ino)]
+    assert run(c, where) == [(str(x).encode(), x)]
+
+
 def test_unreachable_zookeeper_exits_2(tmp_path):
     import socket
     with socket.socket() as s:

@@ -219,14 +219,7 @@ RULES = [rule_packages, rule_pure, rule_kazoo, rule_client, rule_transactions, r
          rule_environ, rule_local_imports, rule_constructor_annotations]
 
 
-# Rules the restructuring (issue 10) has not made true yet: each fails here until
-# its last violation is gone, and then must leave this set (strict xfail).
-STILL_OPEN = {"rule_transactions", "rule_znode_paths", "rule_local_imports"}
-
-
-@pytest.mark.parametrize("rule", [
-    pytest.param(r, marks=pytest.mark.xfail(strict=True, reason="issue 10 in progress"))
-    if r.__name__ in STILL_OPEN else r for r in RULES], ids=lambda r: r.__name__)
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
 def test_rule_holds(rule):
     assert (REPO / "dfs" / "zk").is_dir()
     assert rule(REPO) == []

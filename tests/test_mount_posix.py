@@ -53,7 +53,7 @@ def test_big_random_file(mnt, tmp_path):
             f.write(os.urandom(1 << 20))
     sh(f"cp {src} {mnt}/big")
     sh("sync")
-    sh(f"echo 3 > /proc/sys/vm/drop_caches", check=False)
+    sh("echo 3 > /proc/sys/vm/drop_caches", check=False)
     sh(f"cmp {src} {mnt}/big")
 
 

@@ -7,6 +7,9 @@ import trio
 
 from dfs.config import FsConfig
 from dfs.maint import repair
+from dfs.maint.audit import read_audit
+from dfs.maint.gc import collect_gc_entry
+from dfs.maint.scan import block_groups
 from dfs.meta import Meta
 from dfs.paths import ROOT_INO
 from dfs.records import GcEntry
@@ -69,13 +72,13 @@ async def test_rereplicate_after_a_node_is_gone(zk, zk_hosts, fs_paths, tmp_path
         stored = (await meta.read_block_map(ino))[0]
         assert stored.replicas == new.replicas and stored.gen == ref.gen + 1
         assert await c.client.read_block(new) == data
-        log = await repair.read_audit(zk, fs_paths)
+        log = await read_audit(zk, fs_paths)
         assert [r["action"] for r in log] == ["copy", "drop"]
         assert log[0]["block"] == ref.id and log[0]["ino"] == ino and log[0]["copies"] == 2
         # nothing left to do: no change, no new audit records
         again = await repair.rereplicate(ctx, ino, 0, new)
         assert again.replicas == new.replicas and again.gen == new.gen
-        assert len(await repair.read_audit(zk, fs_paths)) == 2
+        assert len(await read_audit(zk, fs_paths)) == 2
 
 
 async def test_rereplicate_replaces_a_bad_replica_in_place(zk, zk_hosts, fs_paths, tmp_path):
@@ -136,8 +139,8 @@ async def test_collect_gc_entries(zk, zk_hosts, fs_paths, tmp_path):
         ctx = context(c)
         all_refs = list(refs.values()) + list(refs2.values())
         for name in names:
-            assert await repair.collect_gc_entry(ctx, name) > 0
-            assert await repair.collect_gc_entry(ctx, name) == 0  # idempotent
+            assert await collect_gc_entry(ctx, name) > 0
+            assert await collect_gc_entry(ctx, name) == 0  # idempotent
         assert await zk.get_children(fs_paths.gc) == []
         assert await zk.exists(fs_paths.block_map(ino2)) is None
         for r in all_refs:
@@ -152,14 +155,14 @@ async def test_iter_block_groups_and_audit_trim(zk, zk_hosts, fs_paths, tmp_path
         ino, refs = await make_file(c, meta, b"f", [b"x" * 10 for _ in range(5)], replicas=1)
         seen = {}
         ctx = repair.RepairContext(zk, fs_paths, config, c.nodedir, c.client)
-        async for i, g, grp, version in repair.iter_block_groups(ctx):
-            assert i == ino and version == 0
+        async for i, g, grp, st in block_groups(zk, fs_paths):
+            assert i == ino and st.version == 0
             for index, ref in grp.blocks.items():
                 assert index // 2 == g
                 seen[index] = ref.id
         assert seen == {i: r.id for i, r in refs.items()}
         for k in range(30):
-            await repair.audit(ctx, "test", reason=str(k))
-        await repair.trim_audit(ctx, keep=10)
-        log = await repair.read_audit(zk, fs_paths)
+            await ctx.audit.append("test", reason=str(k))
+        await ctx.audit.trim(keep=10)
+        log = await read_audit(zk, fs_paths)
         assert [r["reason"] for r in log] == [str(k) for k in range(20, 30)]

@@ -10,10 +10,11 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from pathlib import Path
+
+from dfs.errors import UsageError
 
 
 def drop_caches() -> bool:
@@ -97,8 +98,7 @@ def run(directory: Path, big_size: int, nfiles: int) -> list[tuple[str, float, s
 def main(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     if not directory.is_dir():
-        print(f"dfs bench: {directory} is not a directory", file=sys.stderr)
-        return 2
+        raise UsageError(f"{directory} is not a directory")
     rows = run(directory, args.size, args.files)
     if args.json:
         print(json.dumps({name: {"value": round(v, 2), "unit": unit} for name, v, unit, _ in rows}))

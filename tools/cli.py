@@ -1,57 +1,25 @@
 """The `dfs` console script: one argparse front end, one module per subcommand.
 
 Exit codes (DESIGN.md section 7): 0 success; 1 ran and found a problem or refused;
-2 usage or connection error (one clear line on stderr, no traceback).
-`--zk` defaults to $DFS_ZK, then to the local cluster started by `dfs up`.
+2 usage or connection error (one clear line on stderr, no traceback: every
+subcommand runs inside tools.common.run_command). `--zk` defaults to $DFS_ZK
+(read here, the only place), then to the local cluster started by `dfs up`.
+A subcommand's module is imported only when it runs.
 """
 
 import argparse
-import errno
-import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Callable
 
-import trio
-
-from dfs.errors import DfsError, UsageError, ZkUnavailable
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
-STATE_DIR = ".dfs"
-
-
-def parse_size(text: str) -> int:
-    """'4M' -> 4194304; accepts K, M, G suffixes (powers of 1024) and plain bytes."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    suffix = t[-1] if t and t[-1] in "KMG" else ""
-    try:
-        return int(float(t[: len(t) - len(suffix)]) * units[suffix])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
-
-
-def local_zk() -> str | None:
-    """The ZooKeeper of the cluster `dfs up` started in this directory, if any."""
-    state = Path(STATE_DIR) / "cluster.json"
-    try:
-        return json.loads(state.read_text())["zk"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def resolve_zk(args: argparse.Namespace) -> str:
-    zk = args.zk or os.environ.get("DFS_ZK") or local_zk()
-    if not zk:
-        raise UsageError("no ZooKeeper given: use --zk HOST:PORT, set DFS_ZK, or run 'dfs up' first")
-    return zk
+from tools.common import EXIT_USAGE, STATE_DIR, parse_size, resolve_zk, run_command
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--zk", help="ZooKeeper hosts, host:port[,host:port...] (default: $DFS_ZK, "
-                                "then the local cluster of 'dfs up')")
+    p.add_argument("--zk", default=os.environ.get("DFS_ZK"),
+                   help="ZooKeeper hosts, host:port[,host:port...] (default: $DFS_ZK, "
+                        "then the local cluster of 'dfs up')")
     p.add_argument("--fs", default="default", help="filesystem name (default: %(default)s)")
     p.add_argument("--zk-timeout", type=float, default=10.0,
                    help="seconds to wait for ZooKeeper before giving up (default: %(default)s)")
@@ -59,36 +27,6 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------ subcommands
-
-async def _mkfs(args: argparse.Namespace) -> int:
-    from dfs.config import FsConfig
-    from dfs.mkfs import mkfs
-    from dfs.paths import FsPaths, default_root
-    from dfs.zk import connect
-
-    config = FsConfig(block_size=args.block_size, replicas=args.replicas,
-                      min_replicas=args.min_replicas, dead_after=args.dead_after,
-                      inline_max=args.inline_max)
-    zk = await connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
-    try:
-        await mkfs(zk, FsPaths(default_root(args.fs)), config)
-    except DfsError as e:
-        if e.errno == errno.EEXIST:
-            print(f"dfs mkfs: {e.message}; refusing to overwrite it", file=sys.stderr)
-            return EXIT_PROBLEM
-        if e.errno == errno.EINVAL:
-            raise UsageError(e.message) from None  # bad option values: exit 2
-        raise
-    finally:
-        await zk.close()
-    print(f"created filesystem '{args.fs}': block size {config.block_size}, "
-          f"replicas {config.replicas} (min {config.min_replicas})")
-    return EXIT_OK
-
-
-def cmd_mkfs(args: argparse.Namespace) -> int:
-    return trio.run(_mkfs, args)
-
 
 def exec_module(module: str, argv: list[str]) -> int:
     """Run a daemon module (nodes, mount) in place of this process: tools never import them."""
@@ -170,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inline-max", type=parse_size, default=4096,
                    help="files up to this size keep their bytes in ZooKeeper, not in blocks"
                         " (default: 4096; 0: never; at most 64K)")
-    p.set_defaults(func=cmd_mkfs)
+    p.set_defaults(func=optional("tools.mkfs", "main"))
 
     p = sub.add_parser("node", help="run a storage node")
     add_common(p)
@@ -228,19 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         # the ZooKeeper client's reconnect chatter would break "one clear line on stderr"
         logging.getLogger("dfs.zk").setLevel(logging.CRITICAL)
-    try:
-        return args.func(args)
-    except UsageError as e:
-        print(f"dfs {args.command}: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except ZkUnavailable as e:
-        print(f"dfs {args.command}: {e.message}", file=sys.stderr)
-        return EXIT_USAGE
-    except DfsError as e:
-        print(f"dfs {args.command}: {e}", file=sys.stderr)
-        return EXIT_PROBLEM
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -14,48 +14,34 @@ import time
 
 import trio
 
-from dfs.maint import repair
+from dfs.errors import QuietError
+from dfs.maint import cluster
+from dfs.maint.scan import block_groups
 from dfs.paths import FsPaths, default_root
-from dfs.records import BlockGroup
-from dfs.zk import NoNodeError, ZkClient, connect
+from dfs.zk import ZkClient
+from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, connect_zk
 
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 POLL = 1.0
 
 
 async def referenced_blocks(zk: ZkClient, paths: FsPaths, node_id: str) -> int:
     """How many blocks the maps still place on `node_id` (streamed, group by group)."""
-    try:
-        inos = await zk.get_children(paths.blocks)
-    except NoNodeError:
-        return 0
     count = 0
-    for i in range(0, len(inos), 256):
-        batch = [int(x) for x in inos[i:i + 256] if x.isdigit()]
-        lists = await zk.children_many([paths.block_map(ino) for ino in batch])
-        groups = [paths.block_group(ino, int(g)) for ino, gs in zip(batch, lists) if gs for g in gs]
-        for j in range(0, len(groups), 64):
-            for item in await zk.get_many(groups[j:j + 64]):
-                if item is not None:
-                    count += sum(node_id in r.replicas
-                                 for r in BlockGroup.decode(item[0]).blocks.values())
+    async for mg in block_groups(zk, paths):
+        count += sum(node_id in r.replicas for r in mg.blocks.blocks.values())
     return count
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from tools.cli import resolve_zk
-
-    zk = await connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
+    zk = await connect_zk(args)
     paths = FsPaths(default_root(args.fs))
     node_id = args.node_id
     try:
         if not await zk.exists(paths.config):
-            print(f"dfs drain: no filesystem at {paths.root}", file=sys.stderr)
-            return EXIT_USAGE
-        found = await repair.set_node_state(zk, paths, node_id, {"active"}, "draining")
+            raise QuietError(f"no filesystem at {paths.root}", EXIT_USAGE)
+        found = await cluster.set_node_state(zk, paths, node_id, {"active"}, "draining")
         if found is None:
-            print(f"dfs drain: no node {node_id} in the registry", file=sys.stderr)
-            return EXIT_PROBLEM
+            raise QuietError(f"no node {node_id} in the registry", EXIT_PROBLEM)
         if found == "retired":
             print(f"node {node_id} is retired already")
             return EXIT_OK
@@ -70,11 +56,10 @@ async def _main(args: argparse.Namespace) -> int:
                 print(f"  {left} blocks still on node {node_id}", file=sys.stderr)
                 last = left
             if time.monotonic() > deadline:
-                print(f"dfs drain: {left} blocks still on node {node_id} after {args.wait:g} s "
-                      f"(is a repair leader running? see 'dfs status')", file=sys.stderr)
-                return EXIT_PROBLEM
+                raise QuietError(f"{left} blocks still on node {node_id} after {args.wait:g} s "
+                                 f"(is a repair leader running? see 'dfs status')", EXIT_PROBLEM)
             await trio.sleep(POLL)
-        await repair.set_node_state(zk, paths, node_id, {"draining"}, "retired")
+        await cluster.set_node_state(zk, paths, node_id, {"draining"}, "retired")
         print(f"node {node_id} drained and retired; it can be stopped")
         return EXIT_OK
     finally:
@@ -82,5 +67,5 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Errors (ZkUnavailable -> 2, DfsError -> 1) are reported by tools.cli.main."""
+    """Errors (ZkUnavailable -> 2, DfsError -> 1) are reported by tools.common.run_command."""
     return trio.run(_main, args)

@@ -6,18 +6,17 @@ replicas reported; 2 ZooKeeper unreachable or no filesystem (one line on stderr)
 
 import argparse
 import json
-import sys
 import time
 
 import trio
 
-from dfs.errors import DfsError, ZkUnavailable
+from dfs.errors import DfsError, QuietError
+from dfs.maint import cluster
+from dfs.maint.scan import block_groups
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
-from dfs.records import BlockGroup, NodeLive, NodeRegistration
-from dfs.zk import NoNodeError, ZkClient, connect
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+from dfs.zk import ZkClient
+from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, connect_zk
 
 
 def human(n: float) -> str:
@@ -28,51 +27,27 @@ def human(n: float) -> str:
     return str(n)
 
 
-async def _children(zk: ZkClient, path: str) -> list[str]:
-    try:
-        return await zk.get_children(path)
-    except NoNodeError:
-        return []
-
-
 async def gather(zk: ZkClient, paths: FsPaths) -> dict:
     config = await load_config(zk, paths)
-    reg_names = await _children(zk, paths.registry)
-    regs = {n: NodeRegistration.decode(item[0]) for n, item in
-            zip(reg_names, await zk.get_many([paths.registry_node(n) for n in reg_names])) if item}
-    live_names = await _children(zk, paths.live)
-    live = {n: NodeLive.decode(item[0]) for n, item in
-            zip(live_names, await zk.get_many([paths.live_node(n) for n in live_names])) if item}
-    try:
-        repair = json.loads((await zk.get(paths.repair_status))[0])
-    except (NoNodeError, ValueError):
-        repair = {}
-    election = await _children(zk, paths.repair_election)
-    leader = min(election, key=lambda n: int(n.rsplit("-", 1)[1])).split(".", 1)[0] \
-        if election else None
-    corrupt = len(await _children(zk, paths.repair_reports))
+    regs = await cluster.registry(zk, paths)
+    live = await cluster.live_nodes(zk, paths)
+    repair = await cluster.repair_status(zk, paths)
+    leader = await cluster.repair_leader(zk, paths)
+    corrupt = len(await cluster.report_names(zk, paths))
 
     # block health, from the maps and the live view (streamed group by group)
     blocks = under = missing = 0
     per_node: dict[str, int] = {}
     active = {n for n, lv in live.items() if lv.state == "active"}
-    inos = await _children(zk, paths.blocks)
-    for i in range(0, len(inos), 256):
-        batch = [int(x) for x in inos[i:i + 256] if x.isdigit()]
-        lists = await zk.children_many([paths.block_map(ino) for ino in batch])
-        groups = [paths.block_group(ino, int(g)) for ino, gs in zip(batch, lists) if gs for g in gs]
-        for j in range(0, len(groups), 64):
-            for item in await zk.get_many(groups[j:j + 64]):
-                if item is None:
-                    continue
-                for ref in BlockGroup.decode(item[0]).blocks.values():
-                    blocks += 1
-                    for n in ref.replicas:
-                        per_node[n] = per_node.get(n, 0) + 1
-                    if not any(n in live for n in ref.replicas):
-                        missing += 1
-                    elif sum(n in active for n in ref.replicas) < config.replicas:
-                        under += 1
+    async for mg in block_groups(zk, paths):
+        for ref in mg.blocks.blocks.values():
+            blocks += 1
+            for n in ref.replicas:
+                per_node[n] = per_node.get(n, 0) + 1
+            if not any(n in live for n in ref.replicas):
+                missing += 1
+            elif sum(n in active for n in ref.replicas) < config.replicas:
+                under += 1
     now = time.time()
     nodes = []
     for node_id in sorted(set(regs) | set(live)):
@@ -150,11 +125,11 @@ def render(s: dict) -> str:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from tools.cli import resolve_zk
-
-    zk = await connect(resolve_zk(args), timeout=args.zk_timeout, op_timeout=args.zk_timeout)
+    zk = await connect_zk(args)
     try:
         s = await gather(zk, FsPaths(default_root(args.fs)))
+    except DfsError as e:  # ZooKeeper gone, or no filesystem there: exit 2
+        raise QuietError(e.message, EXIT_USAGE) from None
     finally:
         await zk.close()
     print(json.dumps(s, indent=2) if args.json else render(s))
@@ -163,11 +138,5 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        return trio.run(_main, args)
-    except ZkUnavailable as e:
-        print(f"dfs status: {e.message}", file=sys.stderr)
-        return EXIT_USAGE
-    except DfsError as e:
-        print(f"dfs status: {e.message}", file=sys.stderr)
-        return EXIT_USAGE
+    """Errors are reported by tools.common.run_command (ZooKeeper unreachable, no filesystem: 2)."""
+    return trio.run(_main, args)

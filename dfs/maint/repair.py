@@ -1,4 +1,4 @@
-"""Repair primitives shared by the repair leader (nodes/) and `dfs fsck --repair` (tools/).
+"""Block-map repairs shared by the repair leader (nodes/) and `dfs fsck --repair` (tools/).
 
 Every change to a block map follows the same pattern: read the group, do the
 slow work (copy a replica, delete from a node) without holding anything, then
@@ -8,184 +8,50 @@ rewritten, truncated or removed meanwhile) the copies just made are garbage and
 are deleted; nothing else is touched. Every step is idempotent, so two repairers
 racing (a leader change, fsck next to the leader) cost work, never data.
 
-Rules about replicas (DESIGN.md section 5):
-- A replica *counts* when its node is live, `active` and the replica is not
-  known bad. Replicas on draining nodes serve as copy sources but do not count.
+Rules about replicas (DESIGN.md section 5; which replicas count: dfs.maint.cluster):
 - A block map records exactly the replicas that hold the block: when a block is
   back at full count, replicas on nodes that are gone, draining or known bad
   leave the map in the same commit (those on reachable nodes are then deleted;
   copies left on unreachable nodes become orphans, collected once they return).
 - A map never loses its last replica through `drop_replicas`.
 
-Audit log: every repair action appends a small JSON record under
-`repair/audit` (sequential znodes), trimmed to the last AUDIT_KEEP.
+Every action is recorded in the audit log (dfs.maint.audit).
 """
 
 import errno
-import json
 import logging
-import time
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Collection, Iterable
+from typing import Callable, Collection, Iterable
 
 import trio
 
-from dfs.blocks.client import BlockClient
-from dfs.blocks.nodedir import NodeDirectory
-from dfs.config import FsConfig
 from dfs.errors import DfsError
-from dfs.paths import FsPaths
+from dfs.maint.cluster import RepairContext
+from dfs.maint.scan import decode_group
 from dfs.placement import place_replicas
-from dfs.records import BlockGroup, BlockRef, GcEntry, NodeRegistration
-from dfs.zk import BadVersionError, NoNodeError, NotEmptyError, Txn, ZkClient
+from dfs.records import BlockRef
+from dfs.zk import BadVersionError, NoNodeError, Txn
 from dfs.zk.retry import retrying
 
 log = logging.getLogger(__name__)
 
-AUDIT_KEEP = 1000
-AUDIT_TRIM_EVERY = 100
 COMMIT_ATTEMPTS = 20  # a block map changing under a repair: give up for now, the next scan retries
-STATE_ATTEMPTS = 100  # a node's registry state: only `dfs drain` and the leader write it
-INODE_BATCH = 256  # inodes whose group lists are read in one multi-read
-GROUP_BATCH = 64  # block groups read in one multi-read (each up to a few hundred KiB)
 
 
-@dataclass
-class RepairContext:
-    """What the repair primitives work with.
-
-    Args:
-      zk, paths, config: the filesystem's session, znode paths and settings.
-      nodedir: the live nodes (kept fresh by its `run()` or by `refresh()`).
-      blocks: a BlockClient on `nodedir`.
-      actor: who repairs, for the audit log ("node:<id>", "fsck").
-      limiter: bounds concurrent copies/deletes started by one call.
-    """
-
-    zk: ZkClient
-    paths: FsPaths
-    config: FsConfig
-    nodedir: NodeDirectory
-    blocks: BlockClient
-    actor: str = ""
-    stats: dict = field(default_factory=lambda: {"copied_blocks": 0, "copied_bytes": 0,
-                                                  "dropped_replicas": 0, "gc_blocks": 0,
-                                                  "garbage_copies": 0})
-    _audit_count: int = 0
-
-    def counts(self, node_id: str, bad: Collection[str] = ()) -> bool:
-        """Does a replica on `node_id` count toward the block's redundancy?"""
-        live = self.nodedir.get(node_id)
-        return live is not None and live.state == "active" and node_id not in bad
-
-    def can_serve(self, node_id: str, bad: Collection[str] = ()) -> bool:
-        """May a replica on `node_id` be the source of a copy?"""
-        return self.nodedir.get(node_id) is not None and node_id not in bad
-
-
-# ---------------------------------------------------------------------- reading
-
-
-async def iter_block_groups(ctx: RepairContext) -> AsyncIterator[tuple[int, int, BlockGroup, int]]:
-    """Every block group of every file as (ino, group, BlockGroup, znode version).
-
-    Streams: holds one batch of groups at a time, never the whole map. Groups
-    that vanish while we read (file removed) are skipped.
-    """
-    try:
-        inos = await ctx.zk.get_children(ctx.paths.blocks)
-    except NoNodeError:
-        return
-    inos = sorted(int(i) for i in inos if i.isdigit())
-    for i in range(0, len(inos), INODE_BATCH):
-        batch = inos[i:i + INODE_BATCH]
-        lists = await ctx.zk.children_many([ctx.paths.block_map(ino) for ino in batch])
-        wanted = [(ino, int(g)) for ino, groups in zip(batch, lists) if groups
-                  for g in sorted(groups, key=int) if g.isdigit()]
-        for j in range(0, len(wanted), GROUP_BATCH):
-            part = wanted[j:j + GROUP_BATCH]
-            got = await ctx.zk.get_many([ctx.paths.block_group(ino, g) for ino, g in part])
-            for (ino, g), item in zip(part, got):
-                if item is None:
-                    continue
-                yield ino, g, BlockGroup.decode(item[0]), item[1].version
-
-
-async def read_group(ctx: RepairContext, ino: int, group: int) -> tuple[BlockGroup, int] | None:
-    try:
-        data, st = await ctx.zk.get(ctx.paths.block_group(ino, group))
-    except NoNodeError:
-        return None
-    return BlockGroup.decode(data), st.version
-
-
-async def registry(ctx: RepairContext) -> dict[str, NodeRegistration]:
-    """Every registered node (persistent registry), by id."""
-    try:
-        names = await ctx.zk.get_children(ctx.paths.registry)
-    except NoNodeError:
-        return {}
-    got = await ctx.zk.get_many([ctx.paths.registry_node(n) for n in names])
-    return {n: NodeRegistration.decode(item[0]) for n, item in zip(names, got) if item}
-
-
-def group_of(ctx: RepairContext, index: int) -> int:
-    return index // ctx.config.group_blocks
-
-
-# ---------------------------------------------------------------------- audit
-
-
-async def audit(ctx: RepairContext, action: str, *, block: str = "", ino: int = 0,
-                index: int = -1, src: Iterable[str] = (), dst: Iterable[str] = (),
-                reason: str = "", **extra) -> None:
-    """Append one record to the audit log (best effort: never fails the repair)."""
-    rec = {"time": time.time(), "action": action, "block": block, "ino": ino, "index": index,
-           "from": list(src), "to": list(dst), "reason": reason, "by": ctx.actor, **extra}
-    try:
-        await ctx.zk.create(f"{ctx.paths.repair_audit}/a-", json.dumps(rec).encode(),
-                            sequence=True)
-        ctx._audit_count += 1
-        if ctx._audit_count % AUDIT_TRIM_EVERY == 1:
-            await trim_audit(ctx)
-    except Exception as e:
-        log.warning("could not append to the repair audit log: %s", e)
-
-
-async def trim_audit(ctx: RepairContext, keep: int = AUDIT_KEEP) -> None:
-    names = sorted(await ctx.zk.get_children(ctx.paths.repair_audit))
-    for name in names[:max(0, len(names) - keep)]:
-        try:
-            await ctx.zk.delete(f"{ctx.paths.repair_audit}/{name}")
-        except NoNodeError:
-            pass
-
-
-async def read_audit(zk: ZkClient, paths: FsPaths) -> list[dict]:
-    """The audit log, oldest first."""
-    names = sorted(await zk.get_children(paths.repair_audit))
-    got = await zk.get_many([f"{paths.repair_audit}/{n}" for n in names])
-    return [json.loads(item[0]) for item in got if item]
-
-
-# ---------------------------------------------------------------------- map changes
-
-
-async def _commit_replicas(ctx: RepairContext, ino: int, index: int, block_id: str,
-                           change) -> BlockRef | None:
+async def commit_replicas(ctx: RepairContext, ino: int, index: int, block_id: str,
+                          change: Callable[[BlockRef], list[str] | None]) -> BlockRef | None:
     """Re-read the group and apply `change(ref) -> list[str] | None` to the block's replicas.
 
     Returns the committed ref, the unchanged ref when `change` returns None, or
     None when the block at `index` is no longer `block_id` (or is gone).
     """
-    group = group_of(ctx, index)
-    path = ctx.paths.block_group(ino, group)
+    path = ctx.paths.block_group(ino, index // ctx.config.group_blocks)
 
     async def attempt() -> BlockRef | None:
-        got = await read_group(ctx, ino, group)
-        if got is None:
+        try:
+            data, st = await ctx.zk.get(path)
+        except NoNodeError:
             return None
-        grp, version = got
+        grp = decode_group(data)
         ref = grp.blocks.get(index)
         if ref is None or ref.id != block_id:
             return None
@@ -194,33 +60,34 @@ async def _commit_replicas(ctx: RepairContext, ino: int, index: int, block_id: s
             return ref
         ref.replicas = replicas
         ref.gen += 1
-        await ctx.zk.commit(Txn().set(path, grp.encode(), version))  # conflicts: look again
+        await ctx.zk.commit(Txn().set(path, grp.encode(), st.version))  # conflicts: look again
         return ref
 
     return await retrying(attempt, attempts=COMMIT_ATTEMPTS, what=f"repair of block map {path}",
                           conflicts=(BadVersionError, NoNodeError))
 
 
-async def _delete_quietly(ctx: RepairContext, block_id: str, node_ids: Iterable[str]) -> list[str]:
-    """Delete a block from nodes, best effort. Returns the nodes where it is surely gone."""
-    gone: list[str] = []
+async def delete_quietly(ctx: RepairContext, block_id: str, node_ids: Iterable[str]) -> list[str]:
+    """Delete a block from nodes, best effort. Returns the nodes where it is surely gone, in order."""
+    nodes = list(dict.fromkeys(node_ids))
+    gone: set[str] = set()
 
     async def one(node_id: str) -> None:
         if ctx.nodedir.get(node_id) is None:
             return  # unreachable: an orphan there, collected when the node is back
         try:
             await ctx.blocks.delete_block(node_id, block_id)
-            gone.append(node_id)
+            gone.add(node_id)
         except DfsError as e:
             if e.errno == errno.ENOENT:
-                gone.append(node_id)
+                gone.add(node_id)
             else:
                 log.info("could not delete block %s from node %s: %s", block_id, node_id, e)
 
     async with trio.open_nursery() as nursery:
-        for n in set(node_ids):
+        for n in nodes:
             nursery.start_soon(one, n)
-    return gone
+    return [n for n in nodes if n in gone]
 
 
 def _settled(ctx: RepairContext, replicas: list[str], bad: Collection[str]) -> list[str]:
@@ -285,8 +152,8 @@ async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *
                 try:
                     await ctx.blocks.copy_block(src, ref.id, dst)
                     made.append(dst)
-                    await audit(ctx, "copy", block=ref.id, ino=ino, index=index, src=[src],
-                                dst=[dst], reason=reason, copies=len(counting))
+                    await ctx.audit.append("copy", block=ref.id, ino=ino, index=index, src=[src],
+                                           dst=[dst], reason=reason, copies=len(counting))
                     return
                 except DfsError as e:
                     log.info("copy of block %s from %s to %s failed: %s", ref.id, src, dst, e)
@@ -301,20 +168,20 @@ async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *
         merged = [n for n in cur.replicas if n not in made] + made
         return _settled(ctx, merged, bad - set(made))
 
-    committed = await _commit_replicas(ctx, ino, index, ref.id, change)
+    committed = await commit_replicas(ctx, ino, index, ref.id, change)
     if committed is None:
         if made:
             ctx.stats["garbage_copies"] += len(made)
-            await _delete_quietly(ctx, ref.id, made)
-            await audit(ctx, "discard", block=ref.id, ino=ino, index=index, dst=made,
-                        reason="block replaced while it was being repaired")
+            await delete_quietly(ctx, ref.id, made)
+            await ctx.audit.append("discard", block=ref.id, ino=ino, index=index, dst=made,
+                                   reason="block replaced while it was being repaired")
         return None
     dropped = [n for n in ref.replicas if n not in committed.replicas]
     if dropped:
         ctx.stats["dropped_replicas"] += len(dropped)
-        await _delete_quietly(ctx, ref.id, [n for n in dropped if n not in made])
-        await audit(ctx, "drop", block=ref.id, ino=ino, index=index, src=dropped,
-                    reason=f"{reason}: replaced")
+        await delete_quietly(ctx, ref.id, [n for n in dropped if n not in made])
+        await ctx.audit.append("drop", block=ref.id, ino=ino, index=index, src=dropped,
+                               reason=f"{reason}: replaced")
     return committed
 
 
@@ -336,101 +203,17 @@ async def drop_replicas(ctx: RepairContext, ino: int, index: int, ref: BlockRef,
         removed[:] = [n for n in cur.replicas if n in drop]
         return keep
 
-    committed = await _commit_replicas(ctx, ino, index, ref.id, change)
+    committed = await commit_replicas(ctx, ino, index, ref.id, change)
     if committed is None or not removed:
         return committed
     ctx.stats["dropped_replicas"] += len(removed)
-    await _delete_quietly(ctx, ref.id, removed)
-    await audit(ctx, "drop", block=ref.id, ino=ino, index=index, src=removed, reason=reason)
+    await delete_quietly(ctx, ref.id, removed)
+    await ctx.audit.append("drop", block=ref.id, ino=ino, index=index, src=removed, reason=reason)
     return committed
 
 
-# ---------------------------------------------------------------------- gc
 
 
-async def collect_gc_entry(ctx: RepairContext, name: str) -> int:
-    """Delete the blocks of gc entry `name` from their nodes, then the entry. Idempotent.
-
-    An entry with `inode=N` means the whole map under blocks/N is garbage:
-    every block in it is deleted, then its groups, then blocks/N itself.
-    Replicas on unreachable nodes are left as orphans (collected when the
-    node is back). Returns the number of replicas deleted.
-    """
-    path = ctx.paths.gc_entry(name)
-    try:
-        data, _ = await ctx.zk.get(path)
-    except NoNodeError:
-        return 0
-    entry = GcEntry.decode(data)
-    deleted = 0
-    limiter = trio.CapacityLimiter(16)
-
-    async def delete_all(blocks: dict[str, list[str]]) -> None:
-        async def one(block_id: str, nodes: list[str]) -> None:
-            nonlocal deleted
-            async with limiter:
-                gone = await _delete_quietly(ctx, block_id, nodes)
-            deleted += len(gone)  # not `deleted += len(await ...)`: that reads before awaiting
-
-        async with trio.open_nursery() as nursery:
-            for block_id, nodes in blocks.items():
-                nursery.start_soon(one, block_id, nodes)
-
-    if entry.blocks:
-        await delete_all(entry.blocks)
-    if entry.inode:
-        base = ctx.paths.block_map(entry.inode)
-        try:
-            groups = await ctx.zk.get_children(base)
-        except NoNodeError:
-            groups = []
-        for g in groups:
-            gpath = f"{base}/{g}"
-            try:
-                gdata, _ = await ctx.zk.get(gpath)
-            except NoNodeError:
-                continue
-            grp = BlockGroup.decode(gdata)
-            await delete_all({r.id: list(r.replicas) for r in grp.blocks.values()})
-            try:
-                await ctx.zk.delete(gpath)
-            except NoNodeError:
-                pass
-        try:
-            await ctx.zk.delete(base)
-        except NoNodeError:
-            pass
-        except NotEmptyError:
-            return deleted  # something appeared under it: look again next round
-    try:
-        await ctx.zk.delete(path)
-    except NoNodeError:
-        pass
-    ctx.stats["gc_blocks"] += deleted
-    return deleted
-
-
-async def set_node_state(zk: ZkClient, paths: FsPaths, node_id: str, frm: Collection[str],
-                         to: str) -> str | None:
-    """Move a node's registry state from one of `frm` to `to`, version-checked.
-
-    Returns the state found (the old one when it changed, else the current
-    one), or None when there is no such node.
-    """
-    path = paths.registry_node(node_id)
-
-    async def attempt() -> str | None:
-        try:
-            data, st = await zk.get(path)
-        except NoNodeError:
-            return None
-        reg = NodeRegistration.decode(data)
-        if reg.state not in frm:
-            return reg.state
-        found = reg.state
-        reg.state = to
-        await zk.set(path, reg.encode(), st.version)  # BadVersion: someone else changed it
-        return found
-
-    return await retrying(attempt, attempts=STATE_ATTEMPTS, what=f"state change of node {node_id}",
-                          conflicts=(BadVersionError,))
+async def dedupe_replicas(ctx: RepairContext, ino: int, index: int, ref: BlockRef) -> BlockRef | None:
+    """Remove repeated node ids from a block's replica list (version-checked)."""
+    return await commit_replicas(ctx, ino, index, ref.id, lambda cur: list(dict.fromkeys(cur.replicas)))

@@ -19,7 +19,7 @@ from dfs.meta.store import MAX_ATTEMPTS, MetaStore, now_ns
 from dfs.paths import FsPaths
 from dfs.records import InodeRecord
 from dfs.zk import BadVersionError, NodeExistsError, Txn
-from dfs.zk.reads import Got, Read, Reads
+from dfs.zk.reads import Got, Reads
 from dfs.zk.retry import retrying
 
 INO_RANGE = 1024

@@ -20,7 +20,9 @@ import trio
 
 from dfs.config import NodeSettings
 from dfs.errors import DfsError
-from dfs.maint import repair
+from dfs.maint.cluster import RepairContext
+from dfs.maint.gc import collect_gc_entry
+from dfs.maint.scan import block_groups
 from dfs.meta import Meta
 from dfs.records import GcEntry
 from dfs.zk import NoNodeError
@@ -42,7 +44,7 @@ class GcCollector:
       concurrency: gc entries collected at once.
     """
 
-    def __init__(self, ctx: repair.RepairContext, settings: NodeSettings, *,
+    def __init__(self, ctx: RepairContext, settings: NodeSettings, *,
                  maintenance_lock: trio.Lock, interval: float = 1.0, concurrency: int = 4):
         self.ctx = ctx
         self.interval = interval
@@ -101,7 +103,7 @@ class GcCollector:
             nonlocal deleted
             async with limiter:
                 try:
-                    n = await repair.collect_gc_entry(self.ctx, name)
+                    n = await collect_gc_entry(self.ctx, name)
                 except DfsError as e:
                     log.warning("gc entry %s: %s", name, e)
                     return
@@ -137,7 +139,7 @@ class GcCollector:
     async def _referenced(self) -> tuple[dict[str, tuple[str, ...]], set[str]]:
         """block id -> replicas of every block map, and every block id queued in gc/."""
         refs: dict[str, tuple[str, ...]] = {}
-        async for _ino, _g, grp, _v in repair.iter_block_groups(self.ctx):
+        async for _ino, _g, grp, _st in block_groups(self.ctx.zk, self.ctx.paths):
             for ref in grp.blocks.values():
                 refs[ref.id] = tuple(ref.replicas)
         queued: set[str] = set()
@@ -181,8 +183,8 @@ class GcCollector:
                 except DfsError:
                     pass
             if doomed:
-                await repair.audit(self.ctx, "orphan", src=[node_id], reason="unreferenced",
-                                   blocks=len(doomed))
+                await self.ctx.audit.append("orphan", src=[node_id], reason="unreferenced",
+                                            blocks=len(doomed))
                 log.info("gc: deleted %d orphan blocks from node %s", len(doomed), node_id)
         self.orphans_deleted += deleted
         return deleted

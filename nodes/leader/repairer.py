@@ -30,7 +30,9 @@ import trio
 
 from dfs.config import NodeSettings
 from dfs.errors import DfsError
-from dfs.maint import repair
+from dfs.maint import cluster, repair
+from dfs.maint.cluster import RepairContext
+from dfs.maint.scan import block_groups
 from dfs.paths import FsPaths
 from dfs.records import BlockRef, CorruptReport, NodeRegistration
 from dfs.zk import NoNodeError, ZkClient
@@ -93,7 +95,7 @@ class Repairer:
       tick: seconds between observations.
     """
 
-    def __init__(self, ctx: repair.RepairContext, node_id: str, settings: NodeSettings, *,
+    def __init__(self, ctx: RepairContext, node_id: str, settings: NodeSettings, *,
                  maintenance_lock: trio.Lock,
                  on_node_return: Callable[[str], None] | None = None,
                  status_extra: Callable[[], dict] | None = None, tick: float = 1.0):
@@ -157,7 +159,7 @@ class Repairer:
             await trio.sleep(self.tick)
 
     async def observe(self) -> None:
-        self.registry = await repair.registry(self.ctx)
+        self.registry = await cluster.registry(self.ctx.zk, self.ctx.paths)
         live = set(self.ctx.nodedir.live())
         now = time.time()
         for node_id, reg in self.registry.items():
@@ -266,7 +268,7 @@ class Repairer:
                   "waiting": 0, "corrupt": 0, "on_draining": 0}
         node_refs: dict[str, int] = {}
         seen_reports: set[str] = set()
-        async for ino, _group, grp, _version in repair.iter_block_groups(ctx):
+        async for ino, _group, grp, _stat in block_groups(ctx.zk, ctx.paths):
             for index, ref in grp.blocks.items():
                 counts["blocks"] += 1
                 for n in ref.replicas:
@@ -392,7 +394,7 @@ class Repairer:
             if self.queue or self.in_progress:
                 continue
             await mark_retired(self.zk, self.ctx.paths, node_id)
-            await repair.audit(self.ctx, "retire", src=[node_id], reason="drained")
+            await self.ctx.audit.append("retire", src=[node_id], reason="drained")
             log.info("node %s drained: retired", node_id)
 
     # ------------------------------------------------------------------ status
@@ -437,5 +439,5 @@ class Repairer:
 
 async def mark_retired(zk: ZkClient, paths: FsPaths, node_id: str) -> bool:
     """draining -> retired (version-checked). False if the node is not draining."""
-    found = await repair.set_node_state(zk, paths, node_id, {"draining"}, "retired")
+    found = await cluster.set_node_state(zk, paths, node_id, {"draining"}, "retired")
     return found in ("draining", "retired")

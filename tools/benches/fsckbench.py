@@ -30,9 +30,9 @@ from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import FsConfig
 from dfs.meta import Meta
-from dfs.mkfs import mkfs
+from dfs.mkfs import load_config, mkfs
 from dfs.paths import ROOT_INO, FsPaths, default_root
-from dfs.zk import ZkClient, connect
+from dfs.zk import connect
 from tools.bench import drop_caches
 from tools.local.nodeproc import start_nodes
 from tools.local.zkserver import ZkEnsemble
@@ -45,7 +45,7 @@ BIG_FILE = 64 << 20
 async def build(hosts: str, fsname: str, files: int, big_bytes: int) -> None:
     zk = await connect(hosts)
     paths = FsPaths(default_root(fsname))
-    config = await _config(zk, paths)
+    config = await load_config(zk, paths)
     meta = Meta(zk, paths, config)
     nodedir = NodeDirectory(zk, paths)
     await nodedir.wait_for(3, 30)
@@ -86,11 +86,6 @@ async def build(hosts: str, fsname: str, files: int, big_bytes: int) -> None:
     finally:
         await blocks.aclose()
         await zk.close()
-
-
-async def _config(zk: ZkClient, paths: FsPaths) -> FsConfig:
-    from dfs.mkfs import load_config
-    return await load_config(zk, paths)
 
 
 async def make_fs(hosts: str, fsname: str) -> None:

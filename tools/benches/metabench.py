@@ -19,7 +19,7 @@ import trio
 from dfs.config import FsConfig
 from dfs.meta import Meta
 from dfs.mkfs import mkfs
-from dfs.paths import ROOT_INO, FsPaths
+from dfs.paths import ROOT_INO, FsPaths, default_root
 from dfs.zk import connect
 from tools.local.zkserver import ZkEnsemble
 
@@ -33,7 +33,7 @@ def summarize(name: str, samples: list[float]) -> str:
 
 async def run(hosts: str, n: int, parallel_n: int) -> None:
     zk = await connect(hosts)
-    paths = FsPaths(f"/dfs/bench-{uuid.uuid4().hex[:8]}")
+    paths = FsPaths(default_root(f"bench-{uuid.uuid4().hex[:8]}"))
     config = FsConfig()
     await mkfs(zk, paths, config)
     meta = Meta(zk, paths, config)

@@ -15,8 +15,13 @@ from pathlib import Path
 
 import trio
 
+from dfs.config import FsConfig
 from dfs.errors import DfsError
+from dfs.mkfs import mkfs
+from dfs.paths import FsPaths, default_root
+from dfs.zk import connect
 from tools.local.mountproc import MountProcess, fusermount_unmount, is_mounted
+from tools.local.nodeproc import NodeProcess
 from tools.local.procs import pid_alive, pid_cmdline, stop_pid
 from tools.local.zkserver import ZkEnsemble, four_letter
 
@@ -48,11 +53,6 @@ def _zk_serving(hosts: str) -> bool:
 
 
 async def _ensure_fs(hosts: str, fsname: str) -> bool:
-    from dfs.config import FsConfig
-    from dfs.mkfs import mkfs
-    from dfs.paths import FsPaths, default_root
-    from dfs.zk import connect
-
     zk = await connect(hosts, timeout=30)
     try:
         await mkfs(zk, FsPaths(default_root(fsname)), FsConfig())
@@ -64,8 +64,6 @@ async def _ensure_fs(hosts: str, fsname: str) -> bool:
 
 
 def up(args: argparse.Namespace) -> int:
-    from tools.local.nodeproc import NodeProcess
-
     state = Path(args.state).absolute()
     (state / "logs").mkdir(parents=True, exist_ok=True)
     data = _load(state)
