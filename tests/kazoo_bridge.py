@@ -25,9 +25,8 @@ from kazoo.retry import KazooRetry
 
 from dfs.errors import ZkUnavailable
 from dfs.zk.errors import RETRYABLE, RolledBackError
-from dfs.zk.reads import ManyReads
 from dfs.zk.txn import Txn
-from dfs.zk.wire import GetData, MultiRead
+from dfs.zk.wire import GetChildren, GetData, MultiRead
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class _TrioResult:
         return self._value
 
 
-class Zk(ManyReads):
+class Zk:
     """One ZooKeeper session used from trio.
 
     Args:
@@ -196,13 +195,21 @@ class Zk(ManyReads):
     async def get_children(self, path: str, watch: Callable | None = None) -> list[str]:
         return await self._retry(lambda: self.client.get_children_async(path, watch))
 
-    async def _multi_read(self, request: MultiRead) -> list[Any]:
-        # kazoo adds the chroot in its own calls; MultiRead bypasses them
-        return await self._retry(self._request(request))
+    async def read_many(self, reads: list[tuple[str, str]], batch: int = 512) -> list[Any]:
+        """As WireZk.read_many; kazoo adds the chroot in its own calls, MultiRead bypasses them."""
+        kinds = {"get": GetData, "children": GetChildren}
+        out: list[Any] = []
+        for i in range(0, len(reads), batch):
+            request = MultiRead([kinds[k](self.client.chroot + p, None) for k, p in reads[i:i + batch]])
+            out += [None if isinstance(r, Exception) else r
+                    for r in await self._retry(self._request(request))]
+        return out
 
-    @property
-    def _chroot(self) -> str:
-        return self.client.chroot
+    async def get_many(self, paths: list[str], batch: int = 512) -> list[tuple[bytes, ZnodeStat] | None]:
+        return await self.read_many([("get", p) for p in paths], batch)
+
+    async def children_many(self, paths: list[str]) -> list[list[str] | None]:
+        return await self.read_many([("children", p) for p in paths])
 
 
     async def exists(self, path: str) -> ZnodeStat | None:

@@ -9,7 +9,7 @@ names); everything else takes its error names, `Txn`, `ZnodeStat` and
     wire.py      request/reply classes kazoo lacks (multi-read, addWatch, close)
     session.py   WireZk: the session, its connection task, watches and feeds
     txn.py       Txn: the operations of one multi, built by dfs.meta/maint/mkfs
-    reads.py     multi-reads (ManyReads) and named reads (Reads)
+    reads.py     named multi-reads (Reads)
     retry.py     the one conflict-retry policy (retrying)
     errors.py    the error names and RETRYABLE
 """

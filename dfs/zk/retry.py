@@ -10,7 +10,6 @@ op_timeout (dfs/zk/session.py).
 import errno
 import logging
 import random
-from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
 import trio
@@ -26,28 +25,13 @@ T = TypeVar("T")
 CONFLICTS: tuple[type[BaseException], ...] = (BadVersionError, NoNodeError, NodeExistsError,
                                               NotEmptyError)
 
-
-@dataclass(frozen=True)
-class Backoff:
-    """Retry at once `eager` times, then wait a random pause of up to
-    `base * 2**n` seconds, never more than `cap` (fighting clients spread out)."""
-
-    eager: int = 2
-    base: float = 0.0005
-    cap: float = 0.05
-
-    def pause(self, n: int) -> float:
-        if n <= self.eager:
-            return 0.0
-        return random.uniform(0, min(self.cap, self.base * 2 ** n))
-
-
-DEFAULT_BACKOFF = Backoff()
+# Retry at once EAGER times, then pause a random time of up to BASE * 2**n
+# seconds, never more than CAP (fighting clients spread out).
+EAGER, BASE, CAP = 2, 0.0005, 0.05
 
 
 async def retrying(attempt: Callable[[], Awaitable[T]], *, attempts: int, what: str,
                    conflicts: tuple[type[BaseException], ...] = CONFLICTS,
-                   backoff: Backoff = DEFAULT_BACKOFF,
                    on_retry: Callable[[BaseException], None] | None = None) -> T:
     """Run `attempt()` until it returns without a conflict, at most `attempts` times.
 
@@ -57,7 +41,6 @@ async def retrying(attempt: Callable[[], Awaitable[T]], *, attempts: int, what: 
       attempts: the bound (each caller states its own).
       what: names the operation in the log and in the final error.
       conflicts: the exceptions that mean "read again and retry".
-      backoff: pauses between attempts.
       on_retry: called with the conflict before each retry (statistics).
     Returns:
       what the successful attempt returned.
@@ -71,9 +54,8 @@ async def retrying(attempt: Callable[[], Awaitable[T]], *, attempts: int, what: 
             if on_retry is not None:
                 on_retry(last)
             log.debug("%s: conflict %r, retrying", what, last)
-            pause = backoff.pause(n)
-            if pause:
-                await trio.sleep(pause)
+            if n > EAGER:
+                await trio.sleep(random.uniform(0, min(CAP, BASE * 2 ** n)))
         try:
             return await attempt()
         except conflicts as e:

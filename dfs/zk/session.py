@@ -21,14 +21,14 @@ Concurrency invariants (one trio thread, so "atomic" means "no await between"):
   empty every new frame is appended to it, never sent directly.
 - Only the reader task pops `conn.pending` while the connection serves; once
   the connection's tasks are gone, `_drop` fails what is left with
-  ConnectionLoss and the callers' retry loop (the same rule as `Zk._retry`)
-  resends on the next connection.
+  ConnectionLoss and the callers' retry loop (`_call`) resends on the next
+  connection.
 - A cancelled call leaves its entry queued (its request is on the wire); the
   reader drops the reply.
 
 The session's I/O (reader, writer, pinger, reconnecting) runs in one trio
-*system* task started by `connect()` and ended by `close()`: like Zk, whose
-threads kazoo owns, a WireZk is a plain object that any task may use.
+*system* task started by `connect()` and ended by `close()`, so a WireZk is a
+plain object that any task may use.
 
 Watch callbacks and state listeners run synchronously in that task. Like
 kazoo's, they must not block: hand off to trio (`token.run_sync_soon`, which
@@ -79,7 +79,6 @@ from dfs.zk.errors import (
     RolledBackError,
     SessionExpiredError,
 )
-from dfs.zk.reads import ManyReads
 from dfs.zk.txn import Txn
 from dfs.zk.wire import MultiRead, ZkState
 
@@ -195,7 +194,7 @@ class _Conn:
         self.sock.close()
 
 
-class WireZk(ManyReads):
+class WireZk:
     """One ZooKeeper session used from trio, over our own socket (see the module doc).
 
     Use `await WireZk.connect(hosts)`; the constructor does no I/O.
@@ -208,7 +207,6 @@ class WireZk(ManyReads):
     """
 
     def __init__(self, hosts: str, *, session_timeout: float = 10.0, op_timeout: float = 60.0):
-        self.hosts_spec = hosts
         self.hosts, chroot = collect_hosts(hosts)
         self.chroot = normpath(chroot) if chroot else ""
         self.session_timeout = session_timeout
@@ -294,7 +292,7 @@ class WireZk(ManyReads):
             with trio.move_on_after(left + 0.01):
                 await self._connected.wait()
 
-    # -- calls (the same surface as dfs.zk.bridge.Zk)
+    # -- calls
 
     async def get(self, path: str, watch: Callable | None = None) -> tuple[bytes, ZnodeStat]:
         return await self._call(GetData(self._full(path), watch), watch)
@@ -302,12 +300,33 @@ class WireZk(ManyReads):
     async def get_children(self, path: str, watch: Callable | None = None) -> list[str]:
         return await self._call(GetChildren(self._full(path), watch), watch)
 
-    async def _multi_read(self, request: MultiRead) -> list[Any]:
-        return await self._call(request)
+    async def read_many(self, reads: list[tuple[str, str]], batch: int = 512) -> list[Any]:
+        """Several reads in few round trips (ZooKeeper multi-read, in order).
 
-    @property
-    def _chroot(self) -> str:
-        return self.chroot
+        Args:
+          reads: ("get", path) or ("children", path) pairs.
+        Returns:
+          per read, in order: (data, stat) for "get", a list of names for
+          "children", or None where the znode does not exist.
+
+        The server runs the reads of one batch one after the other, so a read
+        listed later never sees an older state than one listed earlier: read an
+        inode before the znodes its version guards.
+        """
+        kinds = {"get": GetData, "children": GetChildren}
+        out: list[Any] = []
+        for i in range(0, len(reads), batch):
+            request = MultiRead([kinds[k](self.chroot + p, None) for k, p in reads[i:i + batch]])
+            out += [None if isinstance(r, Exception) else r for r in await self._call(request)]
+        return out
+
+    async def get_many(self, paths: list[str], batch: int = 512) -> list[tuple[bytes, ZnodeStat] | None]:
+        """Read many znodes with few round trips (multi-read); None for a missing one."""
+        return await self.read_many([("get", p) for p in paths], batch)
+
+    async def children_many(self, paths: list[str]) -> list[list[str] | None]:
+        """get_children of several znodes in one round trip; None for a missing one."""
+        return await self.read_many([("children", p) for p in paths])
 
     async def exists(self, path: str) -> ZnodeStat | None:
         return await self._call(Exists(self._full(path), None))
