@@ -57,18 +57,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return exec_module("mount", daemon_argv(args, extra))
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from tools.local import cluster
-
-    return cluster.up(args)
-
-
-def cmd_down(args: argparse.Namespace) -> int:
-    from tools.local import cluster
-
-    return cluster.down(args)
-
-
 def optional(module: str, func: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -90,12 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fs", default="default", help="filesystem name (default: %(default)s)")
     p.add_argument("--state", default=STATE_DIR, help="state directory (default: ./%(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(func=cmd_up)
+    p.set_defaults(func=optional("tools.local.cluster", "up"))
 
     p = sub.add_parser("down", help="unmount and stop everything 'dfs up' started")
     p.add_argument("--state", default=STATE_DIR, help="state directory (default: ./%(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(func=cmd_down)
+    p.set_defaults(func=optional("tools.local.cluster", "down"))
 
     p = sub.add_parser("mkfs", help="create a filesystem (refuses to overwrite one)")
     add_common(p)

@@ -32,6 +32,15 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
 
 
+def human(n: float) -> str:
+    """4194304 -> '4.0 MiB' (bytes below 1 KiB as '512 B')."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 def local_zk() -> str | None:
     """The ZooKeeper of the cluster `dfs up` started in this directory, if any."""
     state = Path(STATE_DIR) / "cluster.json"

@@ -16,15 +16,7 @@ from dfs.maint.scan import block_groups
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import ZkClient
-from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, connect_zk
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, connect_zk, human
 
 
 async def gather(zk: ZkClient, paths: FsPaths) -> dict:

@@ -18,7 +18,7 @@ from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import FsConfig
 from dfs.maint.audit import AuditLog
-from dfs.paths import FsPaths
+from dfs.paths import FsPaths, election_leader
 from dfs.records import CorruptReport, NodeLive, NodeRegistration
 from dfs.zk import BadVersionError, NoNodeError, ZkClient
 from dfs.zk.retry import retrying
@@ -84,10 +84,7 @@ async def live_nodes(zk: ZkClient, paths: FsPaths) -> dict[str, NodeLive]:
 
 async def repair_leader(zk: ZkClient, paths: FsPaths) -> str | None:
     """The node id of the elected repair leader (lowest election sequence), if any."""
-    election = await _children(zk, paths.repair_election)
-    if not election:
-        return None
-    return min(election, key=lambda n: int(n.rsplit("-", 1)[1])).split(".", 1)[0]
+    return election_leader(await _children(zk, paths.repair_election))
 
 
 async def repair_status(zk: ZkClient, paths: FsPaths) -> dict:

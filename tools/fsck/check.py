@@ -1,29 +1,15 @@
 """`dfs fsck [PATH]`: check (and with --repair, fix) a live filesystem (DESIGN.md section 6).
 
 Like S3QL's fsck, each invariant is one `check_*` method; here they sit in
-small check groups (walk, namespace, blocks, inodes, housekeeping) over one
-run state (state.py: FsckState), and `Fsck.run` says in which order they run.
-
-What the check runs against is a busy cluster, so it never trusts one read of
-something that looks wrong:
-
-- `start_zxid` is ZooKeeper's transaction id when the check starts. A suspect
-  whose znodes changed after it (mzxid/pzxid > start_zxid) was touched while we
-  looked: it is counted as `skipped_in_flux`, not reported.
-- Storage nodes are listed (LIST) before the namespace is walked; a replica the
-  listing lacks is asked for again (STAT) before it counts as missing, since
-  its block may have been written after the listing.
-- A block counts as an orphan only if no block map and no gc/ entry names it,
-  it is older than --orphan-age, and a STAT still finds it.
-
-Memory: the walk holds one chunk of entries at a time; the run keeps O(blocks)
-(state.py). Orphan, unreachable-inode and gc/report checks need the whole
-namespace, so they run only when PATH is `/`.
+check groups (walk, namespace, blocks, inodes, housekeeping) over one run
+state (state.py: FsckState, which also says how a busy cluster is read), and
+`Fsck.run` says in which order they run. Nodes are listed before the
+namespace is walked. The orphan, unreachable-inode and gc/report checks need
+the whole namespace, so they run only when PATH is `/`.
 
 Repairs (only with --repair; --dry-run prints the plan) are the namespace
-fixes of `dfs.meta.repairs`, `dfs.meta.store` for moving or deleting files,
-and the shared primitives of `dfs.maint` (re-replicate, drop replicas,
-collect gc entries). Without --repair fsck changes nothing.
+fixes of `dfs.meta.repairs`, `dfs.meta` for moving or deleting files, and
+the primitives of `dfs.maint`. Without --repair fsck changes nothing.
 """
 
 import argparse

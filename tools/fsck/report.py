@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from tools.common import human
+
 # Problem categories, by the counter they feed.
 BLOCK_CATEGORIES = {
     "missing_block",        # no good replica anywhere: the file's data is lost
@@ -197,14 +199,6 @@ class Report:
         for k, v in rows:
             out.write(f" {k + ':':<34}{v}\n")
         out.write(f"\nThe filesystem under path '{self.path}' is {self.status}\n")
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"
 
 
 class Progress:
