@@ -12,7 +12,7 @@ registry state (only `dfs drain` and the leader use it).
 
 import json
 from dataclasses import dataclass, field
-from typing import Collection
+from typing import Callable, Collection, TypeVar
 
 from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
@@ -22,6 +22,8 @@ from dfs.paths import FsPaths, election_leader
 from dfs.records import CorruptReport, NodeLive, NodeRegistration
 from dfs.zk import BadVersionError, NoNodeError, ZkClient
 from dfs.zk.retry import retrying
+
+T = TypeVar("T")
 
 STATE_ATTEMPTS = 100  # a node's registry state: only `dfs drain` and the leader write it
 
@@ -68,18 +70,22 @@ async def _children(zk: ZkClient, path: str) -> list[str]:
         return []
 
 
+async def _records(zk: ZkClient, parent: str, path_of: Callable[[str], str],
+                   decode: Callable[[bytes], T]) -> dict[str, T]:
+    """The decoded children of `parent`, by znode name (those gone meanwhile left out)."""
+    names = await _children(zk, parent)
+    got = await zk.get_many([path_of(n) for n in names])
+    return {n: decode(item[0]) for n, item in zip(names, got) if item is not None}
+
+
 async def registry(zk: ZkClient, paths: FsPaths) -> dict[str, NodeRegistration]:
     """Every registered node (persistent registry), by id."""
-    names = await _children(zk, paths.registry)
-    got = await zk.get_many([paths.registry_node(n) for n in names])
-    return {n: NodeRegistration.decode(item[0]) for n, item in zip(names, got) if item}
+    return await _records(zk, paths.registry, paths.registry_node, NodeRegistration.decode)
 
 
 async def live_nodes(zk: ZkClient, paths: FsPaths) -> dict[str, NodeLive]:
     """Every node in nodes/live (what it last published), by id."""
-    names = await _children(zk, paths.live)
-    got = await zk.get_many([paths.live_node(n) for n in names])
-    return {n: NodeLive.decode(item[0]) for n, item in zip(names, got) if item}
+    return await _records(zk, paths.live, paths.live_node, NodeLive.decode)
 
 
 async def repair_leader(zk: ZkClient, paths: FsPaths) -> str | None:
@@ -102,9 +108,7 @@ async def report_names(zk: ZkClient, paths: FsPaths) -> list[str]:
 
 async def corrupt_reports(zk: ZkClient, paths: FsPaths) -> dict[str, CorruptReport]:
     """Every corrupt-replica report, by znode name."""
-    names = await report_names(zk, paths)
-    got = await zk.get_many([paths.repair_report_named(n) for n in names])
-    return {n: CorruptReport.decode(item[0]) for n, item in zip(names, got) if item is not None}
+    return await _records(zk, paths.repair_reports, paths.repair_report_named, CorruptReport.decode)
 
 
 async def drop_report(zk: ZkClient, paths: FsPaths, name: str) -> None:

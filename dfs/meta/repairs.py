@@ -60,25 +60,16 @@ async def set_entry_type(zk: ZkClient, paths: FsPaths, parent: int, name: str, i
 # ---------------------------------------------------------------------- inodes
 
 
-async def _update_inode(zk: ZkClient, paths: FsPaths, ino: int, change, version: int | None = None) -> None:
+async def set_inode_field(zk: ZkClient, paths: FsPaths, ino: int, name: str, value: int,
+                          version: int | None = None) -> str:
+    """One field of an inode (a file's nlink, a directory's parent), if it is still at `version`."""
     data, st = await zk.get(paths.inode(ino))
     if version is not None and st.version != version:
         raise BadVersionError()
     rec = InodeRecord.decode(data)
-    change(rec)
+    setattr(rec, name, value)
     await zk.commit(Txn().set(paths.inode(ino), rec.encode(), st.version))
-
-
-async def set_nlink(zk: ZkClient, paths: FsPaths, ino: int, nlink: int, version: int) -> str:
-    """A file's link count, if its inode is still at `version`."""
-    await _update_inode(zk, paths, ino, lambda rec: setattr(rec, "nlink", nlink), version)
-    return f"set nlink to {nlink}"
-
-
-async def set_parent(zk: ZkClient, paths: FsPaths, ino: int, parent: int) -> str:
-    """A directory's parent field."""
-    await _update_inode(zk, paths, ino, lambda rec: setattr(rec, "parent", parent))
-    return f"set parent to {parent}"
+    return f"set {name} to {value}"
 
 
 @dataclass

@@ -96,6 +96,8 @@ CHILD_WATCH_TYPES = (GetChildren.type, 12)  # GetChildren, GetChildren2
 READ_SIZE = 65536
 EMPTY_PASSWORD = b"\x00" * 16
 
+_TXN_REQUESTS = {"set_data": SetData, "delete": Delete, "check": CheckVersion}  # Txn op -> request
+
 _Value = outcome.Value
 _Error = outcome.Error
 _reschedule = trio.lowlevel.reschedule
@@ -381,20 +383,13 @@ class WireZk:
         if not txn.ops:
             return []
         ops: list[Any] = []
-        for name, args in txn.ops:
+        for name, (path, *rest) in txn.ops:
             if name == "create":
-                path, value, acl, ephemeral, sequence = args
+                value, acl, ephemeral, sequence = rest
                 ops.append(Create(self._full(path, sequence), value, acl or OPEN_ACL_UNSAFE,
                                   (1 if ephemeral else 0) | (2 if sequence else 0)))
-            elif name == "set_data":
-                path, value, version = args
-                ops.append(SetData(self._full(path), value, version))
-            elif name == "delete":
-                path, version = args
-                ops.append(Delete(self._full(path), version))
-            elif name == "check":
-                path, version = args
-                ops.append(CheckVersion(self._full(path), version))
+            elif name in _TXN_REQUESTS:
+                ops.append(_TXN_REQUESTS[name](self._full(path), *rest))
             else:
                 raise ValueError(f"unknown transaction operation {name!r}")
         results = await self._call(Transaction(ops))

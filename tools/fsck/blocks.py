@@ -215,18 +215,15 @@ class BlockChecks:
         corrupt = [n for n in uniq if states[n] in ("corrupt", "reported")]
         missing = [n for n in uniq if states[n] == "missing"]
         dead = [n for n in uniq if states[n] == "dead"]
-        if corrupt:
-            r.corrupt_replicas += len(corrupt)
-            problems.append(s.problem("corrupt_replica", f.path, f"block {index}: replica fails its "
-                                      f"checksum", ino=f.ino, block=ref.id, nodes=corrupt))
-        if missing:
-            r.missing_replicas += len(missing)
-            problems.append(s.problem("missing_replica", f.path, f"block {index}: node does not have it",
-                                      ino=f.ino, block=ref.id, nodes=missing))
-        if dead:
-            r.dead_replicas += len(dead)
-            problems.append(s.problem("dead_replica", f.path, f"block {index}: node is not live",
-                                      ino=f.ino, block=ref.id, nodes=dead))
+        r.corrupt_replicas += len(corrupt)
+        r.missing_replicas += len(missing)
+        r.dead_replicas += len(dead)
+        for category, nodes, why in (("corrupt_replica", corrupt, "replica fails its checksum"),
+                                     ("missing_replica", missing, "node does not have it"),
+                                     ("dead_replica", dead, "node is not live")):
+            if nodes:
+                problems.append(s.problem(category, f.path, f"block {index}: {why}", ino=f.ino,
+                                          block=ref.id, nodes=nodes))
         if not good:
             r.missing_blocks += 1
             r.missing_size += ref.length
@@ -269,9 +266,10 @@ class BlockChecks:
         s = self.s
         target = s.config.replicas
         plan = []
+        copy_more = bad or len(good) < target or any(p.category == "dead_replica" for p in problems)
         if duplicates:
             plan.append("remove duplicate node ids")
-        if bad or len(good) < target or any(p.category == "dead_replica" for p in problems):
+        if copy_more:
             plan.append(f"re-replicate (bad: {','.join(bad) or 'none'})")
         elif len(good) > target:
             plan.append(f"drop {len(good) - target} surplus replicas")
@@ -289,7 +287,7 @@ class BlockChecks:
             if duplicates:
                 ref = await repair.dedupe_replicas(s.ctx, f.ino, index, ref) or ref
                 done.append("removed duplicate node ids")
-            if bad or len(good) < target or any(p.category == "dead_replica" for p in problems):
+            if copy_more:
                 new = await repair.rereplicate(s.ctx, f.ino, index, ref, bad=set(bad), reason="fsck")
                 if new is not None:
                     done.append(f"replicas now {','.join(new.replicas)}")

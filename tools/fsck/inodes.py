@@ -183,9 +183,8 @@ class UnreachableInodes:
                           ino=ino)
             if ino not in tops:
                 if s.opts.repair:
-                    p.repair = f"{'would be ' if s.opts.dry_run else ''}repaired with its directory"
-                    if not s.opts.dry_run:
-                        p.repair = "repaired: with its directory"
+                    p.repair = ("would be repaired with its directory" if s.opts.dry_run
+                                else "repaired: with its directory")
                 continue
             if not rec.is_dir and rec.nlink == 0:
                 await s.act(p, "delete the unlinked inode (no mount holds it open)", self._release, ino)

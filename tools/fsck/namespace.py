@@ -59,7 +59,8 @@ class NamespaceChecks:
         s = self.s
         if rec.parent not in (0, ROOT_INO) and not s.in_flux(st):
             p = s.problem("wrong_parent", "/", f"root's parent is {rec.parent}", ino=ROOT_INO)
-            await s.act(p, "set the root's parent to 0", repairs.set_parent, s.zk, s.paths, ROOT_INO, 0)
+            await s.act(p, "set the root's parent to 0", repairs.set_inode_field, s.zk, s.paths, ROOT_INO,
+                        "parent", 0)
 
     async def check_dir_listing(self, d: DirWalk) -> None:
         """Every directory inode has its dirs/<ino> znode."""
@@ -140,8 +141,8 @@ class NamespaceChecks:
                 if rec.nlink == count:
                     continue
                 p = s.problem("wrong_nlink", path, f"nlink {rec.nlink}, {count} entries name it", ino=ino)
-                await s.act(p, f"set nlink to {count}", repairs.set_nlink, s.zk, s.paths, ino, count,
-                            item[1].version)
+                await s.act(p, f"set nlink to {count}", repairs.set_inode_field, s.zk, s.paths, ino,
+                            "nlink", count, item[1].version)
 
     async def check_dir_links(self) -> None:
         """A directory is named by exactly one entry, in the directory its `parent` names."""
@@ -173,4 +174,5 @@ class NamespaceChecks:
                 await s.act(p, "remove the extra entry", drop)
             if keep[0] != rec.parent:
                 p = s.problem("wrong_parent", keep[2], f"parent field {rec.parent}, held by {keep[0]}", ino=ino)
-                await s.act(p, f"set parent to {keep[0]}", repairs.set_parent, s.zk, s.paths, ino, keep[0])
+                await s.act(p, f"set parent to {keep[0]}", repairs.set_inode_field, s.zk, s.paths,
+                            ino, "parent", keep[0])

@@ -228,8 +228,7 @@ class FsckState:
         self.registry = await cluster.registry(self.zk, self.paths)
         await self.nodedir.refresh()
         self.live = self.nodedir.live()
-        for n, live in self.live.items():
-            self.zone_of[n] = live.zone
+        self.zone_of = {n: live.zone for n, live in self.live.items()}
         self.zones = len({live.zone for live in self.live.values()})
         self.report.live_nodes = len(self.live)
         self.report.dead_nodes = sum(1 for n, reg in self.registry.items()
