@@ -212,8 +212,6 @@ async def drop_replicas(ctx: RepairContext, ino: int, index: int, ref: BlockRef,
     return committed
 
 
-
-
 async def dedupe_replicas(ctx: RepairContext, ino: int, index: int, ref: BlockRef) -> BlockRef | None:
     """Remove repeated node ids from a block's replica list (version-checked)."""
     return await commit_replicas(ctx, ino, index, ref.id, lambda cur: list(dict.fromkeys(cur.replicas)))

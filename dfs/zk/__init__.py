@@ -5,13 +5,6 @@ implementation is `dfs.zk.session.WireZk`, a trio-native client on one socket.
 Only this package imports kazoo (its serialization classes and exception
 names); everything else takes its error names, `Txn`, `ZnodeStat` and
 `connect()` from here.
-
-    wire.py      request/reply classes kazoo lacks (multi-read, addWatch, close)
-    session.py   WireZk: the session, its connection task, watches and feeds
-    txn.py       Txn: the operations of one multi, built by dfs.meta/maint/mkfs
-    reads.py     named multi-reads (Reads)
-    retry.py     the one conflict-retry policy (retrying)
-    errors.py    the error names and RETRYABLE
 """
 
 from typing import Any, Callable, Protocol

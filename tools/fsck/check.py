@@ -128,8 +128,6 @@ async def run_fsck(args: argparse.Namespace, out=sys.stdout) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not getattr(args, "verbose", False):
-        # the ZooKeeper client's reconnect chatter would break "one clear line on stderr"
-        logging.getLogger("dfs.zk").setLevel(logging.CRITICAL)
+    if not getattr(args, "verbose", False):  # tools.cli quiets dfs.zk already
         logging.getLogger("dfs").setLevel(logging.ERROR)
     return trio.run(run_fsck, args)
