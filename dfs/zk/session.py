@@ -213,7 +213,7 @@ class WireZk:
         self.chroot = normpath(chroot) if chroot else ""
         self.session_timeout = session_timeout
         self.op_timeout = op_timeout
-        self.last_zxid = 0
+        self._last_zxid = 0
         self._session_id = 0
         self._passwd = EMPTY_PASSWORD
         self._xid = 0
@@ -264,6 +264,11 @@ class WireZk:
     @property
     def connected(self) -> bool:
         return self._conn is not None
+
+    @property
+    def last_zxid(self) -> int:
+        """The newest zxid this session has seen (a reconnect never goes back before it)."""
+        return self._last_zxid
 
     @property
     def session_id(self) -> int | None:
@@ -461,7 +466,7 @@ class WireZk:
         if entry.xid != xid:
             raise RuntimeError(f"ZooKeeper reply xid {xid}, expected {entry.xid}")
         if zxid > 0:
-            self.last_zxid = zxid
+            self._last_zxid = zxid
         request = entry.request
         if err:
             if err == NO_NODE and request.type == EXISTS_TYPE:
@@ -726,7 +731,7 @@ class WireZk:
         with trio.fail_after(timeout):
             sock = await _open_socket(host, port)
             try:
-                body = Connect(0, self.last_zxid, int(self.session_timeout * 1000),
+                body = Connect(0, self._last_zxid, int(self.session_timeout * 1000),
                                self._session_id, self._passwd, False).serialize()
                 await _send_all(sock, _length.pack(len(body)) + body)
                 data = b""

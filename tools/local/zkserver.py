@@ -155,9 +155,13 @@ class ZkEnsemble:
         if not java_available():
             raise ZkError("ZooKeeper is not installed (need java and /usr/share/java/zookeeper.jar;"
                           " the README's commands install the Debian 'zookeeper' package)")
-        for s in self.servers:
-            self.start_server(s.myid - 1, wait=False)
-        self.wait_serving(timeout)
+        try:
+            for s in self.servers:
+                self.start_server(s.myid - 1, wait=False)
+            self.wait_serving(timeout)
+        except BaseException:  # a failed or interrupted start leaves no server behind
+            self.stop()
+            raise
         return self
 
     def start_server(self, index: int, wait: bool = True, timeout: float = 60.0) -> None:
