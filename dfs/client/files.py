@@ -372,7 +372,7 @@ class FileData:
                     # read what the commit needs while the blocks upload (one round trip less)
                     async def prefetch() -> None:
                         try:
-                            prefetched.append(await self.view.prefetch_commit(ino, indices))
+                            prefetched.append(await self.view.meta.blockmap.prefetch_commit(ino, indices))
                         except DfsError:
                             pass  # the commit reads for itself
                     nursery.start_soon(prefetch)
@@ -475,7 +475,7 @@ class FileData:
             if f is not None:
                 refs, inline = f.refs, f.inline
             else:
-                refs, inline = await self.view.read_file_map(ino)
+                refs, inline = await self.view.meta.blockmap.read_file_map(ino)
             old_size = node.rec.size
             if not refs:
                 # inline bytes (or nothing): the commit trims them, no block to rewrite

@@ -6,9 +6,9 @@ feed keeps them so), the entry names and entries the feed keeps exact,
 inodes being created asynchronously, inodes this mount holds open after
 their unlink, the versions of files as last seen (close-to-open), and what a
 recent listing told about a directory's emptiness. ClientView is the
-`CommitHook` of its `Meta` (dfs.meta) and the `FeedListener` of its `Feed`
-(dfs.client.feed), and the namespace calls of the mount go through it: each
-asks `Meta` with what is known and keeps what it learns.
+`FeedListener` of its `Feed` (dfs.client.feed), which is the `CommitHook` of
+its `Meta` (dfs.meta), and the namespace calls of the mount go through it:
+each asks `Meta` with what is known and keeps what it learns.
 
 What is known is only ever a guess or a bounded-staleness answer unless the
 feed vouches for it: a hint is checked against the dirent read with it (a stale
@@ -22,13 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
-from dfs.client.feed import CREATED, DELETED, Feed, Mark
+from dfs.client.feed import CREATED, DELETED, Feed
 from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.meta import Meta
-from dfs.meta.blockmap import Prefetched
 from dfs.meta.inodes import Inode, with_entry_change
-from dfs.meta.namespace import Made, check_target
+from dfs.meta.namespace import Made
 from dfs.paths import FsPaths
 from dfs.records import BlockRef, DirEntry
 from dfs.zk import ZkClient
@@ -71,7 +70,7 @@ class ClientView:
         self.fresh_for = fresh_for
         self.listing_ttl = listing_ttl
         self.feed = Feed(paths, self)
-        self.meta = Meta(zk, paths, config, mount_id=mount_id, is_open=self._holds, hook=self)
+        self.meta = Meta(zk, paths, config, mount_id=mount_id, is_open=self._holds, hook=self.feed)
         self.config = config
         # (parent, name) -> inode last seen there: lets one multi-read fetch a
         # name's inode together with its dirent
@@ -106,20 +105,6 @@ class ClientView:
     def exact_active(self) -> bool:
         """Whether the feed runs (what it vouches for is exact)."""
         return self.feed.active
-
-    # ------------------------------------------------------------------ the CommitHook
-
-    def mark(self) -> Mark | None:
-        return self.feed.mark()
-
-    def clean(self, mark: Any, *paths: str) -> bool:
-        return self.feed.clean(mark, *paths)
-
-    def begin(self, paths: list[str]) -> Mark | None:
-        return self.feed.begin(paths)
-
-    def settle(self, mark: Any, paths: list[str], applied: bool) -> bool:
-        return self.feed.settle(mark, paths, applied)
 
     # ------------------------------------------------------------------ the FeedListener
 
@@ -342,16 +327,6 @@ class ClientView:
         self.hint(parent, name, node.ino)
         return node
 
-    async def mkdir(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int) -> Inode:
-        return await self.mknod(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid=uid, gid=gid)
-
-    async def create(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int) -> Inode:
-        return await self.mknod(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid=uid, gid=gid)
-
-    async def symlink(self, parent: int, name: bytes, target: bytes, *, uid: int, gid: int) -> Inode:
-        return await self.mknod(parent, name, stat.S_IFLNK | 0o777, uid=uid, gid=gid,
-                                target=check_target(target))
-
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Inode:
         self.forget(new_parent)
         self.forget(ino)
@@ -484,9 +459,3 @@ class ClientView:
 
     async def commit_blocks(self, ino: int, updates: dict[int, BlockRef | None], **kw: Any) -> Inode:
         return self.remember(await self.meta.blockmap.commit_blocks(ino, updates, **kw))
-
-    async def prefetch_commit(self, ino: int, indices: set[int]) -> Prefetched:
-        return await self.meta.blockmap.prefetch_commit(ino, indices)
-
-    async def read_file_map(self, ino: int) -> tuple[dict[int, BlockRef], bytes | None]:
-        return await self.meta.blockmap.read_file_map(ino)

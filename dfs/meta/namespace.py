@@ -42,13 +42,6 @@ RENAME_EXCHANGE = 2
 Removal = tuple[str, int, bytes]  # ("unlink" | "rmdir", parent, name)
 
 
-def check_target(target: bytes) -> bytes:
-    """A symlink's target, or ENAMETOOLONG / ENOENT (empty)."""
-    if not target or len(target) > 4095:
-        raise DfsError(errno.ENAMETOOLONG if target else errno.ENOENT, "bad symlink target")
-    return target
-
-
 @dataclass
 class Found:
     """A lookup's answer: the inode, and the entry that named it (None for . and ..)."""
@@ -213,12 +206,15 @@ class Namespace:
                     parent_known: Inode | None = None) -> Made:
         """Create a file, directory, symlink, fifo, socket or device node.
 
-        Raises EEXIST, ENOENT (parent gone), ENOTDIR, ENAMETOOLONG, EINVAL.
+        Raises EEXIST, ENOENT (parent gone, or a symlink's empty target),
+        ENOTDIR, ENAMETOOLONG (a name, or a symlink's target), EINVAL.
         `planned` (from an asynchronous create): the inode number, record and
         time to use; `on_sent` runs just before the first attempt's transaction
         is sent; `parent_known`: the parent as the caller knows it (a mkdir's
         first attempt then skips reading it: a stale one fails the version check).
         """
+        if stat.S_ISLNK(mode) and not 0 < len(target) <= 4095:
+            raise DfsError(errno.ENAMETOOLONG if target else errno.ENOENT, "bad symlink target")
         check_name(name)
         ino, rec, t = planned or await self.inodes.plan(mode, uid, gid, rdev, target)
         kind = stat.S_IFMT(rec.mode)
@@ -718,7 +714,3 @@ class Namespace:
         if with_attrs:
             out.entries = [listed for listed in out.entries if listed.node is not None]
         return out
-
-    async def count_entries(self, ino: int) -> int:
-        st = await self.zk.exists(self.paths.dir(ino))
-        return st.numChildren if st else 0
