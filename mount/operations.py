@@ -246,7 +246,7 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         await self._before_change(parent_inode)
         pending = None
-        if self.creates is not None and not flags & os.O_EXCL and self.view.exact_active:
+        if self.creates is not None and not flags & os.O_EXCL and self.view.feed.active:
             # The create's transaction goes out now; the data's commit at close
             # follows it on the same session and reports a create that failed.
             # O_EXCL (lock files) keeps the synchronous create: its EEXIST is the point.
@@ -275,7 +275,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def fsync(self, fh, datasync):
-        await self.files.fsync(self._fh_ino[fh])
+        await self.files.flush(self._fh_ino[fh])
 
     @fuse_errors
     async def release(self, fh):

@@ -20,7 +20,7 @@ import errno
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Awaitable, Callable
 
 from dfs.client.feed import CREATED, DELETED, Feed
 from dfs.config import FsConfig
@@ -39,12 +39,6 @@ LISTED_MAX = 10_000
 
 Listing = tuple[Inode, list[tuple[bytes, DirEntry, Inode | None]]]
 KernelNotice = Callable[[str, int, bytes | None], None]
-
-
-class _Seen(NamedTuple):
-    when: float  # time.monotonic() of the read
-    node: Inode  # as read, plus our own changes since
-    exact: bool
 
 
 @dataclass
@@ -75,7 +69,8 @@ class ClientView:
         # (parent, name) -> inode last seen there: lets one multi-read fetch a
         # name's inode together with its dirent
         self.hints: dict[tuple[int, bytes], int] = {}
-        self._fresh: dict[int, _Seen] = {}
+        # ino -> (time.monotonic() of the read, inode as read plus our changes since, exact)
+        self._fresh: dict[int, tuple[float, Inode, bool]] = {}
         self._vmax: dict[int, int] = {}  # ino -> highest znode version remembered
         # kept exact by the feed: a directory's complete entry names, an entry's (inode, type)
         self.names: dict[int, set[bytes]] = {}
@@ -88,23 +83,12 @@ class ClientView:
         self.versions: dict[int, tuple[int, int]] = {}  # ino -> (version, size) last seen
         # directory -> (when listed, entries it had minus what we removed since)
         self.listed: dict[int, tuple[float, int]] = {}
-        self._is_open: Callable[[int], bool] = lambda ino: False
-        self._kernel: KernelNotice | None = None
+        # whether this client has an inode open (set by dfs.client.files.FileData)
+        self.is_open_file: Callable[[int], bool] = lambda ino: False
+        # told of someone else's change (set by mount.kernel): ("entry", dir, name),
+        # ("inode", ino, None), or ("lost", 0, None) when the feed dropped
+        self.kernel_notice: KernelNotice | None = None
         self.stats = {"cached_listings": 0}
-
-    def set_open_files(self, is_open: Callable[[int], bool]) -> None:
-        """Who tells whether this client has an inode open (dfs.client.files.FileData)."""
-        self._is_open = is_open
-
-    def on_foreign_change(self, notice: KernelNotice | None) -> None:
-        """Tell `notice` about someone else's change: ("entry", dir, name), ("inode",
-        ino, None), or ("lost", 0, None) when the feed dropped (mount.kernel)."""
-        self._kernel = notice
-
-    @property
-    def exact_active(self) -> bool:
-        """Whether the feed runs (what it vouches for is exact)."""
-        return self.feed.active
 
     # ------------------------------------------------------------------ the FeedListener
 
@@ -126,20 +110,20 @@ class ClientView:
 
     def forget_entry(self, dino: int, name: bytes, foreign: bool) -> None:
         self.dirents.pop((dino, name), None)
-        if foreign and self._kernel is not None:
-            self._kernel("entry", dino, name)
+        if foreign and self.kernel_notice is not None:
+            self.kernel_notice("entry", dino, name)
 
     def forget_inode(self, ino: int, foreign: bool) -> None:
         self._fresh.pop(ino, None)
-        if foreign and self._kernel is not None:
-            self._kernel("inode", ino, None)
+        if foreign and self.kernel_notice is not None:
+            self.kernel_notice("inode", ino, None)
 
     def feed_lost(self) -> None:
         self.names.clear()
         self.dirents.clear()
         self._fresh.clear()
-        if self._kernel is not None:
-            self._kernel("lost", 0, None)
+        if self.kernel_notice is not None:
+            self.kernel_notice("lost", 0, None)
 
     # ------------------------------------------------------------------ what is known
 
@@ -153,8 +137,8 @@ class ClientView:
             self._fresh.clear()
             self._vmax.clear()
         self._vmax[node.ino] = node.version
-        self._fresh[node.ino] = _Seen(time.monotonic() if seen is None else seen, node,
-                                      node.exact if exact is None else exact)
+        self._fresh[node.ino] = (time.monotonic() if seen is None else seen, node,
+                                 node.exact if exact is None else exact)
         return node
 
     def known(self, ino: int) -> Known | None:
@@ -162,18 +146,19 @@ class ClientView:
         got = self._fresh.get(ino)
         if got is None:
             return None
-        if got.exact and self.feed.active:
-            return Known(got.node, 0.0, True)
-        age = time.monotonic() - got.when
+        when, node, exact = got
+        if exact and self.feed.active:
+            return Known(node, 0.0, True)
+        age = time.monotonic() - when
         if age >= self.fresh_for:
             del self._fresh[ino]
             return None
-        return Known(got.node, age, False)
+        return Known(node, age, False)
 
     def is_exact(self, node: Inode) -> bool:
         """Whether node is what this client keeps for its inode, vouched for by the feed."""
         got = self._fresh.get(node.ino)
-        return got is not None and got.exact and got.node is node
+        return got is not None and got[2] and got[1] is node
 
     def entry_exact(self, parent: int, name: bytes | None, ino: int) -> bool:
         """Whether the feed vouches that (parent, name) names ino."""
@@ -201,10 +186,6 @@ class ClientView:
             self.hints.clear()
         self.hints[(parent, name)] = ino
 
-    def guess(self, parent: int, name: bytes) -> int | None:
-        """The inode (parent, name) was last seen to name, if any."""
-        return self.hints.get((parent, name))
-
     def trust(self, parent: int, name: bytes, ino: int, mode: int) -> None:
         """Entry (parent, name) names inode ino of type mode, as of now (exact)."""
         if len(self.dirents) >= MAX_DIRENTS:
@@ -228,7 +209,7 @@ class ClientView:
 
     def _holds(self, ino: int) -> bool:
         """Meta's is_open: an open inode that loses its last name is held from then on."""
-        if self._is_open(ino):
+        if self.is_open_file(ino):
             self.held.add(ino)
             return True
         return False
@@ -383,16 +364,15 @@ class ClientView:
         return self.remember(await self.meta.inodes.setattr(ino, **fields))
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        self.forget(ino)  # its xattr count changes (see has_no_xattrs)
-        try:
-            await self.meta.xattrs.set(ino, name, value, flags)
-        finally:
-            self.forget(ino)
+        await self._xattr_change(ino, self.meta.xattrs.set(ino, name, value, flags))
 
     async def removexattr(self, ino: int, name: bytes) -> None:
-        self.forget(ino)
+        await self._xattr_change(ino, self.meta.xattrs.remove(ino, name))
+
+    async def _xattr_change(self, ino: int, change: Awaitable[None]) -> None:
+        self.forget(ino)  # its xattr count changes (see has_no_xattrs)
         try:
-            await self.meta.xattrs.remove(ino, name)
+            await change
         finally:
             self.forget(ino)
 

@@ -83,11 +83,6 @@ class BlockMap:
                 out.update(BlockGroup.decode(got[0]).blocks)
         return out
 
-    async def read_file_map(self, ino: int) -> tuple[dict[int, BlockRef], bytes | None]:
-        """A file's block refs and inline bytes (see open_file)."""
-        _, refs, inline = await self.open_file(ino)
-        return refs, inline
-
     def _commit_reads(self, ino: int, indices: Iterable[int], truncate: bool) -> CommitReads:
         touched = sorted({self.group_of(i) for i in indices})
         reads = Reads()

@@ -70,7 +70,6 @@ class Removed:
     ino: int
     t: int
     parent: Inode | None = None
-    exact: bool = False
 
 
 @dataclass
@@ -104,13 +103,9 @@ class Listing:
     entries: list[Listed]
 
 
-@dataclass
-class Extras:
-    """What deleting an inode needs besides the inode, read after it."""
-
-    xattrs: list[str] | None
-    groups: list[str] | None = None
-    group0: tuple | None = None
+# What deleting an inode needs besides it, read after it: its xattr names, its
+# block groups, its group 0 (read speculatively)
+Extras = tuple[list[str] | None, list[str] | None, tuple | None]
 
 
 class VictimReads:
@@ -128,8 +123,8 @@ class VictimReads:
         self.group0 = reads.get(paths.block_group(ino, 0)) if files else None
 
     def extras(self, got: Got) -> Extras:
-        return Extras(got[self.xattrs], got[self.groups] if self.groups else None,
-                      got[self.group0] if self.group0 else None)
+        return (got[self.xattrs], got[self.groups] if self.groups else None,
+                got[self.group0] if self.group0 else None)
 
 
 class Namespace:
@@ -326,12 +321,12 @@ class Namespace:
         txn.delete(self.paths.inode(ino), node.version)
         if extras is None:
             xattrs, groups = await self.zk.children_many([self.paths.xattr_dir(ino), self.paths.block_map(ino)])
-            extras = Extras(xattrs, groups)
-        self.xattrs.drop(txn, ino, extras.xattrs)
+            extras = (xattrs, groups, None)
+        self.xattrs.drop(txn, ino, extras[0])
         if node.rec.is_dir:
             txn.delete(self.paths.dir(ino))  # NotEmpty if an entry appeared: retried
             return
-        await self.blockmap.drop(txn, ino, extras.groups, extras.group0)
+        await self.blockmap.drop(txn, ino, extras[1], extras[2])
 
     async def unlink(self, parent: int, name: bytes, guess: int | None = None) -> Removed:
         """Remove a non-directory entry."""
@@ -473,13 +468,13 @@ class Namespace:
             txn = Txn()
             txn.delete(dirent_path, dver)
             self.inodes.touch(txn, p, nlink_delta=-1, t=t)
-            await self.delete_inode(txn, node, Extras(got[xattrs]))
+            await self.delete_inode(txn, node, (got[xattrs], None, None))
             try:
                 exact = await self.store.commit(txn)
             except NotEmptyError:
                 raise DfsError(errno.ENOTEMPTY, f"{name!r} is not empty") from None
             after = dataclasses.replace(with_entry_change(p, t, -1), exact=exact)
-            return Removed(node.ino, t, after, exact)
+            return Removed(node.ino, t, after)
 
         return await self.store.retrying(attempt, "rmdir")
 
@@ -660,11 +655,7 @@ class Namespace:
         attrs = AttrReads(reads, paths, ino)
         listing = reads.children(paths.dir(ino))
         got = await reads.run(self.zk)
-        this = attrs.node(got, store.clean(mark, *attrs.paths))
-        if this is None:
-            raise DfsError(errno.ENOENT, f"no inode {ino}")
-        if not this.rec.is_dir:
-            raise DfsError(errno.ENOTDIR, f"inode {ino} is not a directory")
+        this = attrs.as_dir(got, store.clean(mark, *attrs.paths))
         children = got[listing]
         if children is None:
             raise DfsError(errno.ENOENT, f"directory {ino} was removed")
