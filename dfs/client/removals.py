@@ -95,9 +95,6 @@ class Removals:
     def hidden(self, parent: int, name: bytes) -> bool:
         return (parent, name) in self.pending
 
-    def busy(self, parent: int) -> bool:
-        return self._per_dir[parent] > 0
-
     def changing(self, ino: int) -> bool:
         return self._per_inode[ino] > 0
 

@@ -27,7 +27,6 @@ from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.meta import Meta
 from dfs.meta.inodes import Inode, with_entry_change
-from dfs.meta.namespace import Made
 from dfs.paths import FsPaths
 from dfs.records import BlockRef, DirEntry
 from dfs.zk import ZkClient
@@ -295,9 +294,6 @@ class ClientView:
         made = await self.meta.namespace.mknod(
             parent, name, mode, uid=uid, gid=gid, rdev=rdev, target=target, planned=planned,
             on_sent=on_sent, parent_known=known.inode if known is not None else None)
-        return self._made(parent, name, made)
-
-    def _made(self, parent: int, name: bytes, made: Made) -> Inode:
         if made.parent is not None:
             self.remember(made.parent)
         elif made.t is not None:
