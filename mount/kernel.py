@@ -48,14 +48,14 @@ class Kernel:
         self.feed_timeout = feed_timeout
         self.notify = notify
         self._long: dict[tuple, float] = {}
-        view.on_foreign_change(self.forget)
+        view.kernel_notice = self.forget
 
     def detach(self) -> None:
         """The kernel side is gone (unmounted): tell it nothing more."""
-        self.view.on_foreign_change(None)
+        self.view.kernel_notice = None
 
     def _long_ok(self) -> bool:
-        if not self.feed_timeout or not self.view.exact_active:
+        if not self.feed_timeout or not self.view.feed.active:
             return False
         if len(self._long) >= LONG_MAX:
             now = time.monotonic()

@@ -134,7 +134,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def readlink(self, inode, ctx):
-        return await self.meta.readlink(inode)
+        return await self.meta.inodes.readlink(inode)
 
     @fuse_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
@@ -145,13 +145,15 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
         await self._before_change(parent_inode)
-        node = await self.view.mkdir(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid)
+        mode = stat.S_IFDIR | stat.S_IMODE(mode)
+        node = await self.view.mknod(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid)
         return self.kernel.attrs(node, parent=parent_inode, name=name)
 
     @fuse_errors
     async def symlink(self, parent_inode, name, target, ctx):
         await self._before_change(parent_inode)
-        node = await self.view.symlink(parent_inode, name, target, uid=ctx.uid, gid=ctx.gid)
+        node = await self.view.mknod(parent_inode, name, stat.S_IFLNK | 0o777, uid=ctx.uid, gid=ctx.gid,
+                                     target=target)
         return self.kernel.attrs(node, parent=parent_inode, name=name)
 
     @fuse_errors
@@ -244,7 +246,7 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         await self._before_change(parent_inode)
         pending = None
-        if self.creates is not None and not flags & os.O_EXCL and self.view.exact_active:
+        if self.creates is not None and not flags & os.O_EXCL and self.view.feed.active:
             # The create's transaction goes out now; the data's commit at close
             # follows it on the same session and reports a create that failed.
             # O_EXCL (lock files) keeps the synchronous create: its EEXIST is the point.
@@ -252,7 +254,8 @@ class Operations(pyfuse3.Operations):
                 parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid,
                 on_failed=lambda e: self.kernel.forget_entry(parent_inode, name))
         else:
-            node = await self.view.create(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid)
+            node = await self.view.mknod(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode),
+                                         uid=ctx.uid, gid=ctx.gid)
         f, _ = await self.files.open(node.ino, node, created=True, pending=pending)
         fi = pyfuse3.FileInfo(fh=self._new_fh(node.ino))
         fi.keep_cache = True
@@ -272,7 +275,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def fsync(self, fh, datasync):
-        await self.files.fsync(self._fh_ino[fh])
+        await self.files.flush(self._fh_ino[fh])
 
     @fuse_errors
     async def release(self, fh):
@@ -291,7 +294,7 @@ class Operations(pyfuse3.Operations):
             # The kernel asks for security.capability before every write(2) (to
             # drop file capabilities); answering from ZooKeeper cost a round trip per write.
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        return await self.meta.getxattr(inode, name)
+        return await self.meta.xattrs.get(inode, name)
 
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
@@ -303,7 +306,7 @@ class Operations(pyfuse3.Operations):
     async def listxattr(self, inode, ctx):
         if self.view.has_no_xattrs(inode):
             return []
-        return await self.meta.listxattr(inode)
+        return await self.meta.xattrs.names(inode)
 
     @fuse_errors
     async def removexattr(self, inode, name, ctx):
@@ -323,7 +326,7 @@ class Operations(pyfuse3.Operations):
         s.f_blocks = capacity // s.f_frsize
         s.f_bfree = free // s.f_frsize
         s.f_bavail = s.f_bfree
-        used_inodes = await self.meta.inode_count()
+        used_inodes = await self.meta.inodes.count()
         s.f_files = max(used_inodes * 2, 1 << 32)
         s.f_ffree = s.f_files - used_inodes
         s.f_favail = s.f_ffree

@@ -1,5 +1,7 @@
 """Client data path details that need no mount: large commits are split, sizes stay right."""
 
+import stat
+
 from dfs.client import files as files_mod
 from dfs.client.files import FileData
 from dfs.paths import ROOT_INO
@@ -15,7 +17,7 @@ def test_many_blocks_commit_in_batches(cluster_factory, monkeypatch):
 
     async def go(zk, view, blocks, nursery) -> tuple[bytes, int]:
         fd = FileData(view, blocks, nursery)
-        node = await view.create(ROOT_INO, b"many", 0o644, uid=0, gid=0)
+        node = await view.mknod(ROOT_INO, b"many", stat.S_IFREG | 0o644, uid=0, gid=0)
         await fd.open(node.ino, node, created=True)
         await fd.write(node.ino, 0, payload + b"tail")
         await fd.release(node.ino)

@@ -85,11 +85,11 @@ class Client:
         for i in range(0, len(data), BS):
             refs[i // BS] = await self.blocks.write_block(data[i:i + BS], replicas=self.c.config.replicas,
                                                           min_replicas=self.c.config.min_replicas)
-        await self.meta.commit_blocks(node.ino, refs, size=len(data), mtime_ns=time.time_ns())
+        await self.meta.blockmap.commit_blocks(node.ino, refs, size=len(data), mtime_ns=time.time_ns())
         return node.ino
 
     async def block_map(self, ino: int):
-        return await self.meta.read_block_map(ino)
+        return await self.meta.blockmap.read_block_map(ino)
 
 
 async def with_client(c: Cluster, fn):
@@ -116,8 +116,8 @@ async def populate(cl: Client) -> dict:
     f1 = await cl.write(a.ino, "f1", os.urandom(2 * BS + 1000))
     f2 = await cl.write(b.ino, "f2", os.urandom(5000))
     f3 = await cl.write(ROOT_INO, "f3", b"")
-    await cl.meta.symlink(ROOT_INO, b"link", b"a/f1", uid=0, gid=0)
-    await cl.meta.link(f1, a.ino, b"hard")
+    await cl.meta.mknod(ROOT_INO, b"link", stat.S_IFLNK | 0o777, uid=0, gid=0, target=b"a/f1")
+    await cl.meta.namespace.link(f1, a.ino, b"hard")
     return {"a": a.ino, "b": b.ino, "f1": f1, "f2": f2, "f3": f3}
 
 
@@ -410,7 +410,7 @@ def test_wrong_nlink(make_cluster):
     assert rep["problems"][0]["path"] == "/a/b/f2"
     repair(c)
     assert_healthy(c)
-    node = run(c, lambda cl: cl.meta.getattr(ids["f2"]))
+    node = run(c, lambda cl: cl.meta.inodes.getattr(ids["f2"]))
     assert node.rec.nlink == 1
 
 

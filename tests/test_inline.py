@@ -1,6 +1,7 @@
 """Small files keep their bytes inline in ZooKeeper: no block, same bytes, clean transitions."""
 
 import os
+import stat
 import subprocess
 import time
 
@@ -24,7 +25,7 @@ def test_small_file_lives_inline_and_moves_to_blocks_when_it_grows(cluster_facto
     async def body(zk, view, blocks, nursery):
         seen = {}
         fd = FileData(view, blocks, nursery)
-        node = await view.create(ROOT_INO, b"f", 0o644, uid=0, gid=0)
+        node = await view.mknod(ROOT_INO, b"f", stat.S_IFREG | 0o644, uid=0, gid=0)
         ino = node.ino
         await fd.open(ino, node, created=True)
         await fd.write(ino, 0, small)
@@ -74,7 +75,7 @@ def test_truncate_and_extend_inline_file(cluster_factory):
 
     async def body(zk, view, blocks, nursery):
         fd = FileData(view, blocks, nursery)
-        node = await view.create(ROOT_INO, b"t", 0o644, uid=0, gid=0)
+        node = await view.mknod(ROOT_INO, b"t", stat.S_IFREG | 0o644, uid=0, gid=0)
         await fd.open(node.ino, node, created=True)
         await fd.write(node.ino, 0, data)
         await fd.release(node.ino)
@@ -99,7 +100,7 @@ def test_inline_off_writes_blocks(cluster_factory):
 
     async def body(zk, view, blocks, nursery):
         fd = FileData(view, blocks, nursery)
-        node = await view.create(ROOT_INO, b"b", 0o644, uid=0, gid=0)
+        node = await view.mknod(ROOT_INO, b"b", stat.S_IFREG | 0o644, uid=0, gid=0)
         await fd.open(node.ino, node, created=True)
         await fd.write(node.ino, 0, b"hello")
         await fd.release(node.ino)

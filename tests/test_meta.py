@@ -58,7 +58,7 @@ async def test_create_lookup_getattr(meta):
     assert got.ino == f.ino
     assert stat.S_ISREG(got.rec.mode) and stat.S_IMODE(got.rec.mode) == 0o640
     assert (got.rec.uid, got.rec.gid, got.rec.nlink, got.rec.size) == (UID, GID, 1, 0)
-    root = await meta.getattr(ROOT_INO)
+    root = await meta.inodes.getattr(ROOT_INO)
     assert root.rec.mtime_ns >= got.rec.mtime_ns  # parent's mtime moved
 
 
@@ -92,11 +92,11 @@ async def test_errors(meta):
         (mkfile(meta, f.ino, b"x"), errno.ENOTDIR),
         (mkfile(meta, ROOT_INO, b"n" * 256), errno.ENAMETOOLONG),
         (meta.lookup(ROOT_INO, b"n" * 256), errno.ENAMETOOLONG),
-        (meta.rename(ROOT_INO, b"d", d.ino, b"moved"), errno.EINVAL),
-        (meta.rename(ROOT_INO, b"f", ROOT_INO, b"d"), errno.EISDIR),
-        (meta.rename(ROOT_INO, b"d", ROOT_INO, b"f"), errno.ENOTDIR),
-        (meta.link(d.ino, ROOT_INO, b"dirlink"), errno.EPERM),
-        (meta.readlink(f.ino), errno.EINVAL),
+        (meta.namespace.rename(ROOT_INO, b"d", d.ino, b"moved"), errno.EINVAL),
+        (meta.namespace.rename(ROOT_INO, b"f", ROOT_INO, b"d"), errno.EISDIR),
+        (meta.namespace.rename(ROOT_INO, b"d", ROOT_INO, b"f"), errno.ENOTDIR),
+        (meta.namespace.link(d.ino, ROOT_INO, b"dirlink"), errno.EPERM),
+        (meta.inodes.readlink(f.ino), errno.EINVAL),
         (mkfile(meta, 999_999, b"x"), errno.ENOENT),
     ]
     for coro, want in cases:
@@ -125,62 +125,62 @@ async def test_names_any_byte(meta):
 async def test_mkdir_rmdir_nlink(meta):
     d = await mkdir(meta, ROOT_INO, b"d")
     assert d.rec.nlink == 2
-    assert (await meta.getattr(ROOT_INO)).rec.nlink == 3
+    assert (await meta.inodes.getattr(ROOT_INO)).rec.nlink == 3
     await mkdir(meta, d.ino, b"s1")
     await mkdir(meta, d.ino, b"s2")
-    assert (await meta.getattr(d.ino)).rec.nlink == 4
+    assert (await meta.inodes.getattr(d.ino)).rec.nlink == 4
     await meta.rmdir(d.ino, b"s1")
-    assert (await meta.getattr(d.ino)).rec.nlink == 3
+    assert (await meta.inodes.getattr(d.ino)).rec.nlink == 3
     await meta.rmdir(d.ino, b"s2")
     await meta.rmdir(ROOT_INO, b"d")
-    assert (await meta.getattr(ROOT_INO)).rec.nlink == 2
+    assert (await meta.inodes.getattr(ROOT_INO)).rec.nlink == 2
     with pytest.raises(DfsError) as e:
-        await meta.getattr(d.ino)
+        await meta.inodes.getattr(d.ino)
     assert errno_of(e) == errno.ENOENT
 
 
 async def test_hard_links(meta):
     f = await mkfile(meta, ROOT_INO, b"f")
     d = await mkdir(meta, ROOT_INO, b"d")
-    await meta.link(f.ino, d.ino, b"f2")
-    await meta.link(f.ino, ROOT_INO, b"f3")
-    assert (await meta.getattr(f.ino)).rec.nlink == 3
+    await meta.namespace.link(f.ino, d.ino, b"f2")
+    await meta.namespace.link(f.ino, ROOT_INO, b"f3")
+    assert (await meta.inodes.getattr(f.ino)).rec.nlink == 3
     await meta.unlink(ROOT_INO, b"f")
-    assert (await meta.getattr(f.ino)).rec.nlink == 2
+    assert (await meta.inodes.getattr(f.ino)).rec.nlink == 2
     await meta.unlink(d.ino, b"f2")
     assert (await meta.lookup(ROOT_INO, b"f3")).rec.nlink == 1
     await meta.unlink(ROOT_INO, b"f3")
     with pytest.raises(DfsError):
-        await meta.getattr(f.ino)
+        await meta.inodes.getattr(f.ino)
 
 
 async def test_symlink_and_special_files(meta):
     target = b"../some/where \xff"
-    s = await meta.symlink(ROOT_INO, b"link", target, uid=UID, gid=GID)
+    s = await meta.mknod(ROOT_INO, b"link", stat.S_IFLNK | 0o777, uid=UID, gid=GID, target=target)
     assert stat.S_ISLNK(s.rec.mode)
-    assert await meta.readlink(s.ino) == target
-    assert (await meta.getattr(s.ino)).rec.size == len(target)
+    assert await meta.inodes.readlink(s.ino) == target
+    assert (await meta.inodes.getattr(s.ino)).rec.size == len(target)
     fifo = await meta.mknod(ROOT_INO, b"fifo", stat.S_IFIFO | 0o600, uid=UID, gid=GID)
-    assert stat.S_ISFIFO((await meta.getattr(fifo.ino)).rec.mode)
+    assert stat.S_ISFIFO((await meta.inodes.getattr(fifo.ino)).rec.mode)
     dev = await meta.mknod(ROOT_INO, b"dev", stat.S_IFCHR | 0o600, uid=0, gid=0, rdev=(1 << 8) | 3)
-    assert (await meta.getattr(dev.ino)).rec.rdev == (1 << 8) | 3
+    assert (await meta.inodes.getattr(dev.ino)).rec.rdev == (1 << 8) | 3
 
 
 async def test_setattr(meta):
     f = await mkfile(meta, ROOT_INO, b"f")
-    await meta.setattr(f.ino, mode=0o4711, uid=5, gid=6, atime_ns=1_000_000_001,
+    await meta.inodes.setattr(f.ino, mode=0o4711, uid=5, gid=6, atime_ns=1_000_000_001,
                        mtime_ns=2_000_000_002)
-    got = (await meta.getattr(f.ino)).rec
+    got = (await meta.inodes.getattr(f.ino)).rec
     assert stat.S_ISREG(got.mode) and stat.S_IMODE(got.mode) == 0o4711
     assert (got.uid, got.gid, got.atime_ns, got.mtime_ns) == (5, 6, 1_000_000_001, 2_000_000_002)
     assert got.ctime_ns > 2_000_000_002
     # explicit times on a directory win over the time of its last content change
     d = await mkdir(meta, ROOT_INO, b"d")
     await mkfile(meta, d.ino, b"x")
-    await meta.setattr(d.ino, mtime_ns=3_000_000_003)
-    assert (await meta.getattr(d.ino)).rec.mtime_ns == 3_000_000_003
+    await meta.inodes.setattr(d.ino, mtime_ns=3_000_000_003)
+    assert (await meta.inodes.getattr(d.ino)).rec.mtime_ns == 3_000_000_003
     await mkfile(meta, d.ino, b"y")
-    assert (await meta.getattr(d.ino)).rec.mtime_ns > 3_000_000_003
+    assert (await meta.inodes.getattr(d.ino)).rec.mtime_ns > 3_000_000_003
 
 
 # ---------------------------------------------------------------- rename
@@ -189,45 +189,45 @@ async def test_rename_within_and_across(meta):
     a = await mkdir(meta, ROOT_INO, b"a")
     b = await mkdir(meta, ROOT_INO, b"b")
     f = await mkfile(meta, a.ino, b"f")
-    await meta.rename(a.ino, b"f", a.ino, b"g")
+    await meta.namespace.rename(a.ino, b"f", a.ino, b"g")
     assert await names(meta, a.ino) == [b"g"]
-    await meta.rename(a.ino, b"g", b.ino, b"h")
+    await meta.namespace.rename(a.ino, b"g", b.ino, b"h")
     assert await names(meta, a.ino) == [] and await names(meta, b.ino) == [b"h"]
     assert (await meta.lookup(b.ino, b"h")).ino == f.ino
     # a directory moves with its subtree; nlinks of both parents follow
     sub = await mkdir(meta, a.ino, b"sub")
-    await meta.rename(a.ino, b"sub", b.ino, b"sub")
-    assert (await meta.getattr(a.ino)).rec.nlink == 2
-    assert (await meta.getattr(b.ino)).rec.nlink == 3
+    await meta.namespace.rename(a.ino, b"sub", b.ino, b"sub")
+    assert (await meta.inodes.getattr(a.ino)).rec.nlink == 2
+    assert (await meta.inodes.getattr(b.ino)).rec.nlink == 3
     assert (await meta.lookup(sub.ino, b"..")).ino == b.ino
     # no-op renames
-    await meta.rename(b.ino, b"h", b.ino, b"h")
+    await meta.namespace.rename(b.ino, b"h", b.ino, b"h")
     assert await names(meta, b.ino) == [b"h", b"sub"]
 
 
 async def test_rename_over_existing(meta):
     f1 = await mkfile(meta, ROOT_INO, b"f1")
     f2 = await mkfile(meta, ROOT_INO, b"f2")
-    await meta.commit_blocks(f2.ino, {0: BlockRef("ab" * 16, 10, "0" * 16, ["n1"])}, mtime_ns=1)
-    await meta.rename(ROOT_INO, b"f1", ROOT_INO, b"f2")
+    await meta.blockmap.commit_blocks(f2.ino, {0: BlockRef("ab" * 16, 10, "0" * 16, ["n1"])}, mtime_ns=1)
+    await meta.namespace.rename(ROOT_INO, b"f1", ROOT_INO, b"f2")
     assert await names(meta, ROOT_INO) == [b"f2"]
     assert (await meta.lookup(ROOT_INO, b"f2")).ino == f1.ino
     with pytest.raises(DfsError):
-        await meta.getattr(f2.ino)  # the replaced inode is gone ...
+        await meta.inodes.getattr(f2.ino)  # the replaced inode is gone ...
     gc = await meta.zk.get_children(meta.paths.gc)
     queued = [GcEntry.decode((await meta.zk.get(f"{meta.paths.gc}/{g}"))[0]) for g in gc]
     assert any("ab" * 16 in e.blocks for e in queued)  # ... and its blocks wait in gc/
     # over an empty directory
     d1 = await mkdir(meta, ROOT_INO, b"d1")
     await mkdir(meta, ROOT_INO, b"d2")
-    await meta.rename(ROOT_INO, b"d1", ROOT_INO, b"d2")
+    await meta.namespace.rename(ROOT_INO, b"d1", ROOT_INO, b"d2")
     assert (await meta.lookup(ROOT_INO, b"d2")).ino == d1.ino
-    assert (await meta.getattr(ROOT_INO)).rec.nlink == 3
+    assert (await meta.inodes.getattr(ROOT_INO)).rec.nlink == 3
     # not over a non-empty one
     await mkdir(meta, ROOT_INO, b"d3")
     await mkfile(meta, d1.ino, b"x")
     with pytest.raises(DfsError) as e:
-        await meta.rename(ROOT_INO, b"d3", ROOT_INO, b"d2")
+        await meta.namespace.rename(ROOT_INO, b"d3", ROOT_INO, b"d2")
     assert errno_of(e) == errno.ENOTEMPTY
 
 
@@ -235,21 +235,21 @@ async def test_rename_flags(meta):
     a = await mkfile(meta, ROOT_INO, b"a")
     d = await mkdir(meta, ROOT_INO, b"d")
     with pytest.raises(DfsError) as e:
-        await meta.rename(ROOT_INO, b"a", ROOT_INO, b"d", RENAME_NOREPLACE)
+        await meta.namespace.rename(ROOT_INO, b"a", ROOT_INO, b"d", RENAME_NOREPLACE)
     assert errno_of(e) == errno.EEXIST
-    await meta.rename(ROOT_INO, b"a", ROOT_INO, b"b", RENAME_NOREPLACE)
+    await meta.namespace.rename(ROOT_INO, b"a", ROOT_INO, b"b", RENAME_NOREPLACE)
     with pytest.raises(DfsError) as e:
-        await meta.rename(ROOT_INO, b"b", ROOT_INO, b"nothing", RENAME_EXCHANGE)
+        await meta.namespace.rename(ROOT_INO, b"b", ROOT_INO, b"nothing", RENAME_EXCHANGE)
     assert errno_of(e) == errno.ENOENT
     sub = await mkdir(meta, d.ino, b"sub")
-    await meta.rename(ROOT_INO, b"b", d.ino, b"sub", RENAME_EXCHANGE)
+    await meta.namespace.rename(ROOT_INO, b"b", d.ino, b"sub", RENAME_EXCHANGE)
     assert (await meta.lookup(ROOT_INO, b"b")).ino == sub.ino
     assert (await meta.lookup(d.ino, b"sub")).ino == a.ino
     assert (await meta.lookup(sub.ino, b"..")).ino == ROOT_INO
-    assert (await meta.getattr(d.ino)).rec.nlink == 2  # lost a subdirectory
-    assert (await meta.getattr(ROOT_INO)).rec.nlink == 4  # d and b
+    assert (await meta.inodes.getattr(d.ino)).rec.nlink == 2  # lost a subdirectory
+    assert (await meta.inodes.getattr(ROOT_INO)).rec.nlink == 4  # d and b
     with pytest.raises(DfsError) as e:  # exchanging a dir into its own subtree
-        await meta.rename(ROOT_INO, b"d", d.ino, b"sub", RENAME_EXCHANGE)
+        await meta.namespace.rename(ROOT_INO, b"d", d.ino, b"sub", RENAME_EXCHANGE)
     assert errno_of(e) == errno.EINVAL
 
 
@@ -258,9 +258,9 @@ async def test_rename_into_own_subtree_deep(meta):
     b = await mkdir(meta, a.ino, b"b")
     c = await mkdir(meta, b.ino, b"c")
     with pytest.raises(DfsError) as e:
-        await meta.rename(ROOT_INO, b"a", c.ino, b"a")
+        await meta.namespace.rename(ROOT_INO, b"a", c.ino, b"a")
     assert errno_of(e) == errno.EINVAL
-    await meta.rename(b.ino, b"c", ROOT_INO, b"c")  # moving out is fine
+    await meta.namespace.rename(b.ino, b"c", ROOT_INO, b"c")  # moving out is fine
     assert (await meta.lookup(c.ino, b"..")).ino == ROOT_INO
 
 
@@ -269,22 +269,22 @@ async def test_rename_into_own_subtree_deep(meta):
 async def test_xattrs(meta):
     f = await mkfile(meta, ROOT_INO, b"f")
     with pytest.raises(DfsError) as e:
-        await meta.getxattr(f.ino, b"user.a")
+        await meta.xattrs.get(f.ino, b"user.a")
     assert errno_of(e) == errno.ENODATA
-    await meta.setxattr(f.ino, b"user.a", b"1")
-    await meta.setxattr(f.ino, b"user.b/\xff", b"\x00binary")
-    assert await meta.listxattr(f.ino) == [b"user.a", b"user.b/\xff"]
-    assert await meta.getxattr(f.ino, b"user.b/\xff") == b"\x00binary"
+    await meta.xattrs.set(f.ino, b"user.a", b"1")
+    await meta.xattrs.set(f.ino, b"user.b/\xff", b"\x00binary")
+    assert await meta.xattrs.names(f.ino) == [b"user.a", b"user.b/\xff"]
+    assert await meta.xattrs.get(f.ino, b"user.b/\xff") == b"\x00binary"
     with pytest.raises(DfsError) as e:
-        await meta.setxattr(f.ino, b"user.a", b"2", XATTR_CREATE)
+        await meta.xattrs.set(f.ino, b"user.a", b"2", XATTR_CREATE)
     assert errno_of(e) == errno.EEXIST
     with pytest.raises(DfsError) as e:
-        await meta.setxattr(f.ino, b"user.zz", b"2", XATTR_REPLACE)
+        await meta.xattrs.set(f.ino, b"user.zz", b"2", XATTR_REPLACE)
     assert errno_of(e) == errno.ENODATA
-    await meta.setxattr(f.ino, b"user.a", b"2", XATTR_REPLACE)
-    assert await meta.getxattr(f.ino, b"user.a") == b"2"
-    await meta.removexattr(f.ino, b"user.a")
-    assert await meta.listxattr(f.ino) == [b"user.b/\xff"]
+    await meta.xattrs.set(f.ino, b"user.a", b"2", XATTR_REPLACE)
+    assert await meta.xattrs.get(f.ino, b"user.a") == b"2"
+    await meta.xattrs.remove(f.ino, b"user.a")
+    assert await meta.xattrs.names(f.ino) == [b"user.b/\xff"]
     await meta.unlink(ROOT_INO, b"f")
     assert await meta.zk.exists(meta.paths.xattr_dir(f.ino)) is None
 
@@ -295,40 +295,40 @@ async def test_block_map_commit_and_truncate(meta):
     f = await mkfile(meta, ROOT_INO, b"f")
     bs = meta.config.block_size
     refs = {i: BlockRef(f"{i:032x}", bs, "0" * 16, ["n1", "n2"]) for i in range(10)}
-    node = await meta.commit_blocks(f.ino, refs, mtime_ns=5)
+    node = await meta.blockmap.commit_blocks(f.ino, refs, mtime_ns=5)
     assert node.rec.size == 10 * bs
-    assert await meta.read_block_map(f.ino) == refs
+    assert await meta.blockmap.read_block_map(f.ino) == refs
     # overwrite one block: the old one goes to gc
     new = BlockRef("f" * 32, 7, "1" * 16, ["n3"])
-    await meta.commit_blocks(f.ino, {9: new}, size=9 * bs + 7, mtime_ns=6)
-    bm = await meta.read_block_map(f.ino)
-    assert bm[9] == new and (await meta.getattr(f.ino)).rec.size == 9 * bs + 7
+    await meta.blockmap.commit_blocks(f.ino, {9: new}, size=9 * bs + 7, mtime_ns=6)
+    bm = await meta.blockmap.read_block_map(f.ino)
+    assert bm[9] == new and (await meta.inodes.getattr(f.ino)).rec.size == 9 * bs + 7
     # truncate to 2.5 blocks: blocks 3.. dropped (groups of 4 removed when empty)
-    await meta.commit_blocks(f.ino, {}, size=2 * bs + bs // 2, truncate_from=3)
-    assert sorted(await meta.read_block_map(f.ino)) == [0, 1, 2]
+    await meta.blockmap.commit_blocks(f.ino, {}, size=2 * bs + bs // 2, truncate_from=3)
+    assert sorted(await meta.blockmap.read_block_map(f.ino)) == [0, 1, 2]
     assert sorted(await meta.zk.get_children(meta.paths.block_map(f.ino))) == ["0"]
     gc_blocks = set()
     for g in await meta.zk.get_children(meta.paths.gc):
         gc_blocks |= set(GcEntry.decode((await meta.zk.get(f"{meta.paths.gc}/{g}"))[0]).blocks)
     assert gc_blocks == {f"{i:032x}" for i in range(3, 10)} | {new.id}
     # a sparse file: a block far away, hole in between
-    await meta.commit_blocks(f.ino, {1000: new})
-    assert (await meta.getattr(f.ino)).rec.size == 1000 * bs + 7
+    await meta.blockmap.commit_blocks(f.ino, {1000: new})
+    assert (await meta.inodes.getattr(f.ino)).rec.size == 1000 * bs + 7
     await meta.unlink(ROOT_INO, b"f")
     assert await meta.zk.exists(meta.paths.block_map(f.ino)) is None
 
 
 async def test_unlink_while_open_keeps_inode(meta):
     f = await mkfile(meta, ROOT_INO, b"f")
-    meta.is_open = lambda ino: ino == f.ino
+    meta.namespace.is_open = lambda ino: ino == f.ino
     await meta.unlink(ROOT_INO, b"f")
     assert await names(meta, ROOT_INO) == []
-    assert (await meta.getattr(f.ino)).rec.nlink == 0
-    await meta.commit_blocks(f.ino, {0: BlockRef("c" * 32, 3, "0" * 16, ["n"])})  # still writable
-    meta.is_open = lambda ino: False
-    await meta.release_orphan(f.ino)
+    assert (await meta.inodes.getattr(f.ino)).rec.nlink == 0
+    await meta.blockmap.commit_blocks(f.ino, {0: BlockRef("c" * 32, 3, "0" * 16, ["n"])})  # still writable
+    meta.namespace.is_open = lambda ino: False
+    await meta.namespace.release_orphan(f.ino)
     with pytest.raises(DfsError):
-        await meta.getattr(f.ino)
+        await meta.inodes.getattr(f.ino)
 
 
 # ---------------------------------------------------------------- two clients
@@ -364,7 +364,7 @@ async def test_race_renames_never_lose_entries(meta, meta2):
             src, dst = rng.sample(dirs, 2)
             name = rng.choice(files)
             try:
-                await m.rename(src, name, dst, name)
+                await m.namespace.rename(src, name, dst, name)
             except DfsError as e:
                 assert e.errno == errno.ENOENT  # it was elsewhere: fine
 
@@ -382,12 +382,12 @@ async def test_race_links_keep_nlink_right(meta, meta2):
 
     async def linker(m: Meta, prefix: bytes):
         for i in range(15):
-            await m.link(f.ino, ROOT_INO, prefix + str(i).encode())
+            await m.namespace.link(f.ino, ROOT_INO, prefix + str(i).encode())
 
     async with trio.open_nursery() as n:
         n.start_soon(linker, meta, b"a")
         n.start_soon(linker, meta2, b"b")
-    assert (await meta.getattr(f.ino)).rec.nlink == 31
+    assert (await meta.inodes.getattr(f.ino)).rec.nlink == 31
 
     async def unlinker(m: Meta, prefix: bytes):
         for i in range(15):
@@ -396,7 +396,7 @@ async def test_race_links_keep_nlink_right(meta, meta2):
     async with trio.open_nursery() as n:
         n.start_soon(unlinker, meta, b"a")
         n.start_soon(unlinker, meta2, b"b")
-    assert (await meta.getattr(f.ino)).rec.nlink == 1
+    assert (await meta.inodes.getattr(f.ino)).rec.nlink == 1
 
 
 async def test_race_dir_swap_no_cycle(meta, meta2):
@@ -408,7 +408,7 @@ async def test_race_dir_swap_no_cycle(meta, meta2):
 
         async def mv(m, src, dst_ino):
             try:
-                await m.rename(ROOT_INO, src, dst_ino, src)
+                await m.namespace.rename(ROOT_INO, src, dst_ino, src)
             except DfsError as e:
                 errs.append(e.errno)
 

@@ -85,7 +85,7 @@ async def check_block_refs(cluster) -> list[str]:
             for name, ent, node in await meta.readdir(ROOT_INO, with_attrs=True):
                 if not node.rec.is_reg:
                     continue
-                for index, ref in (await meta.read_block_map(ent.ino)).items():
+                for index, ref in (await meta.blockmap.read_block_map(ent.ino)).items():
                     assert index * config.block_size < node.rec.size or ref.length == 0
                     for node_id in ref.replicas:
                         info = await blocks.stat_block(node_id, ref.id)

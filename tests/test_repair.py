@@ -28,7 +28,7 @@ async def make_file(c, meta: Meta, name: bytes, blocks: list[bytes], **kw):
     for i, data in enumerate(blocks):
         refs[i] = await c.client.write_block(data, replicas=kw.get("replicas", 3), min_replicas=1,
                                              exclude=kw.get("exclude", ()))
-    await meta.commit_blocks(node.ino, refs)
+    await meta.blockmap.commit_blocks(node.ino, refs)
     return node.ino, refs
 
 
@@ -69,7 +69,7 @@ async def test_rereplicate_after_a_node_is_gone(zk, zk_hosts, fs_paths, tmp_path
         new = await repair.rereplicate(ctx, ino, 0, ref)
         assert new is not None and len(new.replicas) == 3 and victim not in new.replicas
         assert set(new.replicas) == await holders(c, ref.id)
-        stored = (await meta.read_block_map(ino))[0]
+        stored = (await meta.blockmap.read_block_map(ino))[0]
         assert stored.replicas == new.replicas and stored.gen == ref.gen + 1
         assert await c.client.read_block(new) == data
         log = await read_audit(zk, fs_paths)
@@ -105,10 +105,10 @@ async def test_rereplicate_of_a_replaced_block_discards_its_copies(zk, zk_hosts,
         ino, refs = await make_file(c, meta, b"f", [os.urandom(1000)], replicas=2)
         old = refs[0]
         newer = await c.client.write_block(os.urandom(1000), replicas=3, min_replicas=3)
-        await meta.commit_blocks(ino, {0: newer})  # the file was rewritten meanwhile
+        await meta.blockmap.commit_blocks(ino, {0: newer})  # the file was rewritten meanwhile
         assert await repair.rereplicate(context(c), ino, 0, old) is None
         assert await holders(c, old.id) == set(old.replicas)  # the copy went away again
-        assert (await meta.read_block_map(ino))[0].id == newer.id
+        assert (await meta.blockmap.read_block_map(ino))[0].id == newer.id
 
 
 async def test_drop_replicas_never_drops_the_last(zk, zk_hosts, fs_paths, tmp_path):

@@ -125,29 +125,34 @@ class Feed:
         self.seq += 1
         self.stats["events"] += 1
         self.log.append((self.seq, path, kind))
-        listener = self.listener
+        about = self._about(path)
+        if about is None:
+            return
+        in_dirs, num, name = about
+        if in_dirs and kind != CHANGED:
+            # an entry created or removed, or dirs/<d> itself (a directory created, empty, or deleted)
+            self.listener.names_event(kind, num, name)
+        if path not in self.own:
+            self._forget(num, name, True)
+
+    def _about(self, path: str) -> tuple[bool, int, bytes | None] | None:
+        """(under dirs/, number, entry name) of `dirs/<d>/<name>`, `dirs/<d>` (name
+        None: the directory's times) or `inodes/<shard>/<ino>`; None for others."""
         if path.startswith(self._dirs):
-            rest = path[len(self._dirs):]
-            d, _, esc = rest.partition("/")
-            try:
-                dino = int(d)
-            except ValueError:
-                return
-            if not esc:  # dirs/<d> itself: created (empty), deleted, or its times set
-                if kind != CHANGED:
-                    listener.names_event(kind, dino, None)
-                if path not in self.own:
-                    listener.forget_inode(dino, True)
-                return
-            name = unescape(esc)
-            if kind != CHANGED:
-                listener.names_event(kind, dino, name)
-            if path not in self.own:
-                listener.forget_entry(dino, name, True)
-        elif path.startswith(self._inodes):
+            d, _, esc = path[len(self._dirs):].partition("/")
+            return (True, int(d), unescape(esc) if esc else None) if d.isdigit() else None
+        if path.startswith(self._inodes):
             _, _, ino = path[len(self._inodes):].partition("/")
-            if ino and path not in self.own:
-                listener.forget_inode(int(ino), True)
+            return (False, int(ino), None) if ino.isdigit() else None
+        return None
+
+    def _forget(self, num: int, name: bytes | None, foreign: bool) -> None:
+        """Drop what is known of an entry (or, name None, an inode or a directory's times);
+        `foreign`: someone else may have changed it (tell the kernel)."""
+        if name is None:
+            self.listener.forget_inode(num, foreign)
+        else:
+            self.listener.forget_entry(num, name, foreign)
 
     # -- marks and checks
 
@@ -223,8 +228,8 @@ class Feed:
                 del self.own[p]
         events = self._since(mark) if mark is not None else None
         if events is None or not applied:
-            for p in set(paths):
-                self._invalidate_path(p, foreign=True)
+            for about in filter(None, map(self._about, set(paths))):
+                self._forget(about[1], about[2], True)
             return False
         seen = collections.Counter(p for _, p, _ in events)
         mine = collections.Counter(paths)
@@ -234,24 +239,7 @@ class Feed:
                 ok = False
             # What we wrote is stale in the cache unless the caller installs it
             # again; a directory's times (dirs/<d>) are kept current in place.
-            if seen[p] > mine[p] or not self._is_dir_times(p):
-                self._invalidate_path(p, foreign=seen[p] > mine[p])
+            about = self._about(p)
+            if about is not None and (seen[p] > mine[p] or not (about[0] and about[2] is None)):
+                self._forget(about[1], about[2], seen[p] > mine[p])
         return ok
-
-    def _is_dir_times(self, path: str) -> bool:
-        return path.startswith(self._dirs) and "/" not in path[len(self._dirs):]
-
-    def _invalidate_path(self, path: str, foreign: bool = False) -> None:
-        """Drop what is known of path; `foreign`: someone else may have changed it (tell the kernel)."""
-        if path.startswith(self._dirs):
-            d, _, esc = path[len(self._dirs):].partition("/")
-            if not d.isdigit():
-                return
-            if esc:
-                self.listener.forget_entry(int(d), unescape(esc), foreign)
-            else:
-                self.listener.forget_inode(int(d), foreign)
-        elif path.startswith(self._inodes):
-            _, _, ino = path[len(self._inodes):].partition("/")
-            if ino.isdigit():
-                self.listener.forget_inode(int(ino), foreign)

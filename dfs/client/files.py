@@ -113,7 +113,7 @@ class FileData:
         self.readahead_blocks = readahead_blocks
         self._fetching: dict[str, trio.Event] = {}
         self._serial = 0
-        view.set_open_files(self.is_open)
+        view.is_open_file = self.is_open
 
     # ------------------------------------------------------------------ open / close
 
@@ -203,7 +203,7 @@ class FileData:
                     buf.data.extend(bytes(boff - len(buf.data)))
                 before = len(buf.data)
                 buf.data[boff:boff + n] = chunk
-                self._add_dirty(len(buf.data) - before)
+                self.dirty_bytes += len(buf.data) - before
                 if len(buf.data) >= bs:
                     buf.complete = True
                 if buf.complete and boff + n == bs:
@@ -222,7 +222,7 @@ class FileData:
             if index in f.uploading and f.uploading[index] == buf.serial:
                 # being uploaded: further writes make a new version of the block
                 buf = Buffer(bytearray(buf.data), self._next_serial(), buf.complete)
-                self._add_dirty(len(buf.data))
+                self.dirty_bytes += len(buf.data)
                 f.buffers[index] = buf
             return buf
         # First write to this block since the last upload: start from its current content
@@ -239,16 +239,13 @@ class FileData:
             buf = Buffer(bytearray(f.inline[:existing]), self._next_serial(), complete=False)
         else:
             buf = Buffer(bytearray(), self._next_serial())
-        self._add_dirty(len(buf.data))
+        self.dirty_bytes += len(buf.data)
         f.buffers[index] = buf
         return buf
 
     def _next_serial(self) -> int:
         self._serial += 1
         return self._serial
-
-    def _add_dirty(self, n: int) -> None:
-        self.dirty_bytes += n
 
     async def _wait_dirty_room(self, n: int) -> None:
         async with self.dirty_changed:
@@ -361,7 +358,7 @@ class FileData:
             if f.inline and not ({0} & (set(f.buffers) | set(f.uploaded) | set(f.uploading))):
                 # outgrew inline: block 0 becomes a real block in this commit
                 f.buffers[0] = Buffer(bytearray(f.inline[:f.size]), self._next_serial())
-                self._add_dirty(len(f.buffers[0].data))
+                self.dirty_bytes += len(f.buffers[0].data)
             for index in list(f.buffers):
                 self._start_upload(f, index)
             assert f.upload_done is not None
@@ -372,7 +369,7 @@ class FileData:
                     # read what the commit needs while the blocks upload (one round trip less)
                     async def prefetch() -> None:
                         try:
-                            prefetched.append(await self.view.prefetch_commit(ino, indices))
+                            prefetched.append(await self.view.meta.blockmap.prefetch_commit(ino, indices))
                         except DfsError:
                             pass  # the commit reads for itself
                     nursery.start_soon(prefetch)
@@ -446,9 +443,6 @@ class FileData:
         self._committed(f, node)
         await self._release_dirty(freed)
 
-    async def fsync(self, ino: int) -> None:
-        await self.flush(ino)
-
     async def flush_all(self) -> None:
         for ino in list(self.files):
             try:
@@ -475,7 +469,7 @@ class FileData:
             if f is not None:
                 refs, inline = f.refs, f.inline
             else:
-                refs, inline = await self.view.read_file_map(ino)
+                _, refs, inline = await self.view.meta.blockmap.open_file(ino)
             old_size = node.rec.size
             if not refs:
                 # inline bytes (or nothing): the commit trims them, no block to rewrite

@@ -95,9 +95,6 @@ class Removals:
     def hidden(self, parent: int, name: bytes) -> bool:
         return (parent, name) in self.pending
 
-    def busy(self, parent: int) -> bool:
-        return self._per_dir[parent] > 0
-
     def changing(self, ino: int) -> bool:
         return self._per_inode[ino] > 0
 
@@ -122,7 +119,7 @@ class Removals:
         await self._enqueue("unlink", parent, name)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
-        ino = self.view.guess(parent, name)
+        ino = self.view.hints.get((parent, name))
         if ino is None or not self.view.known_empty(ino):
             # we cannot vouch for its emptiness: ask ZooKeeper, report ENOTEMPTY now
             self.stats["sync"] += 1
@@ -143,7 +140,7 @@ class Removals:
         self.stats["async"] += 1
         self.pending[key] = op
         self._per_dir[parent] += 1
-        ino = self.view.guess(parent, name)
+        ino = self.view.hints.get(key)
         if ino is not None:
             self._ino_of[key] = ino
             self._per_inode[ino] += 1

@@ -6,9 +6,9 @@ feed keeps them so), the entry names and entries the feed keeps exact,
 inodes being created asynchronously, inodes this mount holds open after
 their unlink, the versions of files as last seen (close-to-open), and what a
 recent listing told about a directory's emptiness. ClientView is the
-`CommitHook` of its `Meta` (dfs.meta) and the `FeedListener` of its `Feed`
-(dfs.client.feed), and the namespace calls of the mount go through it: each
-asks `Meta` with what is known and keeps what it learns.
+`FeedListener` of its `Feed` (dfs.client.feed), which is the `CommitHook` of
+its `Meta` (dfs.meta), and the namespace calls of the mount go through it:
+each asks `Meta` with what is known and keeps what it learns.
 
 What is known is only ever a guess or a bounded-staleness answer unless the
 feed vouches for it: a hint is checked against the dirent read with it (a stale
@@ -20,15 +20,13 @@ import errno
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Awaitable, Callable
 
-from dfs.client.feed import CREATED, DELETED, Feed, Mark
+from dfs.client.feed import CREATED, DELETED, Feed
 from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.meta import Meta
-from dfs.meta.blockmap import Prefetched
 from dfs.meta.inodes import Inode, with_entry_change
-from dfs.meta.namespace import Made, check_target
 from dfs.paths import FsPaths
 from dfs.records import BlockRef, DirEntry
 from dfs.zk import ZkClient
@@ -40,12 +38,6 @@ LISTED_MAX = 10_000
 
 Listing = tuple[Inode, list[tuple[bytes, DirEntry, Inode | None]]]
 KernelNotice = Callable[[str, int, bytes | None], None]
-
-
-class _Seen(NamedTuple):
-    when: float  # time.monotonic() of the read
-    node: Inode  # as read, plus our own changes since
-    exact: bool
 
 
 @dataclass
@@ -71,12 +63,13 @@ class ClientView:
         self.fresh_for = fresh_for
         self.listing_ttl = listing_ttl
         self.feed = Feed(paths, self)
-        self.meta = Meta(zk, paths, config, mount_id=mount_id, is_open=self._holds, hook=self)
+        self.meta = Meta(zk, paths, config, mount_id=mount_id, is_open=self._holds, hook=self.feed)
         self.config = config
         # (parent, name) -> inode last seen there: lets one multi-read fetch a
         # name's inode together with its dirent
         self.hints: dict[tuple[int, bytes], int] = {}
-        self._fresh: dict[int, _Seen] = {}
+        # ino -> (time.monotonic() of the read, inode as read plus our changes since, exact)
+        self._fresh: dict[int, tuple[float, Inode, bool]] = {}
         self._vmax: dict[int, int] = {}  # ino -> highest znode version remembered
         # kept exact by the feed: a directory's complete entry names, an entry's (inode, type)
         self.names: dict[int, set[bytes]] = {}
@@ -89,37 +82,12 @@ class ClientView:
         self.versions: dict[int, tuple[int, int]] = {}  # ino -> (version, size) last seen
         # directory -> (when listed, entries it had minus what we removed since)
         self.listed: dict[int, tuple[float, int]] = {}
-        self._is_open: Callable[[int], bool] = lambda ino: False
-        self._kernel: KernelNotice | None = None
+        # whether this client has an inode open (set by dfs.client.files.FileData)
+        self.is_open_file: Callable[[int], bool] = lambda ino: False
+        # told of someone else's change (set by mount.kernel): ("entry", dir, name),
+        # ("inode", ino, None), or ("lost", 0, None) when the feed dropped
+        self.kernel_notice: KernelNotice | None = None
         self.stats = {"cached_listings": 0}
-
-    def set_open_files(self, is_open: Callable[[int], bool]) -> None:
-        """Who tells whether this client has an inode open (dfs.client.files.FileData)."""
-        self._is_open = is_open
-
-    def on_foreign_change(self, notice: KernelNotice | None) -> None:
-        """Tell `notice` about someone else's change: ("entry", dir, name), ("inode",
-        ino, None), or ("lost", 0, None) when the feed dropped (mount.kernel)."""
-        self._kernel = notice
-
-    @property
-    def exact_active(self) -> bool:
-        """Whether the feed runs (what it vouches for is exact)."""
-        return self.feed.active
-
-    # ------------------------------------------------------------------ the CommitHook
-
-    def mark(self) -> Mark | None:
-        return self.feed.mark()
-
-    def clean(self, mark: Any, *paths: str) -> bool:
-        return self.feed.clean(mark, *paths)
-
-    def begin(self, paths: list[str]) -> Mark | None:
-        return self.feed.begin(paths)
-
-    def settle(self, mark: Any, paths: list[str], applied: bool) -> bool:
-        return self.feed.settle(mark, paths, applied)
 
     # ------------------------------------------------------------------ the FeedListener
 
@@ -141,20 +109,20 @@ class ClientView:
 
     def forget_entry(self, dino: int, name: bytes, foreign: bool) -> None:
         self.dirents.pop((dino, name), None)
-        if foreign and self._kernel is not None:
-            self._kernel("entry", dino, name)
+        if foreign and self.kernel_notice is not None:
+            self.kernel_notice("entry", dino, name)
 
     def forget_inode(self, ino: int, foreign: bool) -> None:
         self._fresh.pop(ino, None)
-        if foreign and self._kernel is not None:
-            self._kernel("inode", ino, None)
+        if foreign and self.kernel_notice is not None:
+            self.kernel_notice("inode", ino, None)
 
     def feed_lost(self) -> None:
         self.names.clear()
         self.dirents.clear()
         self._fresh.clear()
-        if self._kernel is not None:
-            self._kernel("lost", 0, None)
+        if self.kernel_notice is not None:
+            self.kernel_notice("lost", 0, None)
 
     # ------------------------------------------------------------------ what is known
 
@@ -168,8 +136,8 @@ class ClientView:
             self._fresh.clear()
             self._vmax.clear()
         self._vmax[node.ino] = node.version
-        self._fresh[node.ino] = _Seen(time.monotonic() if seen is None else seen, node,
-                                      node.exact if exact is None else exact)
+        self._fresh[node.ino] = (time.monotonic() if seen is None else seen, node,
+                                 node.exact if exact is None else exact)
         return node
 
     def known(self, ino: int) -> Known | None:
@@ -177,18 +145,19 @@ class ClientView:
         got = self._fresh.get(ino)
         if got is None:
             return None
-        if got.exact and self.feed.active:
-            return Known(got.node, 0.0, True)
-        age = time.monotonic() - got.when
+        when, node, exact = got
+        if exact and self.feed.active:
+            return Known(node, 0.0, True)
+        age = time.monotonic() - when
         if age >= self.fresh_for:
             del self._fresh[ino]
             return None
-        return Known(got.node, age, False)
+        return Known(node, age, False)
 
     def is_exact(self, node: Inode) -> bool:
         """Whether node is what this client keeps for its inode, vouched for by the feed."""
         got = self._fresh.get(node.ino)
-        return got is not None and got.exact and got.node is node
+        return got is not None and got[2] and got[1] is node
 
     def entry_exact(self, parent: int, name: bytes | None, ino: int) -> bool:
         """Whether the feed vouches that (parent, name) names ino."""
@@ -216,10 +185,6 @@ class ClientView:
             self.hints.clear()
         self.hints[(parent, name)] = ino
 
-    def guess(self, parent: int, name: bytes) -> int | None:
-        """The inode (parent, name) was last seen to name, if any."""
-        return self.hints.get((parent, name))
-
     def trust(self, parent: int, name: bytes, ino: int, mode: int) -> None:
         """Entry (parent, name) names inode ino of type mode, as of now (exact)."""
         if len(self.dirents) >= MAX_DIRENTS:
@@ -243,7 +208,7 @@ class ClientView:
 
     def _holds(self, ino: int) -> bool:
         """Meta's is_open: an open inode that loses its last name is held from then on."""
-        if self._is_open(ino):
+        if self.is_open_file(ino):
             self.held.add(ino)
             return True
         return False
@@ -329,9 +294,6 @@ class ClientView:
         made = await self.meta.namespace.mknod(
             parent, name, mode, uid=uid, gid=gid, rdev=rdev, target=target, planned=planned,
             on_sent=on_sent, parent_known=known.inode if known is not None else None)
-        return self._made(parent, name, made)
-
-    def _made(self, parent: int, name: bytes, made: Made) -> Inode:
         if made.parent is not None:
             self.remember(made.parent)
         elif made.t is not None:
@@ -341,16 +303,6 @@ class ClientView:
             self.trust(parent, name, node.ino, stat.S_IFMT(node.rec.mode))
         self.hint(parent, name, node.ino)
         return node
-
-    async def mkdir(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int) -> Inode:
-        return await self.mknod(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid=uid, gid=gid)
-
-    async def create(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int) -> Inode:
-        return await self.mknod(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid=uid, gid=gid)
-
-    async def symlink(self, parent: int, name: bytes, target: bytes, *, uid: int, gid: int) -> Inode:
-        return await self.mknod(parent, name, stat.S_IFLNK | 0o777, uid=uid, gid=gid,
-                                target=check_target(target))
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Inode:
         self.forget(new_parent)
@@ -408,16 +360,15 @@ class ClientView:
         return self.remember(await self.meta.inodes.setattr(ino, **fields))
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        self.forget(ino)  # its xattr count changes (see has_no_xattrs)
-        try:
-            await self.meta.xattrs.set(ino, name, value, flags)
-        finally:
-            self.forget(ino)
+        await self._xattr_change(ino, self.meta.xattrs.set(ino, name, value, flags))
 
     async def removexattr(self, ino: int, name: bytes) -> None:
-        self.forget(ino)
+        await self._xattr_change(ino, self.meta.xattrs.remove(ino, name))
+
+    async def _xattr_change(self, ino: int, change: Awaitable[None]) -> None:
+        self.forget(ino)  # its xattr count changes (see has_no_xattrs)
         try:
-            await self.meta.xattrs.remove(ino, name)
+            await change
         finally:
             self.forget(ino)
 
@@ -484,9 +435,3 @@ class ClientView:
 
     async def commit_blocks(self, ino: int, updates: dict[int, BlockRef | None], **kw: Any) -> Inode:
         return self.remember(await self.meta.blockmap.commit_blocks(ino, updates, **kw))
-
-    async def prefetch_commit(self, ino: int, indices: set[int]) -> Prefetched:
-        return await self.meta.blockmap.prefetch_commit(ino, indices)
-
-    async def read_file_map(self, ino: int) -> tuple[dict[int, BlockRef], bytes | None]:
-        return await self.meta.blockmap.read_file_map(ino)

@@ -17,7 +17,7 @@ from dfs.errors import DfsError
 from dfs.meta.inodes import Inode, decode
 from dfs.meta.store import Conflict, MetaStore, now_ns
 from dfs.records import BlockGroup, BlockRef, GcEntry
-from dfs.zk import NoNodeError, Txn
+from dfs.zk import Txn
 from dfs.zk.reads import Got, Read, Reads
 
 GC_BATCH = 2000  # block refs per gc/ entry (keeps each znode well under 1 MiB)
@@ -52,14 +52,6 @@ class BlockMap:
     def group_of(self, index: int) -> int:
         return index // self.config.group_blocks
 
-    async def read_group(self, ino: int, group: int) -> tuple[BlockGroup, int]:
-        """One block-map group and its znode version (-1: does not exist)."""
-        try:
-            data, st = await self.zk.get(self.paths.block_group(ino, group))
-        except NoNodeError:
-            return BlockGroup(), -1
-        return BlockGroup.decode(data), st.version
-
     async def open_file(self, ino: int) -> tuple[Inode, dict[int, BlockRef], bytes | None]:
         """A file's inode, whole block map and inline bytes (or None), usually in one round trip."""
         store = self.store
@@ -90,11 +82,6 @@ class BlockMap:
             if got is not None:
                 out.update(BlockGroup.decode(got[0]).blocks)
         return out
-
-    async def read_file_map(self, ino: int) -> tuple[dict[int, BlockRef], bytes | None]:
-        """A file's block refs and inline bytes (see open_file)."""
-        _, refs, inline = await self.open_file(ino)
-        return refs, inline
 
     def _commit_reads(self, ino: int, indices: Iterable[int], truncate: bool) -> CommitReads:
         touched = sorted({self.group_of(i) for i in indices})

@@ -57,6 +57,15 @@ def with_entry_change(p: Inode, t: int, nlink_delta: int = 0) -> Inode:
     return Inode(p.ino, rec, p.version + (1 if nlink_delta else 0), p.exact)
 
 
+def as_dir(ino: int, node: Inode | None) -> Inode:
+    """The directory, or ENOENT (None) / ENOTDIR."""
+    if node is None:
+        raise DfsError(errno.ENOENT, f"no inode {ino}")
+    if not node.rec.is_dir:
+        raise DfsError(errno.ENOTDIR, f"inode {ino} is not a directory")
+    return node
+
+
 def check_parent(parent: int, got: tuple | None) -> None:
     """ENOENT / ENOTDIR for a parent read as a get of its inode znode."""
     if got is None:
@@ -85,13 +94,7 @@ class AttrReads:
         return None if g is None else decode(self.ino, g, got[self.dir], exact)
 
     def as_dir(self, got: Got, exact: bool = False) -> Inode:
-        """The directory, or ENOENT / ENOTDIR."""
-        node = self.node(got, exact)
-        if node is None:
-            raise DfsError(errno.ENOENT, f"no inode {self.ino}")
-        if not node.rec.is_dir:
-            raise DfsError(errno.ENOTDIR, f"inode {self.ino} is not a directory")
-        return node
+        return as_dir(self.ino, self.node(got, exact))
 
     def entries(self, got: Got) -> Any:
         """The stat of `dirs/<ino>` (numChildren), or None."""
@@ -124,11 +127,7 @@ class Inodes:
         return node
 
     async def dir(self, ino: int) -> Inode:
-        """The directory ino (ENOENT / ENOTDIR)."""
-        node = await self.getattr(ino)
-        if not node.rec.is_dir:
-            raise DfsError(errno.ENOTDIR, f"inode {ino} is not a directory")
-        return node
+        return as_dir(ino, await self.getattr(ino))
 
     def touch(self, txn: Txn, node: Inode, *, nlink_delta: int = 0, t: int | None = None) -> None:
         """Add to txn: a directory's contents changed (new mtime/ctime, maybe nlink).

@@ -42,13 +42,6 @@ RENAME_EXCHANGE = 2
 Removal = tuple[str, int, bytes]  # ("unlink" | "rmdir", parent, name)
 
 
-def check_target(target: bytes) -> bytes:
-    """A symlink's target, or ENAMETOOLONG / ENOENT (empty)."""
-    if not target or len(target) > 4095:
-        raise DfsError(errno.ENAMETOOLONG if target else errno.ENOENT, "bad symlink target")
-    return target
-
-
 @dataclass
 class Found:
     """A lookup's answer: the inode, and the entry that named it (None for . and ..)."""
@@ -77,7 +70,6 @@ class Removed:
     ino: int
     t: int
     parent: Inode | None = None
-    exact: bool = False
 
 
 @dataclass
@@ -111,13 +103,9 @@ class Listing:
     entries: list[Listed]
 
 
-@dataclass
-class Extras:
-    """What deleting an inode needs besides the inode, read after it."""
-
-    xattrs: list[str] | None
-    groups: list[str] | None = None
-    group0: tuple | None = None
+# What deleting an inode needs besides it, read after it: its xattr names, its
+# block groups, its group 0 (read speculatively)
+Extras = tuple[list[str] | None, list[str] | None, tuple | None]
 
 
 class VictimReads:
@@ -135,8 +123,8 @@ class VictimReads:
         self.group0 = reads.get(paths.block_group(ino, 0)) if files else None
 
     def extras(self, got: Got) -> Extras:
-        return Extras(got[self.xattrs], got[self.groups] if self.groups else None,
-                      got[self.group0] if self.group0 else None)
+        return (got[self.xattrs], got[self.groups] if self.groups else None,
+                got[self.group0] if self.group0 else None)
 
 
 class Namespace:
@@ -213,12 +201,15 @@ class Namespace:
                     parent_known: Inode | None = None) -> Made:
         """Create a file, directory, symlink, fifo, socket or device node.
 
-        Raises EEXIST, ENOENT (parent gone), ENOTDIR, ENAMETOOLONG, EINVAL.
+        Raises EEXIST, ENOENT (parent gone, or a symlink's empty target),
+        ENOTDIR, ENAMETOOLONG (a name, or a symlink's target), EINVAL.
         `planned` (from an asynchronous create): the inode number, record and
         time to use; `on_sent` runs just before the first attempt's transaction
         is sent; `parent_known`: the parent as the caller knows it (a mkdir's
         first attempt then skips reading it: a stale one fails the version check).
         """
+        if stat.S_ISLNK(mode) and not 0 < len(target) <= 4095:
+            raise DfsError(errno.ENAMETOOLONG if target else errno.ENOENT, "bad symlink target")
         check_name(name)
         ino, rec, t = planned or await self.inodes.plan(mode, uid, gid, rdev, target)
         kind = stat.S_IFMT(rec.mode)
@@ -330,12 +321,12 @@ class Namespace:
         txn.delete(self.paths.inode(ino), node.version)
         if extras is None:
             xattrs, groups = await self.zk.children_many([self.paths.xattr_dir(ino), self.paths.block_map(ino)])
-            extras = Extras(xattrs, groups)
-        self.xattrs.drop(txn, ino, extras.xattrs)
+            extras = (xattrs, groups, None)
+        self.xattrs.drop(txn, ino, extras[0])
         if node.rec.is_dir:
             txn.delete(self.paths.dir(ino))  # NotEmpty if an entry appeared: retried
             return
-        await self.blockmap.drop(txn, ino, extras.groups, extras.group0)
+        await self.blockmap.drop(txn, ino, extras[1], extras[2])
 
     async def unlink(self, parent: int, name: bytes, guess: int | None = None) -> Removed:
         """Remove a non-directory entry."""
@@ -477,13 +468,13 @@ class Namespace:
             txn = Txn()
             txn.delete(dirent_path, dver)
             self.inodes.touch(txn, p, nlink_delta=-1, t=t)
-            await self.delete_inode(txn, node, Extras(got[xattrs]))
+            await self.delete_inode(txn, node, (got[xattrs], None, None))
             try:
                 exact = await self.store.commit(txn)
             except NotEmptyError:
                 raise DfsError(errno.ENOTEMPTY, f"{name!r} is not empty") from None
             after = dataclasses.replace(with_entry_change(p, t, -1), exact=exact)
-            return Removed(node.ino, t, after, exact)
+            return Removed(node.ino, t, after)
 
         return await self.store.retrying(attempt, "rmdir")
 
@@ -664,11 +655,7 @@ class Namespace:
         attrs = AttrReads(reads, paths, ino)
         listing = reads.children(paths.dir(ino))
         got = await reads.run(self.zk)
-        this = attrs.node(got, store.clean(mark, *attrs.paths))
-        if this is None:
-            raise DfsError(errno.ENOENT, f"no inode {ino}")
-        if not this.rec.is_dir:
-            raise DfsError(errno.ENOTDIR, f"inode {ino} is not a directory")
+        this = attrs.as_dir(got, store.clean(mark, *attrs.paths))
         children = got[listing]
         if children is None:
             raise DfsError(errno.ENOENT, f"directory {ino} was removed")
@@ -718,7 +705,3 @@ class Namespace:
         if with_attrs:
             out.entries = [listed for listed in out.entries if listed.node is not None]
         return out
-
-    async def count_entries(self, ino: int) -> int:
-        st = await self.zk.exists(self.paths.dir(ino))
-        return st.numChildren if st else 0

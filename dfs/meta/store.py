@@ -32,7 +32,7 @@ def now_ns() -> int:
 
 
 class CommitHook(Protocol):
-    """What a client cache is told of this client's reads and commits (dfs.client.view.ClientView).
+    """What a client cache is told of this client's reads and commits (dfs.client.feed.Feed).
 
     A mark is taken before a read or a commit; `clean` says whether nothing
     touched the read paths since, `settle` whether the commit's writes were

@@ -131,7 +131,7 @@ class GcCollector:
         for ino, h in zip(inos, holders):
             if h == []:
                 try:
-                    await meta.release_orphan(ino)
+                    await meta.namespace.release_orphan(ino)
                     log.info("released inode %s: every mount holding it open is gone", ino)
                 except DfsError as e:
                     log.warning("could not release inode %s: %s", ino, e)

@@ -80,32 +80,32 @@ class Worker:
         elif op == "link":
             ino = await self.some_file()
             if ino is not None:
-                await m.link(ino, self.some_dir(), name)
+                await m.namespace.link(ino, self.some_dir(), name)
         elif op == "unlink":
             ino = await m.unlink(self.some_dir(), name)
-            if m.is_open(ino):
+            if m.namespace.is_open(ino):
                 self.orphans.add(ino)
         elif op == "rename":
             flags = rng.choice([0, 0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE])
-            await m.rename(self.some_dir(), name, self.some_dir(), rng.choice(NAMES), flags)
+            await m.namespace.rename(self.some_dir(), name, self.some_dir(), rng.choice(NAMES), flags)
         elif op == "rmdir":
             ino = await m.rmdir(self.some_dir(), name)
             self.dirs.discard(ino)
         elif op == "setxattr":
             ino = await self.some_file() if rng.random() < 0.7 else self.some_dir()
             if ino is not None:
-                await m.setxattr(ino, rng.choice([b"user.a", b"user.b"]), rng.randbytes(8))
+                await m.xattrs.set(ino, rng.choice([b"user.a", b"user.b"]), rng.randbytes(8))
         elif op == "blocks":
             ino = await self.some_file()
             if ino is None:
                 return
-            if not (await m.getattr(ino)).rec.is_reg:
+            if not (await m.inodes.getattr(ino)).rec.is_reg:
                 return
             updates = {i: self.new_ref(i) for i in rng.sample(range(12), rng.randint(1, 4))}
             if rng.random() < 0.2:
                 updates[rng.randrange(12)] = None  # punch a hole
             truncate = rng.randrange(12) if rng.random() < 0.3 else None
-            await m.commit_blocks(ino, updates, truncate_from=truncate, mtime_ns=rng.randint(1, 10**18))
+            await m.blockmap.commit_blocks(ino, updates, truncate_from=truncate, mtime_ns=rng.randint(1, 10**18))
             for ref in updates.values():
                 if ref is not None:
                     self.log.write(ref.id + "\n")
@@ -113,7 +113,7 @@ class Worker:
         elif op == "release" and self.orphans:
             ino = rng.choice(sorted(self.orphans))
             self.orphans.discard(ino)
-            await m.release_orphan(ino)
+            await m.namespace.release_orphan(ino)
 
     async def task(self) -> None:
         while True:

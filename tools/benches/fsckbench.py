@@ -63,7 +63,7 @@ async def build(hosts: str, fsname: str, files: int, big_bytes: int) -> None:
                 n = min(config.block_size, size - i)
                 refs[i // config.block_size] = await blocks.write_block(
                     os.urandom(n), replicas=config.replicas, min_replicas=config.min_replicas)
-            await meta.commit_blocks(node.ino, refs, size=size, mtime_ns=time.time_ns())
+            await meta.blockmap.commit_blocks(node.ino, refs, size=size, mtime_ns=time.time_ns())
             done += 1
             if done % 2000 == 0:
                 print(f"  {done} files, {time.monotonic() - t0:.0f} s", flush=True)

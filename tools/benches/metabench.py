@@ -52,11 +52,11 @@ async def run(hosts: str, n: int, parallel_n: int) -> None:
         timings["lookup"].append(time.perf_counter() - t)
     for ino in inos:
         t = time.perf_counter()
-        await meta.getattr(ino)
+        await meta.inodes.getattr(ino)
         timings["getattr"].append(time.perf_counter() - t)
     for nm in names:
         t = time.perf_counter()
-        await meta.rename(d.ino, nm, d.ino, nm + b".r")
+        await meta.namespace.rename(d.ino, nm, d.ino, nm + b".r")
         timings["rename"].append(time.perf_counter() - t)
     for nm in names:
         t = time.perf_counter()

@@ -70,7 +70,7 @@ class LostFound:
                 else:
                     lf = await self.ino()
                     new = f"{f.ino}-{os.fsdecode(f.name)}"[:255].encode(errors="surrogateescape")
-                    await s.meta.rename(f.parent, f.name, lf, new)
+                    await s.meta.namespace.rename(f.parent, f.name, lf, new)
                     done = f"moved to /lost+found/{os.fsdecode(new)}"
                 for p in probs:
                     p.repair = f"data lost; {done}"  # done what can be done, but damage is left
@@ -196,7 +196,7 @@ class UnreachableInodes:
                 cycles[ino].repair = p.repair
 
     async def _release(self, ino: int) -> str:
-        await self.s.meta.release_orphan(ino)
+        await self.s.meta.namespace.release_orphan(ino)
         return "deleted the unlinked inode"
 
     async def _relink(self, ino: int, cycle_parent: int | None, delete: bool) -> str:
