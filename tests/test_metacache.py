@@ -7,8 +7,9 @@ import stat
 import time
 
 import pytest
+import trio
 
-from dfs.client.creates import Creates
+from dfs.client.creates import Creates, PendingCreate
 from dfs.client.feed import CHANGED, CREATED, DELETED
 from dfs.client.files import FileData
 from dfs.client.view import ClientView
@@ -248,6 +249,39 @@ def test_failed_asynchronous_create_is_reported_by_the_files_close(cluster):
     assert error is not None and "create failed" in error.message
     assert failed and failed[0].errno == errno.EEXIST
     assert untouched
+
+
+def test_close_of_an_empty_file_waits_for_its_create(cluster):
+    """close() of a file with nothing to write (touch) never returns before the file's
+    asynchronous create has landed, and reports a create that failed: a close that
+    returned means the file exists (issue 17: empty files were lost with ZooKeeper)."""
+
+    async def go(zk, view, blocks, nursery):
+        fd = FileData(view, blocks, nursery)
+        node = await view.meta.create(ROOT_INO, b"slow", 0o644, uid=0, gid=0)
+        pending = PendingCreate()  # a create still on the wire: neither landed nor failed
+        await fd.open(node.ino, node, created=True, pending=pending)
+        outcome = []
+
+        async def close() -> None:
+            try:
+                await fd.release(node.ino)
+                outcome.append("returned")
+            except DfsError as e:
+                outcome.append(e)
+
+        nursery.start_soon(close)
+        await trio.sleep(0.3)
+        before = list(outcome)  # nothing yet: the create has not answered
+        pending.error = DfsError(errno.EHOSTUNREACH, "ZooKeeper went away")
+        pending.done.set()
+        await trio.sleep(0.3)
+        return before, outcome
+
+    before, outcome = client_session(cluster, go, cache=True)
+    assert before == []
+    assert len(outcome) == 1 and isinstance(outcome[0], DfsError)
+    assert "create failed" in outcome[0].message
 
 
 def test_exclusive_create_is_synchronous(cluster):

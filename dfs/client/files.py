@@ -324,7 +324,13 @@ class FileData:
     # ------------------------------------------------------------------ flush / commit
 
     async def flush(self, ino: int) -> None:
-        """Upload everything dirty and commit it (close-to-open point)."""
+        """Upload everything dirty and commit it (close-to-open point).
+
+        Never returns before the file's asynchronous create has landed, even with
+        nothing to commit (an empty file): a flush that succeeded means the file
+        exists. Its commit follows the create on the same session, so this costs
+        a wait only where there was no commit to wait for.
+        """
         f = self.files.get(ino)
         if f is None:
             return
@@ -333,12 +339,11 @@ class FileData:
         except DfsError:
             await self._check_create(f)
             raise
-        if f.pending_create is not None and f.pending_create.done.is_set():
-            await self._check_create(f)
+        await self._check_create(f)
 
     @staticmethod
     async def _check_create(f: OpenFile) -> None:
-        """A commit failed, or the file's asynchronous create finished: report a failed create."""
+        """Wait for the file's asynchronous create, if any; report it if it failed."""
         pending = f.pending_create
         if pending is None:
             return
