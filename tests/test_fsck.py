@@ -1,7 +1,7 @@
 """`dfs fsck`: each test injects exactly one kind of damage into a real cluster, sees fsck
 report it (right category, exit 1), repairs it, and sees a clean run afterwards.
 
-Data is written through `dfs.meta.store.Meta` and `dfs.blocks.client.BlockClient` (the same
+Data is written through `dfs.meta.Meta` and `dfs.blocks.client.BlockClient` (the same
 calls the mount makes) so that each test knows exactly which block sits where. The
 nodes' repair leader is slowed down (hour-long scan intervals, dead_after 3600 s) so
 that it does not repair the damage before fsck sees it.

@@ -234,7 +234,7 @@ async def test_watches_fire(wire, fs_root):
 
 
 async def test_nodedir_watch_and_meta_run_on_wirezk(wire, fs_root):
-    """The callers as they are: dfs.blocks.nodedir's child watch and dfs.meta.store's calls."""
+    """The callers as they are: dfs.blocks.nodedir's child watch and dfs.meta's calls."""
     paths = FsPaths(fs_root)
     await mkfs(wire, paths, FsConfig(block_size=1 << 20))
     nodedir = NodeDirectory(wire, paths)

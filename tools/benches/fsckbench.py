@@ -5,7 +5,7 @@
 Starts its own ZooKeeper and 3 storage nodes in a temporary directory, builds a
 filesystem of `--files` small files (1-4 KiB, 200 per directory) and `--big-gib`
 GiB of 64 MiB files with 4 MiB blocks, all real: inodes and maps made by
-`dfs.meta.store.Meta`, every block PUT to 3 nodes by `dfs.blocks.client.BlockClient`.
+`dfs.meta.Meta`, every block PUT to 3 nodes by `dfs.blocks.client.BlockClient`.
 Then runs `dfs fsck` (a subprocess, as a user would) without and with
 --verify-data and prints files/s and MiB/s. For comparison it reads and
 xxh3-hashes every block file on the nodes once in this process (what VERIFY
