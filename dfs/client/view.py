@@ -313,6 +313,7 @@ class ClientView:
 
     async def unlink(self, parent: int, name: bytes) -> int:
         removed = await self.meta.namespace.unlink(parent, name, self.hints.get((parent, name)))
+        await self._let_go_closed()
         self.hint(parent, name, None)
         self.forget(removed.ino)
         self.changed_dir(parent, removed.t)
@@ -330,6 +331,7 @@ class ClientView:
     async def remove_many(self, items: list[tuple[str, int, bytes]]) -> list[tuple[str, int, bytes]]:
         """Several removals in one transaction (Namespace.remove_many); returns those left."""
         batch = await self.meta.namespace.remove_many(items, [self.hints.get((p, n)) for _, p, n in items])
+        await self._let_go_closed()
         for _, parent, name in batch.done:
             self.forget(self.hints.pop((parent, name), None))
         for _, parent, _ in batch.done:
@@ -352,6 +354,7 @@ class ClientView:
         self.hint(new_parent, new_name, None)
         try:
             await self.meta.namespace.rename(old_parent, old_name, new_parent, new_name, flags)
+            await self._let_go_closed()
         finally:
             for ino in moving:
                 self.forget(ino)
@@ -381,6 +384,17 @@ class ClientView:
         """The last handle of a held inode closed: let it go."""
         self.held.discard(ino)
         await self.meta.namespace.release_orphan(ino)
+
+    async def _let_go_closed(self) -> None:
+        """After a commit that may hold inodes: let go of those closed meanwhile.
+
+        A removal decides to hold an inode (it was open) before its transaction
+        commits; the file's last close may run in between and find nothing to
+        release yet. Without this, the holder znode and the inode would stay
+        until the mount's session ends.
+        """
+        for ino in [i for i in self.held if not self.is_open_file(i)]:
+            await self.release_orphan(ino)
 
     async def list_dir(self, ino: int, *, with_attrs: bool = False) -> Listing:
         """The directory's inode and its snapshot (Namespace.list_dir): 0 to 3 round trips."""
