@@ -21,16 +21,12 @@ import pyfuse3
 import pytest
 import trio
 
-from dfs.blocks.client import BlockClient
-from dfs.blocks.nodedir import NodeDirectory
 from dfs.client.creates import Creates
 from dfs.client.files import FileData
 from dfs.client.removals import Removals
-from dfs.client.view import ClientView
-from dfs.mkfs import load_config
-from dfs.zk import connect
 from mount.kernel import Kernel
 from mount.operations import Operations
+from tests.harness import client_session
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT = pyfuse3.ROOT_INODE
@@ -87,37 +83,25 @@ def fsck(cluster) -> dict:
 def run_ops(cluster, body, *, sync_dirops: bool):
     """trio.run body(ops) with an Operations wired as mount/main.py wires it."""
 
-    async def go():
-        zk = await connect(cluster.hosts)
+    async def go(zk, view, blocks, nursery):
+        files = FileData(view, blocks, nursery)
+        creates = None if sync_dirops else Creates(view, nursery)
+        removals = None if sync_dirops else Removals(view)
+        if removals is not None:
+            nursery.start_soon(removals.run)
+        kernel = Kernel(view, files, feed_timeout=10.0, notify=Notify())
+        ops = Operations(view, files, kernel, blocks.nodedir, creates=creates, removals=removals)
         try:
-            view = ClientView(zk, cluster.paths, await load_config(zk, cluster.paths))
-            nodedir = NodeDirectory(zk, cluster.paths)
-            await nodedir.refresh()
-            blocks = BlockClient(nodedir)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(view.feed.run, zk)
-                files = FileData(view, blocks, nursery)
-                creates = None if sync_dirops else Creates(view, nursery)
-                removals = None if sync_dirops else Removals(view)
-                if removals is not None:
-                    nursery.start_soon(removals.run)
-                kernel = Kernel(view, files, feed_timeout=10.0, notify=Notify())
-                ops = Operations(view, files, kernel, nodedir, creates=creates, removals=removals)
-                try:
-                    return await body(ops)
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await files.flush_all()
-                        if creates is not None:
-                            await creates.drain()
-                        if removals is not None:
-                            await removals.drain()
-                    nursery.cancel_scope.cancel()
-                    await blocks.aclose()
+            return await body(ops)
         finally:
-            await zk.close()
+            with trio.CancelScope(shield=True):
+                await files.flush_all()
+                if creates is not None:
+                    await creates.drain()
+                if removals is not None:
+                    await removals.drain()
 
-    return trio.run(go)
+    return client_session(cluster, go, cache=True)
 
 
 async def errno_of(call) -> int:
