@@ -301,3 +301,30 @@ def test_exclusive_create_is_synchronous(cluster):
         except OSError:
             pass
         pytest.fail("an exclusive create of an existing name succeeded")
+
+
+def test_close_during_the_unlink_that_holds_the_file_leaves_no_holder(cluster):
+    """rm of a file whose last close arrives while the unlink is committing (FUSE sends
+    release after close() returned, so `rm` right after close does this): the inode
+    and its blocks go once both are done, not when the mount's session ends."""
+
+    async def go(zk, view, blocks, nursery):
+        fd = FileData(view, blocks, nursery)
+        node = await view.meta.create(ROOT_INO, b"racy", 0o644, uid=0, gid=0)
+        await fd.open(node.ino, node)
+        await fd.write(node.ino, 0, b"x" * 1000)
+        await fd.flush(node.ino)
+        real_commit = zk.commit
+
+        async def commit_after_the_close(txn):
+            zk.commit = real_commit
+            await fd.release(node.ino)  # the last handle goes while the unlink is on its way
+            return await real_commit(txn)
+
+        zk.commit = commit_after_the_close
+        await view.unlink(ROOT_INO, b"racy")
+        return (await zk.get_children(cluster.paths.open),
+                await zk.exists(cluster.paths.inode(node.ino)) is not None)
+
+    holders, inode_left = client_session(cluster, go)
+    assert holders == [] and not inode_left

@@ -79,6 +79,8 @@ async def test_missing_replica_fails_over_and_is_reported(zk, zk_hosts, fs_paths
     async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=2) as c:
         ref = await c.client.write_block(b"z" * 5000, replicas=2, min_replicas=2)
         os.unlink(c.block_file(ref.replicas[0], ref.id))
+        # reads pick the less loaded replica first: make it the one without the file
+        c.nodedir._live[ref.replicas[0]].load = -1.0
         for _ in range(4):
             assert await c.client.read_block(ref) == b"z" * 5000
         assert {(n, r) for _, n, r in c.corrupt} == {(ref.replicas[0], "missing")}

@@ -16,11 +16,12 @@ hint costs a round trip, never a wrong answer); a fresh inode stands in for a
 read before a version-checked change (a stale one fails the check: retried).
 """
 
+import contextlib
 import errno
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from dfs.client.feed import CREATED, DELETED, Feed
 from dfs.config import FsConfig
@@ -79,6 +80,7 @@ class ClientView:
         # inodes this client unlinked (or renamed over) while it had them open:
         # it holds them in open/<ino>/<mount_id> until release_orphan
         self.held: set[int] = set()
+        self._holding = 0  # commits in flight that may hold an inode (see _may_hold)
         self.versions: dict[int, tuple[int, int]] = {}  # ino -> (version, size) last seen
         # directory -> (when listed, entries it had minus what we removed since)
         self.listed: dict[int, tuple[float, int]] = {}
@@ -312,8 +314,8 @@ class ClientView:
         return node
 
     async def unlink(self, parent: int, name: bytes) -> int:
-        removed = await self.meta.namespace.unlink(parent, name, self.hints.get((parent, name)))
-        await self._let_go_closed()
+        async with self._may_hold():
+            removed = await self.meta.namespace.unlink(parent, name, self.hints.get((parent, name)))
         self.hint(parent, name, None)
         self.forget(removed.ino)
         self.changed_dir(parent, removed.t)
@@ -330,8 +332,8 @@ class ClientView:
 
     async def remove_many(self, items: list[tuple[str, int, bytes]]) -> list[tuple[str, int, bytes]]:
         """Several removals in one transaction (Namespace.remove_many); returns those left."""
-        batch = await self.meta.namespace.remove_many(items, [self.hints.get((p, n)) for _, p, n in items])
-        await self._let_go_closed()
+        async with self._may_hold():
+            batch = await self.meta.namespace.remove_many(items, [self.hints.get((p, n)) for _, p, n in items])
         for _, parent, name in batch.done:
             self.forget(self.hints.pop((parent, name), None))
         for _, parent, _ in batch.done:
@@ -353,8 +355,8 @@ class ClientView:
         self.hint(old_parent, old_name, None)
         self.hint(new_parent, new_name, None)
         try:
-            await self.meta.namespace.rename(old_parent, old_name, new_parent, new_name, flags)
-            await self._let_go_closed()
+            async with self._may_hold():
+                await self.meta.namespace.rename(old_parent, old_name, new_parent, new_name, flags)
         finally:
             for ino in moving:
                 self.forget(ino)
@@ -381,20 +383,33 @@ class ClientView:
         return seen is not None and seen.inode.rec.xattrs == 0
 
     async def release_orphan(self, ino: int) -> None:
-        """The last handle of a held inode closed: let it go."""
+        """The last handle of a held inode closed: let it go, now or when the
+        commits in flight that may be holding it are done (see _may_hold)."""
+        if not self._holding:
+            await self._let_go(ino)
+
+    async def _let_go(self, ino: int) -> None:
         self.held.discard(ino)
         await self.meta.namespace.release_orphan(ino)
 
-    async def _let_go_closed(self) -> None:
-        """After a commit that may hold inodes: let go of those closed meanwhile.
+    @contextlib.asynccontextmanager
+    async def _may_hold(self) -> AsyncIterator[None]:
+        """Around a commit that may hold inodes: let go of those closed meanwhile.
 
         A removal decides to hold an inode (it was open) before its transaction
-        commits; the file's last close may run in between and find nothing to
-        release yet. Without this, the holder znode and the inode would stay
-        until the mount's session ends.
+        commits, and that transaction creates the holder znode; the file's last
+        close may run in between. Releasing then would delete a holder that does
+        not exist yet, and the one the commit makes would stay, with the inode
+        and its blocks, until the mount's session ends. So a close that finds
+        such a commit in flight leaves the release to it.
         """
-        for ino in [i for i in self.held if not self.is_open_file(i)]:
-            await self.release_orphan(ino)
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            for ino in [i for i in self.held if not self.is_open_file(i)]:
+                await self._let_go(ino)
 
     async def list_dir(self, ino: int, *, with_attrs: bool = False) -> Listing:
         """The directory's inode and its snapshot (Namespace.list_dir): 0 to 3 round trips."""
