@@ -137,6 +137,10 @@ class NodeUnavailable(DfsError):
         super().__init__(errno.EHOSTDOWN, message)
 
 
+class NodeSlow(NodeUnavailable):
+    """The node is connected but did not answer in time (busy, frozen or swapping)."""
+
+
 def reply_error(reply: Frame, what: str) -> DfsError:
     text = bytes(reply.payload).decode("utf-8", "replace") if reply.payload else ""
     return DfsError(reply.status, f"{what}: {text}" if text else what)
@@ -180,8 +184,10 @@ class NodeConnection:
                 stream = await trio.open_tcp_stream(host, port)
                 conn = cls(node_id or "", address, FrameSocket(stream.socket))
                 reply = await conn.request(Frame(Op.PING))
-        except (OSError, trio.TooSlowError) as e:
+        except OSError as e:
             raise NodeUnavailable(f"cannot connect to node {node_id} at {address}: {e!r}") from None
+        except trio.TooSlowError:
+            raise NodeSlow(f"node {node_id} at {address} did not answer within {connect_timeout:g} s") from None
         try:
             conn.info = json.loads(bytes(reply.payload)) if reply.payload else {}
         except ValueError:
