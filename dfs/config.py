@@ -37,6 +37,7 @@ class MountSettings:
     sync_dirops: bool = False  # creates and removals wait for their commit
     allow_other: bool = False
     debug: bool = False  # libfuse's debug output
+    ro: bool = False  # read-only: the kernel answers every change with EROFS
 
     FLAGS = ("sync_dirops", "allow_other", "debug", "ro", "rw")
 
@@ -55,9 +56,10 @@ class MountSettings:
                         setattr(out, key, float(value) if key != "cache_mb" else int(value))
                     except ValueError:
                         raise ValueError(f"bad value for {key}: {value!r}") from None
+                elif key == "rw":
+                    out.ro = False
                 elif key in cls.FLAGS:
-                    if key not in ("ro", "rw"):
-                        setattr(out, key, True)
+                    setattr(out, key, True)
                 else:
                     unknown.append(key)
         if unknown:

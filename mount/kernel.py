@@ -134,15 +134,16 @@ class Kernel:
         a.st_uid = r.uid
         a.st_gid = r.gid
         a.st_rdev = r.rdev
-        size = r.size
-        if r.is_reg:
-            local = self.files.local_size(node.ino)
-            if local is not None:
-                size = local
+        size, mtime_ns, ctime_ns = r.size, r.mtime_ns, r.ctime_ns
+        local = self.files.local_attrs(node.ino) if r.is_reg else None
+        if local is not None:
+            size, written = local
+            if written is not None:
+                mtime_ns, ctime_ns = written, max(ctime_ns, written)
         a.st_size = size
         a.st_blksize = 1 << 17
         a.st_blocks = self.files.blocks_of(size) if r.is_reg else (8 if r.is_dir else 0)
         a.st_atime_ns = r.atime_ns
-        a.st_mtime_ns = r.mtime_ns
-        a.st_ctime_ns = r.ctime_ns
+        a.st_mtime_ns = mtime_ns
+        a.st_ctime_ns = ctime_ns
         return a

@@ -131,6 +131,8 @@ async def serve(args: argparse.Namespace, settings: MountSettings) -> int:
             fuse_opts.add("allow_other")
         if settings.debug:
             fuse_opts.add("debug")
+        if settings.ro:
+            fuse_opts.add("ro")
         target = os.path.realpath(args.mountpoint)
         try:
             pyfuse3.init(ops, args.mountpoint, fuse_opts)

@@ -23,6 +23,8 @@ from mount.errors import fuse_errors
 from mount.kernel import Kernel
 
 FILE_CAPS = b"security.capability"  # file capabilities: not supported on dfs
+# the system.* names dfs stores (POSIX ACLs); as on ext4, any other is EOPNOTSUPP
+SYSTEM_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 
 @dataclass
@@ -298,8 +300,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
-        if name == FILE_CAPS:
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # see getxattr
+        if name == FILE_CAPS or name.startswith(b"system.") and name not in SYSTEM_XATTRS:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # FILE_CAPS: see getxattr
         await self.view.setxattr(inode, name, value)
 
     @fuse_errors

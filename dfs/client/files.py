@@ -173,9 +173,14 @@ class FileData:
                 if ino in self.view.held:  # unlinked or renamed over while open here
                     await self.view.release_orphan(ino)
 
-    def local_size(self, ino: int) -> int | None:
+    def local_attrs(self, ino: int) -> tuple[int, int | None] | None:
+        """An open file's size and, if written here since its last commit, the mtime
+        that commit will set (ctime too, unless the inode's is later): so that what
+        the kernel caches while the file is open is what the close commits."""
         f = self.files.get(ino)
-        return f.size if f is not None else None
+        if f is None:
+            return None
+        return f.size, (f.mtime_ns if f.dirty_meta else None)
 
     # ------------------------------------------------------------------ write
 

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from dfs.errors import DfsError
 from dfs.meta.inodes import Inode, decode
-from dfs.meta.store import Conflict, MetaStore, now_ns
+from dfs.meta.store import Conflict, MetaStore
 from dfs.records import BlockGroup, BlockRef, GcEntry
 from dfs.zk import Txn
 from dfs.zk.reads import Got, Read, Reads
@@ -197,7 +197,7 @@ class BlockMap:
                         rec.size = max(rec.size, i * bs + ref.length)
             if mtime_ns is not None:
                 rec.mtime_ns = mtime_ns
-                rec.ctime_ns = max(mtime_ns, now_ns())
+                rec.ctime_ns = max(rec.ctime_ns, mtime_ns)  # the write's time, as the mount showed it
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
             self.queue_gc(txn, garbage)
             exact = await self.store.commit(txn)
