@@ -13,6 +13,7 @@ import time
 from typing import Protocol
 
 import pyfuse3
+import trio
 
 from dfs.client.files import FileData
 from dfs.client.view import ClientView
@@ -70,6 +71,7 @@ class Kernel:
                 if self._long.pop(("e", key, name), None) is not None:
                     notify.invalidate_entry_async(key, name, ignore_enoent=True)
             elif kind == "inode":
+                self.files.follow(key, self._drop_pages)  # if it is open here
                 if self._long.pop(("i", key), None) is not None:
                     notify.invalidate_inode(key, attr_only=True)
             elif kind == "lost":
@@ -89,6 +91,14 @@ class Kernel:
             pass  # the kernel no longer has it
         except Exception:  # never let the feed's reader fail on this
             log.exception("kernel invalidation of %s %r %r", kind, key, name)
+
+    async def _drop_pages(self, ino: int) -> None:
+        """The kernel drops an inode's cached pages and attributes (in a thread: it
+        waits for pages under read, which this loop must stay free to answer)."""
+        try:
+            await trio.to_thread.run_sync(self.notify.invalidate_inode, ino)
+        except OSError:
+            pass
 
     def forget_entry(self, parent: int, name: bytes) -> None:
         """Make the kernel drop an entry (a create that failed after it was answered)."""

@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 import trio
 
@@ -79,6 +80,7 @@ class OpenFile:
     lock: trio.Lock = field(default_factory=trio.Lock)
     upload_done: trio.Condition | None = None
     last_read_end: int = -1
+    stale: bool | None = None  # someone else committed it: True until reloaded (None: no reload running)
 
     @property
     def dirty(self) -> bool:
@@ -172,6 +174,36 @@ class FileData:
                 del self.files[ino]
                 if ino in self.view.held:  # unlinked or renamed over while open here
                     await self.view.release_orphan(ino)
+
+    def follow(self, ino: int, then: Callable[[int], Awaitable[None]]) -> None:
+        """Another client committed `ino`, open here: reload its size and block map,
+        then `await then(ino)` (the kernel drops its cached pages). Not while this
+        client has writes of its own in flight: close-to-open decides those."""
+        f = self.files.get(ino)
+        if f is None:
+            return
+        running = f.stale is not None
+        f.stale = True
+        if not running:
+            self.nursery.start_soon(self._follow, f, then)
+
+    async def _follow(self, f: OpenFile, then: Callable[[int], Awaitable[None]]) -> None:
+        try:
+            while f.stale:
+                f.stale = False
+                async with f.lock:
+                    if f.dirty or self.files.get(f.ino) is not f:
+                        return
+                    node, refs, inline = await self.view.open_file(f.ino)
+                    if node.version <= f.version_seen:
+                        continue
+                    f.size, f.refs, f.inline, f.mtime_ns = node.rec.size, refs, inline, node.rec.mtime_ns
+                    self._committed(f, node)
+                await then(f.ino)
+        except DfsError as e:  # gone meanwhile, or ZooKeeper away: the next open reloads
+            log.info("inode %d: could not follow another client's commit: %s", f.ino, e)
+        finally:
+            f.stale = None
 
     def local_attrs(self, ino: int) -> tuple[int, int | None] | None:
         """An open file's size and, if written here since its last commit, the mtime
