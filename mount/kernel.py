@@ -50,6 +50,7 @@ class Kernel:
         self.notify = notify
         self._long: dict[tuple, float] = {}
         view.kernel_notice = self.forget
+        files.on_merged = self._drop_pages
 
     def detach(self) -> None:
         """The kernel side is gone (unmounted): tell it nothing more."""

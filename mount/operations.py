@@ -60,13 +60,16 @@ class Operations(pyfuse3.Operations):
         self.creates = creates
         self.removals = removals
         self._fh_ino: dict[int, int] = {}
+        self._appending: set[int] = set()  # handles opened with O_APPEND
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
 
-    def _new_fh(self, ino: int) -> int:
+    def _new_fh(self, ino: int, flags: int) -> int:
         fh = self._next_fh
         self._next_fh += 1
         self._fh_ino[fh] = ino
+        if flags & os.O_APPEND:
+            self._appending.add(fh)
         return fh
 
     async def _before_change(self, *dirs: int) -> None:
@@ -130,6 +133,7 @@ class Operations(pyfuse3.Operations):
             kw["ctime_ns"] = attr.st_ctime_ns
         if kw:
             node = await self.view.setattr(inode, **kw)
+            self.files.saw_own_change(node)
         if node is None:
             node = await self.view.getattr(inode)
         return self.kernel.attrs(node)
@@ -240,7 +244,7 @@ class Operations(pyfuse3.Operations):
             # Changed since this mount last saw it (close-to-open): make the
             # kernel drop its cached attributes now, before the caller's fstat.
             self.kernel.forget_attrs(inode)
-        fi = pyfuse3.FileInfo(fh=self._new_fh(inode))
+        fi = pyfuse3.FileInfo(fh=self._new_fh(inode, flags))
         fi.keep_cache = keep
         return fi
 
@@ -259,7 +263,7 @@ class Operations(pyfuse3.Operations):
             node = await self.view.mknod(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode),
                                          uid=ctx.uid, gid=ctx.gid)
         f, _ = await self.files.open(node.ino, node, created=True, pending=pending)
-        fi = pyfuse3.FileInfo(fh=self._new_fh(node.ino))
+        fi = pyfuse3.FileInfo(fh=self._new_fh(node.ino, flags))
         fi.keep_cache = True
         return fi, self.kernel.attrs(node, parent=parent_inode, name=name)
 
@@ -269,7 +273,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def write(self, fh, off, buf):
-        return await self.files.write(self._fh_ino[fh], off, buf)
+        return await self.files.write(self._fh_ino[fh], off, buf, append=fh in self._appending)
 
     @fuse_errors
     async def flush(self, fh):
@@ -282,6 +286,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh):
         ino = self._fh_ino.pop(fh, None)
+        self._appending.discard(fh)
         if ino is not None:
             await self.files.release(ino)
 
