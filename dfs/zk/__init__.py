@@ -73,7 +73,7 @@ class ZkClient(Protocol):
 
 
 async def connect(hosts: str, *, timeout: float = 10.0, session_timeout: float = 10.0,
-                  op_timeout: float = 60.0) -> ZkClient:
-    """A connected client, or ZkUnavailable after `timeout` seconds."""
+                  op_timeout: float = 60.0, bound_outage: bool = False) -> ZkClient:
+    """A connected client, or ZkUnavailable after `timeout` seconds (WireZk's arguments)."""
     return await WireZk.connect(hosts, timeout=timeout, session_timeout=session_timeout,
-                                op_timeout=op_timeout)
+                                op_timeout=op_timeout, bound_outage=bound_outage)

@@ -205,20 +205,29 @@ class WireZk:
       hosts: "host:port,host:port[/chroot]", as for kazoo.
       session_timeout: requested session timeout, seconds.
       op_timeout: how long a call keeps retrying through connection loss before
-        it raises ZkUnavailable.
+        it raises ZkUnavailable (EIO); 0: no waiting. The first such failure of
+        an outage is logged, and the end of the outage.
+      bound_outage: count op_timeout from the loss of the connection if that
+        came before the call: once ZooKeeper has been gone that long, every
+        call fails at once until it is back, so an operation made of many
+        calls (a mount's) waits op_timeout in all, not op_timeout per call.
     """
 
-    def __init__(self, hosts: str, *, session_timeout: float = 10.0, op_timeout: float = 60.0):
+    def __init__(self, hosts: str, *, session_timeout: float = 10.0, op_timeout: float = 60.0,
+                 bound_outage: bool = False):
         self.hosts, chroot = collect_hosts(hosts)
         self.chroot = normpath(chroot) if chroot else ""
         self.session_timeout = session_timeout
         self.op_timeout = op_timeout
+        self.bound_outage = bound_outage
         self._last_zxid = 0
         self._session_id = 0
         self._passwd = EMPTY_PASSWORD
         self._xid = 0
         self._conn: _Conn | None = None
         self._state: str | None = None
+        self._down_since: float | None = None  # when the connection was lost (None: connected)
+        self._outage_logged = False  # this outage's first ZkUnavailable was logged
         self._listeners: list[Callable[[str], Any]] = []
         self._data_watches: dict[str, list[Callable]] = {}
         self._child_watches: dict[str, list[Callable]] = {}
@@ -230,9 +239,10 @@ class WireZk:
 
     @classmethod
     async def connect(cls, hosts: str, *, timeout: float = 10.0, session_timeout: float = 10.0,
-                      op_timeout: float = 60.0) -> "WireZk":
+                      op_timeout: float = 60.0, bound_outage: bool = False) -> "WireZk":
         """Connect, or raise ZkUnavailable after `timeout` seconds."""
-        self = cls(hosts, session_timeout=session_timeout, op_timeout=op_timeout)
+        self = cls(hosts, session_timeout=session_timeout, op_timeout=op_timeout,
+                   bound_outage=bound_outage)
         conn = None
         with trio.move_on_after(timeout):
             conn = await self._establish(quiet=True)
@@ -295,7 +305,7 @@ class WireZk:
                 raise ZkUnavailable("the ZooKeeper client is closed")
             left = deadline - time.monotonic()
             if left < 0:
-                raise ZkUnavailable("lost the ZooKeeper connection and could not get it back")
+                raise self._unavailable("lost the ZooKeeper connection and could not get it back")
             with trio.move_on_after(left + 0.01):
                 await self._connected.wait()
 
@@ -434,8 +444,10 @@ class WireZk:
         return entry
 
     async def _call(self, request: Any, watch: Callable | None = None) -> Any:
-        """Send `request` and return its reply; retry RETRYABLE errors until op_timeout."""
-        deadline = time.monotonic() + self.op_timeout
+        """Send `request` and return its reply; retry RETRYABLE errors until op_timeout
+        has passed since the call (or since the connection was lost, if earlier
+        and `bound_outage`)."""
+        start = time.monotonic()
         while True:
             conn = self._conn
             if conn is not None:
@@ -449,10 +461,21 @@ class WireZk:
             if self._closing:
                 raise ZkUnavailable("the ZooKeeper client is closed")
             log.debug("zk retry after %r", error)
-            if time.monotonic() > deadline:
-                raise ZkUnavailable(f"ZooKeeper operation failed: {error!r}") from None
+            down = self._down_since
+            since = min(start, down) if self.bound_outage and down is not None else start
+            deadline = since + self.op_timeout
+            if time.monotonic() >= deadline:
+                raise self._unavailable(f"ZooKeeper operation failed: {error!r}") from None
             await trio.sleep(0.05)
             await self.wait_connected(deadline)
+
+    def _unavailable(self, message: str) -> ZkUnavailable:
+        """The error a call gives up with; only an outage's first is logged (the rest repeat it)."""
+        if not self._outage_logged and not self._closing:
+            self._outage_logged = True
+            log.error("ZooKeeper %s unreachable for %g s: operations fail with EIO until it is back",
+                      ",".join(f"{h}:{p}" for h, p in self.hosts), self.op_timeout)
+        return ZkUnavailable(message)
 
     def _reply(self, conn: _Conn, data: bytes, offset: int) -> None:
         """Handle one reply frame whose body starts at `offset`."""
@@ -576,6 +599,12 @@ class WireZk:
         async with trio.open_nursery() as nursery:
             conn.scope = nursery.cancel_scope
             self._conn = conn
+            if self._down_since is not None:
+                log.log(logging.WARNING if self._outage_logged else logging.INFO,
+                        "ZooKeeper connection back on %s after %.1f s", conn.address,
+                        time.monotonic() - self._down_since)
+                self._down_since = None
+                self._outage_logged = False
             self._connected.set()
             self._set_state(ZkState.CONNECTED)
             nursery.start_soon(self._guard, conn, self._reader)
@@ -595,6 +624,7 @@ class WireZk:
         """Forget a dead connection: fail its requests, fire and clear the watches."""
         if self._conn is conn:
             self._conn = None
+            self._down_since = time.monotonic()
         if self._connected.is_set():
             self._connected = trio.Event()
         conn.close()
@@ -703,7 +733,8 @@ class WireZk:
 
     async def _establish(self, *, quiet: bool) -> _Conn:
         """Connect to any server of the list (random order, backing off between rounds).
-        An expired session is replaced by a new one: listeners see LOST, then CONNECTED."""
+        An expired session is replaced by a new one: listeners see LOST, then CONNECTED.
+        Only the first round's failures are logged (unless `quiet`), not one a second."""
         delay = 0.05
         while True:
             hosts = list(self.hosts)
@@ -722,6 +753,7 @@ class WireZk:
                             struct.error) as e:
                         (log.debug if quiet else log.info)("ZooKeeper %s:%s: %r", host, port, e)
                         break
+            quiet = True
             await trio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
