@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Cluster
+from tests.test_operations import CTX, ROOT, errno_of, fsyncdir, run_ops
 from tools.local.zkserver import ZkEnsemble
 
 ZK_WAIT = 2.0
@@ -214,3 +215,21 @@ def test_zookeeper_gone_longer_than_zk_wait_gives_eio_then_the_mount_recovers(ou
     other = c.mount("b")
     assert (other / "after").read_bytes() == b"written after the outage"
     assert sorted(os.listdir(other)) == ["after", "before", "d"]
+
+
+def test_a_failed_asynchronous_create_fails_close_and_fsyncdir_with_eio(cluster):
+    """open(O_CREAT) answered before its create committed, and the create failed (the
+    name was taken meanwhile; ZooKeeper gone longer than zk_wait fails it the same way):
+    close() says EIO (not EEXIST, which close cannot mean), and so does the next fsyncdir."""
+
+    async def body(ops):
+        await ops.meta.create(ROOT, b"taken", 0o644, uid=0, gid=0)  # unknown to the kernel
+        fi, _ = await ops.create(ROOT, b"taken", 0o644, os.O_WRONLY | os.O_CREAT, CTX)
+        await ops.write(fi.fh, 0, b"mine")
+        close = await errno_of(ops.flush(fi.fh))
+        await errno_of(ops.release(fi.fh))
+        return close, await errno_of(fsyncdir(ops, ROOT)), await errno_of(fsyncdir(ops, ROOT))
+
+    close, first, again = run_ops(cluster, body, sync_dirops=False)
+    assert close == errno.EIO
+    assert (first, again) == (errno.EIO, 0)  # reported once
