@@ -10,12 +10,18 @@ itself, with a new session if the old one expired, without a remount.
 import errno
 import os
 import signal
+import socket
+import struct
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
+from dfs.zk import ConnectionLoss, NoNodeError
+from dfs.zk.session import WireZk
 from tests.harness import Cluster
 from tests.test_operations import CTX, ROOT, errno_of, fsyncdir, run_ops
 from tools.local.zkserver import ZkEnsemble
@@ -233,3 +239,74 @@ def test_a_failed_asynchronous_create_fails_close_and_fsyncdir_with_eio(cluster)
     close, first, again = run_ops(cluster, body, sync_dirops=False)
     assert close == errno.EIO
     assert (first, again) == (errno.EIO, 0)  # reported once
+
+
+
+class Partition:
+    """A TCP proxy in front of ZooKeeper that can swallow what clients send, then cut
+    their connections: requests the server never saw, as in a network partition."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.swallow = False
+        self.scopes: list[trio.CancelScope] = []
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._relay, listeners)
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.port) as server:
+            with trio.CancelScope() as scope:
+                self.scopes.append(scope)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, client, server, True)
+                    nursery.start_soon(self._pump, server, client, False)
+
+    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, up: bool) -> None:
+        async for data in src:
+            if not (up and self.swallow):
+                await dst.send_all(data)
+        self.cut()
+
+    def cut(self) -> None:
+        for scope in self.scopes:
+            scope.cancel()
+        self.scopes = []
+
+
+async def test_requests_sent_again_after_a_connection_loss_keep_their_order(tmp_path):
+    """A session's requests apply in the order they were made, also when a lost
+    connection makes the client send them again: an asynchronous create and the
+    commit at close that depends on it come from two tasks (dfs.client.creates)."""
+    with ZkEnsemble(tmp_path / "zk", servers=1) as ens:
+        async with trio.open_nursery() as proxies:
+            partition = Partition(ens.servers[0].client_port)
+            port = await proxies.start(partition.serve)
+            client = await WireZk.connect(f"127.0.0.1:{port}", session_timeout=10.0,
+                                          op_timeout=30.0)
+            failed = []
+
+            async def then_set(i: int) -> None:
+                try:
+                    await client.set(f"/n{i}", b"set")
+                except NoNodeError:
+                    failed.append(i)
+
+            try:
+                with trio.fail_after(60):
+                    async with trio.open_nursery() as nursery:
+                        partition.swallow = True
+                        for i in range(20):
+                            nursery.start_soon(client.create, f"/n{i}", b"")
+                            await trio.testing.wait_all_tasks_blocked()  # (sent)
+                            nursery.start_soon(then_set, i)
+                            await trio.testing.wait_all_tasks_blocked()
+                        partition.cut()
+                        partition.swallow = False
+                assert failed == []
+                assert [(await client.get(f"/n{i}"))[0] for i in range(20)] == [b"set"] * 20
+            finally:
+                await client.close()
+                proxies.cancel_scope.cancel()

@@ -23,6 +23,12 @@ Concurrency invariants (one trio thread, so "atomic" means "no await between"):
   the connection's tasks are gone, `_drop` fails what is left with
   ConnectionLoss and the callers' retry loop (`_call`) resends on the next
   connection.
+- Resends keep the call order too (a create and the commit that depends on it
+  come from two tasks): every call has a number (`seq`), and a call that must
+  be sent again waits in `_waiting` (a heap of those numbers, which `_drop`
+  fills with the numbers of the calls it fails) until it is the oldest there;
+  a new call waits behind them as well. The oldest sends, leaves the heap,
+  and wakes the others (`_turn`).
 - A cancelled call leaves its entry queued (its request is on the wire); the
   reader drops the reply.
 
@@ -38,6 +44,7 @@ server forgets a connection's watches, so watchers re-read and re-arm.
 """
 
 import errno
+import heapq
 import logging
 import random
 import socket
@@ -136,13 +143,15 @@ class AddWatch:
 class _Pending:
     """One request on the wire, waiting for its reply."""
 
-    __slots__ = ("xid", "request", "watch", "task")
+    __slots__ = ("xid", "seq", "request", "watch", "task", "requeued")
 
-    def __init__(self, xid: int, request: Any, watch: Callable | None, task: Any):
+    def __init__(self, xid: int, seq: int, request: Any, watch: Callable | None, task: Any):
         self.xid = xid
+        self.seq = seq  # the call's number (the order of resends)
         self.request = request
         self.watch = watch
         self.task = task  # None once the caller is gone (cancelled) or woken
+        self.requeued = False  # _drop put seq in WireZk._waiting
 
     def abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         self.task = None  # the reply will be read and dropped
@@ -224,6 +233,9 @@ class WireZk:
         self._session_id = 0
         self._passwd = EMPTY_PASSWORD
         self._xid = 0
+        self._seq = 0  # calls, numbered in the order they are made
+        self._waiting: list[int] = []  # heap: numbers of the calls waiting to be sent again
+        self._turn = trio.lowlevel.ParkingLot()  # they wait here for their turn
         self._conn: _Conn | None = None
         self._state: str | None = None
         self._down_since: float | None = None  # when the connection was lost (None: connected)
@@ -260,7 +272,7 @@ class WireZk:
             self._closing = True
             conn = self._conn
             if conn is not None:
-                entry = self._send(conn, _Close(), None)
+                entry = self._send(conn, _Close(), None, 0)
                 with trio.move_on_after(2.0):
                     try:
                         await _wait_rescheduled(entry.abort)
@@ -433,10 +445,10 @@ class WireZk:
 
     # -- requests and replies
 
-    def _send(self, conn: _Conn, request: Any, watch: Callable | None) -> _Pending:
-        """Put `request` on the wire (no await: see the ordering invariant)."""
+    def _send(self, conn: _Conn, request: Any, watch: Callable | None, seq: int) -> _Pending:
+        """Put `request` on the wire (no await: see the ordering invariants)."""
         self._xid = xid = self._xid % 0x7FFFFFFF + 1
-        entry = _Pending(xid, request, watch, _current_task())
+        entry = _Pending(xid, seq, request, watch, _current_task())
         body = request.serialize()
         conn.pending.append(entry)
         conn.write(_request_head.pack(len(body) + 8, xid, request.type) + body)
@@ -448,26 +460,47 @@ class WireZk:
         has passed since the call (or since the connection was lost, if earlier
         and `bound_outage`)."""
         start = time.monotonic()
-        while True:
-            conn = self._conn
-            if conn is not None:
-                entry = self._send(conn, request, watch)
-                try:
-                    return await _wait_rescheduled(entry.abort)
-                except RETRYABLE as e:
-                    error: BaseException = e
-            else:
-                error = ConnectionLoss("not connected")
-            if self._closing:
-                raise ZkUnavailable("the ZooKeeper client is closed")
-            log.debug("zk retry after %r", error)
-            down = self._down_since
-            since = min(start, down) if self.bound_outage and down is not None else start
-            deadline = since + self.op_timeout
-            if time.monotonic() >= deadline:
-                raise self._unavailable(f"ZooKeeper operation failed: {error!r}") from None
-            await trio.sleep(0.05)
-            await self.wait_connected(deadline)
+        self._seq = seq = self._seq + 1
+        waiting = False  # seq is in self._waiting
+        try:
+            while True:
+                conn = self._conn
+                error: BaseException | None = None
+                if conn is not None and (not self._waiting or self._waiting[0] == seq):
+                    if waiting:  # our turn: the oldest of those waiting
+                        heapq.heappop(self._waiting)
+                        waiting = False
+                        self._turn.unpark_all()
+                    entry = self._send(conn, request, watch, seq)
+                    try:
+                        return await _wait_rescheduled(entry.abort)
+                    except RETRYABLE as e:
+                        error = e
+                        waiting = entry.requeued
+                elif conn is None:
+                    error = ConnectionLoss("not connected")
+                if not waiting:
+                    heapq.heappush(self._waiting, seq)
+                    waiting = True
+                if self._closing:
+                    raise ZkUnavailable("the ZooKeeper client is closed")
+                down = self._down_since
+                since = min(start, down) if self.bound_outage and down is not None else start
+                deadline = since + self.op_timeout
+                if time.monotonic() >= deadline:
+                    raise self._unavailable(f"ZooKeeper operation failed: {error!r}") from None
+                if error is None:  # connected, older calls go first
+                    with trio.move_on_after(deadline - time.monotonic()):
+                        await self._turn.park()
+                    continue
+                log.debug("zk retry after %r", error)
+                await trio.sleep(0.05)
+                await self.wait_connected(deadline)
+        finally:
+            if waiting:
+                self._waiting.remove(seq)
+                heapq.heapify(self._waiting)
+                self._turn.unpark_all()
 
     def _unavailable(self, message: str) -> ZkUnavailable:
         """The error a call gives up with; only an outage's first is logged (the rest repeat it)."""
@@ -631,6 +664,9 @@ class WireZk:
         pending, conn.pending = conn.pending, deque()
         for entry in pending:
             if entry.task is not None:
+                if entry.seq:  # a call (not close()): it is sent again in its turn
+                    heapq.heappush(self._waiting, entry.seq)
+                    entry.requeued = True
                 _reschedule(entry.task, _Error(ConnectionLoss()))
                 entry.task = None
         if not self._closing:
