@@ -34,8 +34,10 @@ __all__ = [
 class ZkClient(Protocol):
     """The contract every dfs module relies on (WireZk implements it).
 
-    Calls are trio coroutines. A call retries connection loss until the
-    client's op_timeout and then raises ZkUnavailable; the outcomes a caller
+    Calls are trio coroutines. A session's calls reach ZooKeeper in the order
+    they were made, also when a lost connection makes the client send them
+    again. A call retries connection loss until the client's op_timeout and
+    then raises ZkUnavailable (EIO); the outcomes a caller
     decides on (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError)
     reach it unchanged. Paths are relative to the client's chroot.
     """
