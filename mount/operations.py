@@ -220,12 +220,15 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def fsyncdir(self, fh, datasync):
         # every other namespace change is committed before it returns
+        failed = 0
         if self.creates is not None:
             await self.creates.drain()
+            failed += self.creates.take_failures()
         if self.removals is not None:
             await self.removals.drain()
-            if self.removals.take_failures():
-                raise DfsError(errno.EIO, "a background removal failed (see the mount log)")
+            failed += self.removals.take_failures()
+        if failed:
+            raise DfsError(errno.EIO, "a background create or removal failed (see the mount log)")
 
     # ------------------------------------------------------------------ files
 

@@ -39,7 +39,7 @@ from dfs.blocks.client import BlockClient
 from dfs.client.blockcache import BlockCache
 from dfs.client.creates import PendingCreate
 from dfs.client.view import ClientView
-from dfs.errors import DfsError
+from dfs.errors import DfsError, ZkUnavailable
 from dfs.meta.blockmap import Diverged
 from dfs.meta.inodes import Inode
 from dfs.records import BlockRef
@@ -176,8 +176,10 @@ class FileData:
         except DfsError as e:
             if f.handles <= 1:
                 # The last handle is gone: nobody can retry this flush (the error
-                # went to close()). Drop what could not be committed.
-                log.error("inode %d: dropping unwritten data after %s", ino, e)
+                # went to close()). Drop what could not be committed. (An
+                # unreachable ZooKeeper is logged once per outage, by the session.)
+                (log.debug if isinstance(e, ZkUnavailable) else log.error)(
+                    "inode %d: dropping unwritten data after %s", ino, e)
                 await self._drop_dirty(f)
             raise
         finally:
@@ -421,8 +423,8 @@ class FileData:
             return
         await pending.done.wait()
         f.pending_create = None
-        if pending.error is not None:
-            raise DfsError(pending.error.errno if pending.error.errno != errno.ENOENT else errno.EIO,
+        if pending.error is not None:  # (EEXIST or ENOENT would make no sense from close())
+            raise DfsError(errno.ENOSPC if pending.error.errno == errno.ENOSPC else errno.EIO,
                            f"the file's create failed: {pending.error.message}")
 
     async def _flush(self, f: OpenFile) -> None:
