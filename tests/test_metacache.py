@@ -366,3 +366,27 @@ def test_a_file_open_on_one_mount_follows_the_other_mounts_commits(cluster):
         tail.kill()
         tail.wait()
         held.close()
+
+
+def test_open_sees_another_clients_commit_while_the_file_is_held_open_here(cluster):
+    """Close-to-open with a descriptor already open on the reading mount: a new open
+    after another client's commit sees it, without waiting for the change feed (not
+    running here)."""
+
+    async def go(zk, view, blocks, nursery):
+        reader = FileData(view, blocks, nursery)
+        writer = FileData(ClientView(zk, cluster.paths, view.config), blocks, nursery)
+        node = await view.meta.create(ROOT_INO, b"f", 0o644, uid=0, gid=0)
+        held, _ = await reader.open(node.ino)  # and kept open throughout
+        seen = []
+        for i in range(1, 4):
+            await writer.open(node.ino)
+            await writer.write(node.ino, 0, f"v{i}".encode() * (1000 + i))
+            await writer.release(node.ino)
+            f, keep = await reader.open(node.ino)
+            seen.append((keep, await reader.read(node.ino, 0, 1 << 20)))
+            await reader.release(node.ino)
+        return seen
+
+    seen = client_session(cluster, go)
+    assert seen == [(False, f"v{i}".encode() * (1000 + i)) for i in range(1, 4)]
