@@ -390,3 +390,28 @@ def test_open_sees_another_clients_commit_while_the_file_is_held_open_here(clust
 
     seen = client_session(cluster, go)
     assert seen == [(False, f"v{i}".encode() * (1000 + i)) for i in range(1, 4)]
+
+
+def test_unlinked_open_file_is_held_again_on_a_new_session(cluster):
+    """An unlinked file still open here is held by an ephemeral znode; when the session
+    that made it expires, the client holds it again once its feed is back (else the
+    repair leader would release the inode and its blocks under the open file)."""
+
+    async def go(zk, view, blocks, nursery):
+        fd = FileData(view, blocks, nursery)
+        node = await view.meta.create(ROOT_INO, b"tmp", 0o644, uid=0, gid=0)
+        await fd.open(node.ino)
+        await fd.write(node.ino, 0, b"still needed")
+        await fd.flush(node.ino)
+        await view.unlink(ROOT_INO, b"tmp")
+        holder = cluster.paths.open_holder(node.ino, view.meta.namespace.mount_id)
+        held_first = await zk.exists(holder) is not None
+        await zk.delete(holder)  # what the expiry of the session does
+        await view.feed_on()  # what the feed does on the new session
+        held_again = await zk.exists(holder) is not None
+        data = await fd.read(node.ino, 0, 100)
+        await fd.release(node.ino)  # the last close lets it go
+        return held_first, held_again, data, await zk.exists(cluster.paths.inode(node.ino))
+
+    held_first, held_again, data, left = client_session(cluster, go)
+    assert held_first and held_again and data == b"still needed" and left is None

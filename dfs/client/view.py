@@ -119,6 +119,12 @@ class ClientView:
         if foreign and self.kernel_notice is not None:
             self.kernel_notice("inode", ino, None)
 
+    async def feed_on(self) -> None:
+        # the ephemeral holders of a session that expired are gone: make them again
+        if self.held:
+            async with self._may_hold():
+                await self.meta.namespace.hold_again(sorted(self.held))
+
     def feed_lost(self) -> None:
         self.names.clear()
         self.dirents.clear()
