@@ -70,7 +70,7 @@ async def explain(zk: ZkClient, paths: FsPaths, meta: Meta, ino: int) -> dict:
     regs = await cluster.registry(zk, paths)
     live = await cluster.live_nodes(zk, paths)
     status = await cluster.repair_status(zk, paths)
-    reports = [r for r in (await cluster.corrupt_reports(zk, paths)).values()]
+    reports = list((await cluster.corrupt_reports(zk, paths)).values())
     try:
         holders = await zk.get_children(paths.open_dir(ino))
     except NoNodeError:
