@@ -12,10 +12,15 @@ from dfs.paths import FsPaths, default_root
 from tools.common import EXIT_OK, EXIT_PROBLEM, connect_zk
 
 
+def config_of(args: argparse.Namespace) -> FsConfig:
+    """The settings given by tools.cli.add_mkfs_options (`dfs mkfs`, `dfs up`)."""
+    return FsConfig(block_size=args.block_size, replicas=args.replicas,
+                    min_replicas=args.min_replicas, dead_after=args.dead_after,
+                    inline_max=args.inline_max)
+
+
 async def _main(args: argparse.Namespace) -> int:
-    config = FsConfig(block_size=args.block_size, replicas=args.replicas,
-                      min_replicas=args.min_replicas, dead_after=args.dead_after,
-                      inline_max=args.inline_max)
+    config = config_of(args)
     zk = await connect_zk(args)
     try:
         await mkfs(zk, FsPaths(default_root(args.fs)), config)

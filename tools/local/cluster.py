@@ -8,6 +8,7 @@ the PIDs recorded here, never by name.
 """
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -16,14 +17,18 @@ from pathlib import Path
 import trio
 
 from dfs.config import FsConfig
-from dfs.errors import DfsError
-from dfs.mkfs import mkfs
+from dfs.errors import DfsError, UsageError
+from dfs.mkfs import load_config, mkfs
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from tools.local.mountproc import MountProcess, fusermount_unmount, is_mounted
 from tools.local.nodeproc import NodeProcess
 from tools.local.procs import pid_alive, pid_cmdline, stop_pid
 from tools.local.zkserver import ZkEnsemble, four_letter
+from tools.mkfs import config_of
+
+
+MKFS_FIELDS = ("block_size", "replicas", "min_replicas", "dead_after", "inline_max")
 
 
 def _load(state: Path) -> dict:
@@ -52,13 +57,19 @@ def _zk_serving(hosts: str) -> bool:
     return True
 
 
-async def _ensure_fs(hosts: str, fsname: str) -> bool:
+async def _ensure_fs(hosts: str, fsname: str, config: FsConfig) -> FsConfig | None:
+    """Create the filesystem with `config`; None if created, else the existing one's settings."""
     zk = await connect(hosts, timeout=30)
+    paths = FsPaths(default_root(fsname))
     try:
-        await mkfs(zk, FsPaths(default_root(fsname)), FsConfig())
-        return True
-    except DfsError:
-        return False  # exists already
+        await mkfs(zk, paths, config)
+        return None
+    except DfsError as e:
+        if e.errno == errno.EINVAL:
+            raise UsageError(e.message) from None  # bad option values: exit 2
+        if e.errno != errno.EEXIST:
+            raise
+        return await load_config(zk, paths)
     finally:
         await zk.close()
 
@@ -89,8 +100,16 @@ def up(args: argparse.Namespace) -> int:
         _save(state, data)
         say(f"started ZooKeeper ({servers} server{'s' if servers > 1 else ''}) at {hosts}")
     data["fs"] = args.fs
-    if trio.run(_ensure_fs, hosts, args.fs):
-        say(f"created filesystem '{args.fs}'")
+    wanted = config_of(args)
+    found = trio.run(_ensure_fs, hosts, args.fs, wanted)
+    if found is None:
+        say(f"created filesystem '{args.fs}': block size {wanted.block_size}, replicas "
+            f"{wanted.replicas} (min {wanted.min_replicas}), dead after {wanted.dead_after:g} s, "
+            f"inline max {wanted.inline_max}")
+    elif any(getattr(found, k) != getattr(wanted, k) for k in MKFS_FIELDS):
+        say(f"filesystem '{args.fs}' exists already and keeps its settings ("
+            + ", ".join(f"{k} {getattr(found, k):g}" for k in MKFS_FIELDS)
+            + "): the mkfs options apply to a new filesystem only")
 
     # storage nodes
     nodes = data.get("nodes") or []
