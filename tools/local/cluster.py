@@ -8,6 +8,7 @@ the PIDs recorded here, never by name.
 """
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -16,14 +17,14 @@ from pathlib import Path
 import trio
 
 from dfs.config import FsConfig
-from dfs.errors import DfsError
-from dfs.mkfs import mkfs
+from dfs.errors import DfsError, UsageError
+from dfs.mkfs import MIN_ZK_HEAP, mkfs, set_zk_heap
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from tools.local.mountproc import MountProcess, fusermount_unmount, is_mounted
 from tools.local.nodeproc import NodeProcess
 from tools.local.procs import pid_alive, pid_cmdline, stop_pid
-from tools.local.zkserver import ZkEnsemble, four_letter
+from tools.local.zkserver import ZkEnsemble, default_heap_mb, four_letter
 
 
 def _load(state: Path) -> dict:
@@ -52,13 +53,18 @@ def _zk_serving(hosts: str) -> bool:
     return True
 
 
-async def _ensure_fs(hosts: str, fsname: str) -> bool:
+async def _ensure_fs(hosts: str, fsname: str, zk_heap: int) -> bool:
+    """Create the filesystem unless it exists; either way record ZooKeeper's heap in it."""
     zk = await connect(hosts, timeout=30)
+    paths = FsPaths(default_root(fsname))
     try:
-        await mkfs(zk, FsPaths(default_root(fsname)), FsConfig())
+        await mkfs(zk, paths, FsConfig(zk_heap=zk_heap))
         return True
-    except DfsError:
-        return False  # exists already
+    except DfsError as e:
+        if e.errno != errno.EEXIST:
+            raise
+        await set_zk_heap(zk, paths, zk_heap)
+        return False
     finally:
         await zk.close()
 
@@ -75,21 +81,30 @@ def up(args: argparse.Namespace) -> int:
     servers = data.get("zk_servers", args.zk_servers)
     if servers != args.zk_servers and not zk_pids:
         servers = args.zk_servers
+    if args.zk_heap is not None and args.zk_heap < MIN_ZK_HEAP:
+        raise UsageError(f"--zk-heap must be at least {MIN_ZK_HEAP >> 20}M")
+    heap_mb = (args.zk_heap >> 20) if args.zk_heap else default_heap_mb()
     if hosts and zk_pids and all(_ours(p, "QuorumPeerMain") for p in zk_pids) and _zk_serving(hosts):
+        running = data.get("zk_heap_mb", 256)
+        if args.zk_heap and heap_mb != running:
+            say(f"ZooKeeper already runs with a {running} MiB heap: 'dfs down' first to change it")
+        heap_mb = running
         say(f"ZooKeeper already running at {hosts}")
     else:
         for p in zk_pids:
             if _ours(p, "QuorumPeerMain"):
                 stop_pid(p)
-        ens = ZkEnsemble(state / "zk", servers, ports=data.get("zk_ports") if servers == data.get("zk_servers") else None)
+        ens = ZkEnsemble(state / "zk", servers, heap_mb=heap_mb,
+                         ports=data.get("zk_ports") if servers == data.get("zk_servers") else None)
         ens.start()
         hosts = ens.hosts
-        data.update(zk=hosts, zk_ports=ens.ports, zk_servers=servers,
+        data.update(zk=hosts, zk_ports=ens.ports, zk_servers=servers, zk_heap_mb=heap_mb,
                     zk_pids=[s.proc.pid for s in ens.servers if s.proc])
         _save(state, data)
-        say(f"started ZooKeeper ({servers} server{'s' if servers > 1 else ''}) at {hosts}")
+        say(f"started ZooKeeper ({servers} server{'s' if servers > 1 else ''}, heap {heap_mb} MiB) "
+            f"at {hosts}")
     data["fs"] = args.fs
-    if trio.run(_ensure_fs, hosts, args.fs):
+    if trio.run(_ensure_fs, hosts, args.fs, heap_mb << 20):
         say(f"created filesystem '{args.fs}'")
 
     # storage nodes
@@ -122,6 +137,23 @@ def up(args: argparse.Namespace) -> int:
     _save(state, data)
     print(f"export DFS_ZK={hosts}")
     return 0
+
+
+def restart_zk(state: Path) -> float:
+    """Stop the local cluster's ZooKeeper and start it again on the same ports and
+    data (what a crash and a supervisor's restart cost); seconds until it serves."""
+    data = _load(state)
+    for p in data.get("zk_pids") or []:
+        if _ours(p, "QuorumPeerMain"):
+            stop_pid(p)
+    ens = ZkEnsemble(state / "zk", data["zk_servers"], heap_mb=data.get("zk_heap_mb", 256),
+                     ports=data["zk_ports"])
+    t = time.monotonic()
+    ens.start(timeout=600)
+    took = time.monotonic() - t
+    data["zk_pids"] = [s.proc.pid for s in ens.servers if s.proc]
+    _save(state, data)
+    return took
 
 
 def down(args: argparse.Namespace) -> int:
