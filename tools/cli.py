@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inline-max", type=parse_size, default=4096,
                    help="files up to this size keep their bytes in ZooKeeper, not in blocks"
                         " (default: 4096; 0: never; at most 64K)")
+    p.add_argument("--zk-heap", type=parse_size, default=1 << 30, metavar="SIZE",
+                   help="each ZooKeeper server's heap (its -Xmx): creates stop before the "
+                        "namespace fills it (default: 1G; 'dfs up' sets its own)")
     p.set_defaults(func=optional("tools.mkfs", "main"))
 
     p = sub.add_parser("node", help="run a storage node")
@@ -143,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="mnt")
     p.add_argument("--size", type=parse_size, default=1 << 30, help="big-file size (default: 1G)")
     p.add_argument("--files", type=int, default=2000, help="small files (default: 2000)")
+    p.add_argument("--scale", type=int, default=0, metavar="N",
+                   help="instead: create N empty files and report what they cost ZooKeeper")
+    p.add_argument("-w", "--writers", type=int, default=8, help="with --scale: writer processes")
+    p.add_argument("--zk", default=os.environ.get("DFS_ZK"), help="with --scale: for fsck "
+                   "(default: $DFS_ZK, then the local cluster of 'dfs up')")
+    p.add_argument("--fs", default="default", help="with --scale: filesystem name")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=optional("tools.bench", "main"))
     return parser

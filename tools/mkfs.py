@@ -15,7 +15,7 @@ from tools.common import EXIT_OK, EXIT_PROBLEM, connect_zk
 async def _main(args: argparse.Namespace) -> int:
     config = FsConfig(block_size=args.block_size, replicas=args.replicas,
                       min_replicas=args.min_replicas, dead_after=args.dead_after,
-                      inline_max=args.inline_max)
+                      inline_max=args.inline_max, zk_heap=args.zk_heap)
     zk = await connect_zk(args)
     try:
         await mkfs(zk, FsPaths(default_root(args.fs)), config)

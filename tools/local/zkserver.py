@@ -73,7 +73,8 @@ def four_letter(host: str, port: int, cmd: str, timeout: float = 1.0) -> str:
 def heap_used(pid: int) -> int | None:
     """Live heap bytes of a local JVM after a full GC (jcmd), or None."""
     try:
-        subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, timeout=120, check=True)
+        for _ in range(2):  # (one full GC leaves some of what the previous work let go)
+            subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, timeout=120, check=True)
         out = subprocess.run(["jcmd", str(pid), "GC.heap_info"], capture_output=True, text=True,
                              timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError):
