@@ -17,7 +17,7 @@ from pathlib import Path
 from dfs.config import FsConfig
 from dfs.maint import capacity
 from tests.harness import Cluster
-from tools.local.zkserver import ZkEnsemble
+from tools.local.zkserver import ZkEnsemble, four_letter
 
 REPO = Path(__file__).resolve().parents[1]
 HEAP = 64 << 20
@@ -69,6 +69,12 @@ def create_until_refused(dirs: list[Path], most: int) -> tuple[int, list[OSError
     return sum(made), errors
 
 
+def zk_data_size(server) -> int:
+    mntr = four_letter(server.host, server.client_port, "mntr")
+    return int(dict(line.split("\t", 1) for line in mntr.splitlines() if "\t" in line)
+               ["zk_approximate_data_size"])
+
+
 def dfs_status(hosts: str, fs: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tools.cli", "status", "--zk", hosts, "--fs", fs],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -113,7 +119,13 @@ def test_a_full_zookeeper_refuses_creates_and_stays_up(tmp_path):
                 assert e.errno == errno.ENOSPC, e
         assert (mnt / "big").read_bytes() == big
         assert (mnt / "small").read_bytes() == b"inline bytes"
-        assert len(os.listdir(dirs[0])) > 0
+        # small files written now go to blocks, not into ZooKeeper
+        data = zk_data_size(zk)
+        some = sorted(os.listdir(dirs[0]))[:20]
+        for name in some:
+            (dirs[0] / name).write_bytes(name.encode() * 400)
+        assert zk_data_size(zk) - data < len(some) * 2048
+        assert all((dirs[0] / name).read_bytes() == name.encode() * 400 for name in some)
         assert "metadata full" in c.mounts[0].log_tail()
 
         st = dfs_status(ens.hosts, c.fsname)
@@ -136,3 +148,19 @@ def test_a_full_zookeeper_refuses_creates_and_stays_up(tmp_path):
     finally:
         c.close()
         ens.stop()
+
+
+def test_creates_stop_at_the_limit_and_resume_below_the_resume_mark():
+    heap = 1 << 30
+    limit = capacity.limit_for(heap)
+    znodes_at = lambda share: int(limit * share / capacity.estimate(1, 100))  # noqa: E731
+
+    def full(was_full: bool, share: float) -> bool:
+        n = znodes_at(share)
+        return capacity.decide(was_full, n, 100 * n, heap).full
+
+    assert not full(False, 0.99) and full(False, 1.01)
+    assert full(True, 0.97) and not full(True, 0.93)  # no flapping around the limit
+    near = capacity.decide(False, znodes_at(0.99), 100 * znodes_at(0.99), heap)
+    far = capacity.decide(False, 0, 0, heap)
+    assert capacity.next_check(near) == capacity.NEAR and capacity.next_check(far) == capacity.FAR

@@ -13,15 +13,18 @@ the namespace must stop growing well before. Three parts:
   `dfs up` from the heap it gives ZooKeeper, or by `dfs mkfs --zk-heap`).
 - The decision, by the repair leader (one per filesystem; `run_checks`):
   creates stop when the estimate reaches FILL of the heap above BASE (the
-  rest is for the server's own work: requests, sessions, big listings, G1's
-  free regions, and loading the snapshot at a restart) and resume below
-  RESUME of that. It publishes the result in the `capacity` znode, checking
-  more often the closer it gets (every 10 s when far, every 0.5 s near).
+  rest is for the server's own work: requests, sessions, big listings, the
+  last 500 committed transactions it keeps in memory, G1's free regions, and
+  loading the snapshot at a restart) and resume below
+  RESUME of that. It publishes the result in the `capacity` znode (at once
+  when it changes much, else at most every 10 s), checking more often the
+  closer it gets (every 10 s when far, every 0.5 s near).
 - The enforcement, by every mount (`Gate`): a data watch keeps the published
   state in memory, so a create costs no extra round trip. When full, create,
   mknod, mkdir, symlink, link and setxattr fail with ENOSPC (logged once per
-  change). Removals, reads, writes and renames keep working: removing files
-  is how the space comes back.
+  change), and small files are written to blocks instead of inline.
+  Removals, reads, writes and renames keep working: removing files is how
+  the space comes back.
 """
 
 import errno
@@ -146,8 +149,9 @@ async def run_checks(zk: ZkClient, paths: FsPaths) -> None:
             continue
         silent = False
         state = decide(last.full, *got, config.zk_heap)
-        if (state.full != last.full or abs(state.used - last.used) >= state.limit / 100
-                or state.limit != last.limit or state.checked - last.checked >= 60):
+        if (state.full != last.full or state.limit != last.limit
+                or abs(state.used - last.used) >= state.limit / 100
+                or (state.used != last.used and state.checked - last.checked >= FAR)):
             if state.full != last.full:
                 log.warning("capacity: metadata %s: ZooKeeper holds ~%d MiB of znodes (%d znodes), "
                             "limit %d MiB for a %d MiB heap", "FULL, creates refused" if state.full
@@ -171,6 +175,10 @@ class Gate:
         self.state = CapacityState()
         self._changed = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.state.full
 
     def admit(self) -> None:
         """Raises DfsError(ENOSPC) while the metadata service is full."""
