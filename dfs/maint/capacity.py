@@ -135,30 +135,38 @@ async def publish(zk: ZkClient, paths: FsPaths, state: CapacityState) -> None:
 
 async def run_checks(zk: ZkClient, paths: FsPaths) -> None:
     """The repair leader's loop (cancel to stop): measure, decide, publish on change."""
-    last = await read_state(zk, paths)
+    last: CapacityState | None = None
     silent = False
     while True:
-        config = await load_config(zk, paths)  # zk_heap may change (`dfs up --zk-heap`)
-        got = await measure(zk.hosts)
-        if got is None:
-            if not silent:
-                log.warning("capacity: no ZooKeeper server answers 'mntr' (add it to "
-                            "4lw.commands.whitelist): creates are not admission-controlled")
-                silent = True
+        try:
+            if last is None:
+                last = await read_state(zk, paths)
+            config = await load_config(zk, paths)  # zk_heap may change (`dfs up --zk-heap`)
+            got = await measure(zk.hosts)
+            if got is None:
+                if not silent:
+                    log.warning("capacity: no ZooKeeper server answers 'mntr' (add it to "
+                                "4lw.commands.whitelist): creates are not admission-controlled")
+                    silent = True
+                await trio.sleep(FAR)
+                continue
+            silent = False
+            state = decide(last.full, *got, config.zk_heap)
+            if (state.full != last.full or state.limit != last.limit
+                    or abs(state.used - last.used) >= state.limit / 100
+                    or (state.used != last.used and state.checked - last.checked >= FAR)):
+                if state.full != last.full:
+                    log.warning("capacity: metadata %s: ZooKeeper holds ~%d MiB of znodes (%d "
+                                "znodes), limit %d MiB for a %d MiB heap",
+                                "FULL, creates refused" if state.full
+                                else "below the limit again, creates resume", state.used >> 20,
+                                state.znodes, state.limit >> 20, config.zk_heap >> 20)
+                await publish(zk, paths, state)
+                last = state
+        except DfsError as e:  # ZooKeeper out of reach: try again (the mounts keep the last verdict)
+            log.warning("capacity: %s", e)
             await trio.sleep(FAR)
             continue
-        silent = False
-        state = decide(last.full, *got, config.zk_heap)
-        if (state.full != last.full or state.limit != last.limit
-                or abs(state.used - last.used) >= state.limit / 100
-                or (state.used != last.used and state.checked - last.checked >= FAR)):
-            if state.full != last.full:
-                log.warning("capacity: metadata %s: ZooKeeper holds ~%d MiB of znodes (%d znodes), "
-                            "limit %d MiB for a %d MiB heap", "FULL, creates refused" if state.full
-                            else "below the limit again, creates resume", state.used >> 20,
-                            state.znodes, state.limit >> 20, config.zk_heap >> 20)
-            await publish(zk, paths, state)
-            last = state
         await trio.sleep(next_check(state))
 
 
