@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ZooKeeper servers: 1 or a 3-server ensemble (default: %(default)s)")
     p.add_argument("--zk-heap", type=parse_size, default=None, metavar="SIZE",
                    help="each ZooKeeper server's heap, e.g. 2G (default: a quarter of the "
-                        "machine's memory, at least 512M, at most 8G); creates stop before it is full")
+                        "machine's memory over the servers, at least 512M, at most 8G); creates "
+                        "stop before it is full")
     p.add_argument("--fs", default="default", help="filesystem name (default: %(default)s)")
     p.add_argument("--state", default=STATE_DIR, help="state directory (default: ./%(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")

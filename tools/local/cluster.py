@@ -83,7 +83,7 @@ def up(args: argparse.Namespace) -> int:
         servers = args.zk_servers
     if args.zk_heap is not None and args.zk_heap < MIN_ZK_HEAP:
         raise UsageError(f"--zk-heap must be at least {MIN_ZK_HEAP >> 20}M")
-    heap_mb = (args.zk_heap >> 20) if args.zk_heap else default_heap_mb()
+    heap_mb = (args.zk_heap >> 20) if args.zk_heap else default_heap_mb(servers)
     if hosts and zk_pids and all(_ours(p, "QuorumPeerMain") for p in zk_pids) and _zk_serving(hosts):
         running = data.get("zk_heap_mb", 256)
         if args.zk_heap and heap_mb != running:

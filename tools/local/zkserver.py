@@ -28,11 +28,12 @@ log4j.appender.FILE.layout.ConversionPattern=%d{{ISO8601}} [myid:%X{{myid}}] %-5
 """
 
 
-def default_heap_mb() -> int:
-    """`dfs up`'s ZooKeeper heap: a quarter of the machine's memory, at least 512 MiB
-    and at most 8 GiB (README: Capacity; `dfs up --zk-heap` overrides)."""
+def default_heap_mb(servers: int = 1) -> int:
+    """`dfs up`'s heap per ZooKeeper server: a quarter of the machine's memory
+    (shared by the servers of a local ensemble), at least 512 MiB and at most
+    8 GiB (README: Capacity; `dfs up --zk-heap` overrides)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return max(512, min(8192, (total >> 20) // 4))
+    return max(512, min(8192, (total >> 20) // 4 // servers))
 
 
 def jvm_flags(heap_mb: int) -> list[str]:
