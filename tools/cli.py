@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mountpoint", default="mnt", help="where to mount (default: ./%(default)s)")
     p.add_argument("--zk-servers", type=int, default=1, choices=(1, 3),
                    help="ZooKeeper servers: 1 or a 3-server ensemble (default: %(default)s)")
+    p.add_argument("--zk-heap", type=parse_size, default=None, metavar="SIZE",
+                   help="each ZooKeeper server's heap, e.g. 2G (default: a quarter of the "
+                        "machine's memory over the servers, at least 512M, at most 8G); creates "
+                        "stop before it is full")
     p.add_argument("--fs", default="default", help="filesystem name (default: %(default)s)")
     p.add_argument("--state", default=STATE_DIR, help="state directory (default: ./%(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -102,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mkfs", help="create a filesystem (refuses to overwrite one)")
     add_common(p)
     add_mkfs_options(p)
+    p.add_argument("--zk-heap", type=parse_size, default=1 << 30, metavar="SIZE",
+                   help="each ZooKeeper server's heap (its -Xmx): creates stop before the "
+                        "namespace fills it (default: 1G; 'dfs up' sets its own)")
     p.set_defaults(func=optional("tools.mkfs", "main"))
 
     p = sub.add_parser("node", help="run a storage node")
@@ -163,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="mnt")
     p.add_argument("--size", type=parse_size, default=1 << 30, help="big-file size (default: 1G)")
     p.add_argument("--files", type=int, default=2000, help="small files (default: 2000)")
+    p.add_argument("--scale", type=int, default=0, metavar="N",
+                   help="instead: create N empty files and report what they cost ZooKeeper")
+    p.add_argument("-w", "--writers", type=int, default=8, help="with --scale: writer processes")
+    p.add_argument("--zk", default=os.environ.get("DFS_ZK"), help="with --scale: for fsck "
+                   "(default: $DFS_ZK, then the local cluster of 'dfs up')")
+    p.add_argument("--fs", default="default", help="with --scale: filesystem name")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=optional("tools.bench", "main"))
     return parser

@@ -1,6 +1,7 @@
 """`dfs mkfs`: create a filesystem; refuses to overwrite one (exit 1)."""
 
 import argparse
+import dataclasses
 import errno
 
 import trio
@@ -20,7 +21,7 @@ def config_of(args: argparse.Namespace) -> FsConfig:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    config = config_of(args)
+    config = dataclasses.replace(config_of(args), zk_heap=args.zk_heap)
     zk = await connect_zk(args)
     try:
         await mkfs(zk, FsPaths(default_root(args.fs)), config)

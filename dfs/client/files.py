@@ -453,7 +453,8 @@ class FileData:
     async def _flush_locked(self, f: OpenFile) -> None:
         ino = f.ino
         if (self.config.inline_max and f.size <= self.config.inline_max and not f.uploading
-                and set(f.buffers) | set(f.uploaded) | set(f.refs) <= {0}):
+                and set(f.buffers) | set(f.uploaded) | set(f.refs) <= {0}
+                and not self.view.capacity.full):  # (then in a block: ZooKeeper is full)
             await self._commit_inline(f)
             return
         if f.inline and not ({0} & (set(f.buffers) | set(f.uploaded) | set(f.uploading))):
