@@ -1,16 +1,26 @@
-"""lseek(SEEK_DATA/SEEK_HOLE), fallocate and st_blocks on a real mount.
+"""lseek(SEEK_DATA/SEEK_HOLE), fallocate, st_blocks and locks on a real mount.
 
-The first two reach dfs only through the handlers tools/pyfuse3/handlers.patch
+lseek and fallocate reach dfs only through the handlers tools/pyfuse3/handlers.patch
 adds to pyfuse3: with a stock pyfuse3 the kernel answers SEEK_HOLE with the end
-of the file and fallocate with EOPNOTSUPP, and these tests fail.
+of the file and fallocate with EOPNOTSUPP, and these tests fail. The patch's
+lock handlers are proven on a small pyfuse3 filesystem that overrides them
+(tests/helpers/lockfs.py); dfs does not, and keeps the kernel's local locks.
 """
 
 import errno
+import fcntl
+import json
 import os
+import struct
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from tools.local.mountproc import fusermount_unmount, is_mounted
+from tools.local.procs import log_tail, stop_pid
 
 BS = 1 << 20  # the test clusters' block size
 
@@ -154,3 +164,68 @@ def test_st_blocks_counts_what_is_stored(mnt):
     assert stored(small) == 1024
     (mnt / "empty").write_bytes(b"")
     assert stored(mnt / "empty") == 0
+
+
+def test_locks_stay_local_when_not_implemented(mnt):
+    """dfs has no lock handlers: the kernel keeps locking, within this mount."""
+    f = mnt / "locked"
+    f.write_bytes(b"x")
+    try_lock = [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'r+');"
+                "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(f)]
+    with open(f, "r+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert subprocess.run(["flock", "-n", str(f), "true"]).returncode == 1
+        fcntl.flock(held, fcntl.LOCK_UN)
+        assert subprocess.run(["flock", "-n", str(f), "true"]).returncode == 0
+        fcntl.lockf(held, fcntl.LOCK_EX)
+        assert subprocess.run(try_lock, capture_output=True).returncode != 0
+        fcntl.lockf(held, fcntl.LOCK_UN)
+        assert subprocess.run(try_lock, capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def lockfs(tmp_path):
+    """tests/helpers/lockfs.py mounted; yields (mountpoint, the calls it logged)."""
+    mp, log, out = tmp_path / "lockfs", tmp_path / "calls.jsonl", tmp_path / "lockfs.log"
+    mp.mkdir()
+    helper = Path(__file__).parent / "helpers" / "lockfs.py"
+    with open(out, "wb") as o:
+        proc = subprocess.Popen([sys.executable, str(helper), str(mp), str(log)], stdin=subprocess.DEVNULL,
+                                stdout=o, stderr=o, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(mp):
+            assert proc.poll() is None and time.monotonic() < deadline, log_tail(out)
+            time.sleep(0.05)
+        yield mp, lambda: [json.loads(line) for line in log.read_text().splitlines()]
+    finally:
+        if is_mounted(mp) and not fusermount_unmount(mp):
+            fusermount_unmount(mp, lazy=True)
+        stop_pid(proc.pid, proc=proc)
+
+
+def test_lock_handlers_reached(lockfs):
+    mp, calls = lockfs
+    with open(mp / "f", "r+b") as f:
+        # F_GETLK for a write lock over [0, 100): the filesystem's answer comes back
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 100, 0)
+        l_type, _, start, length, pid = struct.unpack("hhqqi", fcntl.fcntl(f, fcntl.F_GETLK, query))
+        assert (l_type, start, length) == (fcntl.F_WRLCK, 10, 20) and pid > 0
+        # F_SETLK: refused by the handler; F_SETLKW (sleep) and a read lock granted
+        with pytest.raises(OSError) as e:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 7)
+        assert e.value.errno in (errno.EAGAIN, errno.EACCES)
+        fcntl.lockf(f, fcntl.LOCK_EX, 5, 7)
+        fcntl.lockf(f, fcntl.LOCK_SH)
+        # flock: LOCK_EX|LOCK_NB refused, LOCK_SH granted
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_SH)
+    got = calls()
+    assert got[0] == {"op": "getlk", "owner": got[0]["owner"], "type": fcntl.F_WRLCK, "start": 0, "length": 100,
+                      "pid": os.getpid()}
+    setlk = [(c["type"], c["start"], c["length"], c["sleep"]) for c in got if c["op"] == "setlk"]
+    assert setlk[:3] == [(fcntl.F_WRLCK, 7, 5, False), (fcntl.F_WRLCK, 7, 5, True), (fcntl.F_RDLCK, 0, 0, True)]
+    flocks = [c["flock"] for c in got if c["op"] == "flock"]
+    assert flocks[:2] == [fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_SH]
+    assert all(c["owner"] for c in got)
