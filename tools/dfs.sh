@@ -51,7 +51,8 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]] ||
     trap 'rm -rf "$src"' EXIT
     .venv/bin/python -m pip download -q --no-deps --no-binary pyfuse3 -d "$src" "pyfuse3==$version" >&2
     tar -xzf "$src/pyfuse3-$version.tar.gz" -C "$src"
-    patch -s -p1 -d "$src/pyfuse3-$version" <tools/pyfuse3/handlers.patch
+    patch -s -p1 -d "$src/pyfuse3-$version" <tools/pyfuse3/handlers.patch ||
+        { echo "dfs: tools/pyfuse3/handlers.patch does not apply to pyfuse3 $version (see its README)" >&2; exit 1; }
     SETUPTOOLS_SCM_PRETEND_VERSION="$version+dfs" \
         .venv/bin/python -m pip install -q --force-reinstall --no-deps "$src/pyfuse3-$version" >&2
     rm -rf "$src"
