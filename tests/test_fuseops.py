@@ -7,6 +7,7 @@ lock handlers are proven on a small pyfuse3 filesystem that overrides them
 (tests/helpers/lockfs.py); dfs does not, and keeps the kernel's local locks.
 """
 
+import ctypes
 import errno
 import fcntl
 import json
@@ -42,6 +43,14 @@ def du(path: Path) -> int:
 
 def fallocate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["fallocate", *args], capture_output=True, text=True)
+
+
+def punch(fd: int, offset: int, length: int) -> None:
+    """fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) on an open descriptor."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, 0x03, offset, length) != 0:
+        raise OSError(ctypes.get_errno(), "fallocate")
 
 
 @pytest.fixture
@@ -110,6 +119,16 @@ def test_punch_hole_reads_zeros_and_stores_nothing(mnt):
     assert p.returncode == 0, p.stderr
     assert f.stat().st_size == 4 * BS and stored(f) == 0
     assert f.read_bytes() == bytes(4 * BS)
+
+    # on a descriptor with writes not yet committed: they are flushed first, then punched
+    with open(f, "r+b") as w:
+        w.write(data(2 * BS))
+        w.flush()
+        punch(w.fileno(), BS, BS)
+        w.seek(0)
+        head = w.read(2 * BS)
+        assert head[BS:] == bytes(BS) and head[:BS].count(0) == 0
+    assert stored(f) == BS
 
     # a small (inline) file
     small = mnt / "small"
