@@ -248,3 +248,21 @@ def test_lock_handlers_reached(lockfs):
     flocks = [c["flock"] for c in got if c["op"] == "flock"]
     assert flocks[:2] == [fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_SH]
     assert all(c["owner"] for c in got)
+
+
+def test_punch_keeps_another_mounts_newer_writes(cluster):
+    """A punch on a file another mount changed since this one opened it punches what is there now."""
+    a, b = cluster.mounts[0].mountpoint, cluster.mount("mnt2")
+    content = bytearray(data(4 * BS))
+    (a / "shared").write_bytes(content)
+    with open(a / "shared", "r+b") as held:  # opened on A before B's write
+        newer = data(BS // 2)
+        with open(b / "shared", "r+b") as w:  # B rewrites the second half of block 2
+            w.seek(2 * BS + BS // 2)
+            w.write(newer)
+        content[2 * BS + BS // 2:3 * BS] = newer
+        punch(held.fileno(), BS // 2, 2 * BS)  # up to the middle of block 2
+        content[BS // 2:2 * BS + BS // 2] = bytes(2 * BS)
+    subprocess.run("echo 3 > /proc/sys/vm/drop_caches", shell=True)
+    assert (a / "shared").read_bytes() == content
+    assert (b / "shared").read_bytes() == content

@@ -756,49 +756,69 @@ class FileData:
             raise DfsError(errno.EBADF, "file not open")
         await self.flush(ino)
         async with f.lock:
-            end = min(offset + length, f.size)
-            if offset >= end:
-                return
-            if not f.refs:
-                if f.inline:
-                    content = bytearray(f.inline)
-                    content[offset:end] = bytes(max(0, min(end, len(content)) - offset))
-                    inline = bytes(content).rstrip(b"\0")
-                    node = await self.view.commit_blocks(ino, {}, size=f.size, mtime_ns=time.time_ns(),
-                                                         inline=inline, known=f.node)
-                    f.inline = inline or None
-                    self._committed(f, node)
-                return
-            bs = self.bs
-            updates: dict[int, BlockRef | None] = {}
-            for index in sorted(i for i in f.refs if offset // bs <= i <= (end - 1) // bs):
-                ref = f.refs[index]
-                start, stop = max(offset - index * bs, 0), min(end - index * bs, bs)
-                if start >= ref.length:
-                    continue  # past the block's bytes: zeros already
-                if start == 0 and stop >= ref.length:
-                    updates[index] = None
-                    continue
-                content = bytearray(await self._read_whole(ref))
-                content[start:stop] = bytes(min(stop, len(content)) - start)
-                data = bytes(content).rstrip(b"\0")  # past a ref's length reads as zeros
-                if not data:
-                    updates[index] = None
-                    continue
-                updates[index] = await self.blocks.write_block(
-                    data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
-                self.cache.put(updates[index].id, data)
-            pending = sorted(updates)
+            for _ in range(MAX_REBASES):
+                try:
+                    return await self._punch_locked(f, offset, length)
+                except Diverged:
+                    f.version_seen = -1  # what it has is stale: read the map again
+        raise DfsError(errno.EIO, f"inode {ino}: other clients kept changing the file; no hole punched")
+
+    async def _punch_locked(self, f: OpenFile, offset: int, length: int) -> None:
+        node = await self.view.getattr(f.ino)
+        if node.version != f.version_seen:  # another client committed since: punch what is there now
+            node, f.refs, f.inline = await self.view.open_file(f.ino)
+            f.size = node.rec.size
+            self._committed(f, node)
+        end = min(offset + length, node.rec.size)
+        if offset >= end:
+            return
+        if not f.refs:
+            if f.inline:
+                content = bytearray(f.inline)
+                content[offset:end] = bytes(max(0, min(end, len(content)) - offset))
+                inline = bytes(content).rstrip(b"\0")
+                node = await self.view.commit_blocks(f.ino, {}, mtime_ns=time.time_ns(), inline=inline,
+                                                     known=node, expect_version=node.version)
+                f.inline = inline or None
+                self._committed(f, node)
+            return
+        bs = self.bs
+        updates: dict[int, BlockRef | None] = {}
+        for index in sorted(i for i in f.refs if offset // bs <= i <= (end - 1) // bs):
+            ref = f.refs[index]
+            start, stop = max(offset - index * bs, 0), min(end - index * bs, bs)
+            if start >= ref.length:
+                continue  # past the block's bytes: zeros already
+            if start == 0 and stop >= ref.length:
+                updates[index] = None
+                continue
+            content = bytearray(await self._read_whole(ref))
+            content[start:stop] = bytes(min(stop, len(content)) - start)
+            data = bytes(content).rstrip(b"\0")  # past a ref's length reads as zeros
+            if not data:
+                updates[index] = None
+                continue
+            updates[index] = await self.blocks.write_block(
+                data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
+            self.cache.put(updates[index].id, data)
+        pending = sorted(updates)
+        try:
             while pending:
-                batch, pending = pending[:COMMIT_BATCH], pending[COMMIT_BATCH:]
-                node = await self.view.commit_blocks(ino, {i: updates[i] for i in batch}, size=f.size,
-                                                     mtime_ns=time.time_ns())
+                batch = pending[:COMMIT_BATCH]
+                node = await self.view.commit_blocks(f.ino, {i: updates[i] for i in batch},
+                                                     mtime_ns=time.time_ns(), expect_version=node.version)
+                del pending[:COMMIT_BATCH]
                 for i in batch:
                     if updates[i] is None:
                         del f.refs[i]
                     else:
                         f.refs[i] = updates[i]
                 self._committed(f, node)
+        except Diverged:
+            for i in pending:
+                if updates[i] is not None:
+                    self._discard(updates[i])
+            raise
 
     # ------------------------------------------------------------------ read
 
