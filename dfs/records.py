@@ -53,6 +53,7 @@ class InodeRecord(Record):
     target: str = ""  # symlink target, os.fsdecode()d
     parent: int = 0  # directories only: the one directory that holds it
     xattrs: int = 0  # number of extended attributes (0: getxattr needs no lookup)
+    stored: int = -1  # bytes in its block refs and inline (st_blocks); -1: written before they were counted
 
     @property
     def is_dir(self) -> bool:

@@ -153,7 +153,12 @@ class Kernel:
                 mtime_ns, ctime_ns = written, max(ctime_ns, written)
         a.st_size = size
         a.st_blksize = 1 << 17
-        a.st_blocks = self.files.blocks_of(size) if r.is_reg else (8 if r.is_dir else 0)
+        if r.is_reg:
+            stored = self.files.local_stored(node.ino)
+            stored = r.stored if stored is None else stored
+            a.st_blocks = self.files.blocks_of(size if stored < 0 else stored)
+        else:
+            a.st_blocks = 8 if r.is_dir else 0
         a.st_atime_ns = r.atime_ns
         a.st_mtime_ns = mtime_ns
         a.st_ctime_ns = ctime_ns

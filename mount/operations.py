@@ -25,6 +25,8 @@ from mount.kernel import Kernel
 FILE_CAPS = b"security.capability"  # file capabilities: not supported on dfs
 # the system.* names dfs stores (POSIX ACLs); as on ext4, any other is EOPNOTSUPP
 SYSTEM_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
+FALLOC_FL_KEEP_SIZE = 0x01  # <linux/falloc.h>
+FALLOC_FL_PUNCH_HOLE = 0x02
 
 
 @dataclass
@@ -287,6 +289,27 @@ class Operations(pyfuse3.Operations):
         await self.files.flush(self._fh_ino[fh])
 
     @fuse_errors
+    async def lseek(self, fh, off, whence):
+        # the kernel answers SEEK_SET/CUR/END itself
+        return self.files.seek_data_hole(self._fh_ino[fh], off, hole=whence == os.SEEK_HOLE)
+
+    @fuse_errors
+    async def fallocate(self, fh, mode, off, length):
+        ino = self._fh_ino[fh]
+        if mode == FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE:
+            await self.files.punch_hole(ino, off, length)
+        elif mode in (0, FALLOC_FL_KEEP_SIZE):
+            # Blocks are written when data is, so there is nothing to allocate;
+            # what we can promise is that the space is free now (later writes
+            # can still meet ENOSPC if others fill the nodes first).
+            if length > self._free_bytes():
+                raise pyfuse3.FUSEError(errno.ENOSPC)
+            if mode == 0 and off + length > self.files.local_attrs(ino)[0]:
+                await self.files.truncate(ino, off + length)
+        else:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+
+    @fuse_errors
     async def release(self, fh):
         ino = self._fh_ino.pop(fh, None)
         self._appending.discard(fh)
@@ -328,13 +351,11 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
         live = self.nodedir.live()
-        replicas = max(1, self.meta.config.replicas)
-        capacity = sum(n.capacity for n in live.values()) // replicas
-        free = sum(n.free for n in live.values()) // replicas
+        capacity = sum(n.capacity for n in live.values()) // max(1, self.meta.config.replicas)
         s.f_bsize = 1 << 17
         s.f_frsize = 4096
         s.f_blocks = capacity // s.f_frsize
-        s.f_bfree = free // s.f_frsize
+        s.f_bfree = self._free_bytes() // s.f_frsize
         s.f_bavail = s.f_bfree
         used_inodes = await self.meta.inodes.count()
         s.f_files = max(used_inodes * 2, 1 << 32)
@@ -342,6 +363,11 @@ class Operations(pyfuse3.Operations):
         s.f_favail = s.f_ffree
         s.f_namemax = NAME_MAX
         return s
+
+    def _free_bytes(self) -> int:
+        """What the live nodes can still store, per replica."""
+        live = self.nodedir.live()
+        return sum(n.free for n in live.values()) // max(1, self.meta.config.replicas)
 
     async def access(self, inode, mode, ctx):
         return True  # default_permissions: the kernel checks modes

@@ -720,6 +720,107 @@ class FileData:
             self.view.saw_version(node)
         return node
 
+    # ------------------------------------------------------------------ holes
+
+    def seek_data_hole(self, ino: int, offset: int, hole: bool) -> int:
+        """lseek(SEEK_HOLE if `hole` else SEEK_DATA): the next hole or data at or after offset.
+
+        A block with no ref (and no dirty bytes) is a hole; the end of the file
+        counts as one. Raises ENXIO at or past the end, or with no data after offset.
+        """
+        f = self.files.get(ino)
+        if f is None:
+            raise DfsError(errno.EBADF, "file not open")
+        if not 0 <= offset < f.size:
+            raise DfsError(errno.ENXIO, "offset at or past the end of the file")
+        data = set(f.refs) | set(f.uploaded) | set(f.buffers) | ({0} if f.inline else set())
+        index = offset // self.bs
+        if hole:
+            while index in data:
+                index += 1
+            return min(max(offset, index * self.bs), f.size)
+        after = [i for i in data if i >= index]
+        if not after or min(after) * self.bs >= f.size:
+            raise DfsError(errno.ENXIO, "no data after offset")
+        return max(offset, min(after) * self.bs)
+
+    async def punch_hole(self, ino: int, offset: int, length: int) -> None:
+        """Make a range read as zeros and store nothing (the size stays).
+
+        Blocks wholly in it leave the block map (to gc); a block partly in it is
+        rewritten with the range zeroed; inline bytes are zeroed and trimmed.
+        The kernel holds the inode's lock across fallocate: no write of this
+        mount runs meanwhile, so after the flush the block map is all there is.
+        """
+        f = self.files.get(ino)
+        if f is None:
+            raise DfsError(errno.EBADF, "file not open")
+        await self.flush(ino)
+        async with f.lock:
+            for _ in range(MAX_REBASES):
+                try:
+                    return await self._punch_locked(f, offset, length)
+                except Diverged:
+                    f.version_seen = -1  # what it has is stale: read the map again
+        raise DfsError(errno.EIO, f"inode {ino}: other clients kept changing the file; no hole punched")
+
+    async def _punch_locked(self, f: OpenFile, offset: int, length: int) -> None:
+        node = await self.view.getattr(f.ino)
+        if node.version != f.version_seen:  # another client committed since: punch what is there now
+            node, f.refs, f.inline = await self.view.open_file(f.ino)
+            f.size = node.rec.size
+            self._committed(f, node)
+        end = min(offset + length, node.rec.size)
+        if offset >= end:
+            return
+        if not f.refs:
+            if f.inline:
+                content = bytearray(f.inline)
+                content[offset:end] = bytes(max(0, min(end, len(content)) - offset))
+                inline = bytes(content).rstrip(b"\0")
+                node = await self.view.commit_blocks(f.ino, {}, mtime_ns=time.time_ns(), inline=inline,
+                                                     known=node, expect_version=node.version)
+                f.inline = inline or None
+                self._committed(f, node)
+            return
+        bs = self.bs
+        updates: dict[int, BlockRef | None] = {}
+        for index in sorted(i for i in f.refs if offset // bs <= i <= (end - 1) // bs):
+            ref = f.refs[index]
+            start, stop = max(offset - index * bs, 0), min(end - index * bs, bs)
+            if start >= ref.length:
+                continue  # past the block's bytes: zeros already
+            if start == 0 and stop >= ref.length:
+                updates[index] = None
+                continue
+            content = bytearray(await self._read_whole(ref))
+            content[start:stop] = bytes(min(stop, len(content)) - start)
+            data = bytes(content).rstrip(b"\0")  # past a ref's length reads as zeros
+            if not data:
+                updates[index] = None
+                continue
+            updates[index] = await self.blocks.write_block(
+                data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
+            self.cache.put(updates[index].id, data)
+        pending = sorted(updates)
+        try:
+            while pending:
+                batch = pending[:COMMIT_BATCH]
+                node = await self.view.commit_blocks(f.ino, {i: updates[i] for i in batch},
+                                                     mtime_ns=time.time_ns(), expect_version=node.version)
+                del pending[:COMMIT_BATCH]
+                for i in batch:
+                    if updates[i] is None:
+                        del f.refs[i]
+                    else:
+                        f.refs[i] = updates[i]
+                self._committed(f, node)
+        except Diverged:
+            for i in pending:
+                if updates[i] is not None:
+                    self._discard(updates[i])
+            raise
+
     # ------------------------------------------------------------------ read
 
     async def read(self, ino: int, offset: int, size: int) -> bytes:
@@ -806,6 +907,20 @@ class FileData:
 
     # ------------------------------------------------------------------ stats
 
-    def blocks_of(self, size: int) -> int:
-        """st_blocks (512-byte units) for a file of this size."""
-        return math.ceil(size / 512)
+    def local_stored(self, ino: int) -> int | None:
+        """Bytes an open file stores, its dirty blocks included (None: not open here, or not counted)."""
+        f = self.files.get(ino)
+        if f is None or f.node is None or f.node.rec.stored < 0:
+            return None
+        stored = f.node.rec.stored
+        for index in set(f.buffers) | set(f.uploaded):
+            buf = f.buffers.get(index)
+            stored += len(buf.data) if buf is not None else f.uploaded[index].length
+            old = f.refs.get(index)
+            stored -= old.length if old is not None else len(f.inline or b"") if index == 0 else 0
+        return stored
+
+    @staticmethod
+    def blocks_of(stored: int) -> int:
+        """st_blocks (512-byte units) for this many bytes stored."""
+        return math.ceil(stored / 512)

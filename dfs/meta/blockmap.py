@@ -124,14 +124,15 @@ class BlockMap:
           mtime_ns: new mtime (and ctime); None leaves the times alone.
           inline: the file's new inline bytes (b"" clears them; None keeps them
             unless the commit adds block refs, which clears them).
-          known: the inode as this client last committed or read it. A commit
-            that touches no block groups then needs no reads: the inode's
-            version check catches anyone who changed the file since (and the
-            commit retries with fresh reads).
+          known: the inode as this client last committed or read it, a file
+            with no block refs. A commit that touches no block groups then
+            needs no reads: the inode's version check catches anyone who
+            changed the file since (and the commit retries with fresh reads).
           expect_version: the inode version the caller built `updates` on; if
             someone else committed since, nothing is written and Diverged is
             raised (the caller lays its writes over what is there now).
         Replaced and dropped refs are queued in gc/ in the same transaction.
+        The inode's `stored` follows the bytes the refs and inline bytes hold.
         Returns the inode as committed (`exact` per the CommitHook).
         Raises ENOENT if the inode is gone, Diverged (see expect_version).
         """
@@ -168,6 +169,7 @@ class BlockMap:
             rec = dataclasses.replace(node.rec)
             txn = Txn()
             garbage: list[BlockRef] = []
+            stored = 0  # change of the bytes the file's refs hold
             new_inline = inline
             if new_inline is None and any(ref is not None for ref in updates.values()):
                 new_inline = b""  # block refs replace inline bytes
@@ -195,6 +197,7 @@ class BlockMap:
                     for i in [i for i in grp.blocks if i >= truncate_from and i not in updates]:
                         del grp.blocks[i]
                 new_ids = {r.id for r in grp.blocks.values()}
+                stored += sum(r.length for r in grp.blocks.values()) - sum(r.length for r in before.values())
                 garbage.extend(r for r in before.values() if r.id not in new_ids)
                 path = self.paths.block_group(ino, g)
                 if ver == -1:
@@ -211,6 +214,15 @@ class BlockMap:
                 for i, ref in updates.items():
                     if ref is not None:
                         rec.size = max(rec.size, i * bs + ref.length)
+            if rec.stored >= 0:  # else written before stored bytes were counted: st_blocks from the size
+                if got is None:  # blind: no block refs (see `known`), all its bytes are inline
+                    if new_inline is not None:
+                        rec.stored = len(new_inline)
+                else:
+                    if new_inline is not None:
+                        old_inline = got[plan.map][0] if got[plan.map] is not None else None
+                        stored += len(new_inline) - len(old_inline or b"")
+                    rec.stored += stored
             if mtime_ns is not None:
                 rec.mtime_ns = mtime_ns
                 rec.ctime_ns = max(rec.ctime_ns, mtime_ns)  # the write's time, as the mount showed it

@@ -180,7 +180,7 @@ class Inodes:
             atime_ns=t, mtime_ns=t, ctime_ns=t,
             nlink=2 if kind == stat.S_IFDIR else 1,
             rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0,
-            target=os.fsdecode(target), size=len(target),
+            target=os.fsdecode(target), size=len(target), stored=0,
         )
         return ino, rec, t
 
