@@ -12,7 +12,7 @@ bad replica is reported and the next one tried, so a read either returns the
 right bytes or raises DfsError(EIO).
 
 Connections: a small pool per node (dfs/blocks/connection.py), requests
-pipelined on each.
+pipelined on each, every one authenticated with the cluster key (dfs/keys.py).
 """
 
 import errno
@@ -76,17 +76,19 @@ class BlockClient:
 
     Args:
       nodedir: where the nodes are (its zk and paths are used for corrupt reports).
+      key: the cluster key (dfs/keys.py), to authenticate to the nodes.
       on_corrupt: `async def(ref, node_id, reason)` called when a replica fails
         verification; default: a CorruptReport znode under `repair/corrupt`.
       request_timeout: seconds one request may take before the node is given up.
       connect_timeout: seconds to dial a node.
     """
 
-    def __init__(self, nodedir: NodeDirectory, *, on_corrupt: OnCorrupt | None = None,
+    def __init__(self, nodedir: NodeDirectory, *, key: bytes, on_corrupt: OnCorrupt | None = None,
                  request_timeout: float = REQUEST_TIMEOUT,
                  connect_timeout: float = CONNECT_TIMEOUT, pool_size: int = POOL_SIZE,
                  reporter: str = "client"):
         self.nodedir = nodedir
+        self.key = key
         self.on_corrupt = on_corrupt or self.report_corrupt
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
@@ -105,8 +107,8 @@ class BlockClient:
         if pool is None or pool.address != live.address:
             if pool is not None:
                 pool.close()  # the node moved (restarted on another port)
-            pool = self._pools[node_id] = NodePool(node_id, live.address, self.pool_size,
-                                                   self.connect_timeout)
+            pool = self._pools[node_id] = NodePool(node_id, live.address, self.key,
+                                                   self.pool_size, self.connect_timeout)
         return pool
 
     async def _call(self, node_id: str, frame: Frame, *, timeout: float | None = None,
@@ -318,7 +320,8 @@ class BlockClient:
         live = self.nodedir.get(node_id)
         if live is None:
             raise NodeUnavailable(f"node {node_id} is not live")
-        conn = await NodeConnection.open(node_id, live.address, connect_timeout=self.connect_timeout)
+        conn = await NodeConnection.open(node_id, live.address, key=self.key,
+                                         connect_timeout=self.connect_timeout)
         try:
             req = Frame(Op.LIST, request_id=1)
             await conn.fs.send_frame(req)
