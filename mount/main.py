@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             raise QuietError(f"dfs mount: {e}", EXIT_USAGE) from None
         check_mountpoint(args.mountpoint)
-        key_file = Path(args.key_file) if args.key_file else default_key_file(args.fs, os.environ.get("XDG_CONFIG_HOME"))
+        key_file = (Path(args.key_file) if args.key_file
+                else default_key_file(args.fs, os.environ.get("XDG_CONFIG_HOME")))
         try:
             key = load_key(key_file)
         except QuietError as e:

@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = NodeSettings.from_environ(os.environ)
     args = parse_args(argv, settings)
     os.umask(0o077)
-    key_file = Path(args.key_file) if args.key_file else default_key_file(args.fs, os.environ.get("XDG_CONFIG_HOME"))
+    key_file = (Path(args.key_file) if args.key_file
+                else default_key_file(args.fs, os.environ.get("XDG_CONFIG_HOME")))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.verbose:

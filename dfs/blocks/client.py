@@ -31,6 +31,7 @@ from dfs.blocks.connection import (
     NodeConnection,
     NodePool,
     NodeUnavailable,
+    digest_of,
     reply_error,
 )
 from dfs.blocks.nodedir import NodeDirectory
@@ -158,6 +159,7 @@ class BlockClient:
         """
         block_id = uuid.uuid4().hex
         checksum = hash64(data)
+        digest = await digest_of(data)  # for the MACs of every replica's PUT
         size = len(data)
         live = list(self.nodedir.live().values())
         if len(live) < replicas:
@@ -176,7 +178,8 @@ class BlockClient:
             async def put(node_id: str) -> None:
                 try:
                     await self._call(node_id, Frame(Op.PUT, block_id=encode_block_id(block_id),
-                                                    length=size, checksum=checksum, payload=data),
+                                                    length=size, checksum=checksum, payload=data,
+                                                    digest=digest),
                                      what=f"storing block {block_id} on node {node_id}")
                     acked.append(node_id)
                 except DfsError as e:

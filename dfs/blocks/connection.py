@@ -5,12 +5,13 @@ Shared by the block client (dfs/blocks/client.py) and the nodes themselves
 
 `FrameSocket` moves frames (dfs/blocks/protocol.py) over one connected socket
 with few copies, sealing and checking each frame's MAC once the connection is
-authenticated (`client_handshake` here, the node's side in nodes/server.py). `NodeConnection` pipelines requests on one connection with
-request ids. There is no background reader task (the client has no nursery of
-its own): whichever waiting request finds no reader active reads frames and
-hands each to its waiter, then passes the role on. A connection on which a
-frame was cut short (error, cancellation mid-frame) is closed and dropped;
-`NodePool` dials a new one for the next request.
+authenticated (`client_handshake` here, the node's side in nodes/server.py).
+`NodeConnection` pipelines requests on one connection with request ids. There
+is no background reader task (the client has no nursery of its own): whichever
+waiting request finds no reader active reads frames and hands each to its
+waiter, then passes the role on. A connection on which a frame was cut short
+(error, cancellation mid-frame) is closed and dropped; `NodePool` dials a new
+one for the next request.
 """
 
 import errno
@@ -148,7 +149,8 @@ class FrameSocket:
         header = frame.header()
         buffers = [header, frame.payload] if len(frame.payload) else [header]
         if self.mac is not None:
-            buffers.append(self.mac.seal(header, await digest_of(frame.payload)))
+            digest = frame.digest or await digest_of(frame.payload)
+            buffers.append(self.mac.seal(header, digest))
         await self.send_buffers(buffers)
 
     async def send_buffers(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:

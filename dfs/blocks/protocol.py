@@ -96,6 +96,9 @@ class Frame:
     status: int = 0
     flags: int = 0
     payload: bytes | bytearray | memoryview = b""
+    # payload_digest(payload), when the sender knows it already: a block written
+    # to three nodes is hashed once for the three frames' MACs
+    digest: bytes | None = None
 
     def header(self) -> bytes:
         return HEADER.pack(MAGIC, self.op, self.flags, 0, self.request_id, self.block_id,
