@@ -88,8 +88,7 @@ def shielded(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]
     return run
 
 
-async def serve(args: argparse.Namespace, settings: MountSettings, key: bytes,
-                key_file: Path) -> int:
+async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Path) -> int:
     async with AsyncExitStack() as stack:
         try:
             zk = await connect(args.zk, timeout=args.zk_timeout)
@@ -102,6 +101,7 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key: bytes,
         except DfsError as e:
             raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
         try:
+            key = load_key(key_file)
             check_fs_key(config, key, key_file, args.fs)
         except QuietError as e:
             raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
@@ -217,10 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         check_mountpoint(args.mountpoint)
         key_file = (Path(args.key_file) if args.key_file
                 else default_key_file(args.fs, os.environ.get("XDG_CONFIG_HOME")))
-        try:
-            key = load_key(key_file)
-        except QuietError as e:
-            raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
         if not args.foreground:
             return daemonize(list(argv), args)
         logging.basicConfig(
@@ -228,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
             filename=None if args.ready_fd is None else args.log,
         )
-        return trio.run(serve, args, settings, key, key_file)
+        return trio.run(serve, args, settings, key_file)
     except QuietError as e:
         print(e.message, file=sys.stderr)
         return e.exitcode
