@@ -131,7 +131,6 @@ def advertised_host(listen_host: str, advertise: str) -> str:
 
 
 async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file: Path) -> int:
-    key = load_key(key_file)
     data = Path(args.data).resolve()
     try:
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -162,6 +161,7 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
                              f"{args.zk_timeout:g} s") from None
         except DfsError as e:
             raise QuietError(e.message) from None
+        key = load_key(key_file)
         check_fs_key(config, key, key_file, args.fs)
 
         host, port = parse_listen(args.listen)
