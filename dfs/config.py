@@ -35,9 +35,13 @@ class MountSettings:
     entry_timeout: float = 1.0  # seconds the kernel keeps a name
     feed_timeout: float = 10.0  # ... what the change feed vouches for
     cache_mb: int = 1024  # block cache
+    # seconds an operation waits for an unreachable ZooKeeper before it fails
+    # with EIO (a hard mount's wait; 0: fail at once)
+    zk_wait: float = 60.0
     sync_dirops: bool = False  # creates and removals wait for their commit
     allow_other: bool = False
     debug: bool = False  # libfuse's debug output
+    ro: bool = False  # read-only: the kernel answers every change with EROFS
 
     FLAGS = ("sync_dirops", "allow_other", "debug", "ro", "rw")
 
@@ -51,14 +55,18 @@ class MountSettings:
                 if not o:
                     continue
                 key, _, value = o.partition("=")
-                if key in ("attr_timeout", "entry_timeout", "feed_timeout", "cache_mb"):
+                if key in ("attr_timeout", "entry_timeout", "feed_timeout", "cache_mb", "zk_wait"):
                     try:
-                        setattr(out, key, float(value) if key != "cache_mb" else int(value))
+                        number = float(value) if key != "cache_mb" else int(value)
                     except ValueError:
-                        raise ValueError(f"bad value for {key}: {value!r}") from None
+                        number = -1
+                    if not number >= 0:  # (also NaN)
+                        raise ValueError(f"bad value for {key}: {value!r}")
+                    setattr(out, key, number)
+                elif key == "rw":
+                    out.ro = False
                 elif key in cls.FLAGS:
-                    if key not in ("ro", "rw"):
-                        setattr(out, key, True)
+                    setattr(out, key, True)
                 else:
                     unknown.append(key)
         if unknown:

@@ -22,10 +22,14 @@ class DfsError(Exception):
 
 
 class ZkUnavailable(DfsError):
-    """ZooKeeper could not be reached within the allowed time."""
+    """ZooKeeper could not be reached within the allowed time.
+
+    EIO, as an NFS hard mount reports a server gone for longer than it waits:
+    the mount's user sees an I/O error, never "No route to host".
+    """
 
     def __init__(self, message: str):
-        super().__init__(errno.EHOSTUNREACH, message)
+        super().__init__(errno.EIO, message)
 
 
 class QuietError(Exception):

@@ -13,6 +13,7 @@ import time
 from typing import Protocol
 
 import pyfuse3
+import trio
 
 from dfs.client.files import FileData
 from dfs.client.view import ClientView
@@ -49,6 +50,7 @@ class Kernel:
         self.notify = notify
         self._long: dict[tuple, float] = {}
         view.kernel_notice = self.forget
+        files.on_merged = self._drop_pages
 
     def detach(self) -> None:
         """The kernel side is gone (unmounted): tell it nothing more."""
@@ -70,6 +72,7 @@ class Kernel:
                 if self._long.pop(("e", key, name), None) is not None:
                     notify.invalidate_entry_async(key, name, ignore_enoent=True)
             elif kind == "inode":
+                self.files.follow(key, self._drop_pages)  # if it is open here
                 if self._long.pop(("i", key), None) is not None:
                     notify.invalidate_inode(key, attr_only=True)
             elif kind == "lost":
@@ -89,6 +92,14 @@ class Kernel:
             pass  # the kernel no longer has it
         except Exception:  # never let the feed's reader fail on this
             log.exception("kernel invalidation of %s %r %r", kind, key, name)
+
+    async def _drop_pages(self, ino: int) -> None:
+        """The kernel drops an inode's cached pages and attributes (in a thread: it
+        waits for pages under read, which this loop must stay free to answer)."""
+        try:
+            await trio.to_thread.run_sync(self.notify.invalidate_inode, ino)
+        except OSError:
+            pass
 
     def forget_entry(self, parent: int, name: bytes) -> None:
         """Make the kernel drop an entry (a create that failed after it was answered)."""
@@ -134,15 +145,16 @@ class Kernel:
         a.st_uid = r.uid
         a.st_gid = r.gid
         a.st_rdev = r.rdev
-        size = r.size
-        if r.is_reg:
-            local = self.files.local_size(node.ino)
-            if local is not None:
-                size = local
+        size, mtime_ns, ctime_ns = r.size, r.mtime_ns, r.ctime_ns
+        local = self.files.local_attrs(node.ino) if r.is_reg else None
+        if local is not None:
+            size, written = local
+            if written is not None:
+                mtime_ns, ctime_ns = written, max(ctime_ns, written)
         a.st_size = size
         a.st_blksize = 1 << 17
         a.st_blocks = self.files.blocks_of(size) if r.is_reg else (8 if r.is_dir else 0)
         a.st_atime_ns = r.atime_ns
-        a.st_mtime_ns = r.mtime_ns
-        a.st_ctime_ns = r.ctime_ns
+        a.st_mtime_ns = mtime_ns
+        a.st_ctime_ns = ctime_ns
         return a

@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the cluster key (default: $DFS_KEY_FILE, then ~/.config/dfs/FS.key)")
     p.add_argument("-o", action="append", default=[], metavar="OPTION",
                    help="allow_other, attr_timeout=S, entry_timeout=S, feed_timeout=S, cache_mb=N, "
-                        "sync_dirops, debug")
+                        "zk_wait=S (default 60), sync_dirops, debug")
     p.add_argument("--log", help="log file of the daemon (default: stderr in the foreground)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -91,7 +91,9 @@ def shielded(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]
 async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Path) -> int:
     async with AsyncExitStack() as stack:
         try:
-            zk = await connect(args.zk, timeout=args.zk_timeout)
+            # an operation waits at most zk_wait in all for an unreachable ZooKeeper
+            zk = await connect(args.zk, timeout=args.zk_timeout, op_timeout=settings.zk_wait,
+                               bound_outage=True)
         except ZkUnavailable as e:
             raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
         stack.push_async_callback(shielded(zk.close))
@@ -140,6 +142,8 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
             fuse_opts.add("allow_other")
         if settings.debug:
             fuse_opts.add("debug")
+        if settings.ro:
+            fuse_opts.add("ro")
         target = os.path.realpath(args.mountpoint)
         try:
             pyfuse3.init(ops, args.mountpoint, fuse_opts)

@@ -23,6 +23,8 @@ from mount.errors import fuse_errors
 from mount.kernel import Kernel
 
 FILE_CAPS = b"security.capability"  # file capabilities: not supported on dfs
+# the system.* names dfs stores (POSIX ACLs); as on ext4, any other is EOPNOTSUPP
+SYSTEM_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 
 @dataclass
@@ -58,13 +60,16 @@ class Operations(pyfuse3.Operations):
         self.creates = creates
         self.removals = removals
         self._fh_ino: dict[int, int] = {}
+        self._appending: set[int] = set()  # handles opened with O_APPEND
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
 
-    def _new_fh(self, ino: int) -> int:
+    def _new_fh(self, ino: int, flags: int) -> int:
         fh = self._next_fh
         self._next_fh += 1
         self._fh_ino[fh] = ino
+        if flags & os.O_APPEND:
+            self._appending.add(fh)
         return fh
 
     async def _before_change(self, *dirs: int) -> None:
@@ -128,6 +133,7 @@ class Operations(pyfuse3.Operations):
             kw["ctime_ns"] = attr.st_ctime_ns
         if kw:
             node = await self.view.setattr(inode, **kw)
+            self.files.saw_own_change(node)
         if node is None:
             node = await self.view.getattr(inode)
         return self.kernel.attrs(node)
@@ -214,12 +220,15 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def fsyncdir(self, fh, datasync):
         # every other namespace change is committed before it returns
+        failed = 0
         if self.creates is not None:
             await self.creates.drain()
+            failed += self.creates.take_failures()
         if self.removals is not None:
             await self.removals.drain()
-            if self.removals.take_failures():
-                raise DfsError(errno.EIO, "a background removal failed (see the mount log)")
+            failed += self.removals.take_failures()
+        if failed:
+            raise DfsError(errno.EIO, "a background create or removal failed (see the mount log)")
 
     # ------------------------------------------------------------------ files
 
@@ -238,7 +247,7 @@ class Operations(pyfuse3.Operations):
             # Changed since this mount last saw it (close-to-open): make the
             # kernel drop its cached attributes now, before the caller's fstat.
             self.kernel.forget_attrs(inode)
-        fi = pyfuse3.FileInfo(fh=self._new_fh(inode))
+        fi = pyfuse3.FileInfo(fh=self._new_fh(inode, flags))
         fi.keep_cache = keep
         return fi
 
@@ -257,7 +266,7 @@ class Operations(pyfuse3.Operations):
             node = await self.view.mknod(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode),
                                          uid=ctx.uid, gid=ctx.gid)
         f, _ = await self.files.open(node.ino, node, created=True, pending=pending)
-        fi = pyfuse3.FileInfo(fh=self._new_fh(node.ino))
+        fi = pyfuse3.FileInfo(fh=self._new_fh(node.ino, flags))
         fi.keep_cache = True
         return fi, self.kernel.attrs(node, parent=parent_inode, name=name)
 
@@ -267,7 +276,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def write(self, fh, off, buf):
-        return await self.files.write(self._fh_ino[fh], off, buf)
+        return await self.files.write(self._fh_ino[fh], off, buf, append=fh in self._appending)
 
     @fuse_errors
     async def flush(self, fh):
@@ -280,6 +289,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh):
         ino = self._fh_ino.pop(fh, None)
+        self._appending.discard(fh)
         if ino is not None:
             await self.files.release(ino)
 
@@ -298,8 +308,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
-        if name == FILE_CAPS:
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # see getxattr
+        if name == FILE_CAPS or name.startswith(b"system.") and name not in SYSTEM_XATTRS:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # FILE_CAPS: see getxattr
         await self.view.setxattr(inode, name, value)
 
     @fuse_errors

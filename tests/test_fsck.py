@@ -9,6 +9,7 @@ that it does not repair the damage before fsck sees it.
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -614,3 +615,24 @@ def test_busy_mounted_cluster_is_healthy(cluster):
         t.join(30)
     assert not errors, errors
     assert rep["total_files"] > 0
+
+
+def test_slow_node_listing_gets_a_second_chance(make_cluster):
+    """A node that answers its block listing late (here: frozen for longer than the
+    request timeout) is waited for once more with more patience, not declared dead."""
+    c = make_cluster()
+    run(c, populate)
+    slow = c.nodes[0]
+    slow.signal(signal.SIGSTOP)
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "tools.cli", "fsck", "--zk", c.hosts, "--fs", c.fsname,
+                              "--json", "--node-timeout", "1"], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        time.sleep(3)  # past the first deadline
+    finally:
+        slow.signal(signal.SIGCONT)
+    out, err = p.communicate(timeout=60)
+    rep = json.loads(out)
+    assert p.returncode == 0 and rep["status"] == "HEALTHY", (rep["problems"], err)
+    assert rep["live_nodes"] == 3 and rep["total_blocks"] == 4
+    assert "listing it again" in err, err

@@ -4,6 +4,8 @@ import errno
 import os
 import shutil
 import stat
+import subprocess
+import threading
 import time
 
 import pytest
@@ -328,3 +330,39 @@ def test_close_during_the_unlink_that_holds_the_file_leaves_no_holder(cluster):
 
     holders, inode_left = client_session(cluster, go)
     assert holders == [] and not inode_left
+
+
+def readline_within(stream, seconds: float) -> str | None:
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    return got[0] if got else None
+
+
+def test_a_file_open_on_one_mount_follows_the_other_mounts_commits(cluster):
+    """tail -f on mount b of a file that mount a appends to and closes: every line shows up
+    (within the feed's latency plus tail's own 1 s poll); stat by path and fstat on b's
+    open descriptor follow the size too."""
+    a = cluster.mount("a")
+    b = cluster.mount("b")
+    (a / "log").write_text("line 0\n")
+    held = open(b / "log", "rb")  # b holds it open throughout
+    tail = subprocess.Popen(["tail", "-n", "+1", "-f", str(b / "log")], stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [tail.stdout.readline()]
+        for i in range(1, 6):
+            with open(a / "log", "a") as f:
+                f.write(f"line {i}\n")
+            # the feed takes milliseconds; tail polls each second
+            lines.append(readline_within(tail.stdout, 10))
+            assert lines[-1] is not None, f"line {i} never reached tail -f on the other mount"
+            size = len("".join(lines))
+            assert os.stat(b / "log").st_size == size
+            assert os.fstat(held.fileno()).st_size == size
+        assert lines == [f"line {i}\n" for i in range(6)]
+        assert held.read() == "".join(lines).encode()
+    finally:
+        tail.kill()
+        tail.wait()
+        held.close()

@@ -320,3 +320,63 @@ def test_sigterm_flushes_then_unmounts(cluster):
         pass  # the mount is gone under the open file
     m.start()
     assert (m.mountpoint / "pending").read_bytes() == data
+
+
+def test_read_only_mount_refuses_every_change(cluster):
+    rw = cluster.mounts[0].mountpoint
+    (rw / "d").mkdir()
+    (rw / "d" / "f").write_bytes(b"kept")
+    ro = cluster.mount("ro", options=["ro"])
+    f = ro / "d" / "f"
+    assert f.read_bytes() == b"kept"  # reads work
+    attempts = {
+        "write": lambda: open(f, "r+b").close(),
+        "create": lambda: (ro / "d" / "new").write_bytes(b"x"),
+        "mkdir": lambda: (ro / "d" / "sub").mkdir(),
+        "unlink": lambda: f.unlink(),
+        "rename": lambda: f.rename(ro / "d" / "g"),
+        "setattr": lambda: os.chmod(f, 0o600),
+        "truncate": lambda: os.truncate(f, 0),
+        "setxattr": lambda: os.setxattr(f, "user.k", b"v"),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno == errno.EROFS, what
+    # nothing changed, as the writable mount sees it
+    assert sorted(p.name for p in (rw / "d").iterdir()) == ["f"]
+    assert (rw / "d" / "f").read_bytes() == b"kept"
+    assert stat.S_IMODE((rw / "d" / "f").stat().st_mode) != 0o600
+    assert os.listxattr(rw / "d" / "f") == []
+
+
+def test_only_the_acl_names_are_accepted_in_system_xattrs(mnt):
+    f = mnt / "f"
+    f.write_bytes(b"")
+    with pytest.raises(OSError) as e:
+        os.setxattr(f, "system.whatever", b"v")
+    assert e.value.errno == errno.EOPNOTSUPP
+    os.setxattr(f, "user.ok", b"v")  # other namespaces as before
+    assert os.listxattr(f) == ["user.ok"]
+
+
+def test_times_are_exact_on_the_writing_mount_right_after_close(cluster):
+    """fstat while open, then close: stat shows the mtime and ctime the close committed
+    (as another mount sees them), not the ones the kernel cached while the file was open."""
+    a = cluster.mounts[0].mountpoint
+    b = cluster.mount("b")
+    for i in range(3):
+        f = a / f"f{i}"
+        f.write_bytes(b"first")
+        before = f.stat()
+        time.sleep(0.05)
+        with open(f, "r+b") as fh:
+            os.fstat(fh.fileno())
+            time.sleep(0.05)
+            fh.write(b"second")
+            fh.flush()
+            os.fstat(fh.fileno())
+        here, there = f.stat(), (b / f"f{i}").stat()
+        assert here.st_mtime_ns > before.st_mtime_ns and here.st_ctime_ns > before.st_ctime_ns
+        assert (here.st_mtime_ns, here.st_ctime_ns, here.st_size) == \
+            (there.st_mtime_ns, there.st_ctime_ns, there.st_size)

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --repair: what to do with files whose data is lost")
     p.add_argument("--orphan-age", type=float, default=3600.0,
                    help="seconds before an unreferenced block counts as an orphan (default: 3600)")
+    p.add_argument("--node-timeout", type=float, default=30.0,
+                   help="seconds a node may take per request; a slow block listing gets 10x that "
+                        "once more before the node counts as unreachable (default: 30)")
     p.set_defaults(func=optional("tools.fsck.check", "main"))
 
     p = sub.add_parser("status", help="nodes, health and repair queue")

@@ -30,6 +30,7 @@ from dfs.blocks.connection import (
     POOL_SIZE,
     NodeConnection,
     NodePool,
+    NodeSlow,
     NodeUnavailable,
     digest_of,
     reply_error,
@@ -315,22 +316,30 @@ class BlockClient:
         r = await self._call(node_id, Frame(Op.PING))
         return json.loads(bytes(r.payload)) if r.payload else {}
 
-    async def list_blocks(self, node_id: str) -> AsyncIterator[tuple[str, int, str, float]]:
+    async def list_blocks(self, node_id: str, *, timeout: float | None = None
+                          ) -> AsyncIterator[tuple[str, int, str, float]]:
         """Every block on a node as (block_id, length, checksum hex, mtime), streamed.
 
         Uses a connection of its own so that TCP flow control paces the node.
+        timeout: seconds the node may take for each batch (default request_timeout).
+
+        Raises:
+          NodeSlow: the node did not answer or sent nothing for `timeout` seconds.
         """
+        timeout = timeout or self.request_timeout
         live = self.nodedir.get(node_id)
         if live is None:
             raise NodeUnavailable(f"node {node_id} is not live")
         conn = await NodeConnection.open(node_id, live.address, key=self.key,
-                                         connect_timeout=self.connect_timeout)
+                                         connect_timeout=max(self.connect_timeout, timeout))
         try:
             req = Frame(Op.LIST, request_id=1)
             await conn.fs.send_frame(req)
             while True:
-                with trio.fail_after(self.request_timeout):
+                with trio.move_on_after(timeout) as waited:
                     f = await conn.fs.recv_frame()
+                if waited.cancelled_caught:
+                    raise NodeSlow(f"node {node_id} sent nothing for {timeout:g} s while listing its blocks")
                 if f is None:
                     raise NodeUnavailable(f"node {node_id} closed the connection during LIST")
                 if f.status:

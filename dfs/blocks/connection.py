@@ -176,6 +176,10 @@ class NodeUnavailable(DfsError):
         super().__init__(errno.EHOSTDOWN, message)
 
 
+class NodeSlow(NodeUnavailable):
+    """The node is connected but did not answer in time (busy, frozen or swapping)."""
+
+
 def reply_error(reply: Frame, what: str) -> DfsError:
     text = bytes(reply.payload).decode("utf-8", "replace") if reply.payload else ""
     return DfsError(reply.status, f"{what}: {text}" if text else what)
@@ -252,13 +256,14 @@ class NodeConnection:
                 await client_handshake(fs, key, f"node {node_id or ''} at {address}")
                 conn = cls(node_id or "", address, fs)
                 reply = await conn.request(Frame(Op.PING))
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
+        except BaseException as e:
             if fs is not None:
                 fs.close()
-            raise NodeUnavailable(f"cannot connect to node {node_id} at {address}: {e!r}") from None
-        except BaseException:
-            if fs is not None:
-                fs.close()
+            if isinstance(e, OSError):
+                raise NodeUnavailable(f"cannot connect to node {node_id} at {address}: {e!r}") from None
+            if isinstance(e, trio.TooSlowError):
+                raise NodeSlow(f"node {node_id} at {address} did not answer within "
+                               f"{connect_timeout:g} s") from None
             raise
         try:
             conn.info = json.loads(bytes(reply.payload)) if reply.payload else {}

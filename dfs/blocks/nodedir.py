@@ -12,7 +12,7 @@ import trio
 from dfs.blocks.protocol import split_address
 from dfs.paths import FsPaths
 from dfs.records import NodeLive
-from dfs.zk import NoNodeError, ZkClient
+from dfs.zk import NoNodeError, ZkClient, ZkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,12 @@ class NodeDirectory:
                 # The watch is one-shot: re-arm it whenever it fired.
                 await self.refresh(watch=watch)
             except Exception as e:  # ZooKeeper down: keep the last view, try again later
-                log.warning("node directory refresh failed: %s", e)
+                # (an unreachable ZooKeeper is logged once per outage, by the session)
+                (log.debug if isinstance(e, ZkUnavailable) else log.warning)(
+                    "node directory refresh failed: %s", e)
                 if watch:
                     self._changed.set()
+                await trio.sleep(self.interval)  # (calls may fail at once: no busy loop)
 
     async def wait_for(self, n_nodes: int, timeout: float) -> dict[str, NodeLive]:
         """Wait until at least `n_nodes` nodes are live (refreshing as needed).

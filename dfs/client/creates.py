@@ -3,9 +3,11 @@
 A session's requests apply in order, so anything this client sends later (the
 commit of the file's data at close, above all) applies after the create. Until
 it lands, the view answers lookups of the name from `ClientView.creating`. If
-it fails (another client took the name meanwhile, the directory went away),
-`PendingCreate.error` says why, the file's first flush reports it, and
-`on_failed` runs (the mount makes the kernel forget the entry).
+it fails (another client took the name meanwhile, the directory went away,
+ZooKeeper unreachable for longer than the mount waits), `PendingCreate.error`
+says why, the file's flushes report it (close() and fsync() never succeed
+before the create has landed), the next fsyncdir reports EIO, and `on_failed`
+runs (the mount makes the kernel forget the entry).
 O_EXCL creates stay synchronous (their EEXIST is the point).
 """
 
@@ -17,7 +19,7 @@ from typing import Callable
 import trio
 
 from dfs.client.view import ClientView
-from dfs.errors import DfsError
+from dfs.errors import DfsError, ZkUnavailable
 from dfs.meta.inodes import Inode
 from dfs.names import check_name
 
@@ -40,6 +42,7 @@ class Creates:
         self.nursery = nursery
         self._in_flight = 0
         self._changed = trio.Condition()
+        self.failures = 0  # creates that failed after open returned (fsyncdir reports them)
 
     async def create(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int,
                      on_failed: Callable[[DfsError], None] | None = None
@@ -61,9 +64,12 @@ class Creates:
                                  on_sent=sent.set)
             except Exception as e:
                 failed = True
+                self.failures += 1
                 pending.error = e if isinstance(e, DfsError) else DfsError(errno.EIO, repr(e))
-                log.warning("create of %r in directory %d failed after open returned: %s",
-                            name, parent, pending.error)
+                # (an unreachable ZooKeeper is logged once per outage, by the session)
+                (log.debug if isinstance(e, ZkUnavailable) else log.warning)(
+                    "create of %r in directory %d failed after open returned: %s",
+                    name, parent, pending.error)
                 view.creating_done(parent, name, node, failed)
                 if on_failed is not None:
                     on_failed(pending.error)
@@ -85,3 +91,7 @@ class Creates:
         async with self._changed:
             while self._in_flight:
                 await self._changed.wait()
+
+    def take_failures(self) -> int:
+        n, self.failures = self.failures, 0
+        return n

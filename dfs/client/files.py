@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 import trio
 
@@ -38,7 +39,8 @@ from dfs.blocks.client import BlockClient
 from dfs.client.blockcache import BlockCache
 from dfs.client.creates import PendingCreate
 from dfs.client.view import ClientView
-from dfs.errors import DfsError
+from dfs.errors import DfsError, ZkUnavailable
+from dfs.meta.blockmap import Diverged
 from dfs.meta.inodes import Inode
 from dfs.records import BlockRef
 
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 MAX_FILE_SIZE = 1 << 50  # 1 PiB: writes or truncates beyond fail with EFBIG
 SMALL_READ = 128 * 1024  # random reads up to this size fetch just their range
 COMMIT_BATCH = 1024  # block refs per block-map transaction (~160 KB of JSON)
+MAX_REBASES = 20  # commits a flush tries while other clients keep changing the file
+INLINE = "inline"  # the base of block 0 when it was built on the file's inline bytes
 
 
 @dataclass
@@ -79,6 +83,14 @@ class OpenFile:
     lock: trio.Lock = field(default_factory=trio.Lock)
     upload_done: trio.Condition | None = None
     last_read_end: int = -1
+    stale: bool | None = None  # someone else committed it: True until reloaded (None: no reload running)
+    # since the last commit: block index -> byte ranges written here (block-relative),
+    # and the committed block each was built on (see FileData._rebase)
+    written: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    bases: dict[int, str | None] = field(default_factory=dict)
+    written_end: int = 0
+    merged: bool = False  # the next commit lays our writes over someone else's
+    append_start: int | None = None  # where this client's O_APPEND writes began (-1: overwritten)
 
     @property
     def dirty(self) -> bool:
@@ -102,6 +114,8 @@ class FileData:
         self.view = view
         self.blocks = blocks
         self.nursery = nursery
+        # set by mount.kernel: the kernel drops an inode's cached pages
+        self.on_merged: Callable[[int], Awaitable[None]] | None = None
         self.config = view.config
         self.bs = view.config.block_size
         self.files: dict[int, OpenFile] = {}
@@ -162,8 +176,10 @@ class FileData:
         except DfsError as e:
             if f.handles <= 1:
                 # The last handle is gone: nobody can retry this flush (the error
-                # went to close()). Drop what could not be committed.
-                log.error("inode %d: dropping unwritten data after %s", ino, e)
+                # went to close()). Drop what could not be committed. (An
+                # unreachable ZooKeeper is logged once per outage, by the session.)
+                (log.debug if isinstance(e, ZkUnavailable) else log.error)(
+                    "inode %d: dropping unwritten data after %s", ino, e)
                 await self._drop_dirty(f)
             raise
         finally:
@@ -173,48 +189,106 @@ class FileData:
                 if ino in self.view.held:  # unlinked or renamed over while open here
                     await self.view.release_orphan(ino)
 
-    def local_size(self, ino: int) -> int | None:
+    def follow(self, ino: int, then: Callable[[int], Awaitable[None]]) -> None:
+        """Another client committed `ino`, open here: reload its size and block map,
+        then `await then(ino)` (the kernel drops its cached pages). Not while this
+        client has writes of its own in flight: close-to-open decides those."""
         f = self.files.get(ino)
-        return f.size if f is not None else None
+        if f is None:
+            return
+        running = f.stale is not None
+        f.stale = True
+        if not running:
+            self.nursery.start_soon(self._follow, f, then)
+
+    async def _follow(self, f: OpenFile, then: Callable[[int], Awaitable[None]]) -> None:
+        try:
+            while f.stale:
+                f.stale = False
+                async with f.lock:
+                    if f.dirty or self.files.get(f.ino) is not f:
+                        return
+                    node, refs, inline = await self.view.open_file(f.ino)
+                    if node.version <= f.version_seen:
+                        continue
+                    f.size, f.refs, f.inline, f.mtime_ns = node.rec.size, refs, inline, node.rec.mtime_ns
+                    self._committed(f, node)
+                await then(f.ino)
+        except DfsError as e:  # gone meanwhile, or ZooKeeper away: the next open reloads
+            log.info("inode %d: could not follow another client's commit: %s", f.ino, e)
+        finally:
+            f.stale = None
+
+    def local_attrs(self, ino: int) -> tuple[int, int | None] | None:
+        """An open file's size and, if written here since its last commit, the mtime
+        that commit will set (ctime too, unless the inode's is later): so that what
+        the kernel caches while the file is open is what the close commits."""
+        f = self.files.get(ino)
+        if f is None:
+            return None
+        return f.size, (f.mtime_ns if f.dirty_meta else None)
 
     # ------------------------------------------------------------------ write
 
-    async def write(self, ino: int, offset: int, data: bytes) -> int:
+    async def write(self, ino: int, offset: int, data: bytes, *, append: bool = False) -> int:
+        """append: the handle is O_APPEND; if another client commits first, these
+        bytes go to the end of the file as committed (see _rebase), not to `offset`."""
         f = self.files.get(ino)
         if f is None:
             raise DfsError(errno.EBADF, "file not open")
-        end = offset + len(data)
-        if end > MAX_FILE_SIZE:
+        if offset + len(data) > MAX_FILE_SIZE:
             raise DfsError(errno.EFBIG, "file too large")
         if f.error is not None:
             raise f.error
         await self._wait_dirty_room(len(data))
+        async with f.lock:
+            if append:
+                # at the end as this client knows it: after a merge the kernel's
+                # idea of the size lags until it drops its attributes
+                offset = f.size
+                if f.append_start is None:
+                    f.append_start = offset
+            elif not append and f.append_start is not None and offset + len(data) > f.append_start:
+                f.append_start = -1  # overwritten in place: the appended bytes stay where they are
+            await self._write_locked(f, offset, data)
+        return len(data)
+
+    async def _write_locked(self, f: OpenFile, offset: int, data: bytes) -> None:
         bs = self.bs
         view = memoryview(data)
+        end = offset + len(data)
         pos = offset
         full: list[int] = []
-        async with f.lock:
-            while pos < end:
-                index, boff = divmod(pos, bs)
-                n = min(bs - boff, end - pos)
-                buf = await self._buffer_for_write(f, index, boff, n)
-                chunk = view[pos - offset:pos - offset + n]
-                if len(buf.data) < boff:
-                    buf.data.extend(bytes(boff - len(buf.data)))
-                before = len(buf.data)
-                buf.data[boff:boff + n] = chunk
-                self.dirty_bytes += len(buf.data) - before
-                if len(buf.data) >= bs:
-                    buf.complete = True
-                if buf.complete and boff + n == bs:
-                    full.append(index)
-                pos += n
-            f.size = max(f.size, end)
-            f.mtime_ns = time.time_ns()
-            f.dirty_meta = True
-            for index in full:
-                self._start_upload(f, index)
-        return len(data)
+        while pos < end:
+            index, boff = divmod(pos, bs)
+            n = min(bs - boff, end - pos)
+            ranges = f.written.get(index)
+            if ranges is None:
+                ranges = f.written[index] = []
+                ref = f.refs.get(index)
+                f.bases[index] = ref.id if ref else INLINE if index == 0 and f.inline else None
+            if ranges and ranges[-1][1] == boff:
+                ranges[-1] = (ranges[-1][0], boff + n)
+            else:
+                ranges.append((boff, boff + n))
+            buf = await self._buffer_for_write(f, index, boff, n)
+            chunk = view[pos - offset:pos - offset + n]
+            if len(buf.data) < boff:
+                buf.data.extend(bytes(boff - len(buf.data)))
+            before = len(buf.data)
+            buf.data[boff:boff + n] = chunk
+            self.dirty_bytes += len(buf.data) - before
+            if len(buf.data) >= bs:
+                buf.complete = True
+            if buf.complete and boff + n == bs:
+                full.append(index)
+            pos += n
+        f.size = max(f.size, end)
+        f.written_end = max(f.written_end, end)
+        f.mtime_ns = time.time_ns()
+        f.dirty_meta = True
+        for index in full:
+            self._start_upload(f, index)
 
     async def _buffer_for_write(self, f: OpenFile, index: int, boff: int, n: int) -> Buffer:
         buf = f.buffers.get(index)
@@ -307,7 +381,7 @@ class FileData:
             for ref in f.uploaded.values():
                 self._discard(ref)
             f.uploaded.clear()
-            f.dirty_meta = False
+            self._clean(f)
             f.error = None
         await self._release_dirty(freed)
 
@@ -349,71 +423,178 @@ class FileData:
             return
         await pending.done.wait()
         f.pending_create = None
-        if pending.error is not None:
-            raise DfsError(pending.error.errno if pending.error.errno != errno.ENOENT else errno.EIO,
+        if pending.error is not None:  # (EEXIST or ENOENT would make no sense from close())
+            raise DfsError(errno.ENOSPC if pending.error.errno == errno.ENOSPC else errno.EIO,
                            f"the file's create failed: {pending.error.message}")
 
     async def _flush(self, f: OpenFile) -> None:
-        ino = f.ino
         async with f.lock:
-            if (self.config.inline_max and f.size <= self.config.inline_max and not f.uploading
-                    and set(f.buffers) | set(f.uploaded) | set(f.refs) <= {0}):
-                await self._commit_inline(f)
-                return
-            if f.inline and not ({0} & (set(f.buffers) | set(f.uploaded) | set(f.uploading))):
-                # outgrew inline: block 0 becomes a real block in this commit
-                f.buffers[0] = Buffer(bytearray(f.inline[:f.size]), self._next_serial())
-                self.dirty_bytes += len(f.buffers[0].data)
+            for _ in range(MAX_REBASES):
+                try:
+                    await self._flush_locked(f)
+                    return
+                except Diverged as e:
+                    await self._rebase(f, e.node)
+        raise DfsError(errno.EIO, f"inode {f.ino}: other clients kept changing the file, "
+                                  f"{MAX_REBASES} commits failed; the writes were not saved")
+
+    async def _flush_locked(self, f: OpenFile) -> None:
+        ino = f.ino
+        if (self.config.inline_max and f.size <= self.config.inline_max and not f.uploading
+                and set(f.buffers) | set(f.uploaded) | set(f.refs) <= {0}):
+            await self._commit_inline(f)
+            return
+        if f.inline and not ({0} & (set(f.buffers) | set(f.uploaded) | set(f.uploading))):
+            # outgrew inline: block 0 becomes a real block in this commit
+            f.buffers[0] = Buffer(bytearray(f.inline[:f.size]), self._next_serial())
+            self.dirty_bytes += len(f.buffers[0].data)
+        for index in list(f.buffers):
+            self._start_upload(f, index)
+        assert f.upload_done is not None
+        prefetched: list = []
+        indices = set(f.uploaded) | set(f.uploading)
+        async with trio.open_nursery() as nursery:
+            if f.uploading and len(indices) <= COMMIT_BATCH:
+                # read what the commit needs while the blocks upload (one round trip less)
+                async def prefetch() -> None:
+                    try:
+                        prefetched.append(await self.view.meta.blockmap.prefetch_commit(ino, indices))
+                    except DfsError:
+                        pass  # the commit reads for itself
+                nursery.start_soon(prefetch)
+            while f.uploading:
+                await f.upload_done.wait()
+        if f.error is not None:
+            err, f.error = f.error, None
+            # the failed buffers are still in f.buffers; a later flush retries them
+            raise err
+        if f.buffers:  # written again while we waited: upload those too
             for index in list(f.buffers):
                 self._start_upload(f, index)
-            assert f.upload_done is not None
-            prefetched: list = []
-            indices = set(f.uploaded) | set(f.uploading)
-            async with trio.open_nursery() as nursery:
-                if f.uploading and len(indices) <= COMMIT_BATCH:
-                    # read what the commit needs while the blocks upload (one round trip less)
-                    async def prefetch() -> None:
-                        try:
-                            prefetched.append(await self.view.meta.blockmap.prefetch_commit(ino, indices))
-                        except DfsError:
-                            pass  # the commit reads for itself
-                    nursery.start_soon(prefetch)
-                while f.uploading:
-                    await f.upload_done.wait()
-            if f.error is not None:
-                err, f.error = f.error, None
-                # the failed buffers are still in f.buffers; a later flush retries them
-                raise err
-            if f.buffers:  # written again while we waited: upload those too
-                for index in list(f.buffers):
-                    self._start_upload(f, index)
-                while f.uploading:
-                    await f.upload_done.wait()
-            if not (f.uploaded or f.dirty_meta):
-                return
-            # A ZooKeeper multi must stay under ~1 MiB: a very large file's refs go
-            # in several transactions (each consistent; the last sets size and mtime).
-            indices = sorted(f.uploaded)
-            while len(indices) > COMMIT_BATCH:
-                batch, indices = indices[:COMMIT_BATCH], indices[COMMIT_BATCH:]
-                updates = {i: f.uploaded[i] for i in batch}
-                await self.view.commit_blocks(ino, updates)
-                f.refs.update(updates)
-                for i in batch:
-                    del f.uploaded[i]
-            updates = dict(f.uploaded)
-            node = await self.view.commit_blocks(ino, updates, size=f.size, mtime_ns=f.mtime_ns,
-                                                 prefetched=prefetched[0] if prefetched else None)
+            while f.uploading:
+                await f.upload_done.wait()
+        if not (f.uploaded or f.dirty_meta):
+            return
+        # A ZooKeeper multi must stay under ~1 MiB: a very large file's refs go
+        # in several transactions (each consistent; the last sets size and mtime).
+        indices = sorted(f.uploaded)
+        while len(indices) > COMMIT_BATCH:
+            batch, indices = indices[:COMMIT_BATCH], indices[COMMIT_BATCH:]
+            updates = {i: f.uploaded[i] for i in batch}
+            node = await self.view.commit_blocks(ino, updates, expect_version=f.version_seen)
             f.refs.update(updates)
-            f.uploaded.clear()
-            f.dirty_meta = False
-            f.inline = None
+            for i in batch:
+                del f.uploaded[i]
+                f.written.pop(i, None)
+                f.bases.pop(i, None)
             self._committed(f, node)
+        updates = dict(f.uploaded)
+        node = await self.view.commit_blocks(ino, updates, size=f.size, mtime_ns=f.mtime_ns,
+                                             prefetched=prefetched[0] if prefetched else None,
+                                             expect_version=f.version_seen)
+        f.refs.update(updates)
+        f.uploaded.clear()
+        f.inline = None
+        self._committed(f, node)
+        self._clean(f)
 
     def _committed(self, f: OpenFile, node: Inode) -> None:
         f.node = node
         f.version_seen = node.version
         self.view.saw_version(node)
+
+    def _clean(self, f: OpenFile) -> None:
+        """What was dirty is committed (or dropped)."""
+        f.dirty_meta = False
+        f.written.clear()
+        f.bases.clear()
+        f.written_end = 0
+        f.append_start = None
+        if f.merged:
+            # The file now holds bytes of others that this mount's page cache lacks:
+            # the next open must not keep it, open handles drop it now.
+            f.merged = False
+            self.view.versions.pop(f.ino, None)
+            if self.on_merged is not None:
+                self.nursery.start_soon(self.on_merged, f.ino)
+
+    def saw_own_change(self, node: Inode) -> None:
+        """This client changed an open file's inode (setattr): unless someone else did
+        in between, its next commit still builds on what it has."""
+        f = self.files.get(node.ino)
+        if f is not None and node.version == f.version_seen + 1:
+            f.node = node
+            f.version_seen = node.version
+
+    async def _rebase(self, f: OpenFile, node: Inode) -> None:
+        """Someone else committed the file since our writes were built on it: take
+        their version and lay the byte ranges this client wrote over it, block by
+        block, where the block ours was built on is no longer the one committed.
+        Disjoint writes of two clients both survive; where they overlap, the later
+        commit wins (called under f.lock, no upload in flight)."""
+        node, refs, inline = await self.view.open_file(f.ino)
+        bs = self.bs
+        freed = 0
+        tail = b""
+        start = f.append_start
+        if start is not None and start >= 0 and f.written_end > start:
+            # O_APPEND: what we appended goes after what the others committed
+            tail = await self._local_bytes(f, start, f.written_end)
+            for index in list(f.written):
+                ranges = f.written[index]
+                kept = [(a, min(b, start - index * bs)) for a, b in ranges if index * bs + a < start]
+                if not kept:
+                    del f.written[index]
+                elif kept != ranges:  # its buffer holds appended bytes: rebuild it
+                    f.written[index], f.bases[index] = kept, "appended"
+            f.written_end = max((i * bs + r[-1][1] for i, r in f.written.items()), default=0)
+        for index in (set(f.buffers) | set(f.uploaded)) - set(f.written):
+            # not written here (block 0 made of the inline bytes): what is committed is newer
+            buf, ref = f.buffers.pop(index, None), f.uploaded.pop(index, None)
+            freed += len(buf.data) if buf is not None else 0
+            if ref is not None:
+                self._discard(ref)
+        for index, ranges in f.written.items():
+            now = refs.get(index)
+            key = now.id if now else INLINE if index == 0 and inline else None
+            if key == f.bases.get(index) != INLINE or ranges == [(0, bs)]:
+                continue
+            buf = f.buffers.get(index)
+            ref = f.uploaded.pop(index, None)
+            ours = buf.data if buf is not None else await self._read_whole(ref) if ref is not None else b""
+            merged = bytearray(await self._read_whole(now)) if now else bytearray(inline if key == INLINE else b"")
+            for a, b in ranges:
+                if len(merged) < a:
+                    merged.extend(bytes(a - len(merged)))
+                merged[a:b] = ours[a:b]
+            if ref is not None:
+                self._discard(ref)
+            if buf is not None:
+                freed += len(buf.data)
+            f.buffers[index] = Buffer(merged, self._next_serial(), complete=True)
+            self.dirty_bytes += len(merged)
+            f.bases[index] = key
+        f.refs, f.inline = refs, inline
+        f.size = max(node.rec.size, f.written_end)
+        f.node, f.version_seen, f.merged = node, node.version, True
+        f.dirty_meta = True
+        await self._release_dirty(freed)
+        if tail:
+            f.append_start = f.size
+            await self._write_locked(f, f.size, tail)
+
+    async def _local_bytes(self, f: OpenFile, start: int, end: int) -> bytes:
+        """The file's bytes start..end as this client has them (its writes included)."""
+        out = bytearray()
+        while start < end:
+            index, boff = divmod(start, self.bs)
+            n = min(self.bs - boff, end - start)
+            buf, ref = f.buffers.get(index), f.uploaded.get(index) or f.refs.get(index)
+            block = buf.data if buf is not None else await self._read_whole(ref) if ref is not None \
+                else f.inline or b"" if index == 0 else b""
+            out += bytes(block[boff:boff + n]).ljust(n, b"\0")
+            start += n
+        return bytes(out)
 
     async def _commit_inline(self, f: OpenFile) -> None:
         """Commit a small file's bytes into its block-map znode (called under f.lock).
@@ -436,7 +617,7 @@ class FileData:
         updates: dict[int, BlockRef | None] = {0: None} if 0 in f.refs else {}
         node = await self.view.commit_blocks(
             f.ino, updates, size=f.size, mtime_ns=f.mtime_ns, inline=content,
-            known=None if updates else f.node)
+            known=None if updates else f.node, expect_version=f.version_seen)
         freed = sum(len(b.data) for b in f.buffers.values())
         f.buffers.clear()
         for r in f.uploaded.values():
@@ -444,8 +625,8 @@ class FileData:
         f.uploaded.clear()
         f.refs.pop(0, None)
         f.inline = content or None
-        f.dirty_meta = False
         self._committed(f, node)
+        self._clean(f)
         await self._release_dirty(freed)
 
     async def flush_all(self) -> None:
@@ -468,52 +649,63 @@ class FileData:
         else:
             lock = trio.Lock()
         async with lock:
-            node = await self.view.getattr(ino)
-            if not node.rec.is_reg:
-                raise DfsError(errno.EINVAL, "not a regular file")
+            for _ in range(MAX_REBASES):
+                try:
+                    return await self._truncate_locked(ino, size, f)
+                except Diverged:
+                    if f is not None:
+                        f.version_seen = -1  # what it has is stale: read the map again
+        raise DfsError(errno.EIO, f"inode {ino}: other clients kept changing the file; not truncated")
+
+    async def _truncate_locked(self, ino: int, size: int, f: OpenFile | None) -> Inode:
+        node = await self.view.getattr(ino)
+        if f is not None and node.version == f.version_seen:
+            refs, inline = f.refs, f.inline
+        else:  # the map as committed now: another client may have changed the last block
+            node, refs, inline = await self.view.open_file(ino)
+        if not node.rec.is_reg:
+            raise DfsError(errno.EINVAL, "not a regular file")
+        old_size = node.rec.size
+        if not refs:
+            # inline bytes (or nothing): the commit trims them, no block to rewrite
+            new_inline = inline[:size] if inline and size < len(inline) else None
+            node = await self.view.commit_blocks(ino, {}, size=size, mtime_ns=time.time_ns(),
+                                                 inline=new_inline, expect_version=node.version)
             if f is not None:
-                refs, inline = f.refs, f.inline
-            else:
-                _, refs, inline = await self.view.meta.blockmap.open_file(ino)
-            old_size = node.rec.size
-            if not refs:
-                # inline bytes (or nothing): the commit trims them, no block to rewrite
-                new_inline = inline[:size] if inline and size < len(inline) else None
-                node = await self.view.commit_blocks(ino, {}, size=size, mtime_ns=time.time_ns(),
-                                                     inline=new_inline)
-                if f is not None:
-                    f.size = size
-                    if new_inline is not None:
-                        f.inline = new_inline or None
-                    self._committed(f, node)
-                else:
-                    self.view.saw_version(node)
-                return node
-            bs = self.bs
-            updates: dict[int, BlockRef | None] = {}
-            truncate_from = None
-            if size < old_size:
-                last, within = divmod(size, bs)
-                truncate_from = last + 1 if within else last
-                ref = refs.get(last)
-                if within and ref is not None and ref.length > within:
-                    data = (await self._read_whole(ref))[:within]
-                    updates[last] = await self.blocks.write_block(
-                        data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
-                    self.cache.put(updates[last].id, data)
-            node = await self.view.commit_blocks(ino, updates, size=size, truncate_from=truncate_from,
-                                                 mtime_ns=time.time_ns())
-            if f is not None:
-                f.size = size
-                for i in [i for i in f.refs if truncate_from is not None and i >= truncate_from]:
-                    del f.refs[i]
-                for i, r in updates.items():
-                    if r is not None:
-                        f.refs[i] = r
+                f.size, f.refs = size, {}
+                f.inline = new_inline or None if new_inline is not None else inline
                 self._committed(f, node)
             else:
                 self.view.saw_version(node)
             return node
+        bs = self.bs
+        updates: dict[int, BlockRef | None] = {}
+        truncate_from = None
+        if size < old_size:
+            last, within = divmod(size, bs)
+            truncate_from = last + 1 if within else last
+            ref = refs.get(last)
+            if within and ref is not None and ref.length > within:
+                data = (await self._read_whole(ref))[:within]
+                updates[last] = await self.blocks.write_block(
+                    data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
+                self.cache.put(updates[last].id, data)
+        try:
+            node = await self.view.commit_blocks(ino, updates, size=size, truncate_from=truncate_from,
+                                                 mtime_ns=time.time_ns(), expect_version=node.version)
+        except Diverged:
+            for r in updates.values():
+                if r is not None:
+                    self._discard(r)
+            raise
+        if f is not None:
+            f.size, f.inline = size, None
+            f.refs = {i: r for i, r in refs.items() if truncate_from is None or i < truncate_from}
+            f.refs.update(updates)
+            self._committed(f, node)
+        else:
+            self.view.saw_version(node)
+        return node
 
     # ------------------------------------------------------------------ read
 

@@ -35,7 +35,7 @@ import time
 import trio
 
 from dfs.client.view import ClientView
-from dfs.errors import DfsError
+from dfs.errors import DfsError, ZkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -158,24 +158,33 @@ class Removals:
             # a conflict or error anywhere fails the whole transaction: one by one
             log.debug("batch of %d removals failed (%r): one at a time", len(batch), e)
             left = batch
+        unreachable = 0
         for op, parent, name in left:
-            await self._commit(op, parent, name)
+            unreachable += await self._commit(op, parent, name)
+        if unreachable:  # one line for the batch, not one per name
+            log.error("%d background removal(s) failed after they were reported done: ZooKeeper "
+                      "unreachable (the entries stay)", unreachable)
 
-    async def _commit(self, op: str, parent: int, name: bytes) -> None:
+    async def _commit(self, op: str, parent: int, name: bytes) -> bool:
+        """Commit one removal; True if it failed because ZooKeeper is unreachable."""
         try:
             if op == "unlink":
                 await self.view.unlink(parent, name)
             else:
                 await self.view.rmdir(parent, name)
-        except DfsError as e:  # (ZkUnavailable included)
+        except ZkUnavailable:
+            self.failures += 1
+            return True
+        except DfsError as e:
             if e.errno == errno.ENOENT:
-                return  # gone already (another client removed or renamed it)
+                return False  # gone already (another client removed or renamed it)
             self.failures += 1
             log.error("background %s of %r in directory %d failed after it was reported done: %s",
                       op, name, parent, e)
         except Exception:
             self.failures += 1
             log.exception("background %s of %r in directory %d crashed", op, name, parent)
+        return False
 
     def take_failures(self) -> int:
         n, self.failures = self.failures, 0

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from dfs.errors import DfsError
 from dfs.meta.inodes import Inode, decode
-from dfs.meta.store import Conflict, MetaStore, now_ns
+from dfs.meta.store import Conflict, MetaStore
 from dfs.records import BlockGroup, BlockRef, GcEntry
 from dfs.zk import Txn
 from dfs.zk.reads import Got, Read, Reads
@@ -38,6 +38,14 @@ class CommitReads:
 
 
 Prefetched = tuple[CommitReads, Got]
+
+
+class Diverged(Exception):
+    """Someone else committed the file since the version a commit was built on."""
+
+    def __init__(self, node: Inode):
+        super().__init__(f"inode {node.ino} is at version {node.version}")
+        self.node = node
 
 
 class BlockMap:
@@ -105,7 +113,8 @@ class BlockMap:
                             size: int | None = None, truncate_from: int | None = None,
                             mtime_ns: int | None = None, expect_size: int | None = None,
                             prefetched: Prefetched | None = None,
-                            inline: bytes | None = None, known: Inode | None = None) -> Inode:
+                            inline: bytes | None = None, known: Inode | None = None,
+                            expect_version: int | None = None) -> Inode:
         """Commit new block refs (and size/mtime) of a file in one transaction.
 
         Args:
@@ -119,9 +128,12 @@ class BlockMap:
             that touches no block groups then needs no reads: the inode's
             version check catches anyone who changed the file since (and the
             commit retries with fresh reads).
+          expect_version: the inode version the caller built `updates` on; if
+            someone else committed since, nothing is written and Diverged is
+            raised (the caller lays its writes over what is there now).
         Replaced and dropped refs are queued in gc/ in the same transaction.
         Returns the inode as committed (`exact` per the CommitHook).
-        Raises ENOENT if the inode is gone.
+        Raises ENOENT if the inode is gone, Diverged (see expect_version).
         """
 
         async def attempt() -> Inode:
@@ -139,6 +151,10 @@ class BlockMap:
                     raise DfsError(errno.ENOENT, f"no inode {ino}")
                 node = decode(ino, got[plan.inode], None)
             prefetched = known = None
+            if expect_version is not None and node.version != expect_version:
+                if got is None:
+                    raise Conflict()  # our copy is what is stale: read, then decide
+                raise Diverged(node)
             if not node.rec.is_reg:
                 raise DfsError(errno.EISDIR if node.rec.is_dir else errno.EINVAL,
                                f"inode {ino} is not a regular file")
@@ -197,7 +213,7 @@ class BlockMap:
                         rec.size = max(rec.size, i * bs + ref.length)
             if mtime_ns is not None:
                 rec.mtime_ns = mtime_ns
-                rec.ctime_ns = max(mtime_ns, now_ns())
+                rec.ctime_ns = max(rec.ctime_ns, mtime_ns)  # the write's time, as the mount showed it
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
             self.queue_gc(txn, garbage)
             exact = await self.store.commit(txn)

@@ -34,8 +34,10 @@ __all__ = [
 class ZkClient(Protocol):
     """The contract every dfs module relies on (WireZk implements it).
 
-    Calls are trio coroutines. A call retries connection loss until the
-    client's op_timeout and then raises ZkUnavailable; the outcomes a caller
+    Calls are trio coroutines. A session's calls reach ZooKeeper in the order
+    they were made, also when a lost connection makes the client send them
+    again. A call retries connection loss until the client's op_timeout and
+    then raises ZkUnavailable (EIO); the outcomes a caller
     decides on (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError)
     reach it unchanged. Paths are relative to the client's chroot.
     """
@@ -73,7 +75,7 @@ class ZkClient(Protocol):
 
 
 async def connect(hosts: str, *, timeout: float = 10.0, session_timeout: float = 10.0,
-                  op_timeout: float = 60.0) -> ZkClient:
-    """A connected client, or ZkUnavailable after `timeout` seconds."""
+                  op_timeout: float = 60.0, bound_outage: bool = False) -> ZkClient:
+    """A connected client, or ZkUnavailable after `timeout` seconds (WireZk's arguments)."""
     return await WireZk.connect(hosts, timeout=timeout, session_timeout=session_timeout,
-                                op_timeout=op_timeout)
+                                op_timeout=op_timeout, bound_outage=bound_outage)

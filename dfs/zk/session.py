@@ -23,6 +23,12 @@ Concurrency invariants (one trio thread, so "atomic" means "no await between"):
   the connection's tasks are gone, `_drop` fails what is left with
   ConnectionLoss and the callers' retry loop (`_call`) resends on the next
   connection.
+- Resends keep the call order too (a create and the commit that depends on it
+  come from two tasks): every call has a number (`seq`), and a call that must
+  be sent again waits in `_waiting` (a heap of those numbers, which `_drop`
+  fills with the numbers of the calls it fails) until it is the oldest there;
+  a new call waits behind them as well. The oldest sends, leaves the heap,
+  and wakes the others (`_turn`).
 - A cancelled call leaves its entry queued (its request is on the wire); the
   reader drops the reply.
 
@@ -38,6 +44,7 @@ server forgets a connection's watches, so watchers re-read and re-arm.
 """
 
 import errno
+import heapq
 import logging
 import random
 import socket
@@ -136,13 +143,15 @@ class AddWatch:
 class _Pending:
     """One request on the wire, waiting for its reply."""
 
-    __slots__ = ("xid", "request", "watch", "task")
+    __slots__ = ("xid", "seq", "request", "watch", "task", "requeued")
 
-    def __init__(self, xid: int, request: Any, watch: Callable | None, task: Any):
+    def __init__(self, xid: int, seq: int, request: Any, watch: Callable | None, task: Any):
         self.xid = xid
+        self.seq = seq  # the call's number (the order of resends)
         self.request = request
         self.watch = watch
         self.task = task  # None once the caller is gone (cancelled) or woken
+        self.requeued = False  # _drop put seq in WireZk._waiting
 
     def abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         self.task = None  # the reply will be read and dropped
@@ -205,20 +214,32 @@ class WireZk:
       hosts: "host:port,host:port[/chroot]", as for kazoo.
       session_timeout: requested session timeout, seconds.
       op_timeout: how long a call keeps retrying through connection loss before
-        it raises ZkUnavailable.
+        it raises ZkUnavailable (EIO); 0: no waiting. The first such failure of
+        an outage is logged, and the end of the outage.
+      bound_outage: count op_timeout from the loss of the connection if that
+        came before the call: once ZooKeeper has been gone that long, every
+        call fails at once until it is back, so an operation made of many
+        calls (a mount's) waits op_timeout in all, not op_timeout per call.
     """
 
-    def __init__(self, hosts: str, *, session_timeout: float = 10.0, op_timeout: float = 60.0):
+    def __init__(self, hosts: str, *, session_timeout: float = 10.0, op_timeout: float = 60.0,
+                 bound_outage: bool = False):
         self.hosts, chroot = collect_hosts(hosts)
         self.chroot = normpath(chroot) if chroot else ""
         self.session_timeout = session_timeout
         self.op_timeout = op_timeout
+        self.bound_outage = bound_outage
         self._last_zxid = 0
         self._session_id = 0
         self._passwd = EMPTY_PASSWORD
         self._xid = 0
+        self._seq = 0  # calls, numbered in the order they are made
+        self._waiting: list[int] = []  # heap: numbers of the calls waiting to be sent again
+        self._turn = trio.lowlevel.ParkingLot()  # they wait here for their turn
         self._conn: _Conn | None = None
         self._state: str | None = None
+        self._down_since: float | None = None  # when the connection was lost (None: connected)
+        self._outage_logged = False  # this outage's first ZkUnavailable was logged
         self._listeners: list[Callable[[str], Any]] = []
         self._data_watches: dict[str, list[Callable]] = {}
         self._child_watches: dict[str, list[Callable]] = {}
@@ -230,9 +251,10 @@ class WireZk:
 
     @classmethod
     async def connect(cls, hosts: str, *, timeout: float = 10.0, session_timeout: float = 10.0,
-                      op_timeout: float = 60.0) -> "WireZk":
+                      op_timeout: float = 60.0, bound_outage: bool = False) -> "WireZk":
         """Connect, or raise ZkUnavailable after `timeout` seconds."""
-        self = cls(hosts, session_timeout=session_timeout, op_timeout=op_timeout)
+        self = cls(hosts, session_timeout=session_timeout, op_timeout=op_timeout,
+                   bound_outage=bound_outage)
         conn = None
         with trio.move_on_after(timeout):
             conn = await self._establish(quiet=True)
@@ -250,7 +272,7 @@ class WireZk:
             self._closing = True
             conn = self._conn
             if conn is not None:
-                entry = self._send(conn, _Close(), None)
+                entry = self._send(conn, _Close(), None, 0)
                 with trio.move_on_after(2.0):
                     try:
                         await _wait_rescheduled(entry.abort)
@@ -295,7 +317,7 @@ class WireZk:
                 raise ZkUnavailable("the ZooKeeper client is closed")
             left = deadline - time.monotonic()
             if left < 0:
-                raise ZkUnavailable("lost the ZooKeeper connection and could not get it back")
+                raise self._unavailable("lost the ZooKeeper connection and could not get it back")
             with trio.move_on_after(left + 0.01):
                 await self._connected.wait()
 
@@ -423,10 +445,10 @@ class WireZk:
 
     # -- requests and replies
 
-    def _send(self, conn: _Conn, request: Any, watch: Callable | None) -> _Pending:
-        """Put `request` on the wire (no await: see the ordering invariant)."""
+    def _send(self, conn: _Conn, request: Any, watch: Callable | None, seq: int) -> _Pending:
+        """Put `request` on the wire (no await: see the ordering invariants)."""
         self._xid = xid = self._xid % 0x7FFFFFFF + 1
-        entry = _Pending(xid, request, watch, _current_task())
+        entry = _Pending(xid, seq, request, watch, _current_task())
         body = request.serialize()
         conn.pending.append(entry)
         conn.write(_request_head.pack(len(body) + 8, xid, request.type) + body)
@@ -434,25 +456,59 @@ class WireZk:
         return entry
 
     async def _call(self, request: Any, watch: Callable | None = None) -> Any:
-        """Send `request` and return its reply; retry RETRYABLE errors until op_timeout."""
-        deadline = time.monotonic() + self.op_timeout
-        while True:
-            conn = self._conn
-            if conn is not None:
-                entry = self._send(conn, request, watch)
-                try:
-                    return await _wait_rescheduled(entry.abort)
-                except RETRYABLE as e:
-                    error: BaseException = e
-            else:
-                error = ConnectionLoss("not connected")
-            if self._closing:
-                raise ZkUnavailable("the ZooKeeper client is closed")
-            log.debug("zk retry after %r", error)
-            if time.monotonic() > deadline:
-                raise ZkUnavailable(f"ZooKeeper operation failed: {error!r}") from None
-            await trio.sleep(0.05)
-            await self.wait_connected(deadline)
+        """Send `request` and return its reply; retry RETRYABLE errors until op_timeout
+        has passed since the call (or since the connection was lost, if earlier
+        and `bound_outage`)."""
+        start = time.monotonic()
+        self._seq = seq = self._seq + 1
+        waiting = False  # seq is in self._waiting
+        try:
+            while True:
+                conn = self._conn
+                error: BaseException | None = None
+                if conn is not None and (not self._waiting or self._waiting[0] == seq):
+                    if waiting:  # our turn: the oldest of those waiting
+                        heapq.heappop(self._waiting)
+                        waiting = False
+                        self._turn.unpark_all()
+                    entry = self._send(conn, request, watch, seq)
+                    try:
+                        return await _wait_rescheduled(entry.abort)
+                    except RETRYABLE as e:
+                        error = e
+                        waiting = entry.requeued
+                elif conn is None:
+                    error = ConnectionLoss("not connected")
+                if not waiting:
+                    heapq.heappush(self._waiting, seq)
+                    waiting = True
+                if self._closing:
+                    raise ZkUnavailable("the ZooKeeper client is closed")
+                down = self._down_since
+                since = min(start, down) if self.bound_outage and down is not None else start
+                deadline = since + self.op_timeout
+                if time.monotonic() >= deadline:
+                    raise self._unavailable(f"ZooKeeper operation failed: {error!r}") from None
+                if error is None:  # connected, older calls go first
+                    with trio.move_on_after(deadline - time.monotonic()):
+                        await self._turn.park()
+                    continue
+                log.debug("zk retry after %r", error)
+                await trio.sleep(0.05)
+                await self.wait_connected(deadline)
+        finally:
+            if waiting:
+                self._waiting.remove(seq)
+                heapq.heapify(self._waiting)
+                self._turn.unpark_all()
+
+    def _unavailable(self, message: str) -> ZkUnavailable:
+        """The error a call gives up with; only an outage's first is logged (the rest repeat it)."""
+        if not self._outage_logged and not self._closing:
+            self._outage_logged = True
+            log.error("ZooKeeper %s unreachable for %g s: operations fail with EIO until it is back",
+                      ",".join(f"{h}:{p}" for h, p in self.hosts), self.op_timeout)
+        return ZkUnavailable(message)
 
     def _reply(self, conn: _Conn, data: bytes, offset: int) -> None:
         """Handle one reply frame whose body starts at `offset`."""
@@ -576,6 +632,12 @@ class WireZk:
         async with trio.open_nursery() as nursery:
             conn.scope = nursery.cancel_scope
             self._conn = conn
+            if self._down_since is not None:
+                log.log(logging.WARNING if self._outage_logged else logging.INFO,
+                        "ZooKeeper connection back on %s after %.1f s", conn.address,
+                        time.monotonic() - self._down_since)
+                self._down_since = None
+                self._outage_logged = False
             self._connected.set()
             self._set_state(ZkState.CONNECTED)
             nursery.start_soon(self._guard, conn, self._reader)
@@ -595,12 +657,16 @@ class WireZk:
         """Forget a dead connection: fail its requests, fire and clear the watches."""
         if self._conn is conn:
             self._conn = None
+            self._down_since = time.monotonic()
         if self._connected.is_set():
             self._connected = trio.Event()
         conn.close()
         pending, conn.pending = conn.pending, deque()
         for entry in pending:
             if entry.task is not None:
+                if entry.seq:  # a call (not close()): it is sent again in its turn
+                    heapq.heappush(self._waiting, entry.seq)
+                    entry.requeued = True
                 _reschedule(entry.task, _Error(ConnectionLoss()))
                 entry.task = None
         if not self._closing:
@@ -703,7 +769,8 @@ class WireZk:
 
     async def _establish(self, *, quiet: bool) -> _Conn:
         """Connect to any server of the list (random order, backing off between rounds).
-        An expired session is replaced by a new one: listeners see LOST, then CONNECTED."""
+        An expired session is replaced by a new one: listeners see LOST, then CONNECTED.
+        Only the first round's failures are logged (unless `quiet`), not one a second."""
         delay = 0.05
         while True:
             hosts = list(self.hosts)
@@ -722,6 +789,7 @@ class WireZk:
                             struct.error) as e:
                         (log.debug if quiet else log.info)("ZooKeeper %s:%s: %r", host, port, e)
                         break
+            quiet = True
             await trio.sleep(delay)
             delay = min(delay * 2, 1.0)
 

@@ -21,6 +21,7 @@ import time
 import trio
 
 from dfs.blocks.client import BlockClient
+from dfs.blocks.connection import CONNECT_TIMEOUT
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import FsConfig
 from dfs.errors import DfsError, UsageError
@@ -100,6 +101,8 @@ async def run_fsck(args: argparse.Namespace, out=sys.stdout) -> int:
                    verify_data=args.verify_data, lost_found=args.lost_found, orphan_age=args.orphan_age)
     if opts.orphan_age < 0:
         raise UsageError("--orphan-age must be >= 0")
+    if args.node_timeout <= 0:
+        raise UsageError("--node-timeout must be > 0")
     if not opts.path.startswith("/"):
         opts.path = "/" + opts.path
     zk = await connect_zk(args, op_timeout=max(args.zk_timeout, 30.0))
@@ -112,7 +115,8 @@ async def run_fsck(args: argparse.Namespace, out=sys.stdout) -> int:
             raise UsageError(e.message) from None
         key = await cluster_key(args, zk)
         nodedir = NodeDirectory(zk, paths)
-        blocks = BlockClient(nodedir, key=key, reporter="fsck")
+        blocks = BlockClient(nodedir, key=key, reporter="fsck", request_timeout=args.node_timeout,
+                             connect_timeout=min(args.node_timeout, CONNECT_TIMEOUT))
         report = Report()
         report = await Fsck(zk, paths, config, nodedir, blocks, opts, report, Progress(report)).run()
     finally:

@@ -7,6 +7,7 @@ checksum, mtime): O(blocks), about 200 bytes each.
 """
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -16,6 +17,7 @@ from typing import Awaitable, Callable
 import trio
 
 from dfs.blocks.client import BlockClient
+from dfs.blocks.connection import NodeSlow
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import FsConfig
 from dfs.errors import DfsError
@@ -28,6 +30,9 @@ from dfs.records import DirEntry, GcEntry, InodeRecord, NodeLive, NodeRegistrati
 from dfs.zk import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError, ZkClient, ZnodeStat
 from tools.fsck.report import Problem, Progress, Report
 
+log = logging.getLogger(__name__)
+
+LIST_PATIENCE = 10    # a slow node's second listing may take this many request timeouts
 CHUNK = 512           # directory entries (or inodes) per multi-read round
 REF = 1               # bit 0 of a BlockIndex mask: some block map names the block
 
@@ -251,15 +256,24 @@ class FsckState:
         now = time.time()
 
         async def one(node_id: str) -> None:
-            n = 0
-            try:
-                async for bid, length, csum, mtime in self.blocks.list_blocks(node_id):
-                    index.add(node_id, bid, length, csum, mtime or now)
-                    n += 1
-                    if n % 4096 == 0:
-                        self.progress.tick()
-            except DfsError as e:
-                self.unreachable(node_id, str(e))
+            # A node that is connected but slow (a busy disk) gets a second, longer
+            # try before it counts as dead (a block listed twice is counted once).
+            for patience in (None, LIST_PATIENCE * self.blocks.request_timeout):
+                n = 0
+                try:
+                    async for bid, length, csum, mtime in self.blocks.list_blocks(node_id, timeout=patience):
+                        index.add(node_id, bid, length, csum, mtime or now)
+                        n += 1
+                        if n % 4096 == 0:
+                            self.progress.tick()
+                    return
+                except NodeSlow as e:
+                    why = str(e)
+                    log.warning("%s: listing it again with more patience", why)
+                except DfsError as e:
+                    why = str(e)
+                    break
+            self.unreachable(node_id, why)
 
         for node_id in self.live:
             index.slots.setdefault(node_id, len(index.slots))
