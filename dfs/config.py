@@ -23,6 +23,9 @@ class FsConfig(Record):
     # blocks/<ino>'s data) instead of in a block; 0 turns it off
     inline_max: int = 4096
     key_check: str = ""  # dfs.keys.key_check of the cluster key ("": made before keys existed)
+    # heap bytes of each ZooKeeper server: creates stop before the znodes fill it
+    # (dfs.maint.capacity); `dfs up` sets it to the heap it gives ZooKeeper
+    zk_heap: int = 1 << 30
     created: float = 0.0
     format_revision: int = FORMAT_REVISION
 

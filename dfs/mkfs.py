@@ -9,7 +9,9 @@ from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.paths import ROOT_INO, FsPaths
 from dfs.records import InodeRecord
-from dfs.zk import NodeExistsError, NoNodeError, Txn, ZkClient
+from dfs.zk import BadVersionError, NodeExistsError, NoNodeError, Txn, ZkClient
+
+MIN_ZK_HEAP = 32 << 20
 
 
 async def mkfs(zk: ZkClient, paths: FsPaths, config: FsConfig, *, uid: int | None = None,
@@ -25,6 +27,8 @@ async def mkfs(zk: ZkClient, paths: FsPaths, config: FsConfig, *, uid: int | Non
         raise DfsError(errno.EINVAL, "block size must be between 4 KiB and 64 MiB")
     if not 0 <= config.inline_max <= min(64 * 1024, config.block_size):
         raise DfsError(errno.EINVAL, "inline_max must be between 0 and 64 KiB (and at most the block size)")
+    if config.zk_heap < MIN_ZK_HEAP:
+        raise DfsError(errno.EINVAL, f"zk_heap must be at least {MIN_ZK_HEAP >> 20} MiB")
     if await zk.exists(paths.config):
         raise DfsError(errno.EEXIST, f"a filesystem already exists at {paths.root}")
     parent = paths.root.rsplit("/", 1)[0]
@@ -58,3 +62,24 @@ async def load_config(zk: ZkClient, paths: FsPaths) -> FsConfig:
     except NoNodeError:
         raise DfsError(errno.ENOENT, f"no filesystem at {paths.root} (run 'dfs mkfs')") from None
     return FsConfig.decode(data)
+
+
+async def set_zk_heap(zk: ZkClient, paths: FsPaths, zk_heap: int) -> bool:
+    """Record the heap ZooKeeper now runs with (the one setting that changes after
+    mkfs; dfs.maint.capacity re-reads it). True if it changed."""
+    if zk_heap < MIN_ZK_HEAP:
+        raise DfsError(errno.EINVAL, f"zk_heap must be at least {MIN_ZK_HEAP >> 20} MiB")
+    while True:
+        try:
+            data, st = await zk.get(paths.config)
+        except NoNodeError:
+            raise DfsError(errno.ENOENT, f"no filesystem at {paths.root} (run 'dfs mkfs')") from None
+        config = FsConfig.decode(data)
+        if config.zk_heap == zk_heap:
+            return False
+        config.zk_heap = zk_heap
+        try:
+            await zk.set(paths.config, config.encode(), st.version)
+            return True
+        except BadVersionError:
+            continue

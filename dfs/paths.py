@@ -30,6 +30,11 @@ class FsPaths:
         return f"{self.root}/ids/inode"
 
     @property
+    def capacity(self) -> str:
+        """The repair leader's verdict on ZooKeeper's heap (dfs.maint.capacity)."""
+        return f"{self.root}/capacity"
+
+    @property
     def secret(self) -> str:
         return f"{self.root}/secret"
 
@@ -146,7 +151,7 @@ class FsPaths:
         return [
             self.root, f"{self.root}/ids", self.inodes, self.dirs, self.blocks,
             self.xattrs, f"{self.root}/nodes", self.registry, self.live, self.gc,
-            self.open, self.repair, self.repair_reports, self.repair_audit,
+            self.open, self.repair, self.repair_reports, self.repair_audit, self.capacity,
         ]
 
     # -- children named by their znode name (as get_children lists them)

@@ -118,6 +118,7 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         # lookups, attributes and listings answered locally, kept exact by
         # ZooKeeper's change feed (dfs.client.feed)
         await nursery.start(view.feed.run, zk)
+        nursery.start_soon(view.capacity.run)  # creates fail with ENOSPC while ZooKeeper is full
         files = FileData(view, blocks, nursery, cache_bytes=settings.cache_mb << 20)
         # creates, unlink and rmdir answered at once and committed in the
         # background (dfs.client.creates, dfs.client.removals) unless -o sync_dirops

@@ -366,3 +366,52 @@ def test_a_file_open_on_one_mount_follows_the_other_mounts_commits(cluster):
         tail.kill()
         tail.wait()
         held.close()
+
+
+def test_open_sees_another_clients_commit_while_the_file_is_held_open_here(cluster):
+    """Close-to-open with a descriptor already open on the reading mount: a new open
+    after another client's commit sees it, without waiting for the change feed (not
+    running here)."""
+
+    async def go(zk, view, blocks, nursery):
+        reader = FileData(view, blocks, nursery)
+        writer = FileData(ClientView(zk, cluster.paths, view.config), blocks, nursery)
+        node = await view.meta.create(ROOT_INO, b"f", 0o644, uid=0, gid=0)
+        held, _ = await reader.open(node.ino)  # and kept open throughout
+        seen = []
+        for i in range(1, 4):
+            await writer.open(node.ino)
+            await writer.write(node.ino, 0, f"v{i}".encode() * (1000 + i))
+            await writer.release(node.ino)
+            f, keep = await reader.open(node.ino)
+            seen.append((keep, await reader.read(node.ino, 0, 1 << 20)))
+            await reader.release(node.ino)
+        return seen
+
+    seen = client_session(cluster, go)
+    assert seen == [(False, f"v{i}".encode() * (1000 + i)) for i in range(1, 4)]
+
+
+def test_unlinked_open_file_is_held_again_on_a_new_session(cluster):
+    """An unlinked file still open here is held by an ephemeral znode; when the session
+    that made it expires, the client holds it again once its feed is back (else the
+    repair leader would release the inode and its blocks under the open file)."""
+
+    async def go(zk, view, blocks, nursery):
+        fd = FileData(view, blocks, nursery)
+        node = await view.meta.create(ROOT_INO, b"tmp", 0o644, uid=0, gid=0)
+        await fd.open(node.ino)
+        await fd.write(node.ino, 0, b"still needed")
+        await fd.flush(node.ino)
+        await view.unlink(ROOT_INO, b"tmp")
+        holder = cluster.paths.open_holder(node.ino, view.meta.namespace.mount_id)
+        held_first = await zk.exists(holder) is not None
+        await zk.delete(holder)  # what the expiry of the session does
+        await view.feed_on()  # what the feed does on the new session
+        held_again = await zk.exists(holder) is not None
+        data = await fd.read(node.ino, 0, 100)
+        await fd.release(node.ino)  # the last close lets it go
+        return held_first, held_again, data, await zk.exists(cluster.paths.inode(node.ino))
+
+    held_first, held_again, data, left = client_session(cluster, go)
+    assert held_first and held_again and data == b"still needed" and left is None

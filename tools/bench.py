@@ -3,7 +3,8 @@
 Runs on any directory (a dfs mount, MooseFS, local disk) so the numbers can be
 set side by side. Phases: big file write (1 MiB writes, fsync at the end) and
 read back (caches dropped when root), small files create / stat / read /
-delete. Prints a table (or JSON with --json).
+delete. Prints a table (or JSON with --json). `--scale N` runs the metadata
+scale benchmark instead (tools/benches/scale.py).
 """
 
 import argparse
@@ -15,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from dfs.errors import UsageError
+from tools.benches import scale
 
 
 def drop_caches() -> bool:
@@ -99,6 +101,8 @@ def main(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory")
+    if args.scale:
+        return scale.main(args)
     rows = run(directory, args.size, args.files)
     if args.json:
         print(json.dumps({name: {"value": round(v, 2), "unit": unit} for name, v, unit, _ in rows}))

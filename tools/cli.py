@@ -30,6 +30,19 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def add_mkfs_options(p: argparse.ArgumentParser) -> None:
+    """The settings of a new filesystem (`dfs mkfs`, and `dfs up` when it creates one)."""
+    p.add_argument("--block-size", type=parse_size, default=4 << 20, help="default: 4M")
+    p.add_argument("--replicas", type=int, default=3, help="copies of each block (default: 3)")
+    p.add_argument("--min-replicas", type=int, default=2,
+                   help="copies a write needs to succeed (default: 2)")
+    p.add_argument("--dead-after", type=float, default=30.0,
+                   help="seconds a node may be gone before repair starts (default: 30)")
+    p.add_argument("--inline-max", type=parse_size, default=4096,
+                   help="files up to this size keep their bytes in ZooKeeper, not in blocks"
+                        " (default: 4096; 0: never; at most 64K)")
+
+
 # ------------------------------------------------------------------ subcommands
 
 def exec_module(module: str, argv: list[str]) -> int:
@@ -80,9 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mountpoint", default="mnt", help="where to mount (default: ./%(default)s)")
     p.add_argument("--zk-servers", type=int, default=1, choices=(1, 3),
                    help="ZooKeeper servers: 1 or a 3-server ensemble (default: %(default)s)")
+    p.add_argument("--zk-heap", type=parse_size, default=None, metavar="SIZE",
+                   help="each ZooKeeper server's heap, e.g. 2G (default: a quarter of the "
+                        "machine's memory over the servers, at least 512M, at most 8G); creates "
+                        "stop before it is full")
     p.add_argument("--fs", default="default", help="filesystem name (default: %(default)s)")
     p.add_argument("--state", default=STATE_DIR, help="state directory (default: ./%(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
+    add_mkfs_options(p)
     p.set_defaults(func=optional("tools.local.cluster", "up"))
 
     p = sub.add_parser("down", help="unmount and stop everything 'dfs up' started")
@@ -92,15 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mkfs", help="create a filesystem (refuses to overwrite one)")
     add_common(p)
-    p.add_argument("--block-size", type=parse_size, default=4 << 20, help="default: 4M")
-    p.add_argument("--replicas", type=int, default=3, help="copies of each block (default: 3)")
-    p.add_argument("--min-replicas", type=int, default=2,
-                   help="copies a write needs to succeed (default: 2)")
-    p.add_argument("--dead-after", type=float, default=30.0,
-                   help="seconds a node may be gone before repair starts (default: 30)")
-    p.add_argument("--inline-max", type=parse_size, default=4096,
-                   help="files up to this size keep their bytes in ZooKeeper, not in blocks"
-                        " (default: 4096; 0: never; at most 64K)")
+    add_mkfs_options(p)
+    p.add_argument("--zk-heap", type=parse_size, default=1 << 30, metavar="SIZE",
+                   help="each ZooKeeper server's heap (its -Xmx): creates stop before the "
+                        "namespace fills it (default: 1G; 'dfs up' sets its own)")
     p.set_defaults(func=optional("tools.mkfs", "main"))
 
     p = sub.add_parser("keygen", help="put a filesystem made without a key under one, "
@@ -151,10 +164,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=3600.0, help="seconds to wait for the drain")
     p.set_defaults(func=optional("tools.drain", "main"))
 
+    p = sub.add_parser("whatif", help="which files would be lost if nodes went down now")
+    add_common(p)
+    p.add_argument("--down", required=True, metavar="NODE[,NODE...]",
+                   help="node ids (or unique prefixes) as 'dfs status' shows them")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=optional("tools.whatif", "main"))
+
+    p = sub.add_parser("why", help="one file's blocks, replicas, repair state and open holders")
+    add_common(p)
+    p.add_argument("path", nargs="?", help="path inside the filesystem (e.g. /dir/file)")
+    p.add_argument("--ino", type=int, help="an inode number instead of a path (unlinked files)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=optional("tools.why", "main"))
+
     p = sub.add_parser("bench", help="throughput and metadata benchmark on a directory")
     p.add_argument("dir", nargs="?", default="mnt")
     p.add_argument("--size", type=parse_size, default=1 << 30, help="big-file size (default: 1G)")
     p.add_argument("--files", type=int, default=2000, help="small files (default: 2000)")
+    p.add_argument("--scale", type=int, default=0, metavar="N",
+                   help="instead: create N empty files and report what they cost ZooKeeper")
+    p.add_argument("-w", "--writers", type=int, default=8, help="with --scale: writer processes")
+    p.add_argument("--zk", default=os.environ.get("DFS_ZK"), help="with --scale: for fsck "
+                   "(default: $DFS_ZK, then the local cluster of 'dfs up')")
+    p.add_argument("--fs", default="default", help="with --scale: filesystem name")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=optional("tools.bench", "main"))
     return parser

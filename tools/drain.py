@@ -1,5 +1,7 @@
 """`dfs drain NODE-ID`: move every block off a node while it keeps serving reads, then retire it.
 
+First says what `dfs whatif --down NODE-ID` would answer: the files that
+would be lost, or left with one copy, if the node died before the drain ends.
 Sets the node's registry state to `draining` (placement stops choosing it; the
 repair leader copies its blocks elsewhere and drops its replicas), waits until
 no block map references the node, and marks it `retired`.
@@ -20,6 +22,7 @@ from dfs.maint.scan import block_groups
 from dfs.paths import FsPaths, default_root
 from dfs.zk import ZkClient
 from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, cluster_key, connect_zk
+from tools.whatif import assess
 
 POLL = 1.0
 
@@ -46,6 +49,11 @@ async def _main(args: argparse.Namespace) -> int:
         if found == "retired":
             print(f"node {node_id} is retired already")
             return EXIT_OK
+        risk = await assess(zk, paths, [node_id])
+        if risk.lost or risk.single:
+            print(f"if node {node_id} died before the drain ends: {len(risk.lost)} files lost, "
+                  f"{len(risk.single)} left with one copy (see 'dfs whatif --down {node_id}')",
+                  file=sys.stderr)
         print(f"node {node_id} is draining; waiting for its blocks to move", file=sys.stderr)
         deadline = time.monotonic() + args.wait
         last = None

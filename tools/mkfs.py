@@ -10,6 +10,7 @@ mount first: the old key stops working for connections made afterwards).
 """
 
 import argparse
+import dataclasses
 import errno
 import os
 
@@ -24,10 +25,15 @@ from dfs.zk import BadVersionError, NoNodeError
 from tools.common import EXIT_OK, EXIT_PROBLEM, connect_zk, resolve_key_file
 
 
+def config_of(args: argparse.Namespace) -> FsConfig:
+    """The settings given by tools.cli.add_mkfs_options (`dfs mkfs`, `dfs up`)."""
+    return FsConfig(block_size=args.block_size, replicas=args.replicas,
+                    min_replicas=args.min_replicas, dead_after=args.dead_after,
+                    inline_max=args.inline_max)
+
+
 async def _main(args: argparse.Namespace) -> int:
-    config = FsConfig(block_size=args.block_size, replicas=args.replicas,
-                      min_replicas=args.min_replicas, dead_after=args.dead_after,
-                      inline_max=args.inline_max)
+    config = dataclasses.replace(config_of(args), zk_heap=args.zk_heap)
     zk = await connect_zk(args)
     key_file = resolve_key_file(args)
     made_key = not key_file.exists()

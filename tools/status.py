@@ -1,7 +1,8 @@
 """`dfs status`: nodes, cluster health and the repair queue, for people (or --json).
 
 Exit codes: 0 healthy; 1 blocks are missing, under-replicated or have corrupt
-replicas reported; 2 ZooKeeper unreachable or no filesystem (one line on stderr).
+replicas reported, or the metadata service is full (creates fail with ENOSPC);
+2 ZooKeeper unreachable or no filesystem (one line on stderr).
 """
 
 import argparse
@@ -11,7 +12,7 @@ import time
 import trio
 
 from dfs.errors import DfsError, QuietError
-from dfs.maint import cluster
+from dfs.maint import capacity, cluster
 from dfs.maint.scan import block_groups
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
@@ -26,6 +27,7 @@ async def gather(zk: ZkClient, paths: FsPaths) -> dict:
     repair = await cluster.repair_status(zk, paths)
     leader = await cluster.repair_leader(zk, paths)
     corrupt = len(await cluster.report_names(zk, paths))
+    cap = await capacity.read_state(zk, paths)
 
     # block health, from the maps and the live view (streamed group by group)
     blocks = under = missing = 0
@@ -71,6 +73,7 @@ async def gather(zk: ZkClient, paths: FsPaths) -> dict:
         "under_replicated_blocks": under,
         "missing_blocks": missing,
         "corrupt_replicas": corrupt,
+        "metadata": {**cap.to_dict(), "zk_heap": config.zk_heap},
         "repair": {k: repair.get(k) for k in ("leader", "updated", "queue_length", "in_progress",
                                               "pending", "order", "eta_seconds",
                                               "repair_bytes_per_second", "counts", "totals",
@@ -98,6 +101,7 @@ def render(s: dict) -> str:
         status = n["status"] + (f" {n['gone_for']:.0f}s" if n["gone_for"] else "")
         out.append(f"  {n['node_id']:16} {status:6} {n['state']:9} {n['address']:21} {cap:>10} "
                    f"{used:>10} {blocks:>7}")
+    out += render_metadata(s["metadata"], s["nodes"])
     r = s["repair"]
     if r:
         eta = f", ETA {r['eta_seconds']:.0f} s" if r.get("eta_seconds") else ""
@@ -116,6 +120,22 @@ def render(s: dict) -> str:
     return "\n".join(out)
 
 
+def render_metadata(m: dict, nodes: list[dict]) -> list[str]:
+    heap = f"ZooKeeper heap {human(m['zk_heap'])}"
+    if not m["checked"]:
+        who = "the repair leader has not measured it yet" if nodes else "no storage node runs"
+        return [f"metadata: {heap}; usage unknown ({who})"]
+    share = m["used"] / m["limit"] if m["limit"] else 1.0
+    out = [f"metadata: {m['znodes']} znodes, ~{human(m['used'])} of {human(m['limit'])} allowed "
+           f"({share:.0%}; {heap}), measured {max(0, time.time() - m['checked']):.0f} s ago"]
+    if m["full"]:
+        out.append("WARNING: metadata full: creates fail with ENOSPC until files are removed "
+                   "or ZooKeeper gets more heap (dfs up --zk-heap)")
+    elif share >= 0.8:
+        out.append(f"warning: metadata {share:.0%} full: creates will fail with ENOSPC at 100%")
+    return out
+
+
 async def _main(args: argparse.Namespace) -> int:
     zk = await connect_zk(args)
     try:
@@ -126,7 +146,8 @@ async def _main(args: argparse.Namespace) -> int:
     finally:
         await zk.close()
     print(json.dumps(s, indent=2) if args.json else render(s))
-    problem = s["missing_blocks"] or s["under_replicated_blocks"] or s["corrupt_replicas"]
+    problem = (s["missing_blocks"] or s["under_replicated_blocks"] or s["corrupt_replicas"]
+               or s["metadata"]["full"])
     return EXIT_PROBLEM if problem else EXIT_OK
 
 

@@ -50,6 +50,7 @@ class Creates:
         """Create a regular file without waiting for its transaction (see the module)."""
         check_name(name)
         view = self.view
+        view.capacity.admit()
         ino, rec, t = await view.meta.inodes.plan(stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
         node = Inode(ino, rec, 0)
         pending = PendingCreate()

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import trio
 
-from dfs.errors import ZkUnavailable
+from dfs.errors import DfsError, ZkUnavailable
 from dfs.names import unescape
 from dfs.paths import FsPaths, child
 from dfs.zk import ZkClient
@@ -62,6 +62,9 @@ class FeedListener(Protocol):
 
     def feed_lost(self) -> None:
         """The feed dropped: nothing it made exact is any more."""
+
+    async def feed_on(self) -> None:
+        """The feed is (again) subscribed, maybe on a new session."""
 
 
 class Feed:
@@ -105,6 +108,10 @@ class Feed:
                 self.epoch += 1
                 self.active = True
                 log.info("metadata feed on (epoch %d)", self.epoch)
+                try:
+                    await self.listener.feed_on()
+                except DfsError as e:  # the next connection tries again
+                    log.warning("metadata feed: %s", e)
             if not started:
                 started = True
                 task_status.started()

@@ -145,10 +145,14 @@ class FileData:
         """
         f = self.files.get(ino)
         if f is not None:
-            f.handles += 1
-            if pending is not None:
-                f.pending_create = pending
-            return f, True
+            # Open here already: close-to-open still holds, a commit of another
+            # client since we loaded it must show (one read; the feed may lag).
+            keep = created or await self._reload(f)
+            if self.files.get(ino) is f:
+                f.handles += 1
+                if pending is not None:
+                    f.pending_create = pending
+                return f, keep
         inline = None
         if created:
             node = node or await self.view.getattr(ino)
@@ -205,19 +209,27 @@ class FileData:
         try:
             while f.stale:
                 f.stale = False
-                async with f.lock:
-                    if f.dirty or self.files.get(f.ino) is not f:
-                        return
-                    node, refs, inline = await self.view.open_file(f.ino)
-                    if node.version <= f.version_seen:
-                        continue
-                    f.size, f.refs, f.inline, f.mtime_ns = node.rec.size, refs, inline, node.rec.mtime_ns
-                    self._committed(f, node)
-                await then(f.ino)
+                if self.files.get(f.ino) is not f:
+                    return
+                if not await self._reload(f):
+                    await then(f.ino)
         except DfsError as e:  # gone meanwhile, or ZooKeeper away: the next open reloads
             log.info("inode %d: could not follow another client's commit: %s", f.ino, e)
         finally:
             f.stale = None
+
+    async def _reload(self, f: OpenFile) -> bool:
+        """Load an open file's size and block map again if someone else committed it
+        since (not while this client has writes in flight). True if nothing changed."""
+        async with f.lock:
+            if f.dirty:
+                return True
+            node, refs, inline = await self.view.open_file(f.ino)
+            if node.version <= f.version_seen:
+                return True
+            f.size, f.refs, f.inline, f.mtime_ns = node.rec.size, refs, inline, node.rec.mtime_ns
+            self._committed(f, node)
+            return False
 
     def local_attrs(self, ino: int) -> tuple[int, int | None] | None:
         """An open file's size and, if written here since its last commit, the mtime
@@ -441,7 +453,8 @@ class FileData:
     async def _flush_locked(self, f: OpenFile) -> None:
         ino = f.ino
         if (self.config.inline_max and f.size <= self.config.inline_max and not f.uploading
-                and set(f.buffers) | set(f.uploaded) | set(f.refs) <= {0}):
+                and set(f.buffers) | set(f.uploaded) | set(f.refs) <= {0}
+                and not self.view.capacity.full):  # (then in a block: ZooKeeper is full)
             await self._commit_inline(f)
             return
         if f.inline and not ({0} & (set(f.buffers) | set(f.uploaded) | set(f.uploading))):

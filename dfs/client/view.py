@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from dfs.client.feed import CREATED, DELETED, Feed
 from dfs.config import FsConfig
 from dfs.errors import DfsError
+from dfs.maint.capacity import Gate
 from dfs.meta import Meta
 from dfs.meta.inodes import Inode, with_entry_change
 from dfs.paths import FsPaths
@@ -66,6 +67,8 @@ class ClientView:
         self.feed = Feed(paths, self)
         self.meta = Meta(zk, paths, config, mount_id=mount_id, is_open=self._holds, hook=self.feed)
         self.config = config
+        # ENOSPC for creates while ZooKeeper is full (its `run()` keeps it current)
+        self.capacity = Gate(zk, paths)
         # (parent, name) -> inode last seen there: lets one multi-read fetch a
         # name's inode together with its dirent
         self.hints: dict[tuple[int, bytes], int] = {}
@@ -118,6 +121,12 @@ class ClientView:
         self._fresh.pop(ino, None)
         if foreign and self.kernel_notice is not None:
             self.kernel_notice("inode", ino, None)
+
+    async def feed_on(self) -> None:
+        # the ephemeral holders of a session that expired are gone: make them again
+        if self.held:
+            async with self._may_hold():
+                await self.meta.namespace.hold_again(sorted(self.held))
 
     def feed_lost(self) -> None:
         self.names.clear()
@@ -292,6 +301,8 @@ class ClientView:
     async def mknod(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int,
                     rdev: int = 0, target: bytes = b"",
                     planned: Any = None, on_sent: Callable[[], None] | None = None) -> Inode:
+        if planned is None:  # (an asynchronous create was admitted by dfs.client.creates)
+            self.capacity.admit()
         known = self.known(parent) if stat.S_ISDIR(mode) else None
         made = await self.meta.namespace.mknod(
             parent, name, mode, uid=uid, gid=gid, rdev=rdev, target=target, planned=planned,
@@ -307,6 +318,7 @@ class ClientView:
         return node
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Inode:
+        self.capacity.admit()
         self.forget(new_parent)
         self.forget(ino)
         node = await self.meta.namespace.link(ino, new_parent, new_name)
@@ -365,6 +377,7 @@ class ClientView:
         return self.remember(await self.meta.inodes.setattr(ino, **fields))
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        self.capacity.admit()
         await self._xattr_change(ino, self.meta.xattrs.set(ino, name, value, flags))
 
     async def removexattr(self, ino: int, name: bytes) -> None:

@@ -478,6 +478,22 @@ class Namespace:
 
         return await self.store.retrying(attempt, "rmdir")
 
+    async def hold_again(self, inos: list[int]) -> None:
+        """After a new ZooKeeper session: hold again the unlinked inodes this client
+        still has open (their ephemeral holders went with the old session; the
+        repair leader waits a round before releasing an inode nobody holds)."""
+        for ino in inos:
+            try:
+                if (await self.inodes.getattr(ino)).rec.nlink:
+                    continue
+                await self.store.ensure(self.paths.open_dir(ino))
+                await self.zk.create(self.paths.open_holder(ino, self.mount_id), ephemeral=True)
+            except NodeExistsError:
+                pass
+            except DfsError as e:
+                if e.errno != errno.ENOENT:  # ENOENT: released meanwhile, nothing to hold
+                    raise
+
     async def release_orphan(self, ino: int) -> None:
         """This client closed an unlinked inode: drop it if no other client holds it."""
         try:

@@ -44,6 +44,7 @@ class ZkClient(Protocol):
 
     chroot: str
     op_timeout: float
+    hosts: list[tuple[str, int]]  # the servers (mntr, dfs.maint.capacity)
 
     @property
     def connected(self) -> bool: ...

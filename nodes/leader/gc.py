@@ -59,6 +59,7 @@ class GcCollector:
         self._check_nodes: set[str] = set()
         self._wake = trio.Event()
         self.maintenance_lock = maintenance_lock
+        self._unheld: set[int] = set()  # open/<ino> with no holder at the last check
 
     def node_returned(self, node_id: str) -> None:
         """Called by the observer: look for orphans on this node soon."""
@@ -125,16 +126,20 @@ class GcCollector:
         except NoNodeError:
             return
         if not inos:
+            self._unheld = set()
             return
         holders = await zk.children_many([paths.open_dir(i) for i in inos])
         meta = Meta(zk, paths, self.ctx.config, mount_id="repair-leader")
-        for ino, h in zip(inos, holders):
-            if h == []:
-                try:
-                    await meta.namespace.release_orphan(ino)
-                    log.info("released inode %s: every mount holding it open is gone", ino)
-                except DfsError as e:
-                    log.warning("could not release inode %s: %s", ino, e)
+        # Only those nobody held at the last check either: a mount whose session
+        # expired holds its open files again as soon as it has a new one.
+        unheld, before = {i for i, h in zip(inos, holders) if h == []}, self._unheld
+        self._unheld = unheld
+        for ino in sorted(unheld & before):
+            try:
+                await meta.namespace.release_orphan(ino)
+                log.info("released inode %s: every mount holding it open is gone", ino)
+            except DfsError as e:
+                log.warning("could not release inode %s: %s", ino, e)
 
     async def _referenced(self) -> tuple[dict[str, tuple[str, ...]], set[str]]:
         """block id -> replicas of every block map, and every block id queued in gc/."""

@@ -1,4 +1,4 @@
-"""The repair leader's services inside a storage node: election, repair, gc.
+"""The repair leader's services inside a storage node: election, repair, gc, capacity.
 
 Every node runs `Housekeeping.run`; only the elected leader does the work.
 """
@@ -10,6 +10,7 @@ import trio
 from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import FsConfig, NodeSettings
+from dfs.maint import capacity
 from dfs.maint.repair import RepairContext
 from dfs.paths import FsPaths
 from dfs.zk import ZkClient
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class Housekeeping:
-    """Take part in the repair-leader election; while leading, repair and collect garbage.
+    """Take part in the repair-leader election; while leading, repair, collect garbage
+    and watch ZooKeeper's capacity (dfs.maint.capacity).
 
     Args:
       zk, paths, config: the node's ZooKeeper session, the filesystem's paths and settings.
@@ -58,4 +60,5 @@ class Housekeeping:
                             on_node_return=gc.node_returned, status_extra=gc.status)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(gc.run)
+            nursery.start_soon(capacity.run_checks, self.zk, self.paths)
             await repairer.run()

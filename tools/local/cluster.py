@@ -9,6 +9,8 @@ the PIDs recorded here, never by name.
 """
 
 import argparse
+import dataclasses
+import errno
 import json
 import os
 import sys
@@ -18,15 +20,19 @@ from pathlib import Path
 import trio
 
 from dfs.config import FsConfig
-from dfs.errors import DfsError
+from dfs.errors import DfsError, UsageError
 from dfs.keys import create_key_file, key_check, load_key
-from dfs.mkfs import mkfs
+from dfs.mkfs import MIN_ZK_HEAP, load_config, mkfs, set_zk_heap
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from tools.local.mountproc import MountProcess, fusermount_unmount, is_mounted
 from tools.local.nodeproc import NodeProcess
 from tools.local.procs import pid_alive, pid_cmdline, stop_pid
-from tools.local.zkserver import ZkEnsemble, four_letter
+from tools.local.zkserver import ZkEnsemble, default_heap_mb, four_letter
+from tools.mkfs import config_of
+
+
+MKFS_FIELDS = ("block_size", "replicas", "min_replicas", "dead_after", "inline_max")
 
 
 def _load(state: Path) -> dict:
@@ -55,13 +61,21 @@ def _zk_serving(hosts: str) -> bool:
     return True
 
 
-async def _ensure_fs(hosts: str, fsname: str, key: bytes) -> bool:
+async def _ensure_fs(hosts: str, fsname: str, config: FsConfig) -> FsConfig | None:
+    """Create the filesystem with `config`; None if created, else the existing one's
+    settings (its record of ZooKeeper's heap set to config's either way)."""
     zk = await connect(hosts, timeout=30)
+    paths = FsPaths(default_root(fsname))
     try:
-        await mkfs(zk, FsPaths(default_root(fsname)), FsConfig(key_check=key_check(key)))
-        return True
-    except DfsError:
-        return False  # exists already
+        await mkfs(zk, paths, config)
+        return None
+    except DfsError as e:
+        if e.errno == errno.EINVAL:
+            raise UsageError(e.message) from None  # bad option values: exit 2
+        if e.errno != errno.EEXIST:
+            raise
+        await set_zk_heap(zk, paths, config.zk_heap)
+        return await load_config(zk, paths)
     finally:
         await zk.close()
 
@@ -82,22 +96,39 @@ def up(args: argparse.Namespace) -> int:
     servers = data.get("zk_servers", args.zk_servers)
     if servers != args.zk_servers and not zk_pids:
         servers = args.zk_servers
+    if args.zk_heap is not None and args.zk_heap < MIN_ZK_HEAP:
+        raise UsageError(f"--zk-heap must be at least {MIN_ZK_HEAP >> 20}M")
+    heap_mb = (args.zk_heap >> 20) if args.zk_heap else default_heap_mb(servers)
     if hosts and zk_pids and all(_ours(p, "QuorumPeerMain") for p in zk_pids) and _zk_serving(hosts):
+        running = data.get("zk_heap_mb", 256)
+        if args.zk_heap and heap_mb != running:
+            say(f"ZooKeeper already runs with a {running} MiB heap: 'dfs down' first to change it")
+        heap_mb = running
         say(f"ZooKeeper already running at {hosts}")
     else:
         for p in zk_pids:
             if _ours(p, "QuorumPeerMain"):
                 stop_pid(p)
-        ens = ZkEnsemble(state / "zk", servers, ports=data.get("zk_ports") if servers == data.get("zk_servers") else None)
+        ens = ZkEnsemble(state / "zk", servers, heap_mb=heap_mb,
+                         ports=data.get("zk_ports") if servers == data.get("zk_servers") else None)
         ens.start()
         hosts = ens.hosts
-        data.update(zk=hosts, zk_ports=ens.ports, zk_servers=servers,
+        data.update(zk=hosts, zk_ports=ens.ports, zk_servers=servers, zk_heap_mb=heap_mb,
                     zk_pids=[s.proc.pid for s in ens.servers if s.proc])
         _save(state, data)
-        say(f"started ZooKeeper ({servers} server{'s' if servers > 1 else ''}) at {hosts}")
+        say(f"started ZooKeeper ({servers} server{'s' if servers > 1 else ''}, heap {heap_mb} MiB) "
+            f"at {hosts}")
     data["fs"] = args.fs
-    if trio.run(_ensure_fs, hosts, args.fs, key):
-        say(f"created filesystem '{args.fs}'")
+    wanted = dataclasses.replace(config_of(args), zk_heap=heap_mb << 20, key_check=key_check(key))
+    found = trio.run(_ensure_fs, hosts, args.fs, wanted)
+    if found is None:
+        say(f"created filesystem '{args.fs}': block size {wanted.block_size}, replicas "
+            f"{wanted.replicas} (min {wanted.min_replicas}), dead after {wanted.dead_after:g} s, "
+            f"inline max {wanted.inline_max}")
+    elif any(getattr(found, k) != getattr(wanted, k) for k in MKFS_FIELDS):
+        say(f"filesystem '{args.fs}' exists already and keeps its settings ("
+            + ", ".join(f"{k} {getattr(found, k):g}" for k in MKFS_FIELDS)
+            + "): the mkfs options apply to a new filesystem only")
 
     # storage nodes
     nodes = data.get("nodes") or []
@@ -131,6 +162,23 @@ def up(args: argparse.Namespace) -> int:
     _save(state, data)
     print(f"export DFS_ZK={hosts}")
     return 0
+
+
+def restart_zk(state: Path) -> float:
+    """Stop the local cluster's ZooKeeper and start it again on the same ports and
+    data (what a crash and a supervisor's restart cost); seconds until it serves."""
+    data = _load(state)
+    for p in data.get("zk_pids") or []:
+        if _ours(p, "QuorumPeerMain"):
+            stop_pid(p)
+    ens = ZkEnsemble(state / "zk", data["zk_servers"], heap_mb=data.get("zk_heap_mb", 256),
+                     ports=data["zk_ports"])
+    t = time.monotonic()
+    ens.start(timeout=600)
+    took = time.monotonic() - t
+    data["zk_pids"] = [s.proc.pid for s in ens.servers if s.proc]
+    _save(state, data)
+    return took
 
 
 def down(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ loopback ports and its own data dir, starts the JVMs, waits until each answers
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +26,23 @@ log4j.appender.FILE.File={log}
 log4j.appender.FILE.layout=org.apache.log4j.PatternLayout
 log4j.appender.FILE.layout.ConversionPattern=%d{{ISO8601}} [myid:%X{{myid}}] %-5p [%t:%C{{1}}@%L] - %m%n
 """
+
+
+def default_heap_mb(servers: int = 1) -> int:
+    """`dfs up`'s heap per ZooKeeper server: a quarter of the machine's memory
+    (shared by the servers of a local ensemble), at least 512 MiB and at most
+    8 GiB (README: Capacity; `dfs up --zk-heap` overrides)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(512, min(8192, (total >> 20) // 4 // servers))
+
+
+def jvm_flags(heap_mb: int) -> list[str]:
+    """A server JVM for ZooKeeper: a fixed heap (Xms = Xmx: the data tree lives there,
+    and admission control sizes against it), G1, and exit on OutOfMemoryError
+    rather than linger half-dead (a supervisor restarts it; no multi-GiB heap dump)."""
+    return ["-server", f"-Xms{heap_mb}m", f"-Xmx{heap_mb}m", "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=100", "-XX:+ExitOnOutOfMemoryError",
+            "-XX:-HeapDumpOnOutOfMemoryError", "-Xshare:auto"]
 
 
 class ZkError(Exception):
@@ -51,6 +69,19 @@ def four_letter(host: str, port: int, cmd: str, timeout: float = 1.0) -> str:
             return b"".join(chunks).decode(errors="replace")
     except OSError:
         return ""
+
+
+def heap_used(pid: int) -> int | None:
+    """Live heap bytes of a local JVM after a full GC (jcmd), or None."""
+    try:
+        for _ in range(2):  # (one full GC leaves some of what the previous work let go)
+            subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, timeout=120, check=True)
+        out = subprocess.run(["jcmd", str(pid), "GC.heap_info"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"used (\d+)K", out)
+    return int(m.group(1)) << 10 if m else None
 
 
 def java_available() -> bool:
@@ -170,8 +201,7 @@ class ZkEnsemble:
             return
         self._write(s)
         cmd = [
-            "java", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC",
-            "-Xshare:auto",
+            "java", *jvm_flags(self.heap_mb),
             f"-Djute.maxbuffer={JUTE_MAXBUFFER}",
             "-Dzookeeper.admin.enableServer=false",
             f"-Dlog4j.configuration=file:{s.dir / 'log4j.properties'}",
