@@ -22,6 +22,7 @@ class FsConfig(Record):
     # files of at most this many bytes keep their data inline in ZooKeeper (in
     # blocks/<ino>'s data) instead of in a block; 0 turns it off
     inline_max: int = 4096
+    key_check: str = ""  # dfs.keys.key_check of the cluster key ("": made before keys existed)
     # heap bytes of each ZooKeeper server: creates stop before the znodes fill it
     # (dfs.maint.capacity); `dfs up` sets it to the heap it gives ZooKeeper
     zk_heap: int = 1 << 30

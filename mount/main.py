@@ -18,6 +18,7 @@ import subprocess
 import sys
 import uuid
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Awaitable, Callable
 
 import pyfuse3
@@ -31,6 +32,7 @@ from dfs.client.removals import Removals
 from dfs.client.view import ClientView
 from dfs.config import MountSettings
 from dfs.errors import DfsError, QuietError, ZkUnavailable
+from dfs.keys import check_fs_key, default_key_file, load_key
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
@@ -49,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fs", default="default")
     p.add_argument("--zk-timeout", type=float, default=10.0)
     p.add_argument("--foreground", action="store_true")
+    p.add_argument("--key-file", default=os.environ.get("DFS_KEY_FILE"),
+                   help="the cluster key (default: $DFS_KEY_FILE, then ~/.config/dfs/FS.key)")
     p.add_argument("-o", action="append", default=[], metavar="OPTION",
                    help="allow_other, attr_timeout=S, entry_timeout=S, feed_timeout=S, cache_mb=N, "
                         "zk_wait=S (default 60), sync_dirops, debug")
@@ -84,7 +88,7 @@ def shielded(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]
     return run
 
 
-async def serve(args: argparse.Namespace, settings: MountSettings) -> int:
+async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Path) -> int:
     async with AsyncExitStack() as stack:
         try:
             # an operation waits at most zk_wait in all for an unreachable ZooKeeper
@@ -98,10 +102,15 @@ async def serve(args: argparse.Namespace, settings: MountSettings) -> int:
             config = await load_config(zk, paths)
         except DfsError as e:
             raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
+        try:
+            key = load_key(key_file)
+            check_fs_key(config, key, key_file, args.fs)
+        except QuietError as e:
+            raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
         view = ClientView(zk, paths, config, mount_id=uuid.uuid4().hex[:16],
                           fresh_for=settings.attr_timeout)
         nodedir = NodeDirectory(zk, paths)
-        blocks = BlockClient(nodedir)
+        blocks = BlockClient(nodedir, key=key)
         stack.push_async_callback(shielded(blocks.aclose))
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)  # (runs before the nursery waits)
@@ -211,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             raise QuietError(f"dfs mount: {e}", EXIT_USAGE) from None
         check_mountpoint(args.mountpoint)
+        key_file = (Path(args.key_file) if args.key_file
+                else default_key_file(args.fs, os.environ.get("XDG_CONFIG_HOME")))
         if not args.foreground:
             return daemonize(list(argv), args)
         logging.basicConfig(
@@ -218,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
             filename=None if args.ready_fd is None else args.log,
         )
-        return trio.run(serve, args, settings)
+        return trio.run(serve, args, settings, key_file)
     except QuietError as e:
         print(e.message, file=sys.stderr)
         return e.exitcode

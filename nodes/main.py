@@ -1,10 +1,15 @@
 """`python -m nodes`: run one storage node.
 
     python -m nodes --zk HOSTS --data DIR [--fs NAME] [--listen HOST:PORT] [--zone Z]
+                    [--key-file PATH]
 
 Exit codes: 0 after a clean SIGTERM/SIGINT shutdown; 2 when it cannot start
 (ZooKeeper unreachable within --zk-timeout, no filesystem at the root, data
-directory unusable or owned by another running node), with one line on stderr.
+directory unusable or owned by another running node, key file missing, readable
+by others or not this filesystem's), with one line on stderr.
+
+Everything the node writes is readable by its owner only (umask 077, and the
+data directory itself is made 0700).
 
 The node's knobs (`DFS_*` environment variables, dfs.config.NodeSettings) are
 read here, once, and passed down. Background services (the node directory, the
@@ -30,6 +35,7 @@ from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import NodeSettings
 from dfs.errors import DfsError, QuietError, ZkUnavailable
+from dfs.keys import check_fs_key, default_key_file, load_key
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
@@ -70,6 +76,8 @@ def parse_args(argv: list[str] | None, settings: NodeSettings) -> argparse.Names
                    help="seconds to wait for ZooKeeper at startup (default: %(default)s)")
     p.add_argument("--heartbeat", type=float, default=settings.heartbeat,
                    help="seconds between live-znode refreshes (default: $DFS_NODE_HEARTBEAT or 2)")
+    p.add_argument("--key-file", default=os.environ.get("DFS_KEY_FILE"),
+                   help="the cluster key (default: $DFS_KEY_FILE, then ~/.config/dfs/FS.key)")
     p.add_argument("--disk-threads", type=int, default=32, help="worker threads for disk I/O")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
@@ -77,7 +85,7 @@ def parse_args(argv: list[str] | None, settings: NodeSettings) -> argparse.Names
 
 def lock_data_dir(data: Path) -> int:
     """flock the data dir's LOCK file so two nodes never share a directory."""
-    fd = os.open(data / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(data / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -122,10 +130,11 @@ def advertised_host(listen_host: str, advertise: str) -> str:
     return listen_host
 
 
-async def serve_node(args: argparse.Namespace, settings: NodeSettings) -> int:
+async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file: Path) -> int:
     data = Path(args.data).resolve()
     try:
-        data.mkdir(parents=True, exist_ok=True)
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data.chmod(0o700)  # also a data directory made before keys existed
     except OSError as e:
         raise QuietError(f"cannot create data directory {data}: {e.strerror}") from None
     async with AsyncExitStack() as stack:
@@ -152,6 +161,8 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings) -> int:
                              f"{args.zk_timeout:g} s") from None
         except DfsError as e:
             raise QuietError(e.message) from None
+        key = load_key(key_file)
+        check_fs_key(config, key, key_file, args.fs)
 
         host, port = parse_listen(args.listen)
         try:
@@ -161,7 +172,8 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings) -> int:
         port = listeners[0].socket.getsockname()[1]
         address = f"{advertised_host(host, args.advertise)}:{port}"
 
-        server = NodeServer(store, node_id, disk_threads=args.disk_threads)
+        nodedir = NodeDirectory(zk, paths, interval=max(args.heartbeat, 1.0))
+        server = NodeServer(store, node_id, key, nodedir, disk_threads=args.disk_threads)
 
         def usage() -> tuple[int, int, int, int, float]:
             capacity, used, free = store.usage()
@@ -169,8 +181,7 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings) -> int:
 
         reg = Registration(zk, paths, node_id, address, args.zone, usage,
                            interval=args.heartbeat)
-        nodedir = NodeDirectory(zk, paths, interval=max(args.heartbeat, 1.0))
-        blocks = BlockClient(nodedir, reporter=f"node:{node_id}")
+        blocks = BlockClient(nodedir, key=key, reporter=f"node:{node_id}")
         stack.push_async_callback(blocks.aclose)
 
         # Listening already: connections queue in the backlog until serve() runs,
@@ -219,12 +230,15 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings) -> int:
 def main(argv: list[str] | None = None) -> int:
     settings = NodeSettings.from_environ(os.environ)
     args = parse_args(argv, settings)
+    os.umask(0o077)
+    key_file = (Path(args.key_file) if args.key_file
+                else default_key_file(args.fs, os.environ.get("XDG_CONFIG_HOME")))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.verbose:
         logging.getLogger("dfs.zk").setLevel(logging.WARNING)
     try:
-        return trio.run(serve_node, args, settings)
+        return trio.run(serve_node, args, settings, key_file)
     except QuietError as e:
         print(f"dfs node: {e}", file=sys.stderr)
         return e.exitcode

@@ -6,6 +6,13 @@ lock. A frame that breaks the protocol (bad magic, oversized payload, unknown op
 malformed block id, impossible range) gets an EINVAL reply and the connection is
 closed; other connections are unaffected.
 
+Authentication (dfs/blocks/protocol.py): a connection's first frame must be a
+HELLO; anything else is answered EACCES and the connection closed. Until the
+peer's first MAC'd frame has checked out, frames are read with a tiny payload
+limit, so a stranger costs the node a nonce, an HMAC and a few hundred bytes; a
+refused peer is logged once a minute at most. COPY only pushes to a live node of
+this filesystem (the node directory), at the address registered for it.
+
 Shutdown (`drain`): stop accepting, stop reading new requests, let the requests
 already in flight finish and send their replies, then close.
 """
@@ -13,21 +20,27 @@ already in flight finish and send their replies, then close.
 import errno
 import json
 import logging
+import os
 import time
 
 import trio
 
 from dfs.blocks.connection import FrameSocket, NodeConnection
+from dfs.blocks.nodedir import NodeDirectory
 from dfs.blocks.protocol import (
     LIST_ENTRY,
     MAX_PAYLOAD,
     MORE,
+    NONCE_SIZE,
     REPLY,
+    BadMac,
     Frame,
+    FrameMac,
     Op,
     ProtocolError,
     TruncatedFrame,
     encode_block_id,
+    node_proof,
 )
 from dfs.checksum import hash64, valid_block_id
 from dfs.errors import DfsError
@@ -38,6 +51,9 @@ log = logging.getLogger(__name__)
 MAX_INFLIGHT_PER_CONN = 32
 LIST_BATCH = 1024
 NEEDS_BLOCK = {Op.PUT, Op.GET, Op.DELETE, Op.STAT, Op.COPY, Op.VERIFY}
+HANDSHAKE_TIMEOUT = 10.0
+UNTRUSTED_PAYLOAD = 64  # bytes a frame may carry before the peer proved the key
+REFUSAL_LOG_EVERY = 60.0  # s: a refused peer is logged at most this often
 
 
 class NodeServer:
@@ -46,12 +62,18 @@ class NodeServer:
     Args:
       store: the opened block store.
       node_id: this node's id (PING answers it so clients know whom they reached).
+      key: the cluster key every peer must prove it holds.
+      peers: the live nodes, the only ones COPY pushes to.
       disk_threads: worker threads for disk I/O.
     """
 
-    def __init__(self, store: BlockStore, node_id: str, *, disk_threads: int = 32):
+    def __init__(self, store: BlockStore, node_id: str, key: bytes, peers: NodeDirectory, *,
+                 disk_threads: int = 32):
         self.store = store
         self.node_id = node_id
+        self.key = key
+        self.peers = peers
+        self._refusals: dict[str, tuple[float, int]] = {}  # peer host -> (last logged, since)
         self.disk = trio.CapacityLimiter(disk_threads)
         self.inflight = 0
         self.requests = 0  # served since start, for the load figure
@@ -90,28 +112,73 @@ class NodeServer:
     # -- one connection
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        fs = FrameSocket(stream.socket, alloc=self._alloc)
+        fs = FrameSocket(stream.socket, UNTRUSTED_PAYLOAD, alloc=self._alloc)
+        try:
+            peer = stream.socket.getpeername()[0]
+        except OSError:
+            peer = "?"
         send_lock = trio.Lock()
         slots = trio.Semaphore(MAX_INFLIGHT_PER_CONN)
         try:
+            if not await self._handshake(fs, peer):
+                return
             async with trio.open_nursery() as requests:
                 with trio.CancelScope() as reading:
                     self._readers.add(reading)
                     try:
-                        await self._read_loop(fs, send_lock, slots, requests)
+                        await self._read_loop(fs, peer, send_lock, slots, requests)
                     finally:
                         self._readers.discard(reading)
                 # requests still running finish before the nursery exits
         finally:
             fs.close()
 
+    async def _handshake(self, fs: FrameSocket, peer: str) -> bool:
+        """Answer the peer's HELLO and set up the connection's MACs; False: close it."""
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                hello = await fs.recv_frame()
+                if hello is None:
+                    return False
+                if hello.op != Op.HELLO or len(hello.payload) != NONCE_SIZE:
+                    self._refused(peer, f"op {hello.op} before authenticating")
+                    await fs.send_frame(hello.reply(errno.EACCES, b"authenticate first: HELLO"))
+                    return False
+                client_nonce = bytes(hello.payload)
+                nonce = os.urandom(NONCE_SIZE)
+                await fs.send_frame(hello.reply(payload=nonce + node_proof(self.key, client_nonce,
+                                                                           nonce)))
+        except ProtocolError as e:
+            self._refused(peer, e.message)
+            return False
+        except trio.TooSlowError:
+            self._refused(peer, f"no HELLO within {HANDSHAKE_TIMEOUT:g} s")
+            return False
+        except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        fs.mac = FrameMac(self.key, client_nonce, nonce, client=False)
+        return True
+
+    def _refused(self, peer: str, why: str) -> None:
+        """Log a refused peer, at most once per REFUSAL_LOG_EVERY (counting the rest)."""
+        now = time.monotonic()
+        last, since = self._refusals.get(peer, (-REFUSAL_LOG_EVERY, 0))
+        if now - last < REFUSAL_LOG_EVERY:
+            self._refusals[peer] = (last, since + 1)
+            return
+        log.warning("refused %s: %s (%d more refusals since the last report)", peer, why, since)
+        if len(self._refusals) > 10000:  # many peers: forget the quiet ones
+            self._refusals = {p: v for p, v in self._refusals.items()
+                              if now - v[0] < REFUSAL_LOG_EVERY}
+        self._refusals[peer] = (now, 0)
+
     def _alloc(self, frame: Frame, plen: int) -> BlockBuffer | None:
         if frame.op == Op.PUT and plen >= DIRECT_MIN and self.store.direct:
             return self.store.buffers.get(plen)
         return None
 
-    async def _read_loop(self, fs: FrameSocket, send_lock: trio.Lock, slots: trio.Semaphore,
-                         requests: trio.Nursery) -> None:
+    async def _read_loop(self, fs: FrameSocket, peer: str, send_lock: trio.Lock,
+                         slots: trio.Semaphore, requests: trio.Nursery) -> None:
         while True:
             await slots.acquire()
             try:
@@ -119,9 +186,14 @@ class NodeServer:
                 if frame is None:
                     slots.release()
                     return
+                fs.max_payload = MAX_PAYLOAD  # its MAC checked out: the peer holds the key
                 self._precheck(frame)
             except TruncatedFrame:
                 slots.release()
+                return
+            except BadMac as e:  # a wrong key, a replayed handshake, an injected frame
+                slots.release()
+                self._refused(peer, e.message)
                 return
             except ProtocolError as e:
                 slots.release()
@@ -232,8 +304,15 @@ class NodeServer:
             dst_id, dst_addr = str(target["node_id"]), str(target["address"])
         except (ValueError, KeyError, TypeError):
             raise DfsError(errno.EINVAL, "COPY payload must be JSON {node_id, address}") from None
+        dst = self.peers.get(dst_id)
+        if dst is None or dst.address != dst_addr:
+            await self.peers.refresh()  # a node that came up since our last look?
+            dst = self.peers.get(dst_id)
+        if dst is None or dst.address != dst_addr:
+            raise DfsError(errno.EACCES, f"{dst_addr} is not the address of a live node {dst_id} "
+                                         "of this filesystem")
         data, hdr = await self._thread(self.store.get, bid, 0, None)
-        conn = await NodeConnection.open(dst_id, dst_addr)
+        conn = await NodeConnection.open(dst_id, dst_addr, key=self.key)
         try:
             with trio.fail_after(60):
                 reply = await conn.request(Frame(Op.PUT, block_id=encode_block_id(bid),

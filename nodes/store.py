@@ -173,8 +173,11 @@ class BlockStore:
     # -- lifecycle
 
     def open(self) -> None:
-        """Create the layout, delete temp files left by a crash, count the blocks."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the layout, delete temp files left by a crash, count the blocks.
+
+        Block files are the owner's only (0600, in a 0700 directory): they hold
+        file contents."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.blocks_dir.mkdir(exist_ok=True)
         self.tmp_dir.mkdir(exist_ok=True)
         made = False
@@ -291,7 +294,7 @@ class BlockStore:
         # and one journal commit then covers data, size and the new name.
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT,
-                         0o644)
+                         0o600)
         except OSError as e:
             if e.errno == errno.EINVAL:
                 raise _NoDirectIO() from None
@@ -319,7 +322,7 @@ class BlockStore:
     def _write_buffered(self, tmp: Path, final: Path, header: bytes, view: memoryview) -> int:
         # Small blocks: write and rename, then one syncfs() for a whole group of
         # concurrent PUTs (group commit) instead of two journal commits each.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             _write_all(fd, [header, view, bytes(padded(len(view)) - len(view))])
             if self.pause_before_commit:

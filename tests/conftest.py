@@ -18,6 +18,13 @@ def session_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("dfs-session")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def key_files(session_dir):
+    """Key files (dfs/keys.py) of the tests' filesystems go to the session's own
+    $XDG_CONFIG_HOME, where every daemon and command started by a test finds them."""
+    os.environ["XDG_CONFIG_HOME"] = str(session_dir / "config")
+
+
 @pytest.fixture(scope="session")
 def zk_server(session_dir):
     """A standalone ZooKeeper shared by the whole session."""

@@ -13,9 +13,11 @@ from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.client.view import ClientView
 from dfs.config import FsConfig
-from dfs.mkfs import load_config, mkfs
+from dfs.keys import load_key
+from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
+from tests.nodeutil import key_file_of, mkfs_keyed
 from tools.local.mountproc import MountProcess
 from tools.local.nodeproc import NodeProcess
 
@@ -31,11 +33,20 @@ class Cluster:
         self.mounts: list[MountProcess] = []
         self._n = 0
 
+    @property
+    def key_file(self) -> Path:
+        """Where its key is: the default location (tests.nodeutil.mkfs_keyed)."""
+        return key_file_of(self.fsname)
+
+    @property
+    def key(self) -> bytes:
+        return load_key(self.key_file)
+
     def mkfs(self) -> "Cluster":
         async def go() -> None:
             zk = await connect(self.hosts)
             try:
-                await mkfs(zk, self.paths, self.config)
+                await mkfs_keyed(zk, self.paths, self.config)
             finally:
                 await zk.close()
 
@@ -91,7 +102,7 @@ def client_session(cluster: Cluster, body, *, cache: bool = False):
             view = ClientView(zk, cluster.paths, await load_config(zk, cluster.paths))
             nodedir = NodeDirectory(zk, cluster.paths)
             await nodedir.refresh()
-            blocks = BlockClient(nodedir)
+            blocks = BlockClient(nodedir, key=cluster.key)
             async with trio.open_nursery() as nursery:
                 if cache:
                     await nursery.start(view.feed.run, zk)

@@ -78,7 +78,7 @@ class Client:
         self.paths = c.paths
         self.meta = Meta(zk, c.paths, c.config)
         self.nodedir = NodeDirectory(zk, c.paths)
-        self.blocks = BlockClient(self.nodedir)
+        self.blocks = BlockClient(self.nodedir, key=c.key)
 
     async def write(self, parent: int, name: str, data: bytes) -> int:
         node = await self.meta.create(parent, name.encode(), 0o644, uid=0, gid=0)

@@ -80,7 +80,7 @@ async def check_block_refs(cluster) -> list[str]:
         meta = Meta(zk, cluster.paths, config)
         nodedir = NodeDirectory(zk, cluster.paths)
         await nodedir.refresh()
-        blocks = BlockClient(nodedir)
+        blocks = BlockClient(nodedir, key=cluster.key)
         try:
             for name, ent, node in await meta.readdir(ROOT_INO, with_attrs=True):
                 if not node.rec.is_reg:

@@ -16,12 +16,11 @@ from dfs.blocks.nodedir import NodeDirectory
 from dfs.checksum import CHUNK_SIZE
 from dfs.config import FsConfig
 from dfs.errors import DfsError
-from dfs.mkfs import mkfs
 from dfs.paths import FsPaths, election_leader
 from dfs.records import BlockRef, NodeLive
 from dfs.zk import connect
 from nodes.store import header_size
-from tests.nodeutil import TEST_ENV, cluster, corrupt_reports, fsname_of, stop_all
+from tests.nodeutil import TEST_ENV, cluster, corrupt_reports, fsname_of, mkfs_keyed, stop_all
 from tools.local.nodeproc import NodeProcess
 from tools.local.zkserver import ZkEnsemble
 
@@ -112,11 +111,11 @@ def tmpfs(tmp_path):
 
 
 async def test_disk_full_is_enospc_and_node_keeps_serving(zk, zk_hosts, fs_paths, tmp_path, tmpfs):
-    await mkfs(zk, fs_paths, FsConfig(replicas=1, min_replicas=1))
+    key = await mkfs_keyed(zk, fs_paths, FsConfig(replicas=1, min_replicas=1))
     node = NodeProcess(zk_hosts, fsname_of(fs_paths), tmpfs / "data", env=TEST_ENV,
                        log_path=tmp_path / "node.log")
     nodedir = NodeDirectory(zk, fs_paths)
-    client = BlockClient(nodedir)
+    client = BlockClient(nodedir, key=key)
     try:
         await trio.to_thread.run_sync(node.start)
         await nodedir.refresh()
@@ -151,11 +150,11 @@ async def test_disk_full_is_enospc_and_node_keeps_serving(zk, zk_hosts, fs_paths
 
 
 async def test_sigkill_mid_put_leaves_no_partial_block(zk, zk_hosts, fs_paths, tmp_path):
-    await mkfs(zk, fs_paths, FsConfig(replicas=1, min_replicas=1))
+    key = await mkfs_keyed(zk, fs_paths, FsConfig(replicas=1, min_replicas=1))
     node = NodeProcess(zk_hosts, fsname_of(fs_paths), tmp_path / "data",
                        env={**TEST_ENV, "DFS_NODE_FAULT_PUT_PAUSE": "30"})
     nodedir = NodeDirectory(zk, fs_paths)
-    client = BlockClient(nodedir, request_timeout=60)
+    client = BlockClient(nodedir, key=key, request_timeout=60)
     tmp_dir = tmp_path / "data" / "tmp"
     try:
         await trio.to_thread.run_sync(node.start)
@@ -246,12 +245,12 @@ async def test_zookeeper_restart_node_reregisters_and_serves_meanwhile(tmp_path)
     try:
         paths = FsPaths(f"/dfs/test-{uuid.uuid4().hex[:12]}")
         zk = await connect(ens.hosts, op_timeout=30)
-        await mkfs(zk, paths, FsConfig(replicas=1, min_replicas=1))
+        key = await mkfs_keyed(zk, paths, FsConfig(replicas=1, min_replicas=1))
         node = NodeProcess(ens.hosts, fsname_of(paths), tmp_path / "data", env=TEST_ENV)
         await trio.to_thread.run_sync(node.start)
         nodedir = NodeDirectory(zk, paths)
         await nodedir.refresh()
-        client = BlockClient(nodedir)
+        client = BlockClient(nodedir, key=key)
         ref = await client.write_block(b"before" * 100, replicas=1, min_replicas=1)
 
         await trio.to_thread.run_sync(ens.stop_server, 0)

@@ -2,7 +2,9 @@
 
 One node serves the whole module. Every hostile frame must get an error reply
 or a closed connection, the node must keep serving other connections, and
-nothing may appear outside its data directory.
+nothing may appear outside its data directory. The connections authenticate
+first (tests.nodeutil.RawNodeSocket): what an outsider without the key can do
+is tests/test_security.py's subject.
 """
 
 import errno
@@ -15,20 +17,20 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dfs.blocks.protocol import HEADER, HEADER_SIZE, MAGIC, REPLY, Frame, Op, encode_block_id, parse_header
+from dfs.blocks.protocol import HEADER, MAGIC, REPLY, Frame, Op, encode_block_id
 from dfs.checksum import hash64
 from dfs.config import FsConfig
-from dfs.mkfs import mkfs
+from dfs.keys import load_key
 from dfs.paths import FsPaths
 from dfs.zk import connect as zk_connect
-from tests.nodeutil import TEST_ENV, files_under, stop_all
+from tests.nodeutil import TEST_ENV, RawNodeSocket, files_under, key_file_of, mkfs_keyed, stop_all
 from tools.local.nodeproc import NodeProcess
 
 
 async def _mkfs(hosts: str, paths: FsPaths) -> None:
     zk = await zk_connect(hosts)
     try:
-        await mkfs(zk, paths, FsConfig())
+        await mkfs_keyed(zk, paths, FsConfig())
     finally:
         await zk.close()
 
@@ -50,38 +52,20 @@ def node(zk_server, tmp_path_factory):
         assert os.listdir(base / "outside") == []
 
 
-def connect(node) -> socket.socket:
-    host, port = node.address.rsplit(":", 1)
-    s = socket.create_connection((host, int(port)), timeout=10)
-    s.settimeout(10)
-    return s
+def connect(node) -> RawNodeSocket:
+    return RawNodeSocket(node.address, load_key(key_file_of(node.fsname)))
 
 
-def recv_exact(s: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
+def recv_exact(s: RawNodeSocket, n: int) -> bytes | None:
+    return s.recv_exact(n)
 
 
-def recv_frame(s: socket.socket) -> Frame | None:
-    raw = recv_exact(s, HEADER_SIZE)
-    if raw is None:
-        return None
-    f, plen = parse_header(raw)
-    f.payload = recv_exact(s, plen) if plen else b""
-    return f
+def recv_frame(s: RawNodeSocket) -> Frame | None:
+    return s.recv_frame()
 
 
-def rpc(s, frame: Frame) -> Frame:
-    s.sendall(frame.header() + bytes(frame.payload))
-    r = recv_frame(s)
-    assert r is not None, "connection closed instead of a reply"
-    assert r.op == frame.op | REPLY and r.request_id == frame.request_id
-    return r
+def rpc(s: RawNodeSocket, frame: Frame) -> Frame:
+    return s.rpc(frame)
 
 
 def put_frame(bid: str, data: bytes, rid: int = 1, checksum: int | None = None) -> Frame:
@@ -89,10 +73,10 @@ def put_frame(bid: str, data: bytes, rid: int = 1, checksum: int | None = None) 
                  checksum=hash64(data) if checksum is None else checksum, payload=data)
 
 
-def assert_closed_after_error(s: socket.socket, status: int = errno.EINVAL) -> None:
+def assert_closed_after_error(s: RawNodeSocket, status: int = errno.EINVAL) -> None:
     r = recv_frame(s)
     assert r is not None and r.status == status
-    assert s.recv(1) == b""  # and then the node hung up
+    assert s.closed()  # and then the node hung up
 
 
 def assert_serving(node) -> None:
@@ -121,12 +105,12 @@ def test_pipelined_requests_on_one_connection(node):
     ids = [uuid.uuid4().hex for _ in range(20)]
     blobs = {b: os.urandom(1000 + i) for i, b in enumerate(ids)}
     with connect(node) as s:
-        s.sendall(b"".join(put_frame(b, blobs[b], rid=i + 1).header() + blobs[b]
+        s.sendall(b"".join(s.frame_bytes(put_frame(b, blobs[b], rid=i + 1))
                            for i, b in enumerate(ids)))
         replies = [recv_frame(s) for _ in ids]
         assert sorted(r.request_id for r in replies) == list(range(1, 21))
         assert all(r.status == 0 for r in replies)
-        s.sendall(b"".join(Frame(Op.GET, 100 + i, encode_block_id(b)).header()
+        s.sendall(b"".join(s.frame_bytes(Frame(Op.GET, 100 + i, encode_block_id(b)))
                            for i, b in enumerate(ids)))
         for _ in ids:
             r = recv_frame(s)
@@ -151,16 +135,16 @@ def test_wrong_magic(node):
 
 def test_unknown_op(node):
     with connect(node) as s:
-        s.sendall(Frame(99, 4).header())
+        s.send(Frame(99, 4))
         r = recv_frame(s)
         assert r.status == errno.EINVAL and r.request_id == 4
-        assert s.recv(1) == b""
+        assert s.closed()
     assert_serving(node)
 
 
 def test_reply_op_from_a_client_is_refused(node):
     with connect(node) as s:
-        s.sendall(Frame(Op.PING | REPLY, 4).header())
+        s.send(Frame(Op.PING | REPLY, 4))
         assert_closed_after_error(s)
 
 
@@ -175,8 +159,7 @@ def test_huge_payload_length(node, plen):
 
 def test_get_length_2_63(node):
     with connect(node) as s:
-        s.sendall(Frame(Op.GET, 3, encode_block_id(uuid.uuid4().hex), offset=0,
-                        length=2**63).header())
+        s.send(Frame(Op.GET, 3, encode_block_id(uuid.uuid4().hex), offset=0, length=2**63))
         assert_closed_after_error(s)
 
 
@@ -186,8 +169,8 @@ def test_truncated_payload_stores_nothing(node):
     with connect(node) as s:
         f = put_frame(bid, data)
         s.sendall(f.header() + data[:40_000])
-        s.shutdown(socket.SHUT_WR)
-        assert s.recv(1) == b""  # closed, no reply for half a frame
+        s.sock.shutdown(socket.SHUT_WR)
+        assert s.closed()  # closed, no reply for half a frame
     with connect(node) as s:
         assert rpc(s, Frame(Op.STAT, 1, encode_block_id(bid))).status == errno.ENOENT
     assert os.listdir(node.data_dir / "tmp") == []
@@ -202,7 +185,7 @@ def test_hostile_block_ids(node, bad, op):
     f = Frame(op, 8, bad.ljust(32, b"\0"), length=len(payload) if op == Op.PUT else 0,
               checksum=hash64(payload), payload=payload)
     with connect(node) as s:
-        s.sendall(f.header() + payload)
+        s.send(f)
         assert_closed_after_error(s)
     assert not os.path.exists("/etc/passwd.tmp")
 
@@ -238,18 +221,13 @@ frames = st.one_of(
 @given(raw=frames)
 def test_random_bytes(node, raw):
     with connect(node) as s:
-        s.settimeout(5)
+        s.sock.settimeout(5)
         try:
             s.sendall(raw)
-            s.shutdown(socket.SHUT_WR)
-            # whatever the node answers must be well-formed frames, then it closes
-            while True:
-                head = recv_exact(s, HEADER_SIZE)
-                if head is None:
-                    break
-                f, plen = parse_header(head)
-                assert f.op & REPLY
-                assert recv_exact(s, plen) is not None or plen == 0
+            s.sock.shutdown(socket.SHUT_WR)
+            # whatever the node answers must be well-formed, sealed frames, then it closes
+            while s.recv_frame() is not None:
+                pass
         except ConnectionResetError:
             pass  # closed with unread input: also a valid "closed"
     assert_serving(node)

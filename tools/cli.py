@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable
 
-from tools.common import EXIT_USAGE, STATE_DIR, parse_size, resolve_zk, run_command
+from tools.common import EXIT_USAGE, STATE_DIR, parse_size, resolve_key_file, resolve_zk, run_command
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -23,6 +23,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fs", default="default", help="filesystem name (default: %(default)s)")
     p.add_argument("--zk-timeout", type=float, default=10.0,
                    help="seconds to wait for ZooKeeper before giving up (default: %(default)s)")
+    p.add_argument("--key-file", default=os.environ.get("DFS_KEY_FILE"),
+                   help="the cluster key (default: $DFS_KEY_FILE, then the local cluster's, "
+                        "then ~/.config/dfs/FS.key; README: Security)")
+    p.set_defaults(config_home=os.environ.get("XDG_CONFIG_HOME"))
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -48,7 +52,8 @@ def exec_module(module: str, argv: list[str]) -> int:
 
 
 def daemon_argv(args: argparse.Namespace, extra: list[str]) -> list[str]:
-    argv = ["--zk", resolve_zk(args), "--fs", args.fs, "--zk-timeout", str(args.zk_timeout)]
+    argv = ["--zk", resolve_zk(args), "--fs", args.fs, "--zk-timeout", str(args.zk_timeout),
+            "--key-file", str(resolve_key_file(args))]
     if args.verbose:
         argv.append("--verbose")
     return argv + extra
@@ -110,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each ZooKeeper server's heap (its -Xmx): creates stop before the "
                         "namespace fills it (default: 1G; 'dfs up' sets its own)")
     p.set_defaults(func=optional("tools.mkfs", "main"))
+
+    p = sub.add_parser("keygen", help="put a filesystem made without a key under one, "
+                                      "or --rotate its key")
+    add_common(p)
+    p.add_argument("--rotate", action="store_true",
+                   help="replace the key (stop every node and mount first; README: Security)")
+    p.set_defaults(func=optional("tools.mkfs", "keygen"))
 
     p = sub.add_parser("node", help="run a storage node")
     add_common(p)

@@ -1,4 +1,4 @@
-"""What every `dfs` subcommand shares: where ZooKeeper is, sizes, exit codes, one-line errors.
+"""What every `dfs` subcommand shares: where ZooKeeper and the key are, sizes, exit codes, one-line errors.
 
 Exit codes (DESIGN.md section 7): 0 success; 1 ran and found a problem or
 refused; 2 usage or connection error. A command reports a failure by raising
@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from dfs.errors import DfsError, QuietError, UsageError, ZkUnavailable
+from dfs.keys import check_fs_key, default_key_file, load_key
+from dfs.mkfs import load_config
+from dfs.paths import FsPaths, default_root
 from dfs.zk import ZkClient, connect
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
@@ -56,6 +59,28 @@ def resolve_zk(args: argparse.Namespace) -> str:
     if not zk:
         raise UsageError("no ZooKeeper given: use --zk HOST:PORT, set DFS_ZK, or run 'dfs up' first")
     return zk
+
+
+def resolve_key_file(args: argparse.Namespace) -> Path:
+    """Where the command's key is (dfs/keys.py): --key-file (default $DFS_KEY_FILE), the
+    local cluster's <state>/<fs>.key when no ZooKeeper was named, else ~/.config/dfs/<fs>.key."""
+    if args.key_file:
+        return Path(args.key_file).absolute()
+    if not args.zk and local_zk():
+        return (Path(STATE_DIR) / f"{args.fs}.key").absolute()
+    return default_key_file(args.fs, args.config_home)
+
+
+async def cluster_key(args: argparse.Namespace, zk: ZkClient) -> bytes:
+    """The command's key, checked against the filesystem's (QuietError, exit 2, if it is not)."""
+    path = resolve_key_file(args)
+    key = load_key(path)
+    try:
+        config = await load_config(zk, FsPaths(default_root(args.fs)))
+    except DfsError as e:
+        raise UsageError(e.message) from None
+    check_fs_key(config, key, path, args.fs)
+    return key
 
 
 async def connect_zk(args: argparse.Namespace, op_timeout: float | None = None) -> ZkClient:

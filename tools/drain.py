@@ -21,7 +21,7 @@ from dfs.maint import cluster
 from dfs.maint.scan import block_groups
 from dfs.paths import FsPaths, default_root
 from dfs.zk import ZkClient
-from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, connect_zk
+from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, cluster_key, connect_zk
 from tools.whatif import assess
 
 POLL = 1.0
@@ -42,6 +42,7 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         if not await zk.exists(paths.config):
             raise QuietError(f"no filesystem at {paths.root}", EXIT_USAGE)
+        await cluster_key(args, zk)
         found = await cluster.set_node_state(zk, paths, node_id, {"active"}, "draining")
         if found is None:
             raise QuietError(f"no node {node_id} in the registry", EXIT_PROBLEM)

@@ -1,16 +1,28 @@
-"""`dfs mkfs`: create a filesystem; refuses to overwrite one (exit 1)."""
+"""`dfs mkfs`: create a filesystem and its key; `dfs keygen`: give an older one a key, or rotate it.
+
+mkfs refuses to overwrite a filesystem (exit 1). It writes a new key file
+(mode 0600, where tools.common.resolve_key_file looks) or, if one is there
+already, keeps using that key; the filesystem's config records its key_check.
+
+keygen brings a filesystem made before keys existed under a key (nothing else
+changes: no data moves), and with --rotate replaces the key (stop every node and
+mount first: the old key stops working for connections made afterwards).
+"""
 
 import argparse
 import dataclasses
 import errno
+import os
 
 import trio
 
 from dfs.config import FsConfig
 from dfs.errors import DfsError, QuietError, UsageError
+from dfs.keys import check_fs_key, create_key_file, key_check, load_key
 from dfs.mkfs import mkfs
 from dfs.paths import FsPaths, default_root
-from tools.common import EXIT_OK, EXIT_PROBLEM, connect_zk
+from dfs.zk import BadVersionError, NoNodeError
+from tools.common import EXIT_OK, EXIT_PROBLEM, connect_zk, resolve_key_file
 
 
 def config_of(args: argparse.Namespace) -> FsConfig:
@@ -23,9 +35,15 @@ def config_of(args: argparse.Namespace) -> FsConfig:
 async def _main(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config_of(args), zk_heap=args.zk_heap)
     zk = await connect_zk(args)
+    key_file = resolve_key_file(args)
+    made_key = not key_file.exists()
     try:
+        key = create_key_file(key_file) if made_key else load_key(key_file)
+        config.key_check = key_check(key)
         await mkfs(zk, FsPaths(default_root(args.fs)), config)
     except DfsError as e:
+        if made_key:
+            key_file.unlink()  # a key for a filesystem we did not make
         if e.errno == errno.EEXIST:
             raise QuietError(f"{e.message}; refusing to overwrite it", EXIT_PROBLEM) from None
         if e.errno == errno.EINVAL:
@@ -34,9 +52,55 @@ async def _main(args: argparse.Namespace) -> int:
     finally:
         await zk.close()
     print(f"created filesystem '{args.fs}': block size {config.block_size}, "
-          f"replicas {config.replicas} (min {config.min_replicas})")
+          f"replicas {config.replicas} (min {config.min_replicas}); key in {key_file}"
+          + ("" if made_key else " (kept)"))
     return EXIT_OK
 
 
 def main(args: argparse.Namespace) -> int:
     return trio.run(_main, args)
+
+
+async def _keygen(args: argparse.Namespace) -> int:
+    paths = FsPaths(default_root(args.fs))
+    key_file = resolve_key_file(args)
+    zk = await connect_zk(args)
+    try:
+        try:
+            data, stat = await zk.get(paths.config)
+        except NoNodeError:
+            raise UsageError(f"no filesystem at {paths.root}") from None
+        config = FsConfig.decode(data)
+        if config.key_check and not args.rotate:
+            raise QuietError(f"filesystem '{args.fs}' has a key already (--rotate replaces it)",
+                             EXIT_PROBLEM)
+        if args.rotate:
+            check_fs_key(config, load_key(key_file), key_file, args.fs)
+            new_file = key_file.with_name(key_file.name + ".new")
+            new_file.unlink(missing_ok=True)
+        else:
+            new_file = key_file
+        made = not new_file.exists()
+        key = create_key_file(new_file) if made else load_key(new_file)
+        config.key_check = key_check(key)
+        try:
+            # with the version read: of two keygens at once, one fails and changes nothing
+            await zk.set(paths.config, config.encode(), version=stat.version)
+        except BaseException as e:
+            if made:
+                new_file.unlink()
+            if isinstance(e, BadVersionError):
+                raise QuietError("the filesystem's config changed meanwhile: run again",
+                                 EXIT_PROBLEM) from None
+            raise
+        if args.rotate:
+            os.replace(new_file, key_file)
+    finally:
+        await zk.close()
+    print(f"filesystem '{args.fs}' is under the key in {key_file}; copy it (mode 0600) to every "
+          "machine that runs a node or mount, then (re)start them")
+    return EXIT_OK
+
+
+def keygen(args: argparse.Namespace) -> int:
+    return trio.run(_keygen, args)

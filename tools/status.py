@@ -17,7 +17,7 @@ from dfs.maint.scan import block_groups
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import ZkClient
-from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, connect_zk, human
+from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, cluster_key, connect_zk, human
 
 
 async def gather(zk: ZkClient, paths: FsPaths) -> dict:
@@ -139,6 +139,7 @@ def render_metadata(m: dict, nodes: list[dict]) -> list[str]:
 async def _main(args: argparse.Namespace) -> int:
     zk = await connect_zk(args)
     try:
+        await cluster_key(args, zk)
         s = await gather(zk, FsPaths(default_root(args.fs)))
     except DfsError as e:  # ZooKeeper gone, or no filesystem there: exit 2
         raise QuietError(e.message, EXIT_USAGE) from None

@@ -12,7 +12,7 @@ bad replica is reported and the next one tried, so a read either returns the
 right bytes or raises DfsError(EIO).
 
 Connections: a small pool per node (dfs/blocks/connection.py), requests
-pipelined on each.
+pipelined on each, every one authenticated with the cluster key (dfs/keys.py).
 """
 
 import errno
@@ -32,6 +32,7 @@ from dfs.blocks.connection import (
     NodePool,
     NodeSlow,
     NodeUnavailable,
+    digest_of,
     reply_error,
 )
 from dfs.blocks.nodedir import NodeDirectory
@@ -77,17 +78,19 @@ class BlockClient:
 
     Args:
       nodedir: where the nodes are (its zk and paths are used for corrupt reports).
+      key: the cluster key (dfs/keys.py), to authenticate to the nodes.
       on_corrupt: `async def(ref, node_id, reason)` called when a replica fails
         verification; default: a CorruptReport znode under `repair/corrupt`.
       request_timeout: seconds one request may take before the node is given up.
       connect_timeout: seconds to dial a node.
     """
 
-    def __init__(self, nodedir: NodeDirectory, *, on_corrupt: OnCorrupt | None = None,
+    def __init__(self, nodedir: NodeDirectory, *, key: bytes, on_corrupt: OnCorrupt | None = None,
                  request_timeout: float = REQUEST_TIMEOUT,
                  connect_timeout: float = CONNECT_TIMEOUT, pool_size: int = POOL_SIZE,
                  reporter: str = "client"):
         self.nodedir = nodedir
+        self.key = key
         self.on_corrupt = on_corrupt or self.report_corrupt
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
@@ -106,8 +109,8 @@ class BlockClient:
         if pool is None or pool.address != live.address:
             if pool is not None:
                 pool.close()  # the node moved (restarted on another port)
-            pool = self._pools[node_id] = NodePool(node_id, live.address, self.pool_size,
-                                                   self.connect_timeout)
+            pool = self._pools[node_id] = NodePool(node_id, live.address, self.key,
+                                                   self.pool_size, self.connect_timeout)
         return pool
 
     async def _call(self, node_id: str, frame: Frame, *, timeout: float | None = None,
@@ -157,6 +160,7 @@ class BlockClient:
         """
         block_id = uuid.uuid4().hex
         checksum = hash64(data)
+        digest = await digest_of(data)  # for the MACs of every replica's PUT
         size = len(data)
         live = list(self.nodedir.live().values())
         if len(live) < replicas:
@@ -175,7 +179,8 @@ class BlockClient:
             async def put(node_id: str) -> None:
                 try:
                     await self._call(node_id, Frame(Op.PUT, block_id=encode_block_id(block_id),
-                                                    length=size, checksum=checksum, payload=data),
+                                                    length=size, checksum=checksum, payload=data,
+                                                    digest=digest),
                                      what=f"storing block {block_id} on node {node_id}")
                     acked.append(node_id)
                 except DfsError as e:
@@ -325,7 +330,7 @@ class BlockClient:
         live = self.nodedir.get(node_id)
         if live is None:
             raise NodeUnavailable(f"node {node_id} is not live")
-        conn = await NodeConnection.open(node_id, live.address,
+        conn = await NodeConnection.open(node_id, live.address, key=self.key,
                                          connect_timeout=max(self.connect_timeout, timeout))
         try:
             req = Frame(Op.LIST, request_id=1)

@@ -4,17 +4,21 @@ Shared by the block client (dfs/blocks/client.py) and the nodes themselves
 (a node pushes a replica to another one for repair: nodes/server.py).
 
 `FrameSocket` moves frames (dfs/blocks/protocol.py) over one connected socket
-with few copies. `NodeConnection` pipelines requests on one connection with
-request ids. There is no background reader task (the client has no nursery of
-its own): whichever waiting request finds no reader active reads frames and
-hands each to its waiter, then passes the role on. A connection on which a
-frame was cut short (error, cancellation mid-frame) is closed and dropped;
-`NodePool` dials a new one for the next request.
+with few copies, sealing and checking each frame's MAC once the connection is
+authenticated (`client_handshake` here, the node's side in nodes/server.py).
+`NodeConnection` pipelines requests on one connection with request ids. There
+is no background reader task (the client has no nursery of its own): whichever
+waiting request finds no reader active reads frames and hands each to its
+waiter, then passes the role on. A connection on which a frame was cut short
+(error, cancellation mid-frame) is closed and dropped; `NodePool` dials a new
+one for the next request.
 """
 
 import errno
+import hmac
 import itertools
 import json
+import os
 from typing import Any, Callable, Sequence
 
 import trio
@@ -22,12 +26,17 @@ import trio
 from dfs.blocks.protocol import (
     HEADER_SIZE,
     MAX_PAYLOAD,
+    NONCE_SIZE,
     REPLY,
+    TAG_SIZE,
     Frame,
+    FrameMac,
     Op,
     ProtocolError,
     TruncatedFrame,
+    node_proof,
     parse_header,
+    payload_digest,
     split_address,
 )
 from dfs.errors import DfsError
@@ -37,6 +46,15 @@ POOL_SIZE = 4
 # A connection with fewer requests in flight than this is reused before dialing another.
 PIPELINE_DEPTH = 8
 RECV_BUFFER = 256 * 1024
+# Payloads at least this big are hashed (their MAC) in a worker thread: hashlib
+# releases the GIL, so the trio thread keeps moving other frames meanwhile.
+DIGEST_IN_THREAD = 256 * 1024
+
+
+async def digest_of(payload: bytes | bytearray | memoryview) -> bytes:
+    if len(payload) < DIGEST_IN_THREAD:
+        return payload_digest(payload)
+    return await trio.to_thread.run_sync(payload_digest, payload)
 
 
 class FrameSocket:
@@ -45,6 +63,9 @@ class FrameSocket:
     Small frames are parsed out of one receive buffer; a large payload is
     received straight into its own bytearray (`recv_into`). Sends use `sendmsg`
     so a header and its payload go out in one system call without concatenation.
+
+    Once `mac` is set (after the handshake) every frame sent gets its MAC
+    trailer and every frame received is checked (BadMac) before it is returned.
 
     Not safe for concurrent receivers or concurrent senders: callers serialise
     each direction (the node reads in one task and sends under a lock).
@@ -58,6 +79,7 @@ class FrameSocket:
         # payload_len bytes to receive into (or None for a plain bytearray);
         # the node uses it to receive a PUT straight into block-file layout.
         self.alloc = alloc
+        self.mac: FrameMac | None = None
         self._buf = bytearray(RECV_BUFFER)
         self._lo = 0
         self._hi = 0
@@ -73,46 +95,63 @@ class FrameSocket:
         self._hi += got
         return got > 0
 
+    async def _fill(self, n: int) -> bool:
+        """At least `n` bytes in the buffer; False if the stream ends first."""
+        while self._hi - self._lo < n:
+            if not await self._recv_more():
+                return False
+        return True
+
     async def recv_frame(self) -> Frame | None:
         """The next frame, or None at a clean end of stream between frames.
 
         Raises:
           ProtocolError: a bad header (the caller should reply and close).
+          BadMac: an authenticated connection received a frame that fails its MAC.
           TruncatedFrame: the stream ended inside a frame.
           OSError: the connection broke.
         """
-        while self._hi - self._lo < HEADER_SIZE:
-            if not await self._recv_more():
-                if self._hi == self._lo:
-                    return None
-                raise TruncatedFrame("connection closed inside a frame header")
-        frame, plen = parse_header(memoryview(self._buf)[self._lo:self._lo + HEADER_SIZE],
-                                   self.max_payload)
+        if not await self._fill(HEADER_SIZE):
+            if self._hi == self._lo:
+                return None
+            raise TruncatedFrame("connection closed inside a frame header")
+        raw = memoryview(self._buf)[self._lo:self._lo + HEADER_SIZE]
+        frame, plen = parse_header(raw, self.max_payload)
+        header = bytes(raw) if self.mac is not None else b""
         self._lo += HEADER_SIZE
-        if plen == 0:
-            return frame
         have = min(plen, self._hi - self._lo)
         if have == plen:  # common for small frames: all in the buffer already
-            frame.payload = bytes(self._buf[self._lo:self._lo + plen])
+            frame.payload = bytes(self._buf[self._lo:self._lo + plen]) if plen else b""
             self._lo += plen
-            return frame
-        holder = self.alloc(frame, plen) if self.alloc is not None else None
-        payload = holder if holder is not None else bytearray(plen)
-        view = holder.data if holder is not None else memoryview(payload)
-        view[:have] = memoryview(self._buf)[self._lo:self._lo + have]
-        self._lo += have
-        while have < plen:
-            got = await self.sock.recv_into(view[have:])
-            if got == 0:
-                raise TruncatedFrame(f"connection closed after {have} of {plen} payload bytes",
-                                     frame.request_id)
-            have += got
-        frame.payload = payload
+            view = frame.payload
+        else:
+            holder = self.alloc(frame, plen) if self.alloc is not None else None
+            payload = holder if holder is not None else bytearray(plen)
+            view = holder.data if holder is not None else memoryview(payload)
+            view[:have] = memoryview(self._buf)[self._lo:self._lo + have]
+            self._lo += have
+            while have < plen:
+                got = await self.sock.recv_into(view[have:])
+                if got == 0:
+                    raise TruncatedFrame(f"connection closed after {have} of {plen} payload bytes",
+                                         frame.request_id)
+                have += got
+            frame.payload = payload
+        if self.mac is not None:
+            if not await self._fill(TAG_SIZE):
+                raise TruncatedFrame("connection closed before a frame's MAC", frame.request_id)
+            tag = bytes(self._buf[self._lo:self._lo + TAG_SIZE])
+            self._lo += TAG_SIZE
+            self.mac.check(header, await digest_of(view), tag, frame.request_id)
         return frame
 
     async def send_frame(self, frame: Frame) -> None:
-        await self.send_buffers([frame.header(), frame.payload] if len(frame.payload)
-                                else [frame.header()])
+        header = frame.header()
+        buffers = [header, frame.payload] if len(frame.payload) else [header]
+        if self.mac is not None:
+            digest = frame.digest or await digest_of(frame.payload)
+            buffers.append(self.mac.seal(header, digest))
+        await self.send_buffers(buffers)
 
     async def send_buffers(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         views = [memoryview(b).cast("B") for b in buffers if len(b)]
@@ -146,6 +185,30 @@ def reply_error(reply: Frame, what: str) -> DfsError:
     return DfsError(reply.status, f"{what}: {text}" if text else what)
 
 
+async def client_handshake(fs: FrameSocket, key: bytes, what: str) -> None:
+    """Authenticate a new connection to a node (the handshake of dfs/blocks/protocol.py).
+
+    Raises:
+      DfsError(EACCES): the node does not prove that it holds `key`, or refused us.
+      NodeUnavailable: it closed the connection.
+    """
+    nonce = os.urandom(NONCE_SIZE)
+    await fs.send_frame(Frame(Op.HELLO, payload=nonce))
+    reply = await fs.recv_frame()
+    if reply is None:
+        raise NodeUnavailable(f"{what} closed the connection during the handshake")
+    if reply.status:
+        raise reply_error(reply, f"{what} refused the handshake")
+    answer = bytes(reply.payload)
+    if reply.op != Op.HELLO | REPLY or len(answer) != 2 * NONCE_SIZE:
+        raise ProtocolError(f"{what} answered HELLO with a malformed reply")
+    node_nonce, proof = answer[:NONCE_SIZE], answer[NONCE_SIZE:]
+    if not hmac.compare_digest(proof, node_proof(key, nonce, node_nonce)):
+        raise DfsError(errno.EACCES, f"{what} does not hold this filesystem's key "
+                                     "(a wrong key file, or not a node of this filesystem)")
+    fs.mac = FrameMac(key, nonce, node_nonce, client=True)
+
+
 class _Waiter:
     __slots__ = ("event", "frame", "error")
 
@@ -175,19 +238,33 @@ class NodeConnection:
         self._reading = False
 
     @classmethod
-    async def open(cls, node_id: str | None, address: str, *,
+    async def open(cls, node_id: str | None, address: str, *, key: bytes,
                    connect_timeout: float = CONNECT_TIMEOUT) -> "NodeConnection":
-        """Dial `address` and check (PING) that the node there is `node_id` (if given)."""
+        """Dial `address`, authenticate both ways with the cluster `key`, and check
+        (PING) that the node there is `node_id` (if given).
+
+        Raises:
+          NodeUnavailable: the node cannot be reached.
+          DfsError(EACCES): it does not hold `key`.
+        """
         host, port = split_address(address)
+        fs = None
         try:
             with trio.fail_after(connect_timeout):
                 stream = await trio.open_tcp_stream(host, port)
-                conn = cls(node_id or "", address, FrameSocket(stream.socket))
+                fs = FrameSocket(stream.socket)
+                await client_handshake(fs, key, f"node {node_id or ''} at {address}")
+                conn = cls(node_id or "", address, fs)
                 reply = await conn.request(Frame(Op.PING))
-        except OSError as e:
-            raise NodeUnavailable(f"cannot connect to node {node_id} at {address}: {e!r}") from None
-        except trio.TooSlowError:
-            raise NodeSlow(f"node {node_id} at {address} did not answer within {connect_timeout:g} s") from None
+        except BaseException as e:
+            if fs is not None:
+                fs.close()
+            if isinstance(e, OSError):
+                raise NodeUnavailable(f"cannot connect to node {node_id} at {address}: {e!r}") from None
+            if isinstance(e, trio.TooSlowError):
+                raise NodeSlow(f"node {node_id} at {address} did not answer within "
+                               f"{connect_timeout:g} s") from None
+            raise
         try:
             conn.info = json.loads(bytes(reply.payload)) if reply.payload else {}
         except ValueError:
@@ -292,10 +369,11 @@ class NodeConnection:
 class NodePool:
     """A few connections to one node; requests go to the least busy one."""
 
-    def __init__(self, node_id: str, address: str, size: int = POOL_SIZE,
+    def __init__(self, node_id: str, address: str, key: bytes, size: int = POOL_SIZE,
                  connect_timeout: float = CONNECT_TIMEOUT):
         self.node_id = node_id
         self.address = address
+        self.key = key
         self.size = size
         self.connect_timeout = connect_timeout
         self.conns: list[NodeConnection] = []
@@ -310,7 +388,7 @@ class NodePool:
             self.conns = [c for c in self.conns if not c.broken]
             if len(self.conns) >= self.size:
                 return min(self.conns, key=lambda c: c.inflight)
-            conn = await NodeConnection.open(self.node_id, self.address,
+            conn = await NodeConnection.open(self.node_id, self.address, key=self.key,
                                              connect_timeout=self.connect_timeout)
             self.conns.append(conn)
             return conn

@@ -19,9 +19,28 @@ connection and answered in any order.
 
 A frame that cannot be parsed (wrong magic, payload too large) raises
 ProtocolError; the node answers it with EINVAL and closes that connection.
+
+Authentication (README "Security"). Every connection starts with a handshake;
+the node accepts no other frame before it:
+
+    client -> node   HELLO, payload = client nonce (32 random bytes)
+    node -> client   HELLO reply, payload = node nonce (32) + node_proof (32)
+
+`node_proof` is an HMAC-SHA256 under the cluster key over both nonces, so the
+client knows the node holds the key (its own nonce is fresh: no replay). From
+then on every frame in either direction is followed by a TAG_SIZE trailer (not
+counted in payload_len), an HMAC-SHA256 under that direction's session key
+(derived from the key and both nonces) over the frame's sequence number on the
+connection, its header and the SHA-256 of its payload (`FrameMac`). The node
+checks the client by its first frame's trailer: its nonce is fresh, so a
+captured handshake cannot be replayed, and the sequence number means no frame
+can be dropped, repeated, reordered or injected. A frame whose trailer does not
+match ends the connection.
 """
 
 import errno
+import hashlib
+import hmac
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -47,6 +66,7 @@ class Op(IntEnum):
     COPY = 6    # payload = JSON {"node_id", "address"}: push the block there
     PING = 7    # -> payload = JSON with the node id and a few counters
     VERIFY = 8  # node re-reads and re-hashes the block -> status 0 or EIO
+    HELLO = 9   # payload = client nonce -> node nonce + node proof (the handshake, above)
 
 
 # LIST reply records: block id, length, checksum, mtime (s)
@@ -76,6 +96,9 @@ class Frame:
     status: int = 0
     flags: int = 0
     payload: bytes | bytearray | memoryview = b""
+    # payload_digest(payload), when the sender knows it already: a block written
+    # to three nodes is hashed once for the three frames' MACs
+    digest: bytes | None = None
 
     def header(self) -> bytes:
         return HEADER.pack(MAGIC, self.op, self.flags, 0, self.request_id, self.block_id,
@@ -108,6 +131,75 @@ def parse_header(raw: bytes | bytearray | memoryview, max_payload: int = MAX_PAY
     if plen > max_payload:
         raise ProtocolError(f"payload of {plen} bytes exceeds the limit of {max_payload}", rid)
     return Frame(op, rid, bid, off, length, csum, status, flags), plen
+
+
+NONCE_SIZE = 32
+TAG_SIZE = 32
+_SEQ = struct.Struct("!Q")
+# One byte per purpose of an HMAC under the cluster key, so no value made for
+# one purpose (a node's proof, one direction's session key) serves another.
+_NODE_PROOF, _CLIENT_TO_NODE, _NODE_TO_CLIENT = b"P", b"C", b"N"
+
+
+def _keyed(key: bytes, purpose: bytes, client_nonce: bytes, node_nonce: bytes) -> bytes:
+    return hmac.digest(key, b"dfs-auth-1" + purpose + client_nonce + node_nonce, "sha256")
+
+
+def node_proof(key: bytes, client_nonce: bytes, node_nonce: bytes) -> bytes:
+    """What the node answers a HELLO with, besides its nonce: proof that it holds `key`."""
+    return _keyed(key, _NODE_PROOF, client_nonce, node_nonce)
+
+
+class BadMac(ProtocolError):
+    """A frame whose trailer does not match: the connection is not to be trusted."""
+
+
+def payload_digest(payload: bytes | bytearray | memoryview) -> bytes:
+    return hashlib.sha256(payload).digest()
+
+
+class FrameMac:
+    """Seals and checks the frames of one authenticated connection (see the module docstring).
+
+    Args:
+      key: the cluster key.
+      client_nonce, node_nonce: the handshake's nonces.
+      client: True on the side that sent the HELLO.
+    """
+
+    def __init__(self, key: bytes, client_nonce: bytes, node_nonce: bytes, *, client: bool):
+        to_node = _keyed(key, _CLIENT_TO_NODE, client_nonce, node_nonce)
+        to_client = _keyed(key, _NODE_TO_CLIENT, client_nonce, node_nonce)
+        send, recv = (to_node, to_client) if client else (to_client, to_node)
+        self._send = hmac.new(send, digestmod=hashlib.sha256)
+        self._recv = hmac.new(recv, digestmod=hashlib.sha256)
+        self.sent = 0
+        self.received = 0
+
+    @staticmethod
+    def _tag(base: "hmac.HMAC", seq: int, header: bytes | memoryview, digest: bytes) -> bytes:
+        h = base.copy()
+        h.update(_SEQ.pack(seq))
+        h.update(header)
+        h.update(digest)
+        return h.digest()
+
+    def seal(self, header: bytes, digest: bytes) -> bytes:
+        """The trailer of the next frame sent (call in send order)."""
+        tag = self._tag(self._send, self.sent, header, digest)
+        self.sent += 1
+        return tag
+
+    def check(self, header: bytes | memoryview, digest: bytes, tag: bytes | memoryview,
+              request_id: int = 0) -> None:
+        """Check the trailer of the next frame received.
+
+        Raises:
+          BadMac: it does not match (forged, replayed, reordered or damaged).
+        """
+        if not hmac.compare_digest(self._tag(self._recv, self.received, header, digest), tag):
+            raise BadMac(f"frame {self.received} on this connection fails its MAC", request_id)
+        self.received += 1
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -21,6 +21,7 @@ import trio
 from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import FsConfig
+from dfs.keys import create_key_file, key_check
 from dfs.mkfs import mkfs
 from dfs.paths import FsPaths, default_root
 from dfs.records import BlockRef
@@ -83,12 +84,13 @@ async def bench(client: BlockClient, args: argparse.Namespace) -> dict[str, floa
     return results
 
 
-async def main_async(args: argparse.Namespace, zk_hosts: str, fsname: str) -> dict[str, float]:
+async def main_async(args: argparse.Namespace, zk_hosts: str, fsname: str,
+                     key: bytes) -> dict[str, float]:
     zk = await connect(zk_hosts)
     try:
         nodedir = NodeDirectory(zk, FsPaths(default_root(fsname)))
         await nodedir.wait_for(args.nodes, timeout=30)
-        client = BlockClient(nodedir)
+        client = BlockClient(nodedir, key=key)
         try:
             return await bench(client, args)
         finally:
@@ -97,10 +99,10 @@ async def main_async(args: argparse.Namespace, zk_hosts: str, fsname: str) -> di
         await zk.close()
 
 
-async def make_fs(zk_hosts: str, fsname: str) -> None:
+async def make_fs(zk_hosts: str, fsname: str, key: bytes) -> None:
     zk = await connect(zk_hosts)
     try:
-        await mkfs(zk, FsPaths(default_root(fsname)), FsConfig())
+        await mkfs(zk, FsPaths(default_root(fsname)), FsConfig(key_check=key_check(key)))
     finally:
         await zk.close()
 
@@ -148,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                 ens = ZkEnsemble(base / "zk", servers=1).start()
                 zk_hosts = ens.hosts
             fsname = f"bench-{uuid.uuid4().hex[:8]}"
-            trio.run(make_fs, zk_hosts, fsname)
-            nodes = start_nodes(zk_hosts, fsname, base, args.nodes)
-            results = trio.run(main_async, args, zk_hosts, fsname)
+            key_file = base / f"{fsname}.key"
+            key = create_key_file(key_file)
+            trio.run(make_fs, zk_hosts, fsname, key)
+            nodes = start_nodes(zk_hosts, fsname, base, args.nodes, key_file=key_file)
+            results = trio.run(main_async, args, zk_hosts, fsname, key)
         finally:
             for n in nodes:
                 n.stop()

@@ -30,6 +30,7 @@ from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import FsConfig
 from dfs.meta import Meta
+from dfs.keys import create_key_file, key_check, load_key
 from dfs.mkfs import load_config, mkfs
 from dfs.paths import ROOT_INO, FsPaths, default_root
 from dfs.zk import connect
@@ -42,14 +43,14 @@ PER_DIR = 200
 BIG_FILE = 64 << 20
 
 
-async def build(hosts: str, fsname: str, files: int, big_bytes: int) -> None:
+async def build(hosts: str, fsname: str, files: int, big_bytes: int, key: bytes) -> None:
     zk = await connect(hosts)
     paths = FsPaths(default_root(fsname))
     config = await load_config(zk, paths)
     meta = Meta(zk, paths, config)
     nodedir = NodeDirectory(zk, paths)
     await nodedir.wait_for(3, 30)
-    blocks = BlockClient(nodedir)
+    blocks = BlockClient(nodedir, key=key)
     limit = trio.CapacityLimiter(128)
     t0 = time.monotonic()
     done = 0
@@ -88,10 +89,10 @@ async def build(hosts: str, fsname: str, files: int, big_bytes: int) -> None:
         await zk.close()
 
 
-async def make_fs(hosts: str, fsname: str) -> None:
+async def make_fs(hosts: str, fsname: str, key: bytes) -> None:
     zk = await connect(hosts)
     try:
-        await mkfs(zk, FsPaths(default_root(fsname)), FsConfig())
+        await mkfs(zk, FsPaths(default_root(fsname)), FsConfig(key_check=key_check(key)))
     finally:
         await zk.close()
 
@@ -111,8 +112,10 @@ def raw_read_hash(node_dirs: list[Path]) -> tuple[int, float]:
     return total, time.monotonic() - t
 
 
-def run_fsck(hosts: str, fsname: str, *extra: str, profile: str | None = None) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "tools.cli", "fsck", "--zk", hosts, "--fs", fsname, "--json", *extra]
+def run_fsck(hosts: str, fsname: str, key_file: Path, *extra: str,
+             profile: str | None = None) -> tuple[dict, float]:
+    cmd = [sys.executable, "-m", "tools.cli", "fsck", "--zk", hosts, "--fs", fsname,
+           "--key-file", str(key_file), "--json", *extra]
     if profile:
         cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-o", profile, "-r", "200",
                "--", *cmd]
@@ -142,19 +145,21 @@ def main() -> None:
     fsname = json.loads(state.read_text())["fs"] if built else f"bench-{uuid.uuid4().hex[:6]}"
     try:
         ens.start()
+        key_file = base / f"{fsname}.key"
         if not built:
-            trio.run(make_fs, ens.hosts, fsname)
-        nodes = start_nodes(ens.hosts, fsname, base, 3,
+            trio.run(make_fs, ens.hosts, fsname, create_key_file(key_file))
+        nodes = start_nodes(ens.hosts, fsname, base, 3, key_file=key_file,
                             env={"DFS_REPAIR_SCAN_INTERVAL": "36000", "DFS_ORPHAN_INTERVAL": "36000"})
         if not built:
             print(f"building in {base} (ZooKeeper {ens.hosts})", flush=True)
-            trio.run(build, ens.hosts, fsname, args.files, int(args.big_gib * 2**30))
+            trio.run(build, ens.hosts, fsname, args.files, int(args.big_gib * 2**30),
+                     load_key(key_file))
             state.write_text(json.dumps({"fs": fsname}))
         else:
             print(f"reusing the filesystem built in {base}", flush=True)
         results = []
         for i in range(args.repeat):
-            rep, wall = run_fsck(ens.hosts, fsname,
+            rep, wall = run_fsck(ens.hosts, fsname, key_file,
                                  profile=str(base / "fsck-meta.svg") if args.profile and i == 0 else None)
             results.append((rep, wall))
         rep, wall = min(results, key=lambda x: x[0]["elapsed"])
@@ -165,7 +170,7 @@ def main() -> None:
         print(f"  check {rep['elapsed']:.2f} s ({files / rep['elapsed']:,.0f} files/s); "
               f"whole command {wall:.2f} s ({files / wall:,.0f} files/s)")
         dropped = drop_caches()
-        rep, wall = run_fsck(ens.hosts, fsname, "--verify-data",
+        rep, wall = run_fsck(ens.hosts, fsname, key_file, "--verify-data",
                              profile=str(base / "fsck-verify.svg") if args.profile else None)
         mib = rep["verified_bytes"] / 2**20
         print(f"fsck --verify-data ({'cold' if dropped else 'warm'} cache): {rep['verified_replicas']} replicas, "

@@ -28,7 +28,7 @@ from dfs.errors import DfsError, UsageError
 from dfs.mkfs import load_config
 from dfs.paths import ROOT_INO, FsPaths, default_root
 from dfs.zk import ZkClient
-from tools.common import EXIT_OK, EXIT_PROBLEM, connect_zk
+from tools.common import EXIT_OK, EXIT_PROBLEM, cluster_key, connect_zk
 from tools.fsck.blocks import BlockChecks
 from tools.fsck.housekeeping import Housekeeping, Leftovers
 from tools.fsck.inodes import LostFound, UnreachableInodes
@@ -113,8 +113,9 @@ async def run_fsck(args: argparse.Namespace, out=sys.stdout) -> int:
             config = await load_config(zk, paths)
         except DfsError as e:
             raise UsageError(e.message) from None
+        key = await cluster_key(args, zk)
         nodedir = NodeDirectory(zk, paths)
-        blocks = BlockClient(nodedir, reporter="fsck", request_timeout=args.node_timeout,
+        blocks = BlockClient(nodedir, key=key, reporter="fsck", request_timeout=args.node_timeout,
                              connect_timeout=min(args.node_timeout, CONNECT_TIMEOUT))
         report = Report()
         report = await Fsck(zk, paths, config, nodedir, blocks, opts, report, Progress(report)).run()

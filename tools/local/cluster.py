@@ -1,7 +1,8 @@
 """`dfs up` / `dfs down`: a whole local cluster (ZooKeeper, storage nodes, the mount).
 
 State lives in ./.dfs/ (configurable): ZooKeeper's data, each node's blocks,
-logs, and cluster.json with the ports and PIDs of what runs. A second `dfs up`
+logs, the filesystem's key (<fs>.key) and cluster.json with the ports and PIDs
+of what runs; all of it readable by its owner only (umask 077). A second `dfs up`
 reuses what is running and starts what is not (on the same ZooKeeper ports, with
 the same data), so data survives `dfs down` + `dfs up`. Processes are stopped by
 the PIDs recorded here, never by name.
@@ -11,6 +12,7 @@ import argparse
 import dataclasses
 import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ import trio
 
 from dfs.config import FsConfig
 from dfs.errors import DfsError, UsageError
+from dfs.keys import create_key_file, key_check, load_key
 from dfs.mkfs import MIN_ZK_HEAP, load_config, mkfs, set_zk_heap
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
@@ -78,10 +81,14 @@ async def _ensure_fs(hosts: str, fsname: str, config: FsConfig) -> FsConfig | No
 
 
 def up(args: argparse.Namespace) -> int:
+    os.umask(0o077)  # for everything made here and by the daemons started here
     state = Path(args.state).absolute()
     (state / "logs").mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)
     data = _load(state)
     say = lambda msg: print(f"dfs up: {msg}", file=sys.stderr)  # noqa: E731
+    key_file = state / f"{args.fs}.key"
+    key = load_key(key_file) if key_file.exists() else create_key_file(key_file)
 
     # ZooKeeper
     hosts = data.get("zk")
@@ -112,7 +119,7 @@ def up(args: argparse.Namespace) -> int:
         say(f"started ZooKeeper ({servers} server{'s' if servers > 1 else ''}, heap {heap_mb} MiB) "
             f"at {hosts}")
     data["fs"] = args.fs
-    wanted = dataclasses.replace(config_of(args), zk_heap=heap_mb << 20)
+    wanted = dataclasses.replace(config_of(args), zk_heap=heap_mb << 20, key_check=key_check(key))
     found = trio.run(_ensure_fs, hosts, args.fs, wanted)
     if found is None:
         say(f"created filesystem '{args.fs}': block size {wanted.block_size}, replicas "
@@ -131,7 +138,8 @@ def up(args: argparse.Namespace) -> int:
         if _ours(n.get("pid"), "nodes"):
             continue
         Path(n["data"]).mkdir(parents=True, exist_ok=True)
-        proc = NodeProcess(hosts, args.fs, n["data"], log_path=state / "logs" / f"node{i + 1}.log")
+        proc = NodeProcess(hosts, args.fs, n["data"], log_path=state / "logs" / f"node{i + 1}.log",
+                           key_file=key_file)
         proc.start()
         n.update(pid=proc.pid, node_id=proc.node_id, address=proc.address)
         say(f"started storage node {proc.node_id} at {proc.address} (data {n['data']})")
@@ -146,7 +154,8 @@ def up(args: argparse.Namespace) -> int:
     else:
         if is_mounted(mountpoint):  # a dead daemon's leftover
             fusermount_unmount(mountpoint, lazy=True)
-        mp = MountProcess(hosts, args.fs, mountpoint, log_path=state / "logs" / "mount.log")
+        mp = MountProcess(hosts, args.fs, mountpoint, log_path=state / "logs" / "mount.log",
+                          key_file=key_file)
         mp.start()
         data["mount"] = {"mountpoint": str(mountpoint), "pid": mp.pid}
         say(f"mounted '{args.fs}' at {mountpoint}")

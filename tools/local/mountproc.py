@@ -27,13 +27,15 @@ def is_mounted(mountpoint: str | os.PathLike) -> bool:
 class MountProcess:
     def __init__(self, zk_hosts: str, fsname: str, mountpoint: str | os.PathLike, *,
                  options: list[str] | None = None, log_path: str | os.PathLike | None = None,
-                 env: dict[str, str] | None = None, detach: bool = False):
+                 env: dict[str, str] | None = None, detach: bool = False,
+                 key_file: str | os.PathLike | None = None):
         self.zk_hosts = zk_hosts
         self.fsname = fsname
         self.mountpoint = Path(mountpoint)
         self.options = options or []
         self.log_path = Path(log_path) if log_path else self.mountpoint.parent / f"{self.mountpoint.name}.mount.log"
         self.env = env
+        self.key_file = key_file  # None: the mount's default (dfs/keys.py)
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
 
@@ -41,6 +43,8 @@ class MountProcess:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "mount", str(self.mountpoint), "--zk", self.zk_hosts,
                "--fs", self.fsname, "--foreground"]
+        if self.key_file:
+            cmd += ["--key-file", str(self.key_file)]
         for o in self.options:
             cmd += ["-o", o]
         env = dict(os.environ, **(self.env or {}))

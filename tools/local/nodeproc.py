@@ -42,11 +42,13 @@ class NodeProcess:
       log_path: where stdout/stderr go (default: <data_dir>/../<name>.log).
       env: extra environment variables (e.g. DFS_NODE_HEARTBEAT).
       extra_args: more command-line arguments for the node.
+      key_file: the cluster key (default: the node's own default, dfs/keys.py).
     """
 
     def __init__(self, zk_hosts: str, fsname: str, data_dir: str | os.PathLike, *,
                  listen: str = "127.0.0.1:0", zone: str = "", log_path: str | os.PathLike | None = None,
-                 env: dict[str, str] | None = None, extra_args: list[str] | None = None):
+                 env: dict[str, str] | None = None, extra_args: list[str] | None = None,
+                 key_file: str | os.PathLike | None = None):
         self.zk_hosts = zk_hosts
         self.fsname = fsname
         self.data_dir = Path(data_dir)
@@ -55,6 +57,7 @@ class NodeProcess:
         self.log_path = Path(log_path) if log_path else self.data_dir.parent / f"{self.data_dir.name}.log"
         self.env = env or {}
         self.extra_args = extra_args or []
+        self.key_file = key_file
         self.paths = FsPaths(default_root(fsname))
         self.proc: subprocess.Popen | None = None
         self.node_id: str | None = None
@@ -84,6 +87,8 @@ class NodeProcess:
                "--data", str(self.data_dir), "--listen", self.listen]
         if self.zone:
             cmd += ["--zone", self.zone]
+        if self.key_file:
+            cmd += ["--key-file", str(self.key_file)]
         return cmd + self.extra_args
 
     # -- lifecycle
@@ -198,9 +203,11 @@ class NodeProcess:
 
 
 def start_nodes(zk_hosts: str, fsname: str, base: str | os.PathLike, count: int, *,
-                env: dict[str, str] | None = None, timeout: float = 30.0) -> list[NodeProcess]:
+                env: dict[str, str] | None = None, timeout: float = 30.0,
+                key_file: str | os.PathLike | None = None) -> list[NodeProcess]:
     """Start `count` nodes under base/node<i> in parallel; stops them all if one fails."""
-    nodes = [NodeProcess(zk_hosts, fsname, Path(base) / f"node{i}", env=env) for i in range(count)]
+    nodes = [NodeProcess(zk_hosts, fsname, Path(base) / f"node{i}", env=env, key_file=key_file)
+             for i in range(count)]
     try:
         for n in nodes:
             n.spawn()

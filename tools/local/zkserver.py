@@ -175,7 +175,7 @@ class ZkEnsemble:
         return "\n".join(lines) + "\n"
 
     def _write(self, s: ZkServer) -> None:
-        (s.dir / "data").mkdir(parents=True, exist_ok=True)
+        (s.dir / "data").mkdir(mode=0o700, parents=True, exist_ok=True)
         (s.dir / "zoo.cfg").write_text(self._config(s))
         (s.dir / "data" / "myid").write_text(f"{s.myid}\n")
         (s.dir / "log4j.properties").write_text(LOG4J.format(log=s.log_path))
@@ -209,8 +209,9 @@ class ZkEnsemble:
             ZK_MAIN, str(s.dir / "zoo.cfg"),
         ]
         out = open(s.dir / "stdout.log", "ab")
+        # umask 077: the transaction logs and snapshots hold inline file contents
         s.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+                                  stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
         out.close()
         s.pid_path.write_text(f"{s.proc.pid}\n")
         if wait:

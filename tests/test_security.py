@@ -1,0 +1,365 @@
+"""Issue 12: without the cluster's key nobody reads, writes or deletes a byte.
+
+Real nodes and real ZooKeeper. The probe matrix speaks the node protocol by hand
+(tests.nodeutil.RawNodeSocket): no key, a wrong key, a replayed handshake, a bad
+MAC after a good handshake, COPY to an unregistered address, every op before
+authenticating. Each is refused, and the node serves real clients afterwards.
+Then: key files others can read stop every daemon; `dfs up` leaves nothing
+readable by others; `dfs keygen` brings a filesystem made without a key under one.
+"""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+
+from dfs.blocks.client import BlockClient
+from dfs.blocks.connection import NodeConnection
+from dfs.blocks.protocol import NONCE_SIZE, REPLY, TAG_SIZE, Frame, FrameMac, Op, encode_block_id
+from dfs.checksum import hash64
+from dfs.config import FsConfig
+from dfs.errors import DfsError
+from dfs.keys import load_key
+from dfs.zk import connect
+from tests.nodeutil import RawNodeSocket, cluster
+from tools.local.mountproc import fusermount_unmount, is_mounted
+from tools.local.procs import stop_pid
+
+REPO = Path(__file__).resolve().parents[1]
+OPS = [Op.PUT, Op.GET, Op.DELETE, Op.STAT, Op.LIST, Op.COPY, Op.PING, Op.VERIFY]
+
+
+def dfs(*argv: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The `dfs` command of this checkout (PYTHONPATH: also when run in another directory)."""
+    return subprocess.run([sys.executable, "-m", "tools.cli", *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+def probe_frame(op: Op, bid: str, copy_to: str) -> Frame:
+    """A request of `op` that would do harm if the node obeyed it."""
+    payload = {Op.PUT: b"planted", Op.COPY: json.dumps({"node_id": "x", "address": copy_to}).encode()
+               }.get(op, b"")
+    return Frame(op, 7, encode_block_id(bid), length=len(payload) if op == Op.PUT else 0,
+                 checksum=hash64(payload), payload=payload)
+
+
+class Trap:
+    """A TCP listener that counts who connects to it (where a COPY must never go)."""
+
+    def __init__(self):
+        self.connections = 0
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+        async def handler(stream):
+            self.connections += 1
+            await stream.aclose()
+
+        await trio.serve_listeners(handler, listeners, task_status=task_status)
+
+
+class Recorder:
+    """A TCP proxy to `target` that records what the client sends (to replay it)."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.sent = bytearray()
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+        async def handler(client):
+            host, port = self.target.rsplit(":", 1)
+            node = await trio.open_tcp_stream(host, int(port))
+
+            async def pump(src, dst, record):
+                try:
+                    while data := await src.receive_some(65536):
+                        if record:
+                            self.sent += data
+                        await dst.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                finally:
+                    await dst.aclose()
+
+            async with trio.open_nursery() as n:
+                n.start_soon(pump, client, node, True)
+                n.start_soon(pump, node, client, False)
+
+        await trio.serve_listeners(handler, listeners, task_status=task_status)
+
+
+def refused_without_effect(address: str, send: bytes) -> Frame | None:
+    """Send raw bytes on a new connection; the node must hang up, with at most an
+    EACCES reply. Returns that reply."""
+    with RawNodeSocket(address) as s:
+        s.sendall(send)
+        try:
+            reply = s.recv_frame()
+        except ConnectionResetError:
+            reply = None
+        if reply is not None:
+            assert reply.status == errno.EACCES, reply
+            assert s.closed()
+    return reply
+
+
+async def test_probe_matrix(zk, zk_hosts, fs_paths, tmp_path):
+    async with cluster(zk, zk_hosts, fs_paths, tmp_path, n=2,
+                       config=FsConfig(replicas=2, min_replicas=2)) as c, trio.open_nursery() as bg:
+        data = os.urandom(300_000)
+        ref = await c.client.write_block(data, replicas=2, min_replicas=2)
+        target = c.nodedir.get(ref.replicas[0])
+        other = c.nodedir.get(ref.replicas[1])
+        trap = Trap()
+        await bg.start(trap.serve)
+        planted = uuid.uuid4().hex
+
+        def untouched() -> None:
+            for node_id in ref.replicas:
+                assert c.block_file(node_id, ref.id).exists()
+            assert not any(c.block_file(n, planted).exists() for n in ref.replicas)
+            assert trap.connections == 0
+
+        # every op before authenticating: EACCES, closed
+        for op in OPS:
+            bid = planted if op == Op.PUT else ref.id
+            f = probe_frame(op, bid, trap.address)
+            reply = await trio.to_thread.run_sync(
+                refused_without_effect, target.address, f.header() + bytes(f.payload))
+            assert reply is not None and reply.op == op | REPLY  # told, not just dropped
+        untouched()
+
+        # no key at all: a HELLO answered, then a request without a MAC
+        for op in OPS:
+            f = probe_frame(op, ref.id, trap.address)
+
+            def hello_then(op_frame: Frame = f) -> None:
+                with RawNodeSocket(target.address) as s:
+                    nonce = os.urandom(NONCE_SIZE)
+                    s.sendall(Frame(Op.HELLO, payload=nonce).header() + nonce)
+                    assert s.recv_frame().status == 0
+                    s.sendall(op_frame.header() + bytes(op_frame.payload) + bytes(TAG_SIZE))
+                    assert s.closed()
+
+            await trio.to_thread.run_sync(hello_then)
+        untouched()
+
+        # a wrong key: our client sees the node cannot prove our key, ...
+        wrong = os.urandom(32)
+        with pytest.raises(DfsError) as e:
+            await NodeConnection.open(target.node_id, target.address, key=wrong)
+        assert e.value.errno == errno.EACCES
+        bad_client = BlockClient(c.nodedir, key=wrong)
+        with pytest.raises(DfsError):
+            await bad_client.read_block(ref)
+        await bad_client.aclose()
+
+        # ... and the node refuses frames sealed with it
+        def wrong_key_delete() -> None:
+            with RawNodeSocket(target.address) as s:
+                nonce = os.urandom(NONCE_SIZE)
+                s.sendall(Frame(Op.HELLO, payload=nonce).header() + nonce)
+                node_nonce = s.recv_frame().payload[:NONCE_SIZE]
+                s.mac = FrameMac(wrong, nonce, node_nonce, client=True)
+                s.send(Frame(Op.DELETE, 3, encode_block_id(ref.id)))
+                assert s.closed()
+
+        await trio.to_thread.run_sync(wrong_key_delete)
+        untouched()
+
+        # a replayed handshake: a real client's session recorded, then sent again verbatim
+        recorder = Recorder(target.address)
+        await bg.start(recorder.serve)
+        replayed = uuid.uuid4().hex
+        conn = await NodeConnection.open(None, recorder.address, key=c.key)
+        put = Frame(Op.PUT, block_id=encode_block_id(replayed), length=5, checksum=hash64(b"hello"),
+                    payload=b"hello")
+        assert (await conn.request(put)).status == 0
+        conn.close()
+        await c.client.delete_block(ref.replicas[0], replayed)
+        assert not c.block_file(ref.replicas[0], replayed).exists()
+        with RawNodeSocket(target.address) as s:
+            s.sendall(bytes(recorder.sent))
+            hello = s.recv_frame()
+            assert hello is not None and hello.status == 0  # a fresh nonce...
+            assert await trio.to_thread.run_sync(s.closed)  # ...that the old MACs do not match
+        assert not c.block_file(ref.replicas[0], replayed).exists()
+
+        # a good handshake, then a frame with a bad MAC, or a valid frame sent twice
+        def bad_mac() -> None:
+            with RawNodeSocket(target.address, c.key) as s:
+                raw = bytearray(s.frame_bytes(Frame(Op.DELETE, 4, encode_block_id(ref.id))))
+                raw[-1] ^= 1
+                s.sendall(bytes(raw))
+                assert s.closed()
+            with RawNodeSocket(target.address, c.key) as s:
+                raw = s.frame_bytes(Frame(Op.STAT, 5, encode_block_id(ref.id)))
+                s.sendall(raw)
+                assert s.recv_frame().status == 0
+                s.sendall(raw)  # the same bytes again: the sequence number has moved on
+                assert s.closed()
+
+        await trio.to_thread.run_sync(bad_mac)
+        untouched()
+
+        # COPY to an address that is not a live node's: refused, nobody dialled
+        def copy_to(node_id: str, address: str) -> Frame:
+            with RawNodeSocket(target.address, c.key) as s:
+                payload = json.dumps({"node_id": node_id, "address": address}).encode()
+                return s.rpc(Frame(Op.COPY, 6, encode_block_id(ref.id), payload=payload))
+
+        for node_id in ("stranger", other.node_id):
+            r = await trio.to_thread.run_sync(copy_to, node_id, trap.address)
+            assert r.status == errno.EACCES, r
+        untouched()
+
+        # the node still serves real clients, and logged the refusals, not one line each
+        assert await c.client.read_block(ref) == data
+        ref2 = await c.client.write_block(b"after the probes" * 100, replicas=2, min_replicas=2)
+        assert await c.client.read_block(ref2) == b"after the probes" * 100
+        log = c.node(ref.replicas[0]).log_tail(1000)
+        assert 1 <= log.count("refused 127.0.0.1") < 10, log
+        bg.cancel_scope.cancel()
+
+
+def test_key_file_readable_by_others_stops_every_daemon(cluster_factory, tmp_path):
+    c = cluster_factory(nodes=0)
+    loose = tmp_path / "loose.key"
+    shutil.copy(c.key_file, loose)
+    loose.chmod(0o644)
+    other = tmp_path / "other.key"
+    other.write_text(os.urandom(32).hex() + "\n")
+    other.chmod(0o600)
+    (tmp_path / "mnt").mkdir()
+    common = ["--zk", c.hosts, "--fs", c.fsname, "--zk-timeout", "5"]
+    for argv in (["node", "--data", str(tmp_path / "data")], ["mount", str(tmp_path / "mnt")],
+                 ["fsck"], ["status"], ["drain", "somenode"]):
+        for key_file, says in ((loose, "accessible by others"), (other, "does not hold the key")):
+            r = dfs(*argv, *common, "--key-file", str(key_file))
+            assert r.returncode == 2, (argv, r.returncode, r.stderr)
+            lines = r.stderr.splitlines()
+            assert len(lines) == 1 and says in lines[0] and str(key_file) in lines[0], (argv, r.stderr)
+    # $DFS_KEY_FILE is read the same way
+    r = dfs("fsck", *common, env={"DFS_KEY_FILE": str(loose)})
+    assert r.returncode == 2 and "accessible by others" in r.stderr
+    assert not is_mounted(tmp_path / "mnt")
+    # the right key, from the default location, works
+    assert dfs("fsck", *common).returncode == 0
+
+
+def test_dfs_up_leaves_nothing_readable_by_others(tmp_path):
+    state = tmp_path / ".dfs"  # the default, where `dfs status` finds the cluster and its key
+    mnt = tmp_path / "mnt"
+    up = ["up", "--mountpoint", str(mnt), "--nodes", "3"]
+    try:
+        r = dfs(*up, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        (mnt / "big").write_bytes(os.urandom(3 << 20))
+        (mnt / "small").write_bytes(b"inline bytes")  # in ZooKeeper's log
+        os.sync()
+        r = dfs("status", cwd=tmp_path)  # finds the local cluster's key without a flag
+        assert r.returncode == 0, r.stderr
+        blocks = [p for p in (state / "nodes").rglob("*") if p.is_file() and "blocks" in p.parts]
+        assert blocks and list((state / "zk").rglob("log.*"))
+        found = subprocess.run(["find", str(state), "-perm", "/g=r,o=r", "-type", "f"],
+                               capture_output=True, text=True, check=True).stdout
+        assert found == "", found
+        assert oct(state.stat().st_mode & 0o777) == oct(0o700)
+    finally:
+        dfs("down", "--state", str(state), cwd=tmp_path)
+        if is_mounted(mnt):
+            fusermount_unmount(mnt, lazy=True)
+        try:
+            info = json.loads((state / "cluster.json").read_text())
+        except (OSError, ValueError):
+            info = {}
+        for p in [n.get("pid") for n in info.get("nodes", [])] + info.get("zk_pids", []) + [
+                (info.get("mount") or {}).get("pid")]:
+            if p:
+                stop_pid(p)
+
+
+def test_keygen_brings_a_keyless_filesystem_under_a_key(cluster_factory):
+    c = cluster_factory()
+    mnt = c.mount()
+    big = os.urandom(2 << 20)
+    (mnt / "big").write_bytes(big)
+    (mnt / "small").write_bytes(b"inline")
+    for m in c.mounts:
+        m.stop()
+    for n in c.nodes:
+        n.stop()
+
+    # back to what a filesystem made before keys looks like: no key file, no key_check
+    old_key = c.key
+
+    async def forget_key() -> None:
+        zk = await connect(c.hosts)
+        try:
+            data, _ = await zk.get(c.paths.config)
+            config = FsConfig.decode(data)
+            config.key_check = ""
+            await zk.set(c.paths.config, config.encode())
+        finally:
+            await zk.close()
+
+    trio.run(forget_key)
+    c.key_file.unlink()
+    c.key_file.write_text(old_key.hex() + "\n")  # even the right key is refused: no key_check
+    c.key_file.chmod(0o600)
+    with pytest.raises(Exception) as e:
+        c.nodes[0].start(timeout=20)
+    assert "dfs keygen" in str(e.value)
+    c.key_file.unlink()
+
+    r = dfs("keygen", "--zk", c.hosts, "--fs", c.fsname)
+    assert r.returncode == 0, r.stderr
+    assert str(c.key_file) in r.stdout
+    assert c.key_file.stat().st_mode & 0o777 == 0o600
+    new_key = c.key
+    assert new_key != old_key
+    again = dfs("keygen", "--zk", c.hosts, "--fs", c.fsname)
+    assert again.returncode == 1 and "has a key already" in again.stderr
+
+    for n in c.nodes:
+        n.start()
+    c.mounts[0].start()
+    assert (mnt / "big").read_bytes() == big
+    assert (mnt / "small").read_bytes() == b"inline"
+    assert dfs("fsck", "--zk", c.hosts, "--fs", c.fsname).returncode == 0
+
+    # and now the probes fail: no key, and the key it had before
+    node = c.nodes[0]
+    reply = refused_without_effect(node.address, Frame(Op.PING, 1).header())
+    assert reply is not None and reply.status == errno.EACCES
+
+    async def with_key(key: bytes) -> None:
+        await NodeConnection.open(node.node_id, node.address, key=key)
+
+    with pytest.raises(DfsError) as e:
+        trio.run(with_key, old_key)
+    assert e.value.errno == errno.EACCES
+
+    # rotation: a new key; the daemons restarted with it serve the same data
+    r = dfs("keygen", "--rotate", "--zk", c.hosts, "--fs", c.fsname)
+    assert r.returncode == 0, r.stderr
+    assert c.key != new_key and load_key(c.key_file) == c.key
+    c.mounts[0].stop()
+    for n in c.nodes:
+        n.stop()
+        n.start()
+    c.mounts[0].start()
+    assert (mnt / "big").read_bytes() == big
