@@ -113,6 +113,17 @@ class FsPaths:
         return f"{self.root}/open/{ino}/{mount_id}"
 
     @property
+    def locks(self) -> str:
+        return f"{self.root}/locks"
+
+    def lock_dir(self, ino: int) -> str:
+        """An inode's lock table: one ephemeral child per holder (dfs.meta.locks)."""
+        return f"{self.root}/locks/{ino}"
+
+    def lock_holder(self, ino: int, name: str) -> str:
+        return f"{self.root}/locks/{ino}/{name}"
+
+    @property
     def repair(self) -> str:
         return f"{self.root}/repair"
 
@@ -151,7 +162,7 @@ class FsPaths:
         return [
             self.root, f"{self.root}/ids", self.inodes, self.dirs, self.blocks,
             self.xattrs, f"{self.root}/nodes", self.registry, self.live, self.gc,
-            self.open, self.repair, self.repair_reports, self.repair_audit, self.capacity,
+            self.open, self.locks, self.repair, self.repair_reports, self.repair_audit, self.capacity,
         ]
 
     # -- children named by their znode name (as get_children lists them)

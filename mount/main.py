@@ -28,11 +28,13 @@ from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.client.creates import Creates
 from dfs.client.files import FileData
+from dfs.client.locks import MountLocks
 from dfs.client.removals import Removals
 from dfs.client.view import ClientView
 from dfs.config import MountSettings
 from dfs.errors import DfsError, QuietError, ZkUnavailable
 from dfs.keys import check_fs_key, default_key_file, load_key
+from dfs.meta.locks import LockTable
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
@@ -107,8 +109,10 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
             check_fs_key(config, key, key_file, args.fs)
         except QuietError as e:
             raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
-        view = ClientView(zk, paths, config, mount_id=uuid.uuid4().hex[:16],
-                          fresh_for=settings.attr_timeout)
+        mount_id = uuid.uuid4().hex[:16]
+        view = ClientView(zk, paths, config, mount_id=mount_id, fresh_for=settings.attr_timeout)
+        await zk.ensure_path(paths.locks)  # filesystems made before locks/ existed
+        locks = MountLocks(LockTable(zk, paths, mount_id))
         nodedir = NodeDirectory(zk, paths)
         blocks = BlockClient(nodedir, key=key)
         stack.push_async_callback(shielded(blocks.aclose))
@@ -128,7 +132,7 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
             nursery.start_soon(removals.run)
         kernel = Kernel(view, files, attr_timeout=settings.attr_timeout,
                         entry_timeout=settings.entry_timeout, feed_timeout=settings.feed_timeout)
-        ops = Operations(view, files, kernel, nodedir, creates=creates, removals=removals)
+        ops = Operations(view, files, kernel, nodedir, locks, creates=creates, removals=removals)
 
         async def drain() -> None:
             await files.flush_all()

@@ -15,6 +15,7 @@ import pyfuse3
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.client.creates import Creates
 from dfs.client.files import FileData
+from dfs.client.locks import MountLocks
 from dfs.client.removals import Removals
 from dfs.client.view import ClientView
 from dfs.errors import DfsError
@@ -43,6 +44,7 @@ class Operations(pyfuse3.Operations):
       nodedir: the storage nodes (statfs).
       creates: asynchronous creates (None: every create waits for its commit).
       removals: asynchronous unlink/rmdir (None: synchronous).
+      locks: flock and POSIX locks across mounts.
     """
 
     # No kernel writeback cache: with it the kernel keeps its own i_size and
@@ -51,8 +53,8 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     supports_dot_lookup = True
 
-    def __init__(self, view: ClientView, files: FileData, kernel: Kernel, nodedir: NodeDirectory, *,
-                 creates: Creates | None = None, removals: Removals | None = None):
+    def __init__(self, view: ClientView, files: FileData, kernel: Kernel, nodedir: NodeDirectory,
+                 locks: MountLocks, *, creates: Creates | None = None, removals: Removals | None = None):
         super().__init__()
         self.view = view
         self.meta = view.meta
@@ -61,6 +63,7 @@ class Operations(pyfuse3.Operations):
         self.nodedir = nodedir
         self.creates = creates
         self.removals = removals
+        self.locks = locks
         self._fh_ino: dict[int, int] = {}
         self._appending: set[int] = set()  # handles opened with O_APPEND
         self._dirs: dict[int, DirHandle] = {}
@@ -311,10 +314,26 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def release(self, fh):
+        await self.locks.release(fh)
         ino = self._fh_ino.pop(fh, None)
         self._appending.discard(fh)
         if ino is not None:
             await self.files.release(ino)
+
+    # ------------------------------------------------------------------ locks (dfs.client.locks)
+
+    @fuse_errors
+    async def getlk(self, fh, owner, lock_type, start, length, ctx):
+        return await self.locks.getlk(self._fh_ino[fh], owner, lock_type, start, length)
+
+    @fuse_errors
+    async def setlk(self, fh, owner, lock_type, start, length, sleep, ctx):
+        await self.locks.setlk(fh, self._fh_ino[fh], owner, lock_type, start, length, wait=sleep,
+                               pid=ctx.pid)
+
+    @fuse_errors
+    async def flock(self, fh, owner, op, ctx):
+        await self.locks.flock(fh, self._fh_ino[fh], owner, op)
 
     async def forget(self, inode_list):
         pass  # no per-inode state outside open handles (see FileData)

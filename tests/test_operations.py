@@ -23,7 +23,9 @@ import trio
 
 from dfs.client.creates import Creates
 from dfs.client.files import FileData
+from dfs.client.locks import MountLocks
 from dfs.client.removals import Removals
+from dfs.meta.locks import LockTable
 from mount.kernel import Kernel
 from mount.operations import Operations
 from tests.harness import client_session
@@ -90,7 +92,8 @@ def run_ops(cluster, body, *, sync_dirops: bool):
         if removals is not None:
             nursery.start_soon(removals.run)
         kernel = Kernel(view, files, feed_timeout=10.0, notify=Notify())
-        ops = Operations(view, files, kernel, blocks.nodedir, creates=creates, removals=removals)
+        locks = MountLocks(LockTable(zk, view.meta.paths, "ops-test"))
+        ops = Operations(view, files, kernel, blocks.nodedir, locks, creates=creates, removals=removals)
         try:
             return await body(ops)
         finally:

@@ -1,0 +1,57 @@
+"""The locks one mount holds, by open file: the kernel's lock requests on dfs.meta.locks.
+
+POSIX says a process's record locks on a file go when it closes any
+descriptor of that file, and flock locks when their open file description is
+released. The kernel tells the filesystem so on `flush` (with the lock owner)
+and on `release` (with a "drop flock" flag), but pyfuse3's `flush(fh)` and
+`release(fh)` pass neither. So every lock an open file took (any owner, any
+kind) is dropped when that open file is released, its last descriptor
+closed in every process: never earlier than POSIX, but a process that closes
+one of two descriptors of a file, or closes its copy of a descriptor it
+shares with a child, keeps its record locks until the open file goes.
+"""
+
+import fcntl
+
+from dfs.meta.locks import EOF, FLOCK, POSIX, LockTable, span
+
+
+class MountLocks:
+    """Args: table: the filesystem's locks, as this mount takes them."""
+
+    def __init__(self, table: LockTable):
+        self.table = table
+        self._taken: dict[int, tuple[int, set[tuple[str, int]]]] = {}  # fh -> (ino, {(kind, owner)})
+
+    def _note(self, fh: int, ino: int, kind: str, owner: int) -> None:
+        self._taken.setdefault(fh, (ino, set()))[1].add((kind, owner))
+
+    async def getlk(self, ino: int, owner: int, lock_type: int, start: int,
+                    length: int) -> tuple[int, int, int, int]:
+        """(type, start, length, pid) of a lock in the way, or F_UNLCK and the range asked."""
+        s, e = span(start, length)
+        c = await self.table.test(ino, POSIX, owner, s, e, lock_type)
+        if c is None:
+            return fcntl.F_UNLCK, start, length, 0
+        cs, ce, ct = c.range
+        return ct, cs, 0 if ce == EOF else ce - cs, c.pid
+
+    async def setlk(self, fh: int, ino: int, owner: int, lock_type: int, start: int, length: int, *,
+                    wait: bool, pid: int) -> None:
+        s, e = span(start, length)
+        if lock_type != fcntl.F_UNLCK:
+            self._note(fh, ino, POSIX, owner)
+        await self.table.lock(ino, POSIX, owner, s, e, lock_type, wait=wait, pid=pid)
+
+    async def flock(self, fh: int, ino: int, owner: int, op: int) -> None:
+        kind = op & ~fcntl.LOCK_NB
+        lock_type = {fcntl.LOCK_SH: fcntl.F_RDLCK, fcntl.LOCK_EX: fcntl.F_WRLCK}.get(kind, fcntl.F_UNLCK)
+        if lock_type != fcntl.F_UNLCK:
+            self._note(fh, ino, FLOCK, owner)
+        await self.table.lock(ino, FLOCK, owner, 0, EOF, lock_type, wait=not op & fcntl.LOCK_NB)
+
+    async def release(self, fh: int) -> None:
+        """The open file `fh` is gone: drop every lock taken through it."""
+        ino, owners = self._taken.pop(fh, (0, set()))
+        for kind, owner in sorted(owners):
+            await self.table.lock(ino, kind, owner, 0, EOF, fcntl.F_UNLCK, wait=False)
