@@ -112,7 +112,6 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         mount_id = uuid.uuid4().hex[:16]
         view = ClientView(zk, paths, config, mount_id=mount_id, fresh_for=settings.attr_timeout)
         await zk.ensure_path(paths.locks)  # filesystems made before locks/ existed
-        locks = MountLocks(LockTable(zk, paths, mount_id))
         nodedir = NodeDirectory(zk, paths)
         blocks = BlockClient(nodedir, key=key)
         stack.push_async_callback(shielded(blocks.aclose))
@@ -124,6 +123,7 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         await nursery.start(view.feed.run, zk)
         nursery.start_soon(view.capacity.run)  # creates fail with ENOSPC while ZooKeeper is full
         files = FileData(view, blocks, nursery, cache_bytes=settings.cache_mb << 20)
+        locks = MountLocks(LockTable(zk, paths, mount_id), files)
         # creates, unlink and rmdir answered at once and committed in the
         # background (dfs.client.creates, dfs.client.removals) unless -o sync_dirops
         creates = None if settings.sync_dirops else Creates(view, nursery)

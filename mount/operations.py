@@ -314,11 +314,13 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def release(self, fh):
-        await self.locks.release(fh)
         ino = self._fh_ino.pop(fh, None)
         self._appending.discard(fh)
-        if ino is not None:
-            await self.files.release(ino)
+        try:
+            if ino is not None:
+                await self.files.release(ino)
+        finally:
+            await self.locks.release(fh)
 
     # ------------------------------------------------------------------ locks (dfs.client.locks)
 

@@ -92,7 +92,7 @@ def run_ops(cluster, body, *, sync_dirops: bool):
         if removals is not None:
             nursery.start_soon(removals.run)
         kernel = Kernel(view, files, feed_timeout=10.0, notify=Notify())
-        locks = MountLocks(LockTable(zk, view.meta.paths, "ops-test"))
+        locks = MountLocks(LockTable(zk, view.meta.paths, "ops-test"), files)
         ops = Operations(view, files, kernel, blocks.nodedir, locks, creates=creates, removals=removals)
         try:
             return await body(ops)

@@ -9,22 +9,31 @@ kind) is dropped when that open file is released, its last descriptor
 closed in every process: never earlier than POSIX, but a process that closes
 one of two descriptors of a file, or closes its copy of a descriptor it
 shares with a child, keeps its record locks until the open file goes.
+
+An unlock or a downgrade to a read lock first commits what this mount wrote
+to the file (as NFS does), so that whoever takes the lock next, on any mount,
+reads it.
 """
 
 import fcntl
 
+from dfs.client.files import FileData
 from dfs.meta.locks import EOF, FLOCK, POSIX, LockTable, span
 
 
 class MountLocks:
-    """Args: table: the filesystem's locks, as this mount takes them."""
+    """Args: table: the filesystem's locks, as this mount takes them; files: the open files."""
 
-    def __init__(self, table: LockTable):
+    def __init__(self, table: LockTable, files: FileData):
         self.table = table
+        self.files = files
         self._taken: dict[int, tuple[int, set[tuple[str, int]]]] = {}  # fh -> (ino, {(kind, owner)})
 
-    def _note(self, fh: int, ino: int, kind: str, owner: int) -> None:
-        self._taken.setdefault(fh, (ino, set()))[1].add((kind, owner))
+    async def _before(self, fh: int, ino: int, kind: str, owner: int, lock_type: int) -> None:
+        if lock_type != fcntl.F_UNLCK:
+            self._taken.setdefault(fh, (ino, set()))[1].add((kind, owner))
+        if lock_type != fcntl.F_WRLCK:  # others may get in: let them see our writes
+            await self.files.flush(ino)
 
     async def getlk(self, ino: int, owner: int, lock_type: int, start: int,
                     length: int) -> tuple[int, int, int, int]:
@@ -39,19 +48,17 @@ class MountLocks:
     async def setlk(self, fh: int, ino: int, owner: int, lock_type: int, start: int, length: int, *,
                     wait: bool, pid: int) -> None:
         s, e = span(start, length)
-        if lock_type != fcntl.F_UNLCK:
-            self._note(fh, ino, POSIX, owner)
+        await self._before(fh, ino, POSIX, owner, lock_type)
         await self.table.lock(ino, POSIX, owner, s, e, lock_type, wait=wait, pid=pid)
 
     async def flock(self, fh: int, ino: int, owner: int, op: int) -> None:
         kind = op & ~fcntl.LOCK_NB
         lock_type = {fcntl.LOCK_SH: fcntl.F_RDLCK, fcntl.LOCK_EX: fcntl.F_WRLCK}.get(kind, fcntl.F_UNLCK)
-        if lock_type != fcntl.F_UNLCK:
-            self._note(fh, ino, FLOCK, owner)
+        await self._before(fh, ino, FLOCK, owner, lock_type)
         await self.table.lock(ino, FLOCK, owner, 0, EOF, lock_type, wait=not op & fcntl.LOCK_NB)
 
     async def release(self, fh: int) -> None:
-        """The open file `fh` is gone: drop every lock taken through it."""
+        """The open file `fh` is gone (its data flushed): drop every lock taken through it."""
         ino, owners = self._taken.pop(fh, (0, set()))
         for kind, owner in sorted(owners):
             await self.table.lock(ino, kind, owner, 0, EOF, fcntl.F_UNLCK, wait=False)
