@@ -14,6 +14,9 @@ import sys
 
 import pytest
 
+from dfs.meta.locks import EOF, replace_range
+from tests.test_fsck import fsck
+
 FLOCK_STRUCT = "hhqqi4x"  # struct flock on Linux x86_64: type, whence, start, len, pid
 WAIT = 30.0  # generous bound on anything that must happen (a session expiry takes ~10 s)
 
@@ -88,6 +91,15 @@ def two(cluster):
     b = cluster.mount("b")
     (a / "f").write_bytes(b"x" * 1000)
     return a, b
+
+
+def test_an_owners_new_lock_replaces_splits_and_merges_its_ranges():
+    R, W, U = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
+    assert replace_range([(0, EOF, W)], 10, 20, U) == [(0, 10, W), (20, EOF, W)]
+    assert replace_range([(0, 100, W)], 50, 60, R) == [(0, 50, W), (50, 60, R), (60, 100, W)]
+    assert replace_range([(0, 10, R), (20, 30, R)], 10, 20, R) == [(0, 30, R)]
+    assert replace_range([(0, 10, R), (20, 30, W)], 5, 25, W) == [(0, 5, R), (5, 30, W)]
+    assert replace_range([(0, 100, W)], 0, EOF, U) == []
 
 
 def test_fcntl_lock_refuses_blocks_and_reports_across_mounts(two, lockers):
@@ -177,6 +189,8 @@ def test_locks_go_with_their_mount(cluster, two, lockers):
     cluster.mounts[0].kill()  # SIGKILL A's mount: its ZooKeeper session expires
     assert lb.answer() == "ok"
     assert lb("flock", fcntl.LOCK_EX | fcntl.LOCK_NB) == "ok"
+    rc, report = fsck(cluster)  # locks/ is none of fsck's business
+    assert rc == 0 and report["problems"] == [], report
 
 
 SQLITE_WRITER = r"""
