@@ -93,6 +93,10 @@ class Kernel:
         except Exception:  # never let the feed's reader fail on this
             log.exception("kernel invalidation of %s %r %r", kind, key, name)
 
+    async def catch_up(self, ino: int) -> None:
+        """Another mount's last commit of `ino` is read here from now on (a lock was granted)."""
+        await self.files.catch_up(ino, self._drop_pages)
+
     async def _drop_pages(self, ino: int) -> None:
         """The kernel drops an inode's cached pages and attributes (in a thread: it
         waits for pages under read, which this loop must stay free to answer)."""

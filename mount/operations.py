@@ -6,6 +6,7 @@ mount.kernel's, and every error becomes a FUSEError in mount.errors.
 """
 
 import errno
+import fcntl
 import os
 import stat
 from dataclasses import dataclass
@@ -330,12 +331,17 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def setlk(self, fh, owner, lock_type, start, length, sleep, ctx):
-        await self.locks.setlk(fh, self._fh_ino[fh], owner, lock_type, start, length, wait=sleep,
-                               pid=ctx.pid)
+        ino = self._fh_ino[fh]
+        await self.locks.setlk(fh, ino, owner, lock_type, start, length, wait=sleep, pid=ctx.pid)
+        if lock_type != fcntl.F_UNLCK:
+            await self.kernel.catch_up(ino)
 
     @fuse_errors
     async def flock(self, fh, owner, op, ctx):
-        await self.locks.flock(fh, self._fh_ino[fh], owner, op)
+        ino = self._fh_ino[fh]
+        await self.locks.flock(fh, ino, owner, op)
+        if not op & fcntl.LOCK_UN:
+            await self.kernel.catch_up(ino)
 
     async def forget(self, inode_list):
         pass  # no per-inode state outside open handles (see FileData)

@@ -147,7 +147,7 @@ class FileData:
         if f is not None:
             # Open here already: close-to-open still holds, a commit of another
             # client since we loaded it must show (one read; the feed may lag).
-            keep = created or await self._reload(f)
+            keep = created or not await self._reload(f)
             if self.files.get(ino) is f:
                 f.handles += 1
                 if pending is not None:
@@ -209,27 +209,35 @@ class FileData:
         try:
             while f.stale:
                 f.stale = False
-                if self.files.get(f.ino) is not f:
+                reloaded = await self._reload(f)
+                if reloaded is None:
                     return
-                if not await self._reload(f):
+                if reloaded:
                     await then(f.ino)
         except DfsError as e:  # gone meanwhile, or ZooKeeper away: the next open reloads
             log.info("inode %d: could not follow another client's commit: %s", f.ino, e)
         finally:
             f.stale = None
 
-    async def _reload(self, f: OpenFile) -> bool:
-        """Load an open file's size and block map again if someone else committed it
-        since (not while this client has writes in flight). True if nothing changed."""
+    async def catch_up(self, ino: int, then: Callable[[int], Awaitable[None]]) -> None:
+        """`follow` done before it returns: a lock was just granted here, so what its
+        last holder committed before unlocking, on any mount, is what this client reads."""
+        f = self.files.get(ino)
+        if f is not None and await self._reload(f):
+            await then(ino)
+
+    async def _reload(self, f: OpenFile) -> bool | None:
+        """Reload f's size and block map if another client committed it since:
+        True if it did; None if f is dirty here or closed (close-to-open decides)."""
         async with f.lock:
-            if f.dirty:
-                return True
+            if f.dirty or self.files.get(f.ino) is not f:
+                return None
             node, refs, inline = await self.view.open_file(f.ino)
             if node.version <= f.version_seen:
-                return True
+                return False
             f.size, f.refs, f.inline, f.mtime_ns = node.rec.size, refs, inline, node.rec.mtime_ns
             self._committed(f, node)
-            return False
+            return True
 
     def local_attrs(self, ino: int) -> tuple[int, int | None] | None:
         """An open file's size and, if written here since its last commit, the mtime

@@ -12,7 +12,8 @@ shares with a child, keeps its record locks until the open file goes.
 
 An unlock or a downgrade to a read lock first commits what this mount wrote
 to the file (as NFS does), so that whoever takes the lock next, on any mount,
-reads it.
+reads it; and a lock granted makes the mount read what others committed
+before (mount.kernel's catch_up), not what it had cached.
 """
 
 import fcntl
