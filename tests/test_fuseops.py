@@ -4,7 +4,7 @@ lseek and fallocate reach dfs only through the handlers tools/pyfuse3/handlers.p
 adds to pyfuse3: with a stock pyfuse3 the kernel answers SEEK_HOLE with the end
 of the file and fallocate with EOPNOTSUPP, and these tests fail. The patch's
 lock handlers are proven on a small pyfuse3 filesystem that overrides them
-(tests/helpers/lockfs.py); dfs does not, and keeps the kernel's local locks.
+(tests/helpers/lockfs.py); dfs's own locks are in tests/test_locks.py.
 """
 
 import ctypes
@@ -185,8 +185,8 @@ def test_st_blocks_counts_what_is_stored(mnt):
     assert stored(mnt / "empty") == 0
 
 
-def test_locks_stay_local_when_not_implemented(mnt):
-    """dfs has no lock handlers: the kernel keeps locking, within this mount."""
+def test_locks_between_processes_of_one_mount(mnt):
+    """flock and lockf between processes of one mount (dfs's handlers, not the kernel's)."""
     f = mnt / "locked"
     f.write_bytes(b"x")
     try_lock = [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'r+');"
