@@ -1,7 +1,7 @@
 """fsx across two mounts: random writes, appends, truncates and reads of one file, each
 operation run by one of two mounts of one filesystem (alternating at random), checked
 against a model after every read; some steps have both mounts write at once (overlapping
-ranges too: the later close wins). FSX_OPS sets the number of operations (default 500;
+ranges too: the later close wins). FSX_OPS sets the number of operations (default 300;
 the issue's bar is 10000: FSX_OPS=10000 ./tools/dfs.sh test tests/test_fsx.py)."""
 
 import mmap
@@ -14,7 +14,7 @@ MAX_SIZE = 3 * BS + 12345
 
 def test_fsx_across_two_mounts(cluster):
     mounts = [cluster.mounts[0].mountpoint, cluster.mount("b")]
-    ops = int(os.environ.get("FSX_OPS", "500"))
+    ops = int(os.environ.get("FSX_OPS", "300"))
     rng = random.Random(int(os.environ.get("FSX_SEED", "1")))
     model = bytearray()
     (mounts[0] / "fsx").write_bytes(b"")
