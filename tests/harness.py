@@ -4,6 +4,7 @@ Everything is stopped by PID in `close()`, which fixtures call in `finally`;
 mounts are unmounted (lazily if busy) first.
 """
 
+import json
 import uuid
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from tests.nodeutil import key_file_of, mkfs_keyed
-from tools.local.mountproc import MountProcess
+from tools.local.mountproc import MountProcess, fusermount_unmount, is_mounted
 from tools.local.nodeproc import NodeProcess
+from tools.local.procs import stop_pid
 
 
 class Cluster:
@@ -114,3 +116,18 @@ def client_session(cluster: Cluster, body, *, cache: bool = False):
             await zk.close()
 
     return trio.run(go)
+
+
+def stop_what_up_left(state: Path, mnt: Path) -> None:
+    """After `dfs down` in a test of `dfs up`: belt and braces if down itself failed,
+    by the PIDs recorded in the state directory only."""
+    if is_mounted(mnt):
+        fusermount_unmount(mnt, lazy=True)
+    try:
+        info = json.loads((state / "cluster.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    for p in [n.get("pid") for n in info.get("nodes", [])] + info.get("zk_pids", []) + [
+            (info.get("mount") or {}).get("pid")]:
+        if p:
+            stop_pid(p)

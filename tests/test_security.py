@@ -28,9 +28,9 @@ from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.keys import load_key
 from dfs.zk import connect
+from tests.harness import stop_what_up_left
 from tests.nodeutil import RawNodeSocket, cluster
-from tools.local.mountproc import fusermount_unmount, is_mounted
-from tools.local.procs import stop_pid
+from tools.local.mountproc import is_mounted
 
 REPO = Path(__file__).resolve().parents[1]
 OPS = [Op.PUT, Op.GET, Op.DELETE, Op.STAT, Op.LIST, Op.COPY, Op.PING, Op.VERIFY]
@@ -280,16 +280,7 @@ def test_dfs_up_leaves_nothing_readable_by_others(tmp_path):
         assert oct(state.stat().st_mode & 0o777) == oct(0o700)
     finally:
         dfs("down", "--state", str(state), cwd=tmp_path)
-        if is_mounted(mnt):
-            fusermount_unmount(mnt, lazy=True)
-        try:
-            info = json.loads((state / "cluster.json").read_text())
-        except (OSError, ValueError):
-            info = {}
-        for p in [n.get("pid") for n in info.get("nodes", [])] + info.get("zk_pids", []) + [
-                (info.get("mount") or {}).get("pid")]:
-            if p:
-                stop_pid(p)
+        stop_what_up_left(state, mnt)
 
 
 def test_keygen_brings_a_keyless_filesystem_under_a_key(cluster_factory):

@@ -5,8 +5,9 @@ import os
 import subprocess
 import sys
 
-from tools.local.mountproc import fusermount_unmount, is_mounted
-from tools.local.procs import pid_alive, stop_pid
+from tests.harness import stop_what_up_left
+from tools.local.mountproc import is_mounted
+from tools.local.procs import pid_alive
 
 
 def dfs(*args, cwd):
@@ -44,14 +45,4 @@ def test_up_reuse_down_up_keeps_data(tmp_path):
         assert (mnt / "dir").is_dir()
     finally:
         dfs("down", "--state", str(state), cwd=tmp_path)
-        # belt and braces if `down` itself failed: by recorded PID only
-        if is_mounted(mnt):
-            fusermount_unmount(mnt, lazy=True)
-        try:
-            info = json.loads((state / "cluster.json").read_text())
-        except (OSError, ValueError):
-            info = {}
-        for p in [n.get("pid") for n in info.get("nodes", [])] + info.get("zk_pids", []) + [
-                (info.get("mount") or {}).get("pid")]:
-            if p:
-                stop_pid(p)
+        stop_what_up_left(state, mnt)

@@ -20,9 +20,8 @@ from dfs.maint import cluster as maint
 from dfs.mkfs import load_config
 from dfs.paths import ROOT_INO, FsPaths, default_root
 from dfs.zk import connect
-from tests.harness import client_session
-from tools.local.mountproc import fusermount_unmount, is_mounted
-from tools.local.procs import stop_pid
+from tests.harness import client_session, stop_what_up_left
+from tools.local.mountproc import is_mounted
 
 REPO = Path(__file__).resolve().parents[1]
 BS = 64 * 1024
@@ -203,13 +202,4 @@ def test_up_creates_the_filesystem_with_the_mkfs_options(tmp_path):
         assert trio.run(config) == got
     finally:
         dfs("down", "--state", str(state), cwd=tmp_path)
-        if is_mounted(mnt):
-            fusermount_unmount(mnt, lazy=True)
-        try:
-            info = json.loads((state / "cluster.json").read_text())
-        except (OSError, ValueError):
-            info = {}
-        for p in [n.get("pid") for n in info.get("nodes", [])] + info.get("zk_pids", []) + [
-                (info.get("mount") or {}).get("pid")]:
-            if p:
-                stop_pid(p)
+        stop_what_up_left(state, mnt)
