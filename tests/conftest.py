@@ -65,6 +65,12 @@ async def zk(zk_hosts):
         await client.close()
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: the suite runs on two pytest-xdist workers (tools/dfs.sh), and a long
+    test that starts last would run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_report_header(config):
     return [f"dfs tests: pid {os.getpid()}, CI={os.environ.get('CI', '')}"]
 

@@ -169,6 +169,7 @@ def data_bytes(c: Cluster) -> int:
 # ---------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 def test_node_loss_is_repaired(cluster_factory, tmp_path):
     """SIGKILL one of 3 nodes and add a fresh one: 3 replicas again, files intact."""
     size = 200 * MiB
@@ -230,6 +231,7 @@ def test_two_nodes_lost_one_copy_blocks_first(cluster_factory, tmp_path):
         view.close()
 
 
+@pytest.mark.slow
 def test_repair_leader_killed_during_repair(cluster_factory, tmp_path):
     """SIGKILL the repair leader in the middle of a repair: another node finishes it."""
     c = cluster_factory(config=config(), nodes=0)
@@ -262,6 +264,7 @@ def test_repair_leader_killed_during_repair(cluster_factory, tmp_path):
         view.close()
 
 
+@pytest.mark.slow
 def test_rm_gives_space_back(cluster_factory, tmp_path):
     """rm of 1 GiB (3 replicas: 3 GiB on the nodes): the nodes' data shrinks back, df shows it."""
     c = start_cluster(cluster_factory, config(), 3)

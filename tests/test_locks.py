@@ -203,6 +203,7 @@ db.close()
 """
 
 
+@pytest.mark.slow
 def test_sqlite_from_two_mounts(two):
     a, b = two
     db = sqlite3.connect(a / "db")

@@ -45,6 +45,7 @@ def test_cp_sizes_and_cmp(mnt, tmp_path):
     assert names == sorted(f"f{s}" for s in (0, 1, 4096, BS - 1, BS, BS + 1, 3 * BS + 12345))
 
 
+@pytest.mark.slow
 def test_big_random_file(mnt, tmp_path):
     src = tmp_path / "big"
     size = 300 * (1 << 20)

@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from dfs.config import FsConfig
 from dfs.maint import capacity
 from tests.harness import Cluster
@@ -80,6 +82,7 @@ def dfs_status(hosts: str, fs: str) -> subprocess.CompletedProcess:
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_a_full_zookeeper_refuses_creates_and_stays_up(tmp_path):
     # (forceSync=no: no fsync of its log, the test is about memory, not durability)
     ens = ZkEnsemble(tmp_path / "zk", servers=1, heap_mb=HEAP >> 20, extra=["forceSync=no"]).start()
