@@ -1,6 +1,7 @@
 """The mount as users see it: ordinary shell tools on a real FUSE mount of a real cluster."""
 
 import errno
+import json
 import os
 import stat
 import subprocess
@@ -381,3 +382,18 @@ def test_times_are_exact_on_the_writing_mount_right_after_close(cluster):
         assert here.st_mtime_ns > before.st_mtime_ns and here.st_ctime_ns > before.st_ctime_ns
         assert (here.st_mtime_ns, here.st_ctime_ns, here.st_size) == \
             (there.st_mtime_ns, there.st_ctime_ns, there.st_size)
+
+
+def test_bench_tree_runs_every_phase_and_checks_the_copies(mnt, tmp_path):
+    """`dfs bench --tree` on a mount: every phase of the tree workload runs with real tar, cp,
+    rsync, ls, rm and git, and the bench verifies the copies (a wrong tree fails it)."""
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "--tree", "--json", "--tree-files", "40",
+                          "--commits", "10", "--scratch", str(tmp_path / "scratch"), str(mnt)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    phases = json.loads(out.stdout)
+    print(phases)
+    assert list(phases) == ["tar -x", "cp -a", "rsync -a", "ls -lR", "rm -rf", "git clone"]
+    assert all(p["seconds"] > 0 for p in phases.values())
+    assert phases["tar -x"]["files"] == 40 and phases["tar -x"]["bytes"] > 0
+    assert [p.name for p in mnt.iterdir()] == []  # nothing left behind on the filesystem

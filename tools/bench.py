@@ -4,7 +4,8 @@ Runs on any directory (a dfs mount, MooseFS, local disk) so the numbers can be
 set side by side. Phases: big file write (1 MiB writes, fsync at the end) and
 read back (caches dropped when root), small files create / stat / read /
 delete. Prints a table (or JSON with --json). `--scale N` runs the metadata
-scale benchmark instead (tools/benches/scale.py).
+scale benchmark instead (tools/benches/scale.py), `--tree` the tree workload
+(tar, cp -a, rsync -a, ls -lR, rm -rf, git clone: tools/benches/tree.py).
 """
 
 import argparse
@@ -103,6 +104,10 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"{directory} is not a directory")
     if args.scale:
         return scale.main(args)
+    if args.tree:
+        from tools.benches import tree
+
+        return tree.main(args)
     rows = run(directory, args.size, args.files)
     if args.json:
         print(json.dumps({name: {"value": round(v, 2), "unit": unit} for name, v, unit, _ in rows}))
