@@ -8,7 +8,7 @@ import time
 from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.paths import ROOT_INO, FsPaths
-from dfs.records import InodeRecord
+from dfs.records import FORMAT_REVISION, InodeRecord
 from dfs.zk import BadVersionError, NodeExistsError, NoNodeError, Txn, ZkClient
 
 MIN_ZK_HEAP = 32 << 20
@@ -61,7 +61,11 @@ async def load_config(zk: ZkClient, paths: FsPaths) -> FsConfig:
         data, _ = await zk.get(paths.config)
     except NoNodeError:
         raise DfsError(errno.ENOENT, f"no filesystem at {paths.root} (run 'dfs mkfs')") from None
-    return FsConfig.decode(data)
+    config = FsConfig.decode(data)
+    if config.format_revision > FORMAT_REVISION:
+        raise DfsError(errno.EPROTO, f"the filesystem at {paths.root} has format revision "
+                       f"{config.format_revision}, newer than this dfs ({FORMAT_REVISION}): upgrade dfs")
+    return config
 
 
 async def set_zk_heap(zk: ZkClient, paths: FsPaths, zk_heap: int) -> bool:

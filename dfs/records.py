@@ -4,6 +4,12 @@ Each record has `encode() -> bytes` and `decode(bytes) -> record`. Unknown keys
 from a newer revision are ignored when decoding so that old clients keep reading.
 Byte strings (symlink targets, xattr values live in their own znodes raw) are
 stored as surrogate-escaped str so any byte survives JSON.
+
+The records every file has (InodeRecord, DirEntry) are `Compact`: ZooKeeper keeps
+every znode's data in its heap, so they use one-letter keys and leave out fields
+at their usual value (format revision 2). Their decode reads revision 1's long
+keys too, so filesystems made before keep working; a record is rewritten compact
+the next time it changes.
 """
 
 import dataclasses
@@ -15,7 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T", bound="Record")
 
-FORMAT_REVISION = 1
+FORMAT_REVISION = 2
 
 
 class Record:
@@ -39,8 +45,44 @@ class Record:
         return cls.from_dict(json.loads(data))
 
 
+class Compact(Record):
+    """Encoded as {KEYS[field]: value} without the fields equal to `usual()`'s;
+    a dict with a "revision" key is the long form of revision 1."""
+
+    KEYS: ClassVar[dict[str, str]]
+    _FIELDS: ClassVar[dict[str, str]]  # key -> field
+
+    def __init_subclass__(cls, **kw: Any):
+        super().__init_subclass__(**kw)
+        cls._FIELDS = {k: f for f, k in cls.KEYS.items()}
+
+    def usual(self) -> dict[str, Any]:
+        """The values a compact dict leaves out (may depend on the fields it keeps)."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        usual = self.usual()
+        out = {}
+        for name, key in self.KEYS.items():
+            v = getattr(self, name)
+            if name not in usual or v != usual[name]:
+                out[key] = v
+        return out
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+        if "revision" in d:
+            return super().from_dict(d)  # type: ignore[misc]
+        fields, keys = cls._FIELDS, cls.KEYS  # type: ignore[attr-defined]
+        rec = cls(**{fields[k]: v for k, v in d.items() if k in fields})
+        for name, v in rec.usual().items():  # type: ignore[attr-defined]
+            if keys[name] not in d:
+                setattr(rec, name, v)
+        return rec
+
+
 @dataclass
-class InodeRecord(Record):
+class InodeRecord(Compact):
     mode: int
     uid: int = 0
     gid: int = 0
@@ -54,6 +96,15 @@ class InodeRecord(Record):
     parent: int = 0  # directories only: the one directory that holds it
     xattrs: int = 0  # number of extended attributes (0: getxattr needs no lookup)
     stored: int = -1  # bytes in its block refs and inline (st_blocks); -1: written before they were counted
+
+    KEYS = {"mode": "m", "uid": "u", "gid": "g", "size": "s", "atime_ns": "a", "mtime_ns": "t",
+            "ctime_ns": "c", "nlink": "n", "rdev": "r", "target": "l", "parent": "p", "xattrs": "x",
+            "stored": "b"}
+
+    def usual(self) -> dict[str, Any]:
+        # a new inode's three times are one; most files have one link and no xattrs
+        return {"uid": 0, "gid": 0, "size": 0, "atime_ns": self.mtime_ns, "ctime_ns": self.mtime_ns,
+                "nlink": 1, "rdev": 0, "target": "", "parent": 0, "xattrs": 0, "stored": 0}
 
     @property
     def is_dir(self) -> bool:
@@ -73,9 +124,14 @@ class InodeRecord(Record):
 
 
 @dataclass
-class DirEntry(Record):
+class DirEntry(Compact):
     ino: int
-    mode: int  # S_IFMT bits of the child, for readdir without a getattr
+    mode: int = stat.S_IFREG  # S_IFMT bits of the child, for readdir without a getattr
+
+    KEYS = {"ino": "i", "mode": "m"}
+
+    def usual(self) -> dict[str, Any]:
+        return {"mode": stat.S_IFREG}
 
 
 @dataclass

@@ -254,7 +254,6 @@ def test_checker_finds_damage(zk_hosts, fs_root):
         rec = InodeRecord.decode(client.get(paths.inode(f))[0])
         rec.nlink = 2
         client.set(paths.inode(f), rec.encode())
-        client.delete(paths.block_map(g))
         client.delete(paths.inode(g))
         drec = InodeRecord.decode(client.get(paths.inode(d))[0])
         drec.parent = 12345

@@ -52,7 +52,7 @@ class Creates:
         view = self.view
         view.capacity.admit()
         ino, rec, t = await view.meta.inodes.plan(stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
-        node = Inode(ino, rec, 0)
+        node = Inode(ino, rec, 0, has_map=False)
         pending = PendingCreate()
         view.creating_started(parent, name, node)
         self._in_flight += 1

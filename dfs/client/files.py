@@ -544,6 +544,8 @@ class FileData:
         in between, its next commit still builds on what it has."""
         f = self.files.get(node.ino)
         if f is not None and node.version == f.version_seen + 1:
+            if node.has_map is None and f.node is not None:
+                node.has_map = f.node.has_map  # (a setattr leaves blocks/<ino> alone)
             f.node = node
             f.version_seen = node.version
 

@@ -3,6 +3,9 @@
 A small file's bytes may live inline, as the data of its `blocks/<ino>` znode
 (see FsConfig.inline_max): they are the file's content from offset 0, the rest
 up to its size reads as zeros. They count only while the file has no block refs.
+`blocks/<ino>` exists only once a file has had bytes (ZooKeeper's heap pays
+~300 B per znode): the commit that first stores some creates it, under the
+inode's version check. (Files made before format revision 2 all have one.)
 Replaced and dropped refs are queued in `gc/` in the transaction that drops them.
 """
 
@@ -80,6 +83,7 @@ class BlockMap:
         elif groups:
             refs = await self.read_block_map(ino)
         inline = got[data][0] if got[data] is not None and got[data][0] and not refs else None
+        node.has_map = got[data] is not None
         return node, refs, inline
 
     async def read_block_map(self, ino: int) -> dict[int, BlockRef]:
@@ -125,9 +129,10 @@ class BlockMap:
           inline: the file's new inline bytes (b"" clears them; None keeps them
             unless the commit adds block refs, which clears them).
           known: the inode as this client last committed or read it, a file
-            with no block refs. A commit that touches no block groups then
-            needs no reads: the inode's version check catches anyone who
-            changed the file since (and the commit retries with fresh reads).
+            with no block refs (and `has_map` known). A commit that touches
+            no block groups then needs no reads: the inode's version check
+            catches anyone who changed the file since (and the commit retries
+            with fresh reads).
           expect_version: the inode version the caller built `updates` on; if
             someone else committed since, nothing is written and Diverged is
             raised (the caller lays its writes over what is there now).
@@ -141,7 +146,8 @@ class BlockMap:
             nonlocal prefetched, known
             plan = self._commit_reads(ino, updates, truncate_from is not None)
             got: Got | None = None
-            if known is not None and not plan.groups and truncate_from is None:
+            had_map = known.has_map if known is not None else None
+            if had_map is not None and not plan.groups and truncate_from is None:
                 node = Inode(ino, known.rec, known.version)
             else:
                 if prefetched is not None and prefetched[0].key == plan.key:
@@ -174,15 +180,22 @@ class BlockMap:
             if new_inline is None and any(ref is not None for ref in updates.values()):
                 new_inline = b""  # block refs replace inline bytes
             if got is None:
-                # blind: the inode's version check guards it (mknod creates the znode)
-                if new_inline is not None:
-                    txn.set(self.paths.block_map(ino), new_inline)
+                # blind: the inode's version check guards it
+                if had_map:
+                    if new_inline is not None:
+                        txn.set(self.paths.block_map(ino), new_inline)
+                elif new_inline:
+                    txn.create(self.paths.block_map(ino), new_inline)
+                has_map = had_map or bool(new_inline)
             elif got[plan.map] is None:
-                if groups or new_inline:
+                has_map = bool(groups or new_inline)
+                if has_map:
                     # in the transaction: a concurrent unlink must not leave a block map behind
                     txn.create(self.paths.block_map(ino), new_inline or b"")
-            elif new_inline is not None and got[plan.map][0] != new_inline:
-                txn.set(self.paths.block_map(ino), new_inline)
+            else:
+                has_map = True
+                if new_inline is not None and got[plan.map][0] != new_inline:
+                    txn.set(self.paths.block_map(ino), new_inline)
             for g in sorted(groups):
                 grp, ver = (BlockGroup.decode(groups[g][0]), groups[g][1].version) if groups[g] else (BlockGroup(), -1)
                 before = dict(grp.blocks)
@@ -229,7 +242,7 @@ class BlockMap:
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
             self.queue_gc(txn, garbage)
             exact = await self.store.commit(txn)
-            return Inode(ino, rec, node.version + 1, exact)
+            return Inode(ino, rec, node.version + 1, exact, has_map)
 
         return await self.store.retrying(attempt, "commit blocks")
 

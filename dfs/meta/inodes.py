@@ -30,13 +30,16 @@ class Inode:
     """An inode as read from ZooKeeper (or as this client's commit left it).
 
     `exact`: nothing raced with the read or commit it comes from, as the
-    store's CommitHook tells (always False without one).
+    store's CommitHook tells (always False without one). `has_map`: whether a
+    file's `blocks/<ino>` exists at this version (None: not known), see
+    dfs.meta.blockmap.
     """
 
     ino: int
     rec: InodeRecord
     version: int
     exact: bool = field(default=False, compare=False)
+    has_map: bool | None = field(default=None, compare=False)
 
 
 def decode(ino: int, got: tuple, dir_times: tuple | None, exact: bool = False) -> Inode:

@@ -229,8 +229,6 @@ class Namespace:
             txn.create(paths.dirent(parent, name), DirEntry(ino, kind).encode())
             if kind == stat.S_IFDIR:
                 txn.create(paths.dir(ino))
-            elif kind == stat.S_IFREG:
-                txn.create(paths.block_map(ino))
             if p is not None:
                 self.inodes.touch(txn, p, nlink_delta=1, t=t)
             else:
@@ -252,7 +250,7 @@ class Namespace:
             if p is not None:
                 # our version check passed: p was the parent's latest state
                 after = dataclasses.replace(with_entry_change(p, t, 1), exact=exact)
-            return Made(Inode(ino, rec, 0, exact), after, t, exact)
+            return Made(Inode(ino, rec, 0, exact, has_map=False), after, t, exact)
 
         return await self.store.retrying(attempt, "create")
 

@@ -104,7 +104,8 @@ def run(directory: Path, n: int, writers: int, zk: str | None, fs: str) -> dict:
         el, _ = timed_run(["ls", flag, str(largest)])
         out[f"ls{flag}_seconds"] = round(el, 2)
     if zk:
-        el, r = timed_run([sys.executable, "-m", "tools.cli", "fsck", "--zk", zk, "--fs", fs, "--json"])
+        key = ["--key-file", str(state / f"{fs}.key")] if local else []  # (--zk alone means another machine's)
+        el, r = timed_run([sys.executable, "-m", "tools.cli", "fsck", "--zk", zk, "--fs", fs, "--json", *key])
         try:
             status = json.loads(r.stdout).get("status")
         except ValueError:

@@ -132,14 +132,17 @@ class FileInfo:
 
 def _fast(cls):
     """A decoder for a record class that skips dataclasses.fields() per call (a third of the
-    walk's CPU); falls back to the class's own decode for payloads of another revision."""
+    walk's CPU) on revision 1's long form; compact records and payloads of another
+    revision take the class's own from_dict."""
     def decode(data: bytes):
         d = json.loads(data)
-        d.pop("revision", None)
+        revision = d.pop("revision", None)
+        if revision is None:
+            return cls.from_dict(d)
         try:
             return cls(**d)
         except TypeError:
-            return cls.from_dict(d)
+            return cls.from_dict({**d, "revision": revision})
     return decode
 
 
