@@ -18,8 +18,21 @@ def eligible(node: NodeLive, block_size: int) -> bool:
     return node.state == "active" and (block_size <= 0 or node.free >= block_size)
 
 
+def zones(nodes: Iterable[NodeLive]) -> set[str]:
+    """The failure zones replicas can spread over: those of active nodes (a draining or
+    retired node that still runs is no zone to place in)."""
+    return {n.zone for n in nodes if n.state == "active"}
+
+
+def spread_short(nodes: dict[str, NodeLive], replicas: Iterable[str]) -> bool:
+    """Are these replicas in fewer zones than they could be (MIS_REPLICATED)?"""
+    reps = [n for n in replicas if n in nodes]
+    return len({nodes[n].zone for n in reps}) < min(len(reps), len(zones(nodes.values())))
+
+
 def place_replicas(nodes: list[NodeLive], count: int, *, exclude: Iterable[str] = (),
-                   block_size: int = 0, rng: random.Random | None = None) -> list[str]:
+                   block_size: int = 0, rng: random.Random | None = None,
+                   zones_taken: Iterable[str] = ()) -> list[str]:
     """Choose up to `count` distinct node ids for a new block.
 
     Args:
@@ -28,6 +41,7 @@ def place_replicas(nodes: list[NodeLive], count: int, *, exclude: Iterable[str] 
       exclude: node ids that must not be chosen (e.g. nodes that already failed).
       block_size: bytes the block needs; nodes with less free space are skipped.
       rng: a random.Random for reproducible choices (tests).
+      zones_taken: zones the block's existing replicas are in (a repair fills others first).
 
     Returns:
       Node ids, fewer than `count` when not enough nodes qualify.
@@ -37,7 +51,7 @@ def place_replicas(nodes: list[NodeLive], count: int, *, exclude: Iterable[str] 
     candidates = {n.node_id: n for n in nodes
                   if n.node_id not in excluded and eligible(n, block_size)}
     chosen: list[str] = []
-    used_zones: set[str] = set()
+    used_zones: set[str] = set(zones_taken)
     while len(chosen) < count and candidates:
         pool = list(candidates.values())
         # Nodes without a zone count as one zone "", so with no zones declared

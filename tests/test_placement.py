@@ -61,3 +61,17 @@ def test_zones_reused_only_when_all_have_a_copy():
         got = place_replicas(nodes, 3, rng=random.Random(seed))
         assert len(set(got)) == 3
         assert {zone_of[n] for n in got[:2]} == {"a", "b"}
+
+
+def test_a_repair_fills_the_zones_its_block_lacks_and_retired_nodes_are_no_zone():
+    from dfs.placement import spread_short, zones
+
+    nodes = [NodeLive(node_id=f"{z}{i}", address="", zone=z, free=1 << 30) for z in "ab" for i in range(3)]
+    for seed in range(20):
+        # the block's other copy is in zone b: the new one goes to a
+        assert place_replicas(nodes, 1, exclude=["b0"], zones_taken={"b"}, rng=random.Random(seed))[0][0] == "a"
+    by_id = {n.node_id: n for n in nodes}
+    assert spread_short(by_id, ["b0", "b1"]) and not spread_short(by_id, ["a0", "b1"])
+    retired = NodeLive(node_id="c0", address="", zone="c", state="retired")
+    assert zones(nodes + [retired]) == {"a", "b"}
+    assert not spread_short({**by_id, "c0": retired}, ["a0", "b1", "b2"])

@@ -18,6 +18,7 @@ Rules about replicas (DESIGN.md section 5; which replicas count: dfs.maint.clust
 Every action is recorded in the audit log (dfs.maint.audit).
 """
 
+import collections
 import errno
 import logging
 from typing import Callable, Collection, Iterable
@@ -142,8 +143,9 @@ async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *
         if not sources:
             raise DfsError(errno.EIO, f"block {ref.id} (inode {ino} index {index}): "
                                       f"no reachable good replica")
-        live = list(ctx.nodedir.live().values())
-        targets = place_replicas(live, need, exclude=set(sources), block_size=ref.length)
+        live = ctx.nodedir.live()
+        targets = place_replicas(list(live.values()), need, exclude=set(sources), block_size=ref.length,
+                                 zones_taken={live[n].zone for n in counting})
         if bandwidth is not None and targets:
             await bandwidth.acquire(ref.length * len(targets))
 
@@ -182,6 +184,60 @@ async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *
         await delete_quietly(ctx, ref.id, [n for n in dropped if n not in made])
         await ctx.audit.append("drop", block=ref.id, ino=ino, index=index, src=dropped,
                                reason=f"{reason}: replaced")
+    return committed
+
+
+def crowded(ctx: RepairContext, replicas: list[str], count: int) -> list[str]:
+    """`count` of these replicas to give up, each from the zone holding most of the
+    rest (the fullest node there), so what stays is spread as widely as it can be."""
+    live = ctx.nodedir.live()
+    left, out = list(replicas), []
+    for _ in range(count):
+        zone = collections.Counter(live[n].zone for n in left).most_common(1)[0][0]
+        victim = min((n for n in left if live[n].zone == zone), key=lambda n: live[n].free)
+        left.remove(victim)
+        out.append(victim)
+    return out
+
+
+async def respread(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *,
+                   bandwidth=None) -> BlockRef | None:
+    """Move one replica of a block crowded into fewer zones than it could use: copy it
+    to a node of a zone it lacks, then in the same map commit drop one replica from
+    its most crowded zone, so it never has fewer copies than before. Returns the
+    committed ref, `ref` when no zone it lacks has room, or None if the block changed."""
+    live = ctx.nodedir.live()
+    counting = [n for n in ref.replicas if ctx.counts(n)]
+    taken = {live[n].zone for n in counting}
+    targets = [t for t in place_replicas(list(live.values()), 1, exclude=ref.replicas,
+                                         block_size=ref.length, zones_taken=taken)
+               if live[t].zone not in taken]
+    if not targets or not counting:
+        return ref
+    dst = targets[0]
+    if bandwidth is not None:
+        await bandwidth.acquire(ref.length)
+    for src in counting:
+        try:
+            await ctx.blocks.copy_block(src, ref.id, dst)
+            break
+        except DfsError as e:
+            log.info("copy of block %s from %s to %s failed: %s", ref.id, src, dst, e)
+    else:
+        return ref
+    ctx.stats["copied_blocks"] += 1
+    ctx.stats["copied_bytes"] += ref.length
+    await ctx.audit.append("copy", block=ref.id, ino=ino, index=index, src=[src], dst=[dst],
+                           reason="zone spread", copies=len(counting))
+    victim = crowded(ctx, counting, 1)[0]
+    committed = await commit_replicas(ctx, ino, index, ref.id,
+                                      lambda cur: [n for n in cur.replicas if n not in (victim, dst)] + [dst])
+    if committed is None:
+        await delete_quietly(ctx, ref.id, [dst])
+        return None
+    ctx.stats["dropped_replicas"] += 1
+    await delete_quietly(ctx, ref.id, [victim])
+    await ctx.audit.append("drop", block=ref.id, ino=ino, index=index, src=[victim], reason="zone spread")
     return committed
 
 

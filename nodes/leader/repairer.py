@@ -34,6 +34,7 @@ from dfs.maint import cluster, repair
 from dfs.maint.cluster import RepairContext
 from dfs.maint.scan import block_groups
 from dfs.paths import FsPaths
+from dfs.placement import spread_short
 from dfs.records import BlockRef, CorruptReport, NodeRegistration
 from dfs.zk import NoNodeError, ZkClient
 
@@ -265,7 +266,8 @@ class Repairer:
         reports = await self._reports()
         work: list[Work] = []
         counts = {"blocks": 0, "under_replicated": 0, "missing": 0, "over_replicated": 0,
-                  "waiting": 0, "corrupt": 0, "on_draining": 0}
+                  "waiting": 0, "corrupt": 0, "on_draining": 0, "mis_spread": 0}
+        live = ctx.nodedir.live()
         node_refs: dict[str, int] = {}
         seen_reports: set[str] = set()
         async for ino, _group, grp, _stat in block_groups(ctx.zk, ctx.paths):
@@ -314,6 +316,9 @@ class Repairer:
                 elif len(counting) > replicas:
                     counts["over_replicated"] += 1
                     work.append(Work(SURPLUS_TIER, ino, index, ref, "surplus", reason="surplus"))
+                elif spread_short(live, counting):
+                    counts["mis_spread"] += 1
+                    work.append(Work(SURPLUS_TIER, ino, index, ref, "spread", reason="zone spread"))
         self.reports_planned = {name for items in reports.values() for name, _ in items}
         for block_id, items in reports.items():
             for name, _rep in items:
@@ -371,11 +376,12 @@ class Repairer:
             extra = len(counting) - ctx.config.replicas
             if extra <= 0:
                 return False
-            # drop from the fullest nodes
-            counting.sort(key=lambda n: ctx.nodedir.get(n).free)
-            new = await repair.drop_replicas(ctx, w.ino, w.index, w.ref, counting[:extra],
+            new = await repair.drop_replicas(ctx, w.ino, w.index, w.ref, repair.crowded(ctx, counting, extra),
                                              "surplus replica")
             return new is not None and new.replicas != w.ref.replicas
+        if w.kind == "spread":
+            new = await repair.respread(ctx, w.ino, w.index, w.ref, bandwidth=self.bandwidth)
+            return new is None or new.replicas != w.ref.replicas
         before = ctx.stats["copied_bytes"]
         new = await repair.rereplicate(ctx, w.ino, w.index, w.ref, bad=w.bad, reason=w.reason,
                                        bandwidth=self.bandwidth)

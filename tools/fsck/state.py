@@ -21,6 +21,7 @@ from dfs.blocks.connection import NodeSlow
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import FsConfig
 from dfs.errors import DfsError
+from dfs import placement
 from dfs.maint import cluster
 from dfs.maint.cluster import RepairContext
 from dfs.maint.gc import gc_entries
@@ -237,7 +238,7 @@ class FsckState:
         await self.nodedir.refresh()
         self.live = self.nodedir.live()
         self.zone_of = {n: live.zone for n, live in self.live.items()}
-        self.zones = len({live.zone for live in self.live.values()})
+        self.zones = len(placement.zones(self.live.values()))  # a retired node that runs is no zone
         self.report.live_nodes = len(self.live)
         self.report.dead_nodes = sum(1 for n, reg in self.registry.items()
                                      if n not in self.live and reg.state != "retired")
