@@ -131,6 +131,7 @@ class NodeLive(Record):
     load: float = 0.0
     updated: float = 0.0
     state: str = "active"
+    metrics: str = ""  # "host:port" of its Prometheus endpoint, "" if none
 
 
 @dataclass
