@@ -28,10 +28,16 @@ ZK_SECONDS = Histogram("dfs_zk_request_seconds", "ZooKeeper operations, retries 
                        buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 10, 60))
 ZK_ROUND_TRIPS = Counter("dfs_zk_round_trips_total", "requests sent to ZooKeeper", ["op"])
 
-# storage nodes (nodes/server.py)
+# storage nodes (nodes/server.py, nodes/scrub.py)
 NODE_READ = Counter("dfs_node_read_bytes_total", "block bytes this node sent to readers (GET)")
 NODE_WRITTEN = Counter("dfs_node_written_bytes_total", "block bytes this node stored (PUT)")
 NODE_INFO = Gauge("dfs_node_info", "this storage node (always 1)", ["node_id", "zone"])
+SCRUB_BYTES = Counter("dfs_scrub_verified_bytes_total", "replica bytes the scrub re-read and hashed")
+SCRUB_MISMATCHES = Counter("dfs_scrub_mismatches_total", "replicas the scrub found damaged")
+SCRUB_COVERAGE = Gauge("dfs_scrub_coverage_ratio",
+                       "share of stored bytes verified within the scrub period")
+SCRUB_OLDEST = Gauge("dfs_scrub_oldest_unverified_seconds",
+                     "age of the replica longest without verification (since its write if never)")
 
 # the repair leader (nodes/leader/repairer.py); 0 on the other nodes
 LEADER = Gauge("dfs_repair_leader", "1 while this node is the repair leader")

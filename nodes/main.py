@@ -13,8 +13,8 @@ data directory itself is made 0700).
 
 The node's knobs (`DFS_*` environment variables, dfs.config.NodeSettings) are
 read here, once, and passed down. Background services (the node directory, the
-repair leader and gc: nodes/leader/housekeeping.py) run in a nursery of their
-own, cancelled first at shutdown; each is restarted after a crash.
+repair leader and gc: nodes/leader/housekeeping.py, the scrub: nodes/scrub.py)
+run in a nursery of their own, cancelled first at shutdown; each is restarted after a crash.
 """
 
 import argparse
@@ -42,6 +42,7 @@ from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from nodes.leader.housekeeping import Housekeeping
 from nodes.registration import Registration
+from nodes.scrub import Scrubber
 from nodes.server import NodeServer
 from nodes.store import BlockStore
 
@@ -192,8 +193,10 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
 
         blocks = BlockClient(nodedir, key=key, reporter=f"node:{node_id}")
         stack.push_async_callback(blocks.aclose)
+        scrubber = Scrubber(store, node_id, blocks.report_corrupt, rate=settings.scrub_rate,
+                            period=settings.scrub_period, busy=lambda: server.inflight > 0)
         reg = Registration(zk, paths, node_id, address, args.zone, usage, interval=args.heartbeat,
-                           details=lambda: {"metrics": metrics_at})
+                           details=lambda: {"metrics": metrics_at, "scrub": scrubber.figures()})
 
         # Listening already: connections queue in the backlog until serve() runs,
         # so the node may be announced before the server task starts.
@@ -214,6 +217,7 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
                 with services:
                     async with trio.open_nursery() as svc:
                         svc.start_soon(supervised, "node directory", nodedir.run)
+                        svc.start_soon(supervised, "scrub", scrubber.run)
                         if settings.repair_leader:
                             housekeeping = Housekeeping(zk, paths, config, nodedir, blocks,
                                                         node_id, settings)

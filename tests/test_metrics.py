@@ -1,9 +1,12 @@
-"""Operator's view (issue 15): Prometheus endpoints of nodes and mounts.
+"""Operator's view (issue 15): Prometheus endpoints of nodes and mounts, the background
+scrub finding and replacing a damaged replica nobody reads, scrub coverage in
+`dfs status`.
 
-One cluster for all of it: the scenario is short, and a second cluster would
-double the cost.
+One cluster for all of it (3 nodes, replicas 3, a scrub period of 3 s at a high
+rate): the scenario is short, and a second cluster would double the cost.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -12,13 +15,17 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from nodes.store import header_size
+from tests.harness import client_session
 from tools.local.zkserver import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRUB_ENV = {"DFS_SCRUB_RATE": "500", "DFS_SCRUB_PERIOD": "3", "DFS_NODE_HEARTBEAT": "0.5"}
 MOUNT_FAMILIES = {"dfs_fuse_request_seconds", "dfs_fuse_errors", "dfs_block_cache_requests",
                   "dfs_zk_request_seconds", "dfs_zk_round_trips"}
 NODE_FAMILIES = {"dfs_node_read_bytes", "dfs_node_written_bytes", "dfs_node_info",
-                 "dfs_zk_request_seconds",
+                 "dfs_scrub_verified_bytes", "dfs_scrub_mismatches", "dfs_scrub_coverage_ratio",
+                 "dfs_scrub_oldest_unverified_seconds", "dfs_zk_request_seconds",
                  "dfs_zk_round_trips", "dfs_repair_leader"}
 LEADER_FAMILIES = {"dfs_repair_queue_blocks", "dfs_blocks", "dfs_nodes", "dfs_exposure_bytes",
                    "dfs_repairs", "dfs_repair_copied_bytes"}
@@ -48,10 +55,17 @@ def wait_for(what: str, check, timeout: float = 40.0):
         time.sleep(0.25)
 
 
-def test_metrics(cluster_factory):
+def status_json(c) -> dict:
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "status", "--zk", c.hosts, "--fs",
+                        c.fsname, "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode in (0, 1), r.stderr
+    return json.loads(r.stdout)
+
+
+def test_metrics_scrub_and_status(cluster_factory):
     c = cluster_factory(nodes=0)
     for _ in range(3):  # endpoints at any free port, announced in the live znodes
-        c.add_node(extra_args=["--metrics", "127.0.0.1:0"])
+        c.add_node(env=SCRUB_ENV, extra_args=["--metrics", "127.0.0.1:0"])
     writer = c.mount("writer")
     hot, cold = os.urandom(1 << 20), os.urandom(1 << 20)
     (writer / "hot").write_bytes(hot)
@@ -95,3 +109,31 @@ def test_metrics(cluster_factory):
     except OSError:
         pass
     assert value(scrape(mount_at), "dfs_fuse_errors_total", op="rmdir", errno="ENOTEMPTY") == 1
+
+    # damage one replica of the cold file on disk as bit rot would (mtime kept)
+    ino = os.stat(writer / "cold").st_ino
+    ref = client_session(c, lambda zk, view, blocks, n: view.meta.blockmap.read_block_map(ino))[0]
+    victim = next(n for n in c.nodes if n.node_id == ref.replicas[0])
+    path = victim.data_dir / "blocks" / ref.id[:2] / ref.id[2:4] / ref.id
+    st = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[header_size(ref.length) + 12345] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def replaced() -> bool:  # the repair copied a good replica over it
+        return path.exists() and path.read_bytes() != bytes(raw)
+
+    wait_for("the scrub to find the damage and the leader to replace the replica", replaced)
+    assert value(scrape(nodes[victim.node_id]), "dfs_scrub_mismatches_total") >= 1
+    assert wait_for("the repair counted", lambda: value(
+        scrape(nodes[leader]), "dfs_repairs_total", kind="corrupt replica") >= 1)
+    assert (writer / "cold").read_bytes() == cold
+
+    # a quiet cluster: every node verified everything within the period
+    s = wait_for("full scrub coverage", lambda: (lambda s: s if s["scrub"].get("nodes") == 3 and
+                                                 s["scrub"]["coverage"] == 1.0 else None)(
+        status_json(c)))
+    assert s["scrub"]["oldest_unverified"] < 2 * 3 + 2
+    assert all(n["metrics"] == nodes[n["node_id"]] for n in s["nodes"])
+    assert value(scrape(nodes[victim.node_id]), "dfs_scrub_coverage_ratio") == 1.0
