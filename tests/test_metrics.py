@@ -1,6 +1,6 @@
 """Operator's view (issue 15): Prometheus endpoints of nodes and mounts, the background
 scrub finding and replacing a damaged replica nobody reads, scrub coverage in
-`dfs status`.
+`dfs status`, and `dfs status --watch` until SIGINT.
 
 One cluster for all of it (3 nodes, replicas 3, a scrub period of 3 s at a high
 rate): the scenario is short, and a second cluster would double the cost.
@@ -8,6 +8,8 @@ rate): the scenario is short, and a second cluster would double the cost.
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nodes.store import header_size
 from tests.harness import client_session
 from tools.local.zkserver import free_port
+from tools.status import render
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRUB_ENV = {"DFS_SCRUB_RATE": "500", "DFS_SCRUB_PERIOD": "3", "DFS_NODE_HEARTBEAT": "0.5"}
@@ -137,3 +140,34 @@ def test_metrics_scrub_and_status(cluster_factory):
     assert s["scrub"]["oldest_unverified"] < 2 * 3 + 2
     assert all(n["metrics"] == nodes[n["node_id"]] for n in s["nodes"])
     assert value(scrape(nodes[victim.node_id]), "dfs_scrub_coverage_ratio") == 1.0
+
+    # the live view draws, redraws, and ends cleanly on SIGINT
+    watch = subprocess.Popen([sys.executable, "-m", "tools.cli", "status", "--zk", c.hosts, "--fs",
+                              c.fsname, "--watch", "--interval", "0.3"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out = ""
+        deadline = time.monotonic() + 30
+        while out.count("dfs status --watch") < 2 and time.monotonic() < deadline:
+            if select.select([watch.stdout], [], [], 1)[0]:
+                out += os.read(watch.stdout.fileno(), 65536).decode()  # type: ignore[union-attr]
+        assert out.count("dfs status --watch") >= 2, out
+        assert "scrub: 100.0% of stored bytes verified" in out and "exposure: 0 B" in out
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=10) == 0
+        assert "Traceback" not in watch.stderr.read()  # type: ignore[union-attr]
+    finally:
+        watch.kill()
+        watch.wait()
+
+
+def test_status_draws_repair_progress():
+    s = {"filesystem": "/dfs/x", "replicas": 3, "min_replicas": 2, "dead_after": 30.0,
+         "missing_blocks": 0, "under_replicated_blocks": 40, "corrupt_replicas": 0,
+         "total_blocks": 100, "live_nodes": 2, "dead_nodes": 1, "repair_leader": "n1",
+         "nodes": [], "scrub": {}, "metadata": {"checked": 0, "zk_heap": 1 << 30},
+         "repair": {"queue_length": 30, "done_in_pass": 10, "eta_seconds": 150,
+                    "repair_bytes_per_second": 1 << 20, "counts": {"exposed_bytes": 40 << 20}}}
+    text = render(s)
+    assert "exposure: 40.0 MiB acknowledged but not at full redundancy" in text
+    assert "[" + "#" * 8 + "." * 22 + "] 10/40 blocks of this pass, ETA 2 min" in text

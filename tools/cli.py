@@ -164,9 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "once more before the node counts as unreachable (default: 30)")
     p.set_defaults(func=optional("tools.fsck.check", "main"))
 
-    p = sub.add_parser("status", help="nodes, health and repair queue")
+    p = sub.add_parser("status", help="nodes, health, repair queue and scrub coverage")
     add_common(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true",
+                   help="a live view, redrawn until interrupted (Ctrl-C)")
+    p.add_argument("--interval", type=float, default=2.0,
+                   help="seconds between redraws with --watch (default: %(default)s)")
     p.set_defaults(func=optional("tools.status", "main"))
 
     p = sub.add_parser("drain", help="move every block off a node, then retire it")

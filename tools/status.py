@@ -1,13 +1,16 @@
 """`dfs status`: nodes, cluster health, the repair queue and scrub coverage, for people
-(or --json).
+(or --json); `--watch` redraws it until interrupted (plain ANSI: a clear-screen
+and a text bar need no terminal library).
 
 Exit codes: 0 healthy; 1 blocks are missing, under-replicated or have corrupt
 replicas reported, or the metadata service is full (creates fail with ENOSPC);
-2 ZooKeeper unreachable or no filesystem (one line on stderr).
+2 ZooKeeper unreachable or no filesystem (one line on stderr). `--watch` exits 0 when
+interrupted.
 """
 
 import argparse
 import json
+import sys
 import time
 
 import trio
@@ -19,6 +22,8 @@ from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import ZkClient
 from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, cluster_key, connect_zk, human
+
+BAR = 30  # characters of the repair progress bar
 
 
 async def gather(zk: ZkClient, paths: FsPaths) -> dict:
@@ -85,7 +90,8 @@ async def gather(zk: ZkClient, paths: FsPaths) -> dict:
                   "period": max(sc["period"] for sc in scrubbed), "nodes": len(scrubbed)}
         if scrubbed else {},
         "metadata": {**cap.to_dict(), "zk_heap": config.zk_heap},
-        "repair": {k: repair.get(k) for k in ("leader", "updated", "queue_length", "in_progress",
+        "repair": {k: repair.get(k) for k in ("leader", "updated", "queue_length", "done_in_pass",
+                                              "in_progress",
                                               "pending", "order", "eta_seconds",
                                               "repair_bytes_per_second", "counts", "totals",
                                               "gc_pending", "dead", "waiting_for_grace")}
@@ -121,11 +127,19 @@ def render(s: dict) -> str:
     out += render_metadata(s["metadata"], s["nodes"])
     r = s["repair"]
     if r:
-        eta = f", ETA {r['eta_seconds']:.0f} s" if r.get("eta_seconds") else ""
+        exposed = (r.get("counts") or {}).get("exposed_bytes")
+        if exposed is not None:
+            out.append(f"exposure: {human(exposed)} acknowledged but not at full redundancy")
+        eta = f", ETA {duration(r['eta_seconds'])}" if r.get("eta_seconds") else ""
         rate = r.get("repair_bytes_per_second") or 0
-        out.append(f"repair queue: {r.get('queue_length') or 0} blocks{eta}"
+        queued, done = r.get("queue_length") or 0, r.get("done_in_pass") or 0
+        out.append(f"repair queue: {queued} blocks{eta}"
                    + (f" at {human(rate)}/s" if rate else "")
                    + f"; order: {r.get('order', '')}")
+        if queued:
+            filled = round(BAR * done / (done + queued))
+            out.append(f"  [{'#' * filled}{'.' * (BAR - filled)}] {done}/{done + queued} "
+                       f"blocks of this pass{eta}")
         for w in (r.get("in_progress") or [])[:5]:
             out.append(f"  repairing block {w['block']} (inode {w['ino']} #{w['index']}): "
                        f"{w['reason']}")
@@ -161,11 +175,32 @@ def render_metadata(m: dict, nodes: list[dict]) -> list[str]:
     return out
 
 
+async def watch(zk: ZkClient, paths: FsPaths, interval: float) -> None:
+    """Redraw the status every `interval` s until cancelled (Ctrl-C)."""
+    out = sys.stdout
+    out.write("\x1b[?25l")  # no cursor blinking over the picture
+    try:
+        while True:
+            try:
+                text = render(await gather(zk, paths))
+            except DfsError as e:  # ZooKeeper away for a while: say so, keep watching
+                text = f"cannot read the status: {e.message}"
+            out.write(f"\x1b[H\x1b[2J{time.strftime('%H:%M:%S')}  dfs status --watch (every "
+                      f"{interval:g} s; Ctrl-C to stop)\n{text}\n")
+            out.flush()
+            await trio.sleep(interval)
+    finally:
+        out.write("\x1b[?25h")
+        out.flush()
+
+
 async def _main(args: argparse.Namespace) -> int:
     zk = await connect_zk(args)
     paths = FsPaths(default_root(args.fs))
     try:
         await cluster_key(args, zk)
+        if args.watch:
+            await watch(zk, paths, args.interval)
         s = await gather(zk, paths)
     except DfsError as e:  # ZooKeeper gone, or no filesystem there: exit 2
         raise QuietError(e.message, EXIT_USAGE) from None
@@ -179,4 +214,7 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Errors are reported by tools.common.run_command (ZooKeeper unreachable, no filesystem: 2)."""
-    return trio.run(_main, args)
+    try:
+        return trio.run(_main, args)
+    except KeyboardInterrupt:  # the way out of --watch
+        return EXIT_OK

@@ -428,6 +428,7 @@ class Repairer:
             "dead": sorted(self.dead),
             "waiting_for_grace": sorted(self.in_grace()),
             "queue_length": len(self.queue) + len(self.in_progress),
+            "done_in_pass": self.done_in_pass,
             "in_progress": [w.describe() for w in self.in_progress.values()],
             "pending": [w.describe() for w in itertools.islice(self.queue, PENDING_SHOWN)],
             "order": "fewest counting replicas first (1 before 2), then surplus replicas",
