@@ -37,7 +37,7 @@ SCRUB_MISMATCHES = Counter("dfs_scrub_mismatches_total", "replicas the scrub fou
 SCRUB_COVERAGE = Gauge("dfs_scrub_coverage_ratio",
                        "share of stored bytes verified within the scrub period")
 SCRUB_OLDEST = Gauge("dfs_scrub_oldest_unverified_seconds",
-                     "age of the replica longest without verification (since its write if never)")
+                     "age of the replica longest without verification (or since its write)")
 
 # the repair leader (nodes/leader/repairer.py); 0 on the other nodes
 LEADER = Gauge("dfs_repair_leader", "1 while this node is the repair leader")

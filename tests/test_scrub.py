@@ -2,6 +2,7 @@
 restart (scrub.json), and damage is reported when the replica falls due."""
 
 import os
+import time
 import uuid
 
 import trio
@@ -35,6 +36,8 @@ async def test_scrub_resumes_from_its_record_and_reports_damage(tmp_path):
     for bid in ids:
         data = os.urandom(200_000)
         store.put(bid, data, hash64(data))
+        past = time.time() - 7200  # written two hours ago: due (the period is an hour)
+        os.utime(store.path(bid), (past, past))
 
     s, reports = await scrub_for(store, 0.5)
     assert s.figures()["coverage"] == 1.0 and reports == []
