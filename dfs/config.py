@@ -90,6 +90,8 @@ class NodeSettings:
     repair_scan_interval: float = 60.0  # DFS_REPAIR_SCAN_INTERVAL: s between full scans
     orphan_age: float | None = None    # DFS_ORPHAN_AGE: s; None: the filesystem's orphan_age
     orphan_interval: float | None = None  # DFS_ORPHAN_INTERVAL: s; None: from orphan_age
+    scrub_rate: float = 20 * 2**20     # DFS_SCRUB_RATE (MiB/s): replica bytes re-read, 0 no scrub
+    scrub_period: float = 7 * 86400.0  # DFS_SCRUB_PERIOD: s within which each replica is verified
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> "NodeSettings":
@@ -116,4 +118,6 @@ class NodeSettings:
             repair_scan_interval=knob("DFS_REPAIR_SCAN_INTERVAL", d.repair_scan_interval),
             orphan_age=number("DFS_ORPHAN_AGE"),
             orphan_interval=number("DFS_ORPHAN_INTERVAL"),
+            scrub_rate=knob("DFS_SCRUB_RATE", d.scrub_rate / 2**20) * 2**20,
+            scrub_period=knob("DFS_SCRUB_PERIOD", d.scrub_period),
         )

@@ -187,6 +187,8 @@ class NodeLive(Record):
     load: float = 0.0
     updated: float = 0.0
     state: str = "active"
+    metrics: str = ""  # "host:port" of its Prometheus endpoint, "" if none
+    scrub: dict = field(default_factory=dict)  # coverage figures (nodes/scrub.py), {} unknown
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Awaitable, Callable
 import pyfuse3
 import trio
 
+from dfs import metrics
 from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.client.creates import Creates
@@ -59,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="allow_other, attr_timeout=S, entry_timeout=S, feed_timeout=S, cache_mb=N, "
                         "zk_wait=S (default 60), sync_dirops, debug")
     p.add_argument("--log", help="log file of the daemon (default: stderr in the foreground)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics there (port 0: any free one; default: none)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -109,6 +112,14 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
             check_fs_key(config, key, key_file, args.fs)
         except QuietError as e:
             raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
+        if args.metrics:
+            try:
+                metrics_at, stop_metrics = metrics.serve(args.metrics)
+            except (ValueError, OSError) as e:
+                raise QuietError(f"dfs mount: cannot serve metrics on {args.metrics}: {e}",
+                                 EXIT_USAGE) from None
+            stack.callback(stop_metrics)
+            log.info("metrics on %s", metrics_at)
         mount_id = uuid.uuid4().hex[:16]
         view = ClientView(zk, paths, config, mount_id=mount_id, fresh_for=settings.attr_timeout)
         await zk.ensure_path(paths.locks)  # filesystems made before locks/ existed

@@ -1,18 +1,17 @@
-"""Per-handler op stats of the mount: calls and seconds, logged at unmount."""
+"""Per-handler op stats of the mount, logged at unmount: from dfs.metrics' FUSE histogram."""
 
 import logging
 
+from dfs.metrics import FUSE_SECONDS
+
 log = logging.getLogger(__name__)
-
-OP_STATS: dict[str, list[float]] = {}  # handler -> [calls, seconds]
-
-
-def counter(name: str) -> list[float]:
-    """The [calls, seconds] of handler `name` (a handler adds to it on every call)."""
-    return OP_STATS.setdefault(name, [0, 0.0])
 
 
 def log_op_stats() -> None:
-    for name, (calls, secs) in sorted(OP_STATS.items(), key=lambda kv: -kv[1][1]):
+    samples = {(s.labels["op"], s.name.rpartition("_")[2]): s.value
+               for family in FUSE_SECONDS.collect() for s in family.samples}
+    ops = sorted({op for op, _ in samples}, key=lambda op: -samples[op, "sum"])
+    for op in ops:
+        calls, secs = samples[op, "count"], samples[op, "sum"]
         if calls:
-            log.info("op %-12s %8d calls %9.3f s %8.3f ms/call", name, calls, secs, secs / calls * 1e3)
+            log.info("op %-12s %8d calls %9.3f s %8.3f ms/call", op, calls, secs, secs / calls * 1e3)

@@ -1,7 +1,7 @@
 """`python -m nodes`: run one storage node.
 
     python -m nodes --zk HOSTS --data DIR [--fs NAME] [--listen HOST:PORT] [--zone Z]
-                    [--key-file PATH]
+                    [--key-file PATH] [--metrics HOST:PORT]
 
 Exit codes: 0 after a clean SIGTERM/SIGINT shutdown; 2 when it cannot start
 (ZooKeeper unreachable within --zk-timeout, no filesystem at the root, data
@@ -13,8 +13,8 @@ data directory itself is made 0700).
 
 The node's knobs (`DFS_*` environment variables, dfs.config.NodeSettings) are
 read here, once, and passed down. Background services (the node directory, the
-repair leader and gc: nodes/leader/housekeeping.py) run in a nursery of their
-own, cancelled first at shutdown; each is restarted after a crash.
+repair leader and gc: nodes/leader/housekeeping.py, the scrub: nodes/scrub.py)
+run in a nursery of their own, cancelled first at shutdown; each is restarted after a crash.
 """
 
 import argparse
@@ -31,6 +31,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from dfs import metrics
 from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import NodeSettings
@@ -41,6 +42,7 @@ from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from nodes.leader.housekeeping import Housekeeping
 from nodes.registration import Registration
+from nodes.scrub import Scrubber
 from nodes.server import NodeServer
 from nodes.store import BlockStore
 
@@ -79,6 +81,8 @@ def parse_args(argv: list[str] | None, settings: NodeSettings) -> argparse.Names
     p.add_argument("--key-file", default=os.environ.get("DFS_KEY_FILE"),
                    help="the cluster key (default: $DFS_KEY_FILE, then ~/.config/dfs/FS.key)")
     p.add_argument("--disk-threads", type=int, default=32, help="worker threads for disk I/O")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics there (port 0: any free one; default: none)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -174,15 +178,25 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
 
         nodedir = NodeDirectory(zk, paths, interval=max(args.heartbeat, 1.0))
         server = NodeServer(store, node_id, key, nodedir, disk_threads=args.disk_threads)
+        metrics_at = ""
+        if args.metrics:
+            try:
+                metrics_at, stop_metrics = metrics.serve(args.metrics)
+            except (ValueError, OSError) as e:
+                raise QuietError(f"cannot serve metrics on {args.metrics}: {e}") from None
+            stack.callback(stop_metrics)
+            metrics.NODE_INFO.labels(node_id, args.zone).set(1)
 
         def usage() -> tuple[int, int, int, int, float]:
             capacity, used, free = store.usage()
             return capacity, used, free, store.block_count, float(server.inflight)
 
-        reg = Registration(zk, paths, node_id, address, args.zone, usage,
-                           interval=args.heartbeat)
         blocks = BlockClient(nodedir, key=key, reporter=f"node:{node_id}")
         stack.push_async_callback(blocks.aclose)
+        scrubber = Scrubber(store, node_id, blocks.report_corrupt, rate=settings.scrub_rate,
+                            period=settings.scrub_period, busy=lambda: server.inflight > 0)
+        reg = Registration(zk, paths, node_id, address, args.zone, usage, interval=args.heartbeat,
+                           details=lambda: {"metrics": metrics_at, "scrub": scrubber.figures()})
 
         # Listening already: connections queue in the backlog until serve() runs,
         # so the node may be announced before the server task starts.
@@ -195,13 +209,15 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, listeners)
             await nursery.start(reg.run)
-            log.info("node %s serving %s on %s (fs %s)", node_id, data, address, args.fs)
+            log.info("node %s serving %s on %s (fs %s)%s", node_id, data, address, args.fs,
+                     f"; metrics on {metrics_at}" if metrics_at else "")
             services = trio.CancelScope()
 
             async def run_services() -> None:
                 with services:
                     async with trio.open_nursery() as svc:
                         svc.start_soon(supervised, "node directory", nodedir.run)
+                        svc.start_soon(supervised, "scrub", scrubber.run)
                         if settings.repair_leader:
                             housekeeping = Housekeeping(zk, paths, config, nodedir, blocks,
                                                         node_id, settings)

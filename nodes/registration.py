@@ -32,11 +32,12 @@ class Registration:
       node_id, address, zone: who and where this node is ("host:port").
       usage: returns (capacity, used, free, blocks, load); called in a worker thread.
       interval: seconds between live-znode refreshes.
+      details: returns more NodeLive fields (the metrics address, scrub coverage).
     """
 
     def __init__(self, zk: ZkClient, paths: FsPaths, node_id: str, address: str, zone: str,
                  usage: Callable[[], tuple[int, int, int, int, float]], *,
-                 interval: float = 2.0):
+                 interval: float = 2.0, details: Callable[[], dict] = dict):
         self.zk = zk
         self.paths = paths
         self.node_id = node_id
@@ -44,6 +45,7 @@ class Registration:
         self.zone = zone
         self.usage = usage
         self.interval = interval
+        self.details = details
         self.state = "active"
         self.stopped = False
         self._wake = trio.Event()
@@ -76,7 +78,7 @@ class Registration:
         capacity, used, free, blocks, load = await trio.to_thread.run_sync(self.usage)
         return NodeLive(node_id=self.node_id, address=self.address, zone=self.zone,
                         capacity=capacity, used=used, free=free, blocks=blocks, load=load,
-                        updated=time.time(), state=self.state).encode()
+                        updated=time.time(), state=self.state, **self.details()).encode()
 
     async def publish(self) -> None:
         """Write the live znode (create it if it is gone). Picks up the registry state."""

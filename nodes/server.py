@@ -44,6 +44,7 @@ from dfs.blocks.protocol import (
 )
 from dfs.checksum import hash64, valid_block_id
 from dfs.errors import DfsError
+from dfs.metrics import NODE_READ, NODE_WRITTEN
 from nodes.store import DIRECT_MIN, BlockBuffer, BlockStore
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,9 @@ class NodeServer:
             except Exception as e:  # a bug must not take the node down
                 log.exception("request %s failed", Op(frame.op).name)
                 reply = frame.reply(errno.EIO, repr(e).encode()[:1024])
+            if not reply.status and frame.op in (Op.GET, Op.PUT):
+                (NODE_READ if frame.op == Op.GET else NODE_WRITTEN).inc(
+                    len(reply.payload) if frame.op == Op.GET else reply.length)
             try:
                 async with send_lock:
                     await fs.send_frame(reply)

@@ -55,19 +55,20 @@ class Cluster:
         trio.run(go)
         return self
 
-    def add_node(self, zone: str = "", env: dict | None = None) -> NodeProcess:
+    def add_node(self, zone: str = "", env: dict | None = None,
+                 extra_args: list[str] | None = None) -> NodeProcess:
         self._n += 1
         data = self.base / f"node{self._n}"
         data.mkdir(parents=True, exist_ok=True)
         node = NodeProcess(self.hosts, self.fsname, data, zone=zone, log_path=self.base / f"node{self._n}.log",
-                           env=env)
+                           env=env, extra_args=extra_args)
         self.nodes.append(node)
         node.start()
         return node
 
-    def mount(self, name: str = "mnt", options: list[str] | None = None) -> Path:
+    def mount(self, name: str = "mnt", options: list[str] | None = None, metrics: str = "") -> Path:
         mp = MountProcess(self.hosts, self.fsname, self.base / name, options=options,
-                          log_path=self.base / f"{name}.log")
+                          log_path=self.base / f"{name}.log", metrics=metrics)
         self.mounts.append(mp)
         mp.start()
         return mp.mountpoint

@@ -2,8 +2,12 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import stop_what_up_left
 from tools.local.mountproc import is_mounted
@@ -26,6 +30,12 @@ def test_up_reuse_down_up_keeps_data(tmp_path):
         info = json.loads((state / "cluster.json").read_text())
         pids = [n["pid"] for n in info["nodes"]] + info["zk_pids"] + [info["mount"]["pid"]]
         assert all(pid_alive(p) for p in pids) and len(pids) == 5
+        urls = re.findall(r"metrics at (http://127\.0\.0\.1:\d+/metrics)", r.stderr)
+        assert len(urls) == 4, r.stderr  # every node and the mount
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=10) as page:
+                assert any(f.name == "dfs_zk_round_trips"
+                           for f in text_string_to_metric_families(page.read().decode()))
         (mnt / "kept").write_bytes(b"data that survives" * 1000)
         os.mkdir(mnt / "dir")
 

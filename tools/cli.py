@@ -61,6 +61,8 @@ def daemon_argv(args: argparse.Namespace, extra: list[str]) -> list[str]:
 
 def cmd_node(args: argparse.Namespace) -> int:
     extra = ["--data", args.data, "--listen", args.listen]
+    if args.metrics:
+        extra += ["--metrics", args.metrics]
     if args.zone:
         extra += ["--zone", args.zone]
     return exec_module("nodes", daemon_argv(args, extra))
@@ -70,9 +72,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
     extra = [args.mountpoint]
     if args.foreground:
         extra.append("--foreground")
+    if args.metrics:
+        extra += ["--metrics", args.metrics]
     for o in args.o or []:
         extra += ["-o", o]
     return exec_module("mount", daemon_argv(args, extra))
+
+
+def add_metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (README: Monitoring)")
 
 
 def optional(module: str, func: str) -> Callable[[argparse.Namespace], int]:
@@ -128,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="directory that holds the blocks")
     p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: any free port)")
     p.add_argument("--zone", default="", help="failure zone (replicas spread across zones)")
+    add_metrics(p)
     p.set_defaults(func=cmd_node)
 
     p = sub.add_parser("mount", help="mount a filesystem")
@@ -135,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint")
     p.add_argument("--foreground", action="store_true", help="do not daemonize")
     p.add_argument("-o", action="append", metavar="OPTION", help="mount options (allow_other, ...)")
+    add_metrics(p)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("fsck", help="check (and repair) a live filesystem")
@@ -153,9 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "once more before the node counts as unreachable (default: 30)")
     p.set_defaults(func=optional("tools.fsck.check", "main"))
 
-    p = sub.add_parser("status", help="nodes, health and repair queue")
+    p = sub.add_parser("status", help="nodes, health, repair queue and scrub coverage")
     add_common(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true",
+                   help="a live view, redrawn until interrupted (Ctrl-C)")
+    p.add_argument("--interval", type=float, default=2.0,
+                   help="seconds between redraws with --watch (default: %(default)s)")
     p.set_defaults(func=optional("tools.status", "main"))
 
     p = sub.add_parser("drain", help="move every block off a node, then retire it")

@@ -1,12 +1,16 @@
-"""`dfs status`: nodes, cluster health and the repair queue, for people (or --json).
+"""`dfs status`: nodes, cluster health, the repair queue and scrub coverage, for people
+(or --json); `--watch` redraws it until interrupted (plain ANSI: a clear-screen
+and a text bar need no terminal library).
 
 Exit codes: 0 healthy; 1 blocks are missing, under-replicated or have corrupt
 replicas reported, or the metadata service is full (creates fail with ENOSPC);
-2 ZooKeeper unreachable or no filesystem (one line on stderr).
+2 ZooKeeper unreachable or no filesystem (one line on stderr). `--watch` exits 0 when
+interrupted.
 """
 
 import argparse
 import json
+import sys
 import time
 
 import trio
@@ -18,6 +22,8 @@ from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import ZkClient
 from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, cluster_key, connect_zk, human
+
+BAR = 30  # characters of the repair progress bar
 
 
 async def gather(zk: ZkClient, paths: FsPaths) -> dict:
@@ -59,7 +65,11 @@ async def gather(zk: ZkClient, paths: FsPaths) -> dict:
             "blocks": lv.blocks if lv else None,
             "referenced_blocks": per_node.get(node_id, 0),
             "gone_for": round(now - gone, 1) if gone and not lv else None,
+            "metrics": lv.metrics if lv else "",
+            "scrub": lv.scrub if lv else {},
         })
+    scrubbed = [n["scrub"] for n in nodes if n["scrub"]]
+    stored = sum(sc["stored_bytes"] for sc in scrubbed)
     return {
         "filesystem": paths.root,
         "replicas": config.replicas,
@@ -73,8 +83,15 @@ async def gather(zk: ZkClient, paths: FsPaths) -> dict:
         "under_replicated_blocks": under,
         "missing_blocks": missing,
         "corrupt_replicas": corrupt,
+        # the live nodes' scrub figures, weighted by what each stores
+        "scrub": {"coverage": sum(sc["coverage"] * sc["stored_bytes"] for sc in scrubbed) / stored
+                  if stored else 1.0,
+                  "oldest_unverified": max(sc["oldest_unverified"] for sc in scrubbed),
+                  "period": max(sc["period"] for sc in scrubbed), "nodes": len(scrubbed)}
+        if scrubbed else {},
         "metadata": {**cap.to_dict(), "zk_heap": config.zk_heap},
-        "repair": {k: repair.get(k) for k in ("leader", "updated", "queue_length", "in_progress",
+        "repair": {k: repair.get(k) for k in ("leader", "updated", "queue_length", "done_in_pass",
+                                              "in_progress",
                                               "pending", "order", "eta_seconds",
                                               "repair_bytes_per_second", "counts", "totals",
                                               "gc_pending", "dead", "waiting_for_grace")}
@@ -93,22 +110,36 @@ def render(s: dict) -> str:
     out.append(f"nodes: {s['live_nodes']} live, {s['dead_nodes']} dead; repair leader: "
                f"{s['repair_leader'] or 'none'}")
     out.append(f"  {'NODE':16} {'STATUS':6} {'STATE':9} {'ADDRESS':21} {'CAPACITY':>10} "
-               f"{'USED':>10} {'BLOCKS':>7}")
+               f"{'USED':>10} {'BLOCKS':>7} {'SCRUBBED':>8}")
     for n in s["nodes"]:
         cap = human(n["capacity"]) if n["capacity"] is not None else "-"
         used = human(n["used"]) if n["used"] is not None else "-"
         blocks = str(n["blocks"]) if n["blocks"] is not None else f"({n['referenced_blocks']})"
         status = n["status"] + (f" {n['gone_for']:.0f}s" if n["gone_for"] else "")
+        scrubbed = f"{n['scrub']['coverage']:.0%}" if n["scrub"] else "-"
         out.append(f"  {n['node_id']:16} {status:6} {n['state']:9} {n['address']:21} {cap:>10} "
-                   f"{used:>10} {blocks:>7}")
+                   f"{used:>10} {blocks:>7} {scrubbed:>8}")
+    sc = s["scrub"]
+    if sc:
+        out.append(f"scrub: {sc['coverage']:.1%} of stored bytes verified within the last "
+                   f"{duration(sc['period'])}; oldest unverified replica "
+                   f"{duration(sc['oldest_unverified'])} old ({sc['nodes']} nodes report)")
     out += render_metadata(s["metadata"], s["nodes"])
     r = s["repair"]
     if r:
-        eta = f", ETA {r['eta_seconds']:.0f} s" if r.get("eta_seconds") else ""
+        exposed = (r.get("counts") or {}).get("exposed_bytes")
+        if exposed is not None:
+            out.append(f"exposure: {human(exposed)} acknowledged but not at full redundancy")
+        eta = f", ETA {duration(r['eta_seconds'])}" if r.get("eta_seconds") else ""
         rate = r.get("repair_bytes_per_second") or 0
-        out.append(f"repair queue: {r.get('queue_length') or 0} blocks{eta}"
+        queued, done = r.get("queue_length") or 0, r.get("done_in_pass") or 0
+        out.append(f"repair queue: {queued} blocks{eta}"
                    + (f" at {human(rate)}/s" if rate else "")
                    + f"; order: {r.get('order', '')}")
+        if queued:
+            filled = round(BAR * done / (done + queued))
+            out.append(f"  [{'#' * filled}{'.' * (BAR - filled)}] {done}/{done + queued} "
+                       f"blocks of this pass{eta}")
         for w in (r.get("in_progress") or [])[:5]:
             out.append(f"  repairing block {w['block']} (inode {w['ino']} #{w['index']}): "
                        f"{w['reason']}")
@@ -118,6 +149,14 @@ def render(s: dict) -> str:
         if r.get("gc_pending"):
             out.append(f"gc: {r['gc_pending']} entries pending")
     return "\n".join(out)
+
+
+def duration(seconds: float) -> str:
+    """90 -> '2 min', 7 days -> '7.0 d'."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}" if unit == "d" else f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def render_metadata(m: dict, nodes: list[dict]) -> list[str]:
@@ -136,11 +175,33 @@ def render_metadata(m: dict, nodes: list[dict]) -> list[str]:
     return out
 
 
+async def watch(zk: ZkClient, paths: FsPaths, interval: float) -> None:
+    """Redraw the status every `interval` s until cancelled (Ctrl-C)."""
+    out = sys.stdout
+    out.write("\x1b[?25l")  # no cursor blinking over the picture
+    try:
+        while True:
+            try:
+                text = render(await gather(zk, paths))
+            except DfsError as e:  # ZooKeeper away for a while: say so, keep watching
+                text = f"cannot read the status: {e.message}"
+            out.write(f"\x1b[H\x1b[2J{time.strftime('%H:%M:%S')}  dfs status --watch (every "
+                      f"{interval:g} s; Ctrl-C to stop)\n{text}\n")
+            out.flush()
+            await trio.sleep(interval)
+    finally:
+        out.write("\x1b[?25h")
+        out.flush()
+
+
 async def _main(args: argparse.Namespace) -> int:
     zk = await connect_zk(args)
+    paths = FsPaths(default_root(args.fs))
     try:
         await cluster_key(args, zk)
-        s = await gather(zk, FsPaths(default_root(args.fs)))
+        if args.watch:
+            await watch(zk, paths, args.interval)
+        s = await gather(zk, paths)
     except DfsError as e:  # ZooKeeper gone, or no filesystem there: exit 2
         raise QuietError(e.message, EXIT_USAGE) from None
     finally:
@@ -153,4 +214,7 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Errors are reported by tools.common.run_command (ZooKeeper unreachable, no filesystem: 2)."""
-    return trio.run(_main, args)
+    try:
+        return trio.run(_main, args)
+    except KeyboardInterrupt:  # the way out of --watch
+        return EXIT_OK

@@ -42,6 +42,7 @@ from dfs.client.view import ClientView
 from dfs.errors import DfsError, ZkUnavailable
 from dfs.meta.blockmap import Diverged
 from dfs.meta.inodes import Inode
+from dfs.metrics import CACHE_HIT, CACHE_MISS
 from dfs.records import BlockRef
 
 log = logging.getLogger(__name__)
@@ -869,6 +870,7 @@ class FileData:
         if boff >= ref.length:
             return bytes(n)
         cached = self.cache.get(ref.id)
+        (CACHE_MISS if cached is None else CACHE_HIT).inc()
         if cached is None and (sequential or n > SMALL_READ):
             cached = await self._read_whole(ref)
         if cached is not None:

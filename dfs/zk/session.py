@@ -77,6 +77,7 @@ from kazoo.protocol.states import EVENT_TYPE_MAP, EventType, KeeperState, Watche
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from dfs.errors import ZkUnavailable
+from dfs.metrics import ZK_ROUND_TRIPS, ZK_SECONDS
 from dfs.zk.errors import (
     EXCEPTIONS,
     RETRYABLE,
@@ -451,6 +452,7 @@ class WireZk:
         entry = _Pending(xid, seq, request, watch, _current_task())
         body = request.serialize()
         conn.pending.append(entry)
+        ZK_ROUND_TRIPS.labels(type(request).__name__).inc()
         conn.write(_request_head.pack(len(body) + 8, xid, request.type) + body)
         conn.sent = True
         return entry
@@ -497,6 +499,7 @@ class WireZk:
                 await trio.sleep(0.05)
                 await self.wait_connected(deadline)
         finally:
+            ZK_SECONDS.labels(type(request).__name__).observe(time.monotonic() - start)
             if waiting:
                 self._waiting.remove(seq)
                 heapq.heapify(self._waiting)

@@ -28,6 +28,7 @@ from typing import Callable
 
 import trio
 
+from dfs import metrics
 from dfs.config import NodeSettings
 from dfs.errors import DfsError
 from dfs.maint import cluster, repair
@@ -137,10 +138,17 @@ class Repairer:
     async def run(self) -> None:
         await self._load_previous_status()
         self.want_pass.set()  # a new leader looks at everything once
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._observe_loop)
-            nursery.start_soon(self._status_loop)
-            await self._pass_loop()
+        metrics.LEADER.set(1)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._observe_loop)
+                nursery.start_soon(self._status_loop)
+                await self._pass_loop()
+        finally:  # only the leader speaks for the cluster's blocks
+            metrics.LEADER.set(0)
+            for gauge in (metrics.REPAIR_QUEUE, metrics.BLOCKS, metrics.NODES):
+                gauge.clear()
+            metrics.EXPOSURE.set(0)
 
     async def _load_previous_status(self) -> None:
         """Inherit when nodes left from the previous leader, so its grace periods keep running."""
@@ -266,7 +274,7 @@ class Repairer:
         reports = await self._reports()
         work: list[Work] = []
         counts = {"blocks": 0, "under_replicated": 0, "missing": 0, "over_replicated": 0,
-                  "waiting": 0, "corrupt": 0, "on_draining": 0, "mis_spread": 0}
+                  "waiting": 0, "corrupt": 0, "on_draining": 0, "mis_spread": 0, "exposed_bytes": 0}
         live = ctx.nodedir.live()
         node_refs: dict[str, int] = {}
         seen_reports: set[str] = set()
@@ -297,6 +305,7 @@ class Repairer:
                 if len(counting) < replicas or (stale and not waiting):
                     if len(counting) < replicas:
                         counts["under_replicated"] += 1
+                        counts["exposed_bytes"] += ref.length
                     if waiting and not bad:
                         counts["waiting"] += 1
                         continue
@@ -378,17 +387,28 @@ class Repairer:
                 return False
             new = await repair.drop_replicas(ctx, w.ino, w.index, w.ref, repair.crowded(ctx, counting, extra),
                                              "surplus replica")
-            return new is not None and new.replicas != w.ref.replicas
+            if new is not None and new.replicas != w.ref.replicas:
+                metrics.REPAIRS.labels("surplus").inc()
+                return True
+            return False
         if w.kind == "spread":
             new = await repair.respread(ctx, w.ino, w.index, w.ref, bandwidth=self.bandwidth)
-            return new is None or new.replicas != w.ref.replicas
+            if new is None or new.replicas != w.ref.replicas:
+                metrics.REPAIRS.labels("zone spread").inc()
+                return True
+            return False
         before = ctx.stats["copied_bytes"]
         new = await repair.rereplicate(ctx, w.ino, w.index, w.ref, bad=w.bad, reason=w.reason,
                                        bandwidth=self.bandwidth)
-        self.pass_copied_bytes += ctx.stats["copied_bytes"] - before
+        copied = ctx.stats["copied_bytes"] - before
+        self.pass_copied_bytes += copied
+        metrics.REPAIRED_BYTES.inc(copied)
         for name in w.reports:
             await self._delete_report(name)
-        return new is None or new.replicas != w.ref.replicas
+        changed = new is None or new.replicas != w.ref.replicas
+        if changed:
+            metrics.REPAIRS.labels(w.reason).inc()
+        return changed
 
     async def _retire_drained_nodes(self, before: bool) -> None:
         """Mark draining nodes that no block map references any more as retired."""
@@ -417,6 +437,7 @@ class Repairer:
             "dead": sorted(self.dead),
             "waiting_for_grace": sorted(self.in_grace()),
             "queue_length": len(self.queue) + len(self.in_progress),
+            "done_in_pass": self.done_in_pass,
             "in_progress": [w.describe() for w in self.in_progress.values()],
             "pending": [w.describe() for w in itertools.islice(self.queue, PENDING_SHOWN)],
             "order": "fewest counting replicas first (1 before 2), then surplus replicas",
@@ -429,9 +450,25 @@ class Repairer:
             doc.update(self.status_extra())
         return doc
 
+    def export_metrics(self) -> None:
+        """The leader's gauges (dfs.metrics), from the last scan and the queue as it is now."""
+        queue: collections.Counter = collections.Counter(
+            "surplus" if w.kind == "surplus" else str(w.tier)
+            for w in itertools.chain(self.queue, self.in_progress.values()))
+        for urgency in set(queue) | {"0", "1", "2", "surplus"}:
+            metrics.REPAIR_QUEUE.labels(urgency).set(queue.get(urgency, 0))
+        for state in ("under_replicated", "missing", "corrupt", "over_replicated", "waiting"):
+            metrics.BLOCKS.labels(state).set(self.counts.get(state, 0))
+        metrics.BLOCKS.labels("total").set(self.counts.get("blocks", 0))
+        metrics.EXPOSURE.set(self.counts.get("exposed_bytes", 0))
+        for state, n in (("live", len(self.known_live)), ("gone", len(self.in_grace())),
+                         ("dead", len(self.dead))):
+            metrics.NODES.labels(state).set(n)
+
     async def _status_loop(self) -> None:
         path = self.ctx.paths.repair_status
         while True:
+            self.export_metrics()
             data = json.dumps(self.status()).encode()
             try:
                 try:

@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from dfs.zk import connect
 from tools.local.mountproc import MountProcess, fusermount_unmount, is_mounted
 from tools.local.nodeproc import NodeProcess
 from tools.local.procs import pid_alive, pid_cmdline, stop_pid
-from tools.local.zkserver import ZkEnsemble, default_heap_mb, four_letter
+from tools.local.zkserver import ZkEnsemble, default_heap_mb, four_letter, free_port
 from tools.mkfs import config_of
 
 
@@ -78,6 +79,18 @@ async def _ensure_fs(hosts: str, fsname: str, config: FsConfig) -> FsConfig | No
         return await load_config(zk, paths)
     finally:
         await zk.close()
+
+
+def metrics_address(before: str | None) -> str:
+    """The loopback HOST:PORT of a daemon's metrics: the one it had, if still free."""
+    if before:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", int(before.rpartition(":")[2])))
+                return before
+            except OSError:
+                pass
+    return f"127.0.0.1:{free_port()}"
 
 
 def up(args: argparse.Namespace) -> int:
@@ -138,11 +151,13 @@ def up(args: argparse.Namespace) -> int:
         if _ours(n.get("pid"), "nodes"):
             continue
         Path(n["data"]).mkdir(parents=True, exist_ok=True)
+        n["metrics"] = metrics_address(n.get("metrics"))
         proc = NodeProcess(hosts, args.fs, n["data"], log_path=state / "logs" / f"node{i + 1}.log",
-                           key_file=key_file)
+                           key_file=key_file, extra_args=["--metrics", n["metrics"]])
         proc.start()
         n.update(pid=proc.pid, node_id=proc.node_id, address=proc.address)
-        say(f"started storage node {proc.node_id} at {proc.address} (data {n['data']})")
+        say(f"started storage node {proc.node_id} at {proc.address} (data {n['data']}), "
+            f"metrics at http://{n['metrics']}/metrics")
     data["nodes"] = nodes
     _save(state, data)
 
@@ -154,11 +169,12 @@ def up(args: argparse.Namespace) -> int:
     else:
         if is_mounted(mountpoint):  # a dead daemon's leftover
             fusermount_unmount(mountpoint, lazy=True)
+        at = metrics_address(m.get("metrics"))
         mp = MountProcess(hosts, args.fs, mountpoint, log_path=state / "logs" / "mount.log",
-                          key_file=key_file)
+                          key_file=key_file, metrics=at)
         mp.start()
-        data["mount"] = {"mountpoint": str(mountpoint), "pid": mp.pid}
-        say(f"mounted '{args.fs}' at {mountpoint}")
+        data["mount"] = {"mountpoint": str(mountpoint), "pid": mp.pid, "metrics": at}
+        say(f"mounted '{args.fs}' at {mountpoint}, metrics at http://{at}/metrics")
     _save(state, data)
     print(f"export DFS_ZK={hosts}")
     return 0

@@ -28,7 +28,7 @@ class MountProcess:
     def __init__(self, zk_hosts: str, fsname: str, mountpoint: str | os.PathLike, *,
                  options: list[str] | None = None, log_path: str | os.PathLike | None = None,
                  env: dict[str, str] | None = None, detach: bool = False,
-                 key_file: str | os.PathLike | None = None):
+                 key_file: str | os.PathLike | None = None, metrics: str = ""):
         self.zk_hosts = zk_hosts
         self.fsname = fsname
         self.mountpoint = Path(mountpoint)
@@ -36,6 +36,7 @@ class MountProcess:
         self.log_path = Path(log_path) if log_path else self.mountpoint.parent / f"{self.mountpoint.name}.mount.log"
         self.env = env
         self.key_file = key_file  # None: the mount's default (dfs/keys.py)
+        self.metrics = metrics  # HOST:PORT of its Prometheus endpoint ("": none)
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
 
@@ -47,6 +48,8 @@ class MountProcess:
             cmd += ["--key-file", str(self.key_file)]
         for o in self.options:
             cmd += ["-o", o]
+        if self.metrics:
+            cmd += ["--metrics", self.metrics]
         env = dict(os.environ, **(self.env or {}))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
