@@ -139,7 +139,8 @@ def test_metrics_scrub_and_status(cluster_factory):
         status_json(c)))
     assert s["scrub"]["oldest_unverified"] < 2 * 3 + 2
     assert all(n["metrics"] == nodes[n["node_id"]] for n in s["nodes"])
-    assert value(scrape(nodes[victim.node_id]), "dfs_scrub_coverage_ratio") == 1.0
+    # the gauge and the live znode are refreshed at their own moments: the gauge follows
+    wait_for("the coverage gauge at 1", lambda: value(scrape(nodes[victim.node_id]), "dfs_scrub_coverage_ratio") == 1.0)
 
     # the live view draws, redraws, and ends cleanly on SIGINT
     watch = subprocess.Popen([sys.executable, "-m", "tools.cli", "status", "--zk", c.hosts, "--fs",

@@ -453,11 +453,11 @@ class Repairer:
     def export_metrics(self) -> None:
         """The leader's gauges (dfs.metrics), from the last scan and the queue as it is now."""
         queue: collections.Counter = collections.Counter(
-            "surplus" if w.kind == "surplus" else str(w.tier)
+            w.kind if w.kind in ("surplus", "spread") else str(w.tier)
             for w in itertools.chain(self.queue, self.in_progress.values()))
         for urgency in set(queue) | {"0", "1", "2", "surplus"}:
             metrics.REPAIR_QUEUE.labels(urgency).set(queue.get(urgency, 0))
-        for state in ("under_replicated", "missing", "corrupt", "over_replicated", "waiting"):
+        for state in ("under_replicated", "missing", "corrupt", "over_replicated", "waiting", "mis_spread"):
             metrics.BLOCKS.labels(state).set(self.counts.get(state, 0))
         metrics.BLOCKS.labels("total").set(self.counts.get("blocks", 0))
         metrics.EXPOSURE.set(self.counts.get("exposed_bytes", 0))
