@@ -53,6 +53,7 @@ class Operations(pyfuse3.Operations):
     # mount keeps its old size here forever (breaks close-to-open).
     enable_writeback_cache = False
     supports_dot_lookup = True
+    enable_dont_mask = False  # (tools/pyfuse3/handlers.patch) not yet: the kernel applies the umask
 
     def __init__(self, view: ClientView, files: FileData, kernel: Kernel, nodedir: NodeDirectory,
                  locks: MountLocks, *, creates: Creates | None = None, removals: Removals | None = None):
@@ -285,8 +286,12 @@ class Operations(pyfuse3.Operations):
         return await self.files.write(self._fh_ino[fh], off, buf, append=fh in self._appending)
 
     @fuse_errors
-    async def flush(self, fh):
-        await self.files.flush(self._fh_ino[fh])
+    async def flush(self, fh, lock_owner=None):
+        ino = self._fh_ino[fh]
+        try:
+            await self.files.flush(ino)
+        finally:  # a close that fails still drops the locks
+            await self.locks.closed(ino, lock_owner)
 
     @fuse_errors
     async def fsync(self, fh, datasync):
