@@ -260,6 +260,8 @@ class Operations(pyfuse3.Operations):
             # Changed since this mount last saw it (close-to-open): make the
             # kernel drop its cached attributes now, before the caller's fstat.
             self.kernel.forget_attrs(inode)
+        elif flags & os.O_ACCMODE != os.O_WRONLY:
+            self.files.accessed(inode)  # (relatime) its reads may come from the kernel's cache
         fi = pyfuse3.FileInfo(fh=self._new_fh(inode, flags))
         fi.keep_cache = keep
         return fi

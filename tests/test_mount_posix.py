@@ -380,3 +380,28 @@ def test_times_are_exact_on_the_writing_mount_right_after_close(cluster):
         assert here.st_mtime_ns > before.st_mtime_ns and here.st_ctime_ns > before.st_ctime_ns
         assert (here.st_mtime_ns, here.st_ctime_ns, here.st_size) == \
             (there.st_mtime_ns, there.st_ctime_ns, there.st_size)
+
+
+def test_relatime(cluster):
+    """atime moves on a read as Linux relatime moves it: when not later than the mtime
+    (or ctime); not on every read."""
+    a = cluster.mounts[0].mountpoint
+    b = cluster.mount("b")  # reads here; stat on a (no page cache of b in the way)
+    (a / "f").write_bytes(b"one\n")
+
+    def atime_after_read() -> int:
+        before = os.stat(a / "f").st_atime_ns
+        (b / "f").read_bytes()
+        deadline = time.monotonic() + 3  # written in the background, seen on a via the feed
+        while os.stat(a / "f").st_atime_ns == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return os.stat(a / "f").st_atime_ns
+
+    created = os.stat(a / "f")
+    first = atime_after_read()
+    assert first > created.st_mtime_ns  # atime was not later than mtime: moves
+    assert atime_after_read() == first  # now later than mtime, and fresh: stays
+    assert os.stat(a / "f").st_ctime_ns == created.st_ctime_ns  # (an atime update is no change)
+    (a / "f").write_bytes(b"two\n")
+    assert atime_after_read() > os.stat(a / "f").st_mtime_ns
+    # (the day-old rule is not reachable from here: utime moves the ctime past any atime)

@@ -394,6 +394,9 @@ class ClientView:
     async def setattr(self, ino: int, **fields: int | None) -> Inode:
         return self.remember(await self.meta.inodes.setattr(ino, **fields))
 
+    async def set_atime(self, ino: int, t: int) -> Inode:
+        return self.remember(await self.meta.inodes.set_atime(ino, t))
+
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         self.capacity.admit()
         await self._xattr_change(ino, self.meta.xattrs.set(ino, name, value, flags))

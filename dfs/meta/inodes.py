@@ -223,6 +223,19 @@ class Inodes:
 
         return await self.store.retrying(attempt, "setattr")
 
+    async def set_atime(self, ino: int, t: int) -> Inode:
+        """relatime's update: the atime alone (setattr would move the ctime too)."""
+
+        async def attempt() -> Inode:
+            node = await self.getattr(ino)
+            if node.rec.atime_ns >= t:
+                return node
+            rec = dataclasses.replace(node.rec, atime_ns=t)
+            exact = await self.store.commit(Txn().set(self.paths.inode(ino), rec.encode(), node.version))
+            return Inode(ino, rec, node.version + 1, exact)
+
+        return await self.store.retrying(attempt, "atime")
+
     async def _chmod_acl(self, txn: Txn, ino: int, mode: int) -> None:
         """Add to txn: the access ACL follows a chmod (its version checked, like the inode's)."""
         path = self.paths.xattr(ino, acl.ACCESS)
