@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import client_session
+
 BS = 1 << 20  # the test clusters' block size
 
 
@@ -384,7 +386,7 @@ def test_times_are_exact_on_the_writing_mount_right_after_close(cluster):
 
 def test_relatime(cluster):
     """atime moves on a read as Linux relatime moves it: when not later than the mtime
-    (or ctime); not on every read."""
+    (or ctime), or a day old; not on every read."""
     a = cluster.mounts[0].mountpoint
     b = cluster.mount("b")  # reads here; stat on a (no page cache of b in the way)
     (a / "f").write_bytes(b"one\n")
@@ -404,4 +406,13 @@ def test_relatime(cluster):
     assert os.stat(a / "f").st_ctime_ns == created.st_ctime_ns  # (an atime update is no change)
     (a / "f").write_bytes(b"two\n")
     assert atime_after_read() > os.stat(a / "f").st_mtime_ns
-    # (the day-old rule is not reachable from here: utime moves the ctime past any atime)
+    # a day-old atime later than mtime and ctime moves too (set in ZooKeeper: utime moves the ctime)
+    day = 24 * 3600 * 10**9
+    old = time.time_ns() - 2 * day
+    ino = os.stat(a / "f").st_ino
+
+    async def age(zk, view, blocks, nursery):
+        await view.meta.inodes.setattr(ino, atime_ns=old + day // 2, mtime_ns=old, ctime_ns=old)
+
+    client_session(cluster, age)
+    assert atime_after_read() > old + day
