@@ -53,6 +53,11 @@ class Operations(pyfuse3.Operations):
     # mount keeps its old size here forever (breaks close-to-open).
     enable_writeback_cache = False
     supports_dot_lookup = True
+    # The kernel checks POSIX ACLs; it leaves us the umask (applied only without
+    # a default ACL to inherit), the inheritance, and the mode and ACL in step
+    # (dfs.meta.acl). Needs our pyfuse3 patch for dont_mask.
+    enable_acl = True
+    enable_dont_mask = True
 
     def __init__(self, view: ClientView, files: FileData, kernel: Kernel, nodedir: NodeDirectory,
                  locks: MountLocks, *, creates: Creates | None = None, removals: Removals | None = None):
@@ -151,14 +156,16 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         await self._before_change(parent_inode)
-        node = await self.view.mknod(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, rdev=rdev)
+        mode, xattrs = await self.view.inherit(parent_inode, mode, ctx.umask)
+        node = await self.view.mknod(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, rdev=rdev,
+                                     xattrs=xattrs)
         return self.kernel.attrs(node, parent=parent_inode, name=name)
 
     @fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
         await self._before_change(parent_inode)
-        mode = stat.S_IFDIR | stat.S_IMODE(mode)
-        node = await self.view.mknod(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid)
+        mode, xattrs = await self.view.inherit(parent_inode, stat.S_IFDIR | stat.S_IMODE(mode), ctx.umask)
+        node = await self.view.mknod(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, xattrs=xattrs)
         return self.kernel.attrs(node, parent=parent_inode, name=name)
 
     @fuse_errors
@@ -253,6 +260,8 @@ class Operations(pyfuse3.Operations):
             # Changed since this mount last saw it (close-to-open): make the
             # kernel drop its cached attributes now, before the caller's fstat.
             self.kernel.forget_attrs(inode)
+        elif flags & os.O_ACCMODE != os.O_WRONLY:
+            self.files.accessed(inode)  # (relatime) its reads may come from the kernel's cache
         fi = pyfuse3.FileInfo(fh=self._new_fh(inode, flags))
         fi.keep_cache = keep
         return fi
@@ -260,17 +269,17 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         await self._before_change(parent_inode)
+        mode, xattrs = await self.view.inherit(parent_inode, stat.S_IFREG | stat.S_IMODE(mode), ctx.umask)
         pending = None
         if self.creates is not None and not flags & os.O_EXCL and self.view.feed.active:
             # The create's transaction goes out now; the data's commit at close
             # follows it on the same session and reports a create that failed.
             # O_EXCL (lock files) keeps the synchronous create: its EEXIST is the point.
             node, pending = await self.creates.create(
-                parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid,
+                parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, xattrs=xattrs,
                 on_failed=lambda e: self.kernel.forget_entry(parent_inode, name))
         else:
-            node = await self.view.mknod(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode),
-                                         uid=ctx.uid, gid=ctx.gid)
+            node = await self.view.mknod(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, xattrs=xattrs)
         f, _ = await self.files.open(node.ino, node, created=True, pending=pending)
         fi = pyfuse3.FileInfo(fh=self._new_fh(node.ino, flags))
         fi.keep_cache = True
@@ -285,8 +294,12 @@ class Operations(pyfuse3.Operations):
         return await self.files.write(self._fh_ino[fh], off, buf, append=fh in self._appending)
 
     @fuse_errors
-    async def flush(self, fh):
-        await self.files.flush(self._fh_ino[fh])
+    async def flush(self, fh, lock_owner=None):
+        ino = self._fh_ino[fh]
+        try:
+            await self.files.flush(ino)
+        finally:  # a close that fails still drops the locks
+            await self.locks.closed(ino, lock_owner)
 
     @fuse_errors
     async def fsync(self, fh, datasync):

@@ -248,6 +248,8 @@ def test_lock_handlers_reached(lockfs):
     flocks = [c["flock"] for c in got if c["op"] == "flock"]
     assert flocks[:2] == [fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_SH]
     assert all(c["owner"] for c in got)
+    # close: flush gets the owner whose POSIX locks go (this process's, as setlk got it)
+    assert {"op": "flush", "owner": got[1]["owner"]} in got
 
 
 def test_punch_keeps_another_mounts_newer_writes(cluster):

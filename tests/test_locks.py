@@ -35,6 +35,9 @@ for line in sys.stdin:
         elif cmd == "flock":
             fcntl.flock(fd, a[0])
             out = "ok"
+        elif cmd == "reopen":  # a second descriptor of the file, closed at once
+            os.close(os.open(sys.argv[1], os.O_RDONLY))
+            out = "ok"
     except OSError as e:
         out = errno.errorcode[e.errno]
     print(json.dumps(out), flush=True)
@@ -177,6 +180,19 @@ def test_locks_go_with_their_process(two, lockers):
     la.stop()  # its descriptor is closed: its locks go
     assert lb.answer() == "ok"
     assert lb("flock", fcntl.LOCK_EX | fcntl.LOCK_NB) == "ok"
+
+
+def test_closing_any_descriptor_drops_the_processs_posix_locks_only(two, lockers):
+    a, b = two
+    la, lb = lockers(a / "f"), lockers(b / "f")
+    assert la("fcntl", "F_SETLK", fcntl.F_WRLCK, 0, 10) == "ok"
+    assert la("fcntl", "F_OFD_SETLK", fcntl.F_WRLCK, 20, 10) == "ok"
+    assert la("flock", fcntl.LOCK_EX) == "ok"
+    assert la("reopen") == "ok"
+    # POSIX: the process's record locks went with that close; its open file's OFD and flock locks stay
+    assert lb("fcntl", "F_SETLK", fcntl.F_WRLCK, 0, 10) == "ok"
+    assert lb("fcntl", "F_OFD_SETLK", fcntl.F_WRLCK, 20, 10) == "EAGAIN"
+    assert lb("flock", fcntl.LOCK_EX | fcntl.LOCK_NB) == errno.errorcode[errno.EWOULDBLOCK]
 
 
 def test_locks_go_with_their_mount(cluster, two, lockers):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import client_session
+
 BS = 1 << 20  # the test clusters' block size
 
 
@@ -397,3 +399,37 @@ def test_bench_tree_runs_every_phase_and_checks_the_copies(mnt, tmp_path):
     assert all(p["seconds"] > 0 for p in phases.values())
     assert phases["tar -x"]["files"] == 40 and phases["tar -x"]["bytes"] > 0
     assert [p.name for p in mnt.iterdir()] == []  # nothing left behind on the filesystem
+
+
+def test_relatime(cluster):
+    """atime moves on a read as Linux relatime moves it: when not later than the mtime
+    (or ctime), or a day old; not on every read."""
+    a = cluster.mounts[0].mountpoint
+    b = cluster.mount("b")  # reads here; stat on a (no page cache of b in the way)
+    (a / "f").write_bytes(b"one\n")
+
+    def atime_after_read() -> int:
+        before = os.stat(a / "f").st_atime_ns
+        (b / "f").read_bytes()
+        deadline = time.monotonic() + 3  # written in the background, seen on a via the feed
+        while os.stat(a / "f").st_atime_ns == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return os.stat(a / "f").st_atime_ns
+
+    created = os.stat(a / "f")
+    first = atime_after_read()
+    assert first > created.st_mtime_ns  # atime was not later than mtime: moves
+    assert atime_after_read() == first  # now later than mtime, and fresh: stays
+    assert os.stat(a / "f").st_ctime_ns == created.st_ctime_ns  # (an atime update is no change)
+    (a / "f").write_bytes(b"two\n")
+    assert atime_after_read() > os.stat(a / "f").st_mtime_ns
+    # a day-old atime later than mtime and ctime moves too (set in ZooKeeper: utime moves the ctime)
+    day = 24 * 3600 * 10**9
+    old = time.time_ns() - 2 * day
+    ino = os.stat(a / "f").st_ino
+
+    async def age(zk, view, blocks, nursery):
+        await view.meta.inodes.setattr(ino, atime_ns=old + day // 2, mtime_ns=old, ctime_ns=old)
+
+    client_session(cluster, age)
+    assert atime_after_read() > old + day

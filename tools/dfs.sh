@@ -22,6 +22,7 @@ pkg-config --exists fuse3 2>/dev/null || missing+=(libfuse3-dev pkg-config)
 command -v gcc >/dev/null || missing+=(gcc)
 command -v patch >/dev/null || missing+=(patch)
 command -v rsync >/dev/null || missing+=(rsync)  # the test suite copies trees with it
+command -v setfacl >/dev/null || missing+=(acl)  # tests/test_acl.py runs setfacl and getfacl
 "$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
     2>/dev/null || missing+=(python3-dev)
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

@@ -45,6 +45,7 @@ class Creates:
         self.failures = 0  # creates that failed after open returned (fsyncdir reports them)
 
     async def create(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int,
+                     xattrs: dict[bytes, bytes] | None = None,
                      on_failed: Callable[[DfsError], None] | None = None
                      ) -> tuple[Inode, PendingCreate]:
         """Create a regular file without waiting for its transaction (see the module)."""
@@ -52,6 +53,7 @@ class Creates:
         view = self.view
         view.capacity.admit()
         ino, rec, t = await view.meta.inodes.plan(stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+        rec.xattrs = len(xattrs or ())
         node = Inode(ino, rec, 0, has_map=False)
         pending = PendingCreate()
         view.creating_started(parent, name, node)
@@ -62,7 +64,7 @@ class Creates:
             failed = False
             try:
                 await view.mknod(parent, name, rec.mode, uid=uid, gid=gid, planned=(ino, rec, t),
-                                 on_sent=sent.set)
+                                 on_sent=sent.set, xattrs=xattrs)
             except Exception as e:
                 failed = True
                 self.failures += 1

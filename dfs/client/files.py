@@ -46,6 +46,7 @@ from dfs.metrics import CACHE_HIT, CACHE_MISS
 from dfs.records import BlockRef
 
 log = logging.getLogger(__name__)
+RELATIME_NS = 24 * 3600 * 10**9  # relatime moves an atime this old whatever the mtime
 
 MAX_FILE_SIZE = 1 << 50  # 1 PiB: writes or truncates beyond fail with EFBIG
 SMALL_READ = 128 * 1024  # random reads up to this size fetch just their range
@@ -92,6 +93,7 @@ class OpenFile:
     written_end: int = 0
     merged: bool = False  # the next commit lays our writes over someone else's
     append_start: int | None = None  # where this client's O_APPEND writes began (-1: overwritten)
+    atime_ns: int = 0  # the atime this client set (relatime; -1: being written)
 
     @property
     def dirty(self) -> bool:
@@ -834,10 +836,37 @@ class FileData:
 
     # ------------------------------------------------------------------ read
 
+    def accessed(self, ino: int) -> None:
+        """A read of open file `ino` (relatime): its atime moves if it is not later
+        than the mtime and ctime, or is a day old. Written in the background, one
+        write in flight per file: no round trip per read, and a mount that dies just
+        after a read may lose that atime."""
+        f = self.files.get(ino)
+        if f is None or f.node is None or f.atime_ns < 0:
+            return
+        rec, now = f.node.rec, time.time_ns()
+        atime = max(rec.atime_ns, f.atime_ns)
+        if atime > max(rec.mtime_ns, rec.ctime_ns, f.mtime_ns) and now - atime < RELATIME_NS:
+            return
+        f.atime_ns = -1
+        self.nursery.start_soon(self._set_atime, f, now)
+
+    async def _set_atime(self, f: OpenFile, t: int) -> None:
+        async with f.lock:  # not between a commit's read of the version and its write
+            try:
+                node = await self.view.set_atime(f.ino, t)
+            except DfsError as e:
+                log.debug("inode %d: atime not updated: %s", f.ino, e)
+                f.atime_ns = 0
+                return
+            f.atime_ns = t
+            self.saw_own_change(node)
+
     async def read(self, ino: int, offset: int, size: int) -> bytes:
         f = self.files.get(ino)
         if f is None:
             raise DfsError(errno.EBADF, "file not open")
+        self.accessed(ino)
         end = min(offset + size, f.size)
         if offset >= end:
             return b""

@@ -1,14 +1,11 @@
 """The locks one mount holds, by open file: the kernel's lock requests on dfs.meta.locks.
 
 POSIX says a process's record locks on a file go when it closes any
-descriptor of that file, and flock locks when their open file description is
-released. The kernel tells the filesystem so on `flush` (with the lock owner)
-and on `release` (with a "drop flock" flag), but pyfuse3's `flush(fh)` and
-`release(fh)` pass neither. So every lock an open file took (any owner, any
-kind) is dropped when that open file is released, its last descriptor
-closed in every process: never earlier than POSIX, but a process that closes
-one of two descriptors of a file, or closes its copy of a descriptor it
-shares with a child, keeps its record locks until the open file goes.
+descriptor of that file, and flock and OFD locks when their open file
+description is released. The kernel tells the filesystem so on `flush`, with
+the owner of the POSIX locks to drop (our pyfuse3 patch passes it), and on
+`release`, where whatever is still taken through that open file goes (flock
+and OFD locks).
 
 An unlock or a downgrade to a read lock first commits what this mount wrote
 to the file (as NFS does), so that whoever takes the lock next, on any mount,
@@ -57,6 +54,15 @@ class MountLocks:
         lock_type = {fcntl.LOCK_SH: fcntl.F_RDLCK, fcntl.LOCK_EX: fcntl.F_WRLCK}.get(kind, fcntl.F_UNLCK)
         await self._before(fh, ino, FLOCK, owner, lock_type)
         await self.table.lock(ino, FLOCK, owner, 0, EOF, lock_type, wait=not op & fcntl.LOCK_NB)
+
+    async def closed(self, ino: int, owner: int) -> None:
+        """A descriptor of `ino` was closed by `owner`: its POSIX locks on it go,
+        whichever open file of it took them (fcntl(2))."""
+        took = [owners for i, owners in self._taken.values() if i == ino and (POSIX, owner) in owners]
+        if took:
+            for owners in took:
+                owners.discard((POSIX, owner))
+            await self.table.lock(ino, POSIX, owner, 0, EOF, fcntl.F_UNLCK, wait=False)
 
     async def release(self, fh: int) -> None:
         """The open file `fh` is gone (its data flushed): drop every lock taken through it."""

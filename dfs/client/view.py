@@ -27,7 +27,7 @@ from dfs.client.feed import CREATED, DELETED, Feed
 from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.maint.capacity import Gate
-from dfs.meta import Meta
+from dfs.meta import Meta, acl
 from dfs.meta.inodes import Inode, with_entry_change
 from dfs.paths import FsPaths
 from dfs.records import BlockRef, DirEntry
@@ -300,13 +300,14 @@ class ClientView:
 
     async def mknod(self, parent: int, name: bytes, mode: int, *, uid: int, gid: int,
                     rdev: int = 0, target: bytes = b"",
-                    planned: Any = None, on_sent: Callable[[], None] | None = None) -> Inode:
+                    planned: Any = None, on_sent: Callable[[], None] | None = None,
+                    xattrs: dict[bytes, bytes] | None = None) -> Inode:
         if planned is None:  # (an asynchronous create was admitted by dfs.client.creates)
             self.capacity.admit()
         known = self.known(parent) if stat.S_ISDIR(mode) else None
         made = await self.meta.namespace.mknod(
             parent, name, mode, uid=uid, gid=gid, rdev=rdev, target=target, planned=planned,
-            on_sent=on_sent, parent_known=known.inode if known is not None else None)
+            on_sent=on_sent, parent_known=known.inode if known is not None else None, xattrs=xattrs)
         if made.parent is not None:
             self.remember(made.parent)
         elif made.t is not None:
@@ -316,6 +317,23 @@ class ClientView:
             self.trust(parent, name, node.ino, stat.S_IFMT(node.rec.mode))
         self.hint(parent, name, node.ino)
         return node
+
+    async def inherit(self, parent: int, mode: int, umask: int) -> tuple[int, dict[bytes, bytes]]:
+        """A new inode's mode and ACLs: from its parent's default ACL, else the umask's."""
+        node, _ = await self.attrs(parent)
+        try:
+            default = await self.meta.xattrs.get(parent, acl.DEFAULT) if node.rec.xattrs else None
+        except DfsError as e:
+            if e.errno != errno.ENODATA:
+                raise
+            default = None
+        if default is None:
+            return mode & ~umask, {}
+        mode, access = acl.inherit(default, mode)
+        made = {acl.ACCESS: access} if access is not None else {}
+        if stat.S_ISDIR(mode):
+            made[acl.DEFAULT] = default
+        return mode, made
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Inode:
         self.capacity.admit()
@@ -375,6 +393,9 @@ class ClientView:
 
     async def setattr(self, ino: int, **fields: int | None) -> Inode:
         return self.remember(await self.meta.inodes.setattr(ino, **fields))
+
+    async def set_atime(self, ino: int, t: int) -> Inode:
+        return self.remember(await self.meta.inodes.set_atime(ino, t))
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         self.capacity.admit()

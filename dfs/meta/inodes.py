@@ -15,10 +15,11 @@ from typing import Any
 import trio
 
 from dfs.errors import DfsError
+from dfs.meta import acl
 from dfs.meta.store import MAX_ATTEMPTS, MetaStore, now_ns
 from dfs.paths import FsPaths
 from dfs.records import InodeRecord
-from dfs.zk import BadVersionError, NodeExistsError, Txn
+from dfs.zk import BadVersionError, NodeExistsError, NoNodeError, Txn
 from dfs.zk.reads import Got, Reads
 from dfs.zk.retry import retrying
 
@@ -214,6 +215,8 @@ class Inodes:
                 rec.mtime_ns = mtime_ns
             rec.ctime_ns = ctime_ns if ctime_ns is not None else now_ns()
             txn = Txn().set(self.paths.inode(ino), rec.encode(), node.version)
+            if mode is not None and rec.xattrs:
+                await self._chmod_acl(txn, ino, rec.mode)
             if rec.is_dir:
                 # node.rec already merged the content-change time: from now on the
                 # inode's times are the truth again (see touch / getattr)
@@ -222,6 +225,28 @@ class Inodes:
             return Inode(ino, rec, node.version + 1, exact)
 
         return await self.store.retrying(attempt, "setattr")
+
+    async def set_atime(self, ino: int, t: int) -> Inode:
+        """relatime's update: the atime alone (setattr would move the ctime too)."""
+
+        async def attempt() -> Inode:
+            node = await self.getattr(ino)
+            if node.rec.atime_ns >= t:
+                return node
+            rec = dataclasses.replace(node.rec, atime_ns=t)
+            exact = await self.store.commit(Txn().set(self.paths.inode(ino), rec.encode(), node.version))
+            return Inode(ino, rec, node.version + 1, exact)
+
+        return await self.store.retrying(attempt, "atime")
+
+    async def _chmod_acl(self, txn: Txn, ino: int, mode: int) -> None:
+        """Add to txn: the access ACL follows a chmod (its version checked, like the inode's)."""
+        path = self.paths.xattr(ino, acl.ACCESS)
+        try:
+            value, st = await self.zk.get(path)
+        except NoNodeError:
+            return
+        txn.set(path, acl.chmod(value, mode), st.version)
 
     async def readlink(self, ino: int) -> bytes:
         node = await self.getattr(ino)

@@ -198,7 +198,7 @@ class Namespace:
                     rdev: int = 0, target: bytes = b"",
                     planned: tuple[int, InodeRecord, int] | None = None,
                     on_sent: Callable[[], None] | None = None,
-                    parent_known: Inode | None = None) -> Made:
+                    parent_known: Inode | None = None, xattrs: dict[bytes, bytes] | None = None) -> Made:
         """Create a file, directory, symlink, fifo, socket or device node.
 
         Raises EEXIST, ENOENT (parent gone, or a symlink's empty target),
@@ -206,12 +206,15 @@ class Namespace:
         `planned` (from an asynchronous create): the inode number, record and
         time to use; `on_sent` runs just before the first attempt's transaction
         is sent; `parent_known`: the parent as the caller knows it (a mkdir's
-        first attempt then skips reading it: a stale one fails the version check).
+        first attempt then skips reading it: a stale one fails the version check);
+        `xattrs`: to create with it (inherited ACLs: never an inode without them).
         """
         if stat.S_ISLNK(mode) and not 0 < len(target) <= 4095:
             raise DfsError(errno.ENAMETOOLONG if target else errno.ENOENT, "bad symlink target")
         check_name(name)
         ino, rec, t = planned or await self.inodes.plan(mode, uid, gid, rdev, target)
+        xattrs = xattrs or {}
+        rec.xattrs = len(xattrs)
         kind = stat.S_IFMT(rec.mode)
         paths = self.paths
 
@@ -229,6 +232,10 @@ class Namespace:
             txn.create(paths.dirent(parent, name), DirEntry(ino, kind).encode())
             if kind == stat.S_IFDIR:
                 txn.create(paths.dir(ino))
+            if xattrs:
+                txn.create(paths.xattr_dir(ino))
+            for x, value in xattrs.items():
+                txn.create(paths.xattr(ino, x), value)
             if p is not None:
                 self.inodes.touch(txn, p, nlink_delta=1, t=t)
             else:

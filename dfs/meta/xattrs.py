@@ -9,6 +9,7 @@ import dataclasses
 import errno
 
 from dfs.errors import DfsError
+from dfs.meta import acl
 from dfs.meta.inodes import AttrReads, Inodes
 from dfs.meta.store import MetaStore, now_ns
 from dfs.names import unescape
@@ -75,6 +76,8 @@ class Xattrs:
                 txn.create(path, value)
             rec = dataclasses.replace(node.rec, ctime_ns=now_ns(),
                                       xattrs=node.rec.xattrs + (0 if exists else 1))
+            if name == acl.ACCESS:  # the kernel leaves the mode to us (fs/fuse/acl.c)
+                rec.mode = acl.mode_of(value, rec.mode)
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
             await self.store.commit(txn)
 

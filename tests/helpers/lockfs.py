@@ -3,7 +3,7 @@
     python tests/helpers/lockfs.py MOUNTPOINT CALL_LOG
 
 It proves that the getlk/setlk/flock handlers of tools/pyfuse3/handlers.patch
-are reached when a filesystem overrides them (dfs does not yet). Every call is
+are reached when a filesystem overrides them, and that flush then gets the lock owner. Every call is
 appended to CALL_LOG as a JSON line. `/f` is the file; the rules:
 - getlk: a write lock of this process over [10, 30) always conflicts;
 - setlk: a write lock without waiting (F_SETLK) gets EAGAIN, anything else succeeds;
@@ -48,8 +48,8 @@ class LockFs(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         return pyfuse3.FileInfo(fh=inode)
 
-    async def flush(self, fh):
-        pass
+    async def flush(self, fh, lock_owner=None):
+        self.record(op="flush", owner=lock_owner)
 
     async def release(self, fh):
         pass
