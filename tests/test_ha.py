@@ -311,6 +311,12 @@ def test_writes_with_fewer_nodes_than_replicas_are_repaired_later(cluster_factor
         # back only after the leader declared it dead, so its return is what triggers the repair
         wait_for("the leader to declare the node dead",
                  lambda: away.node_id in view.status().get("dead", []), 30)
+        # 2 live nodes for 3 replicas: the leader says so once instead of planning copies it cannot make
+        wait_for("the leader to count the blocks that cannot get 3 replicas",
+                 lambda: (view.status().get("counts") or {}).get("impossible") == 9, 30)
+        shown = subprocess.run([sys.executable, "-m", "tools.cli", "status", "--zk", c.hosts, "--fs", c.fsname],
+                               capture_output=True, text=True, timeout=60).stdout
+        assert "9 blocks cannot get 3 replicas: 2 active live nodes" in shown, shown
         away.start()
         wait_healthy(view, 3, 60)
         check_files(mnt, sums)

@@ -127,6 +127,9 @@ def render(s: dict) -> str:
     out += render_metadata(s["metadata"], s["nodes"])
     r = s["repair"]
     if r:
+        if (r.get("counts") or {}).get("impossible"):
+            out.append(f"{r['counts']['impossible']} blocks cannot get {s['replicas']} replicas: "
+                       f"{r['counts']['active_nodes']} active live nodes")
         exposed = (r.get("counts") or {}).get("exposed_bytes")
         if exposed is not None:
             out.append(f"exposure: {human(exposed)} acknowledged but not at full redundancy")

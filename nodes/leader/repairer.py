@@ -274,8 +274,11 @@ class Repairer:
         reports = await self._reports()
         work: list[Work] = []
         counts = {"blocks": 0, "under_replicated": 0, "missing": 0, "over_replicated": 0,
-                  "waiting": 0, "corrupt": 0, "on_draining": 0, "mis_spread": 0, "exposed_bytes": 0}
+                  "waiting": 0, "corrupt": 0, "on_draining": 0, "mis_spread": 0, "exposed_bytes": 0,
+                  "impossible": 0}
         live = ctx.nodedir.live()
+        active = sum(1 for n in live.values() if n.state == "active")
+        counts["active_nodes"] = active
         node_refs: dict[str, int] = {}
         seen_reports: set[str] = set()
         async for ino, _group, grp, _stat in block_groups(ctx.zk, ctx.paths):
@@ -306,6 +309,9 @@ class Repairer:
                     if len(counting) < replicas:
                         counts["under_replicated"] += 1
                         counts["exposed_bytes"] += ref.length
+                        if active <= len(counting) and not bad:  # no node to copy to: say so, plan nothing
+                            counts["impossible"] += 1
+                            continue
                     if waiting and not bad:
                         counts["waiting"] += 1
                         continue
