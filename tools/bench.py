@@ -17,17 +17,8 @@ import uuid
 from pathlib import Path
 
 from dfs.errors import UsageError
-from tools.benches import scale
-
-
-def drop_caches() -> bool:
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
+from tools.benches import scale, tree
+from tools.common import drop_caches
 
 
 def timed(fn) -> float:
@@ -105,8 +96,6 @@ def main(args: argparse.Namespace) -> int:
     if args.scale:
         return scale.main(args)
     if args.tree:
-        from tools.benches import tree
-
         return tree.main(args)
     rows = run(directory, args.size, args.files)
     if args.json:

@@ -9,6 +9,7 @@ stderr and the exit code, with no traceback.
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,17 @@ def parse_size(text: str) -> int:
         return int(float(t[: len(t) - len(suffix)]) * units[suffix])
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def drop_caches() -> bool:
+    """Drop the kernel's page cache (root only), so reads that follow come from the filesystem."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
 
 
 def human(n: float) -> str:

@@ -34,7 +34,7 @@ from dfs.keys import create_key_file, key_check, load_key
 from dfs.mkfs import load_config, mkfs
 from dfs.paths import ROOT_INO, FsPaths, default_root
 from dfs.zk import connect
-from tools.bench import drop_caches
+from tools.common import drop_caches
 from tools.local.nodeproc import start_nodes
 from tools.local.zkserver import ZkEnsemble
 

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 from dfs.errors import DfsError
-from tools.bench import drop_caches
+from tools.common import drop_caches
 
 SEED = 11
 MAX_SIZE = 1 << 20
