@@ -33,9 +33,8 @@ from dfs.client.removals import Removals
 from dfs.client.view import ClientView
 from dfs.config import MountSettings
 from dfs.errors import DfsError, QuietError, ZkUnavailable
-from dfs.keys import check_fs_key, default_key_file, load_key
+from dfs.keys import default_key_file, unlock
 from dfs.meta.locks import LockTable
-from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from mount.kernel import Kernel
@@ -101,13 +100,8 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         stack.push_async_callback(shielded(zk.close))
         paths = FsPaths(default_root(args.fs))
         try:
-            config = await load_config(zk, paths)
-        except DfsError as e:
-            raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
-        try:
-            key = load_key(key_file)
-            check_fs_key(config, key, key_file, args.fs)
-        except QuietError as e:
+            key, config = await unlock(zk, paths, key_file, args.fs)
+        except (QuietError, DfsError) as e:
             raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
         mount_id = uuid.uuid4().hex[:16]
         view = ClientView(zk, paths, config, mount_id=mount_id, fresh_for=settings.attr_timeout)

@@ -35,8 +35,7 @@ from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import NodeSettings
 from dfs.errors import DfsError, QuietError, ZkUnavailable
-from dfs.keys import check_fs_key, default_key_file, load_key
-from dfs.mkfs import load_config
+from dfs.keys import default_key_file, unlock
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from nodes.leader.housekeeping import Housekeeping
@@ -155,14 +154,12 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
         paths = FsPaths(default_root(args.fs))
         try:
             with trio.fail_after(args.zk_timeout):
-                config = await load_config(zk, paths)
+                key, config = await unlock(zk, paths, key_file, args.fs)
         except trio.TooSlowError:
             raise QuietError(f"ZooKeeper at {args.zk} did not answer within "
                              f"{args.zk_timeout:g} s") from None
         except DfsError as e:
             raise QuietError(e.message) from None
-        key = load_key(key_file)
-        check_fs_key(config, key, key_file, args.fs)
 
         host, port = parse_listen(args.listen)
         try:

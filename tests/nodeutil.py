@@ -55,10 +55,12 @@ def key_file_of(fsname: str) -> Path:
 
 
 async def mkfs_keyed(zk: ZkClient, paths: FsPaths, config: FsConfig | None = None) -> bytes:
-    """mkfs with a new key in the filesystem's default key file; returns the key."""
+    """mkfs with a new key in the filesystem's default key file; returns the key.
+    `zk` is authenticated with it (its znodes are the key's only, dfs.zk.session)."""
     config = config or FsConfig()
     key = create_key_file(key_file_of(fsname_of(paths)))
     config.key_check = key_check(key)
+    zk.authenticate(key, paths.root)
     await mkfs(zk, paths, config)
     return key
 

@@ -87,6 +87,7 @@ async def bench(client: BlockClient, args: argparse.Namespace) -> dict[str, floa
 async def main_async(args: argparse.Namespace, zk_hosts: str, fsname: str,
                      key: bytes) -> dict[str, float]:
     zk = await connect(zk_hosts)
+    zk.authenticate(key, default_root(fsname))
     try:
         nodedir = NodeDirectory(zk, FsPaths(default_root(fsname)))
         await nodedir.wait_for(args.nodes, timeout=30)
@@ -101,6 +102,7 @@ async def main_async(args: argparse.Namespace, zk_hosts: str, fsname: str,
 
 async def make_fs(zk_hosts: str, fsname: str, key: bytes) -> None:
     zk = await connect(zk_hosts)
+    zk.authenticate(key, default_root(fsname))
     try:
         await mkfs(zk, FsPaths(default_root(fsname)), FsConfig(key_check=key_check(key)))
     finally:

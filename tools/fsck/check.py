@@ -109,11 +109,11 @@ async def run_fsck(args: argparse.Namespace, out=sys.stdout) -> int:
     blocks = None
     try:
         paths = FsPaths(default_root(args.fs))
+        key = await cluster_key(args, zk)  # first: the key opens ZooKeeper
         try:
             config = await load_config(zk, paths)
         except DfsError as e:
             raise UsageError(e.message) from None
-        key = await cluster_key(args, zk)
         nodedir = NodeDirectory(zk, paths)
         blocks = BlockClient(nodedir, key=key, reporter="fsck", request_timeout=args.node_timeout,
                              connect_timeout=min(args.node_timeout, CONNECT_TIMEOUT))
