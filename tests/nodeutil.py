@@ -31,7 +31,6 @@ from dfs.blocks.protocol import (
     Op,
     node_proof,
     parse_header,
-    payload_digest,
     split_address,
 )
 from dfs.config import FsConfig
@@ -173,7 +172,7 @@ class RawNodeSocket:
 
     def frame_bytes(self, frame: Frame) -> bytes:
         header = frame.header()
-        tag = self.mac.seal(header, payload_digest(frame.payload)) if self.mac else b""
+        tag = self.mac.seal(header, frame.payload) if self.mac else b""
         return header + bytes(frame.payload) + tag
 
     def send(self, frame: Frame) -> None:
@@ -200,7 +199,7 @@ class RawNodeSocket:
         assert f.op & REPLY, f
         f.payload = self.recv_exact(plen) if plen else b""
         if self.mac is not None:
-            self.mac.check(raw, payload_digest(f.payload), self.recv_exact(TAG_SIZE))
+            self.mac.check(raw, f.payload, self.recv_exact(TAG_SIZE))
         return f
 
     def rpc(self, frame: Frame) -> Frame:

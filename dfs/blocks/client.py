@@ -32,7 +32,6 @@ from dfs.blocks.connection import (
     NodePool,
     NodeSlow,
     NodeUnavailable,
-    digest_of,
     reply_error,
 )
 from dfs.blocks.nodedir import NodeDirectory
@@ -160,7 +159,6 @@ class BlockClient:
         """
         block_id = uuid.uuid4().hex
         checksum = hash64(data)
-        digest = await digest_of(data)  # for the MACs of every replica's PUT
         size = len(data)
         live = list(self.nodedir.live().values())
         if len(live) < replicas:
@@ -179,8 +177,7 @@ class BlockClient:
             async def put(node_id: str) -> None:
                 try:
                     await self._call(node_id, Frame(Op.PUT, block_id=encode_block_id(block_id),
-                                                    length=size, checksum=checksum, payload=data,
-                                                    digest=digest),
+                                                    length=size, checksum=checksum, payload=data),
                                      what=f"storing block {block_id} on node {node_id}")
                     acked.append(node_id)
                 except DfsError as e:

@@ -36,7 +36,6 @@ from dfs.blocks.protocol import (
     TruncatedFrame,
     node_proof,
     parse_header,
-    payload_digest,
     split_address,
 )
 from dfs.errors import DfsError
@@ -46,15 +45,6 @@ POOL_SIZE = 4
 # A connection with fewer requests in flight than this is reused before dialing another.
 PIPELINE_DEPTH = 8
 RECV_BUFFER = 256 * 1024
-# Payloads at least this big are hashed (their MAC) in a worker thread: hashlib
-# releases the GIL, so the trio thread keeps moving other frames meanwhile.
-DIGEST_IN_THREAD = 256 * 1024
-
-
-async def digest_of(payload: bytes | bytearray | memoryview) -> bytes:
-    if len(payload) < DIGEST_IN_THREAD:
-        return payload_digest(payload)
-    return await trio.to_thread.run_sync(payload_digest, payload)
 
 
 class FrameSocket:
@@ -142,15 +132,14 @@ class FrameSocket:
                 raise TruncatedFrame("connection closed before a frame's MAC", frame.request_id)
             tag = bytes(self._buf[self._lo:self._lo + TAG_SIZE])
             self._lo += TAG_SIZE
-            self.mac.check(header, await digest_of(view), tag, frame.request_id)
+            self.mac.check(header, view, tag, frame.request_id)
         return frame
 
     async def send_frame(self, frame: Frame) -> None:
         header = frame.header()
         buffers = [header, frame.payload] if len(frame.payload) else [header]
         if self.mac is not None:
-            digest = frame.digest or await digest_of(frame.payload)
-            buffers.append(self.mac.seal(header, digest))
+            buffers.append(self.mac.seal(header, frame.payload))
         await self.send_buffers(buffers)
 
     async def send_buffers(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
