@@ -34,6 +34,7 @@ from dfs.client.view import ClientView
 from dfs.config import MountSettings
 from dfs.errors import DfsError, QuietError, ZkUnavailable
 from dfs.keys import default_key_file, unlock
+from dfs.tls import client_context
 from dfs.meta.locks import LockTable
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
@@ -107,7 +108,7 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         view = ClientView(zk, paths, config, mount_id=mount_id, fresh_for=settings.attr_timeout)
         await zk.ensure_path(paths.locks)  # filesystems made before locks/ existed
         nodedir = NodeDirectory(zk, paths)
-        blocks = BlockClient(nodedir, key=key)
+        blocks = BlockClient(nodedir, key=key, tls=client_context(key) if config.tls else None)
         stack.push_async_callback(shielded(blocks.aclose))
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)  # (runs before the nursery waits)

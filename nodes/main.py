@@ -36,6 +36,7 @@ from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import NodeSettings
 from dfs.errors import DfsError, QuietError, ZkUnavailable
 from dfs.keys import default_key_file, unlock
+from dfs.tls import client_context, server_context
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from nodes.leader.housekeeping import Housekeeping
@@ -170,7 +171,10 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
         address = f"{advertised_host(host, args.advertise)}:{port}"
 
         nodedir = NodeDirectory(zk, paths, interval=max(args.heartbeat, 1.0))
-        server = NodeServer(store, node_id, key, nodedir, disk_threads=args.disk_threads)
+        peer_tls = client_context(key) if config.tls else None
+        server = NodeServer(store, node_id, key, nodedir, disk_threads=args.disk_threads,
+                            tls=server_context(key, data) if config.tls else None,
+                            peer_tls=peer_tls)
 
         def usage() -> tuple[int, int, int, int, float]:
             capacity, used, free = store.usage()
@@ -178,7 +182,7 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
 
         reg = Registration(zk, paths, node_id, address, args.zone, usage,
                            interval=args.heartbeat)
-        blocks = BlockClient(nodedir, key=key, reporter=f"node:{node_id}")
+        blocks = BlockClient(nodedir, key=key, reporter=f"node:{node_id}", tls=peer_tls)
         stack.push_async_callback(blocks.aclose)
 
         # Listening already: connections queue in the backlog until serve() runs,

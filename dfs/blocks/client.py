@@ -19,6 +19,7 @@ import errno
 import json
 import logging
 import random
+import ssl
 import time
 import uuid
 from typing import AsyncIterator, Awaitable, Callable, Collection, Protocol
@@ -82,14 +83,16 @@ class BlockClient:
         verification; default: a CorruptReport znode under `repair/corrupt`.
       request_timeout: seconds one request may take before the node is given up.
       connect_timeout: seconds to dial a node.
+      tls: the client TLS context of a filesystem made with --tls (dfs.tls).
     """
 
     def __init__(self, nodedir: NodeDirectory, *, key: bytes, on_corrupt: OnCorrupt | None = None,
                  request_timeout: float = REQUEST_TIMEOUT,
                  connect_timeout: float = CONNECT_TIMEOUT, pool_size: int = POOL_SIZE,
-                 reporter: str = "client"):
+                 reporter: str = "client", tls: ssl.SSLContext | None = None):
         self.nodedir = nodedir
         self.key = key
+        self.tls = tls
         self.on_corrupt = on_corrupt or self.report_corrupt
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
@@ -109,7 +112,7 @@ class BlockClient:
             if pool is not None:
                 pool.close()  # the node moved (restarted on another port)
             pool = self._pools[node_id] = NodePool(node_id, live.address, self.key,
-                                                   self.pool_size, self.connect_timeout)
+                                                   self.pool_size, self.connect_timeout, self.tls)
         return pool
 
     async def _call(self, node_id: str, frame: Frame, *, timeout: float | None = None,
@@ -328,7 +331,8 @@ class BlockClient:
         if live is None:
             raise NodeUnavailable(f"node {node_id} is not live")
         conn = await NodeConnection.open(node_id, live.address, key=self.key,
-                                         connect_timeout=max(self.connect_timeout, timeout))
+                                         connect_timeout=max(self.connect_timeout, timeout),
+                                         tls=self.tls)
         try:
             req = Frame(Op.LIST, request_id=1)
             await conn.fs.send_frame(req)

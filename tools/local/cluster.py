@@ -32,7 +32,7 @@ from tools.local.zkserver import ZkEnsemble, default_heap_mb, four_letter
 from tools.mkfs import config_of
 
 
-MKFS_FIELDS = ("block_size", "replicas", "min_replicas", "dead_after", "inline_max")
+MKFS_FIELDS = ("block_size", "replicas", "min_replicas", "dead_after", "inline_max", "tls")
 
 
 def _load(state: Path) -> dict:
