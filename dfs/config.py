@@ -26,6 +26,7 @@ class FsConfig(Record):
     # heap bytes of each ZooKeeper server: creates stop before the znodes fill it
     # (dfs.maint.capacity); `dfs up` sets it to the heap it gives ZooKeeper
     zk_heap: int = 1 << 30
+    tls: bool = False  # the node protocol runs over TLS (dfs.tls; mkfs --tls)
     created: float = 0.0
     format_revision: int = FORMAT_REVISION
 

@@ -11,6 +11,7 @@ Where a command finds the key, first match wins: --key-file, $DFS_KEY_FILE,
 $XDG_CONFIG_HOME/dfs/<fs>.key, i.e. ~/.config/dfs/<fs>.key.
 """
 
+import errno
 import hmac
 import os
 import secrets
@@ -18,7 +19,10 @@ import stat
 from pathlib import Path
 
 from dfs.config import FsConfig
-from dfs.errors import QuietError
+from dfs.errors import DfsError, QuietError
+from dfs.mkfs import load_config
+from dfs.paths import FsPaths
+from dfs.zk import NoAuthError, ZkClient
 
 KEY_BYTES = 32
 
@@ -76,6 +80,27 @@ def load_key(path: Path) -> bytes:
 def key_check(key: bytes) -> str:
     """What the filesystem's config records of its key: identifies it, reveals nothing."""
     return hmac.digest(key, b"dfs key check", "sha256").hex()
+
+
+async def unlock(zk: ZkClient, paths: FsPaths, path: Path, fsname: str) -> tuple[bytes, FsConfig]:
+    """The key in `path` and the filesystem's config, checked against each other;
+    `zk` is authenticated with the key (only its holders get at the filesystem's
+    znodes, dfs.zk.session).
+
+    Raises:
+      DfsError(ENOENT): no filesystem there (reported before any trouble with the key).
+      QuietError (exit 2): the key file is unusable (load_key) or not the filesystem's.
+    """
+    if await zk.exists(paths.config) is None:  # exists needs no rights on the znode
+        raise DfsError(errno.ENOENT, f"no filesystem at {paths.root} (run 'dfs mkfs')")
+    key = load_key(path)
+    zk.authenticate(key, paths.root)
+    try:
+        config = await load_config(zk, paths)
+    except NoAuthError:  # its ACLs are another key's
+        raise QuietError(f"key file {path} does not hold the key of filesystem '{fsname}'") from None
+    check_fs_key(config, key, path, fsname)
+    return key, config
 
 
 def check_fs_key(config: FsConfig, key: bytes, path: Path, fsname: str) -> None:

@@ -34,9 +34,9 @@ from dfs.client.removals import Removals
 from dfs.client.view import ClientView
 from dfs.config import MountSettings
 from dfs.errors import DfsError, QuietError, ZkUnavailable
-from dfs.keys import check_fs_key, default_key_file, load_key
+from dfs.keys import default_key_file, unlock
+from dfs.tls import client_context
 from dfs.meta.locks import LockTable
-from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from mount.kernel import Kernel
@@ -104,13 +104,8 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         stack.push_async_callback(shielded(zk.close))
         paths = FsPaths(default_root(args.fs))
         try:
-            config = await load_config(zk, paths)
-        except DfsError as e:
-            raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
-        try:
-            key = load_key(key_file)
-            check_fs_key(config, key, key_file, args.fs)
-        except QuietError as e:
+            key, config = await unlock(zk, paths, key_file, args.fs)
+        except (QuietError, DfsError) as e:
             raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
         if args.metrics:
             try:
@@ -124,7 +119,7 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         view = ClientView(zk, paths, config, mount_id=mount_id, fresh_for=settings.attr_timeout)
         await zk.ensure_path(paths.locks)  # filesystems made before locks/ existed
         nodedir = NodeDirectory(zk, paths)
-        blocks = BlockClient(nodedir, key=key)
+        blocks = BlockClient(nodedir, key=key, tls=client_context(key) if config.tls else None)
         stack.push_async_callback(shielded(blocks.aclose))
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)  # (runs before the nursery waits)

@@ -36,8 +36,8 @@ from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import NodeSettings
 from dfs.errors import DfsError, QuietError, ZkUnavailable
-from dfs.keys import check_fs_key, default_key_file, load_key
-from dfs.mkfs import load_config
+from dfs.keys import default_key_file, unlock
+from dfs.tls import client_context, server_context
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
 from nodes.leader.housekeeping import Housekeeping
@@ -159,14 +159,12 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
         paths = FsPaths(default_root(args.fs))
         try:
             with trio.fail_after(args.zk_timeout):
-                config = await load_config(zk, paths)
+                key, config = await unlock(zk, paths, key_file, args.fs)
         except trio.TooSlowError:
             raise QuietError(f"ZooKeeper at {args.zk} did not answer within "
                              f"{args.zk_timeout:g} s") from None
         except DfsError as e:
             raise QuietError(e.message) from None
-        key = load_key(key_file)
-        check_fs_key(config, key, key_file, args.fs)
 
         host, port = parse_listen(args.listen)
         try:
@@ -177,7 +175,10 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
         address = f"{advertised_host(host, args.advertise)}:{port}"
 
         nodedir = NodeDirectory(zk, paths, interval=max(args.heartbeat, 1.0))
-        server = NodeServer(store, node_id, key, nodedir, disk_threads=args.disk_threads)
+        peer_tls = client_context(key) if config.tls else None
+        server = NodeServer(store, node_id, key, nodedir, disk_threads=args.disk_threads,
+                            tls=server_context(key, data) if config.tls else None,
+                            peer_tls=peer_tls)
         metrics_at = ""
         if args.metrics:
             try:
@@ -191,7 +192,7 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
             capacity, used, free = store.usage()
             return capacity, used, free, store.block_count, float(server.inflight)
 
-        blocks = BlockClient(nodedir, key=key, reporter=f"node:{node_id}")
+        blocks = BlockClient(nodedir, key=key, reporter=f"node:{node_id}", tls=peer_tls)
         stack.push_async_callback(blocks.aclose)
         scrubber = Scrubber(store, node_id, blocks.report_corrupt, rate=settings.scrub_rate,
                             period=settings.scrub_period, busy=lambda: server.inflight > 0)

@@ -21,11 +21,12 @@ import errno
 import json
 import logging
 import os
+import ssl
 import time
 
 import trio
 
-from dfs.blocks.connection import FrameSocket, NodeConnection
+from dfs.blocks.connection import FrameSocket, NodeConnection, open_socket
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.blocks.protocol import (
     LIST_ENTRY,
@@ -66,13 +67,18 @@ class NodeServer:
       key: the cluster key every peer must prove it holds.
       peers: the live nodes, the only ones COPY pushes to.
       disk_threads: worker threads for disk I/O.
+      tls, peer_tls: with --tls (dfs.tls), the server context it serves with and
+        the client context it copies to other nodes with.
     """
 
     def __init__(self, store: BlockStore, node_id: str, key: bytes, peers: NodeDirectory, *,
-                 disk_threads: int = 32):
+                 disk_threads: int = 32, tls: ssl.SSLContext | None = None,
+                 peer_tls: ssl.SSLContext | None = None):
         self.store = store
         self.node_id = node_id
         self.key = key
+        self.tls = tls
+        self.peer_tls = peer_tls
         self.peers = peers
         self._refusals: dict[str, tuple[float, int]] = {}  # peer host -> (last logged, since)
         self.disk = trio.CapacityLimiter(disk_threads)
@@ -113,11 +119,18 @@ class NodeServer:
     # -- one connection
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        fs = FrameSocket(stream.socket, UNTRUSTED_PAYLOAD, alloc=self._alloc)
         try:
             peer = stream.socket.getpeername()[0]
         except OSError:
             peer = "?"
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                sock = await open_socket(stream, self.tls, server_side=True)
+        except (ssl.SSLError, trio.BrokenResourceError, trio.TooSlowError, OSError) as e:
+            self._refused(peer, f"TLS handshake failed: {e.__cause__ or e!r}")
+            stream.socket.close()
+            return
+        fs = FrameSocket(sock, UNTRUSTED_PAYLOAD, alloc=self._alloc)
         send_lock = trio.Lock()
         slots = trio.Semaphore(MAX_INFLIGHT_PER_CONN)
         try:
@@ -316,7 +329,7 @@ class NodeServer:
             raise DfsError(errno.EACCES, f"{dst_addr} is not the address of a live node {dst_id} "
                                          "of this filesystem")
         data, hdr = await self._thread(self.store.get, bid, 0, None)
-        conn = await NodeConnection.open(dst_id, dst_addr, key=self.key)
+        conn = await NodeConnection.open(dst_id, dst_addr, key=self.key, tls=self.peer_tls)
         try:
             with trio.fail_after(60):
                 reply = await conn.request(Frame(Op.PUT, block_id=encode_block_id(bid),

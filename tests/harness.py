@@ -101,6 +101,7 @@ def client_session(cluster: Cluster, body, *, cache: bool = False):
 
     async def go():
         zk = await connect(cluster.hosts)
+        zk.authenticate(cluster.key, cluster.paths.root)
         try:
             view = ClientView(zk, cluster.paths, await load_config(zk, cluster.paths))
             nodedir = NodeDirectory(zk, cluster.paths)

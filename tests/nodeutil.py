@@ -31,7 +31,6 @@ from dfs.blocks.protocol import (
     Op,
     node_proof,
     parse_header,
-    payload_digest,
     split_address,
 )
 from dfs.config import FsConfig
@@ -55,10 +54,12 @@ def key_file_of(fsname: str) -> Path:
 
 
 async def mkfs_keyed(zk: ZkClient, paths: FsPaths, config: FsConfig | None = None) -> bytes:
-    """mkfs with a new key in the filesystem's default key file; returns the key."""
+    """mkfs with a new key in the filesystem's default key file; returns the key.
+    `zk` is authenticated with it (its znodes are the key's only, dfs.zk.session)."""
     config = config or FsConfig()
     key = create_key_file(key_file_of(fsname_of(paths)))
     config.key_check = key_check(key)
+    zk.authenticate(key, paths.root)
     await mkfs(zk, paths, config)
     return key
 
@@ -171,7 +172,7 @@ class RawNodeSocket:
 
     def frame_bytes(self, frame: Frame) -> bytes:
         header = frame.header()
-        tag = self.mac.seal(header, payload_digest(frame.payload)) if self.mac else b""
+        tag = self.mac.seal(header, frame.payload) if self.mac else b""
         return header + bytes(frame.payload) + tag
 
     def send(self, frame: Frame) -> None:
@@ -198,7 +199,7 @@ class RawNodeSocket:
         assert f.op & REPLY, f
         f.payload = self.recv_exact(plen) if plen else b""
         if self.mac is not None:
-            self.mac.check(raw, payload_digest(f.payload), self.recv_exact(TAG_SIZE))
+            self.mac.check(raw, f.payload, self.recv_exact(TAG_SIZE))
         return f
 
     def rpc(self, frame: Frame) -> Frame:

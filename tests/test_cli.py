@@ -50,9 +50,13 @@ def test_mkfs_twice_refuses_and_keeps_the_first(zk_hosts):
     from kazoo.client import KazooClient
 
     from dfs.config import FsConfig
+    from dfs.keys import load_key
     from dfs.paths import FsPaths, default_root
+    from dfs.zk.session import digest_credential
+    from tests.nodeutil import key_file_of
 
-    client = KazooClient(hosts=zk_hosts)
+    client = KazooClient(hosts=zk_hosts,
+                         auth_data=[("digest", digest_credential(load_key(key_file_of(fs))))])
     client.start(timeout=10)
     try:
         cfg = FsConfig.decode(client.get(FsPaths(default_root(fs)).config)[0])

@@ -95,6 +95,7 @@ class Client:
 
 async def with_client(c: Cluster, fn):
     zk = await connect(c.hosts)
+    zk.authenticate(c.key, c.paths.root)
     try:
         cl = Client(c, zk)
         await cl.nodedir.refresh()

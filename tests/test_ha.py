@@ -21,6 +21,7 @@ from kazoo.client import KazooClient
 from dfs.config import FsConfig
 from dfs.paths import election_leader
 from dfs.records import BlockGroup, NodeLive, NodeRegistration
+from dfs.zk.session import digest_credential
 from tests.harness import Cluster
 from tools.local.zkserver import ZkEnsemble
 
@@ -38,11 +39,11 @@ def config(**kw) -> FsConfig:
 
 
 class View:
-    """A synchronous look at one filesystem's ZooKeeper state (test side)."""
+    """A synchronous look at one filesystem's ZooKeeper state (test side), with its key."""
 
-    def __init__(self, hosts: str, paths):
+    def __init__(self, hosts: str, paths, key: bytes):
         self.paths = paths
-        self.zk = KazooClient(hosts=hosts, timeout=10.0)
+        self.zk = KazooClient(hosts=hosts, timeout=10.0, auth_data=[("digest", digest_credential(key))])
         self.zk.start(timeout=15)
 
     def close(self) -> None:
@@ -176,7 +177,7 @@ def test_node_loss_is_repaired(cluster_factory, tmp_path):
     c = start_cluster(cluster_factory, config(), 3)
     mnt = c.mounts[0].mountpoint
     sums = write_files(mnt, tmp_path / "src", [80 * MiB, 70 * MiB, 50 * MiB])
-    view = View(c.hosts, c.paths)
+    view = View(c.hosts, c.paths, c.key)
     try:
         wait_healthy(view, 3, 30)
         victim = c.nodes[1]
@@ -209,7 +210,7 @@ def test_two_nodes_lost_one_copy_blocks_first(cluster_factory, tmp_path):
     c = start_cluster(cluster_factory, config(), 4)
     mnt = c.mounts[0].mountpoint
     sums = write_files(mnt, tmp_path / "src", [16 * MiB, 16 * MiB, 8 * MiB])
-    view = View(c.hosts, c.paths)
+    view = View(c.hosts, c.paths, c.key)
     try:
         wait_healthy(view, 3, 30)
         victims = c.nodes[:2]
@@ -241,7 +242,7 @@ def test_repair_leader_killed_during_repair(cluster_factory, tmp_path):
     c.mount()
     mnt = c.mounts[0].mountpoint
     sums = write_files(mnt, tmp_path / "src", [30 * MiB, 30 * MiB])
-    view = View(c.hosts, c.paths)
+    view = View(c.hosts, c.paths, c.key)
     try:
         wait_healthy(view, 3, 30)
         leader = wait_for("a repair leader", view.leader, 30)
@@ -290,7 +291,7 @@ def test_rm_gives_space_back(cluster_factory, tmp_path):
              interval=0.5)
     print(f"\nrm: {before / MiB:.0f} MiB of replicas freed {freed_s:.1f} s after rm; "
           f"df free +{(df_free() - free_before) / MiB:.0f} MiB")
-    view = View(c.hosts, c.paths)
+    view = View(c.hosts, c.paths, c.key)
     try:
         assert view.zk.get_children(c.paths.gc) == []
     finally:
@@ -300,7 +301,7 @@ def test_rm_gives_space_back(cluster_factory, tmp_path):
 def test_writes_with_fewer_nodes_than_replicas_are_repaired_later(cluster_factory, tmp_path):
     c = start_cluster(cluster_factory, config(), 3)
     mnt = c.mounts[0].mountpoint
-    view = View(c.hosts, c.paths)
+    view = View(c.hosts, c.paths, c.key)
     try:
         away = c.nodes[2]
         away.stop()
@@ -342,7 +343,7 @@ def test_corrupt_replica_is_reported_and_replaced(cluster_factory, tmp_path):
     # 32 blocks: a read tries the bad replica first with p = 1/3 per block, so
     # all 32 missing it has p = (2/3)^32 ~ 2e-6
     sums = write_files(mnt, tmp_path / "src", [32 * MiB])
-    view = View(c.hosts, c.paths)
+    view = View(c.hosts, c.paths, c.key)
     try:
         bad = c.nodes[0]
         refs = [r for _, _, r in view.blocks()]
@@ -375,7 +376,7 @@ def test_drain_moves_everything_and_retires(cluster_factory, tmp_path):
     c = start_cluster(cluster_factory, config(), 4)
     mnt = c.mounts[0].mountpoint
     sums = write_files(mnt, tmp_path / "src", [12 * MiB, 8 * MiB])
-    view = View(c.hosts, c.paths)
+    view = View(c.hosts, c.paths, c.key)
     try:
         wait_healthy(view, 3, 30)
         target = max(c.nodes, key=lambda n: sum(n.node_id in r.replicas for _, _, r in view.blocks()))
@@ -479,7 +480,7 @@ def test_zookeeper_leader_killed_during_cp(tmp_path):
                 if not x:
                     break
         # the nodes rode through too: each still registered and refreshing, one repair leader
-        view = View(ens.hosts, c.paths)
+        view = View(ens.hosts, c.paths, c.key)
         try:
             def refreshed():
                 lives = [NodeLive.decode(view.zk.get(view.paths.live_node(n.node_id))[0])

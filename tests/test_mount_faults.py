@@ -74,6 +74,7 @@ async def check_block_refs(cluster) -> list[str]:
     from dfs.blocks.nodedir import NodeDirectory
 
     zk = await connect(cluster.hosts)
+    zk.authenticate(cluster.key, cluster.paths.root)
     problems = []
     try:
         config = await load_config(zk, cluster.paths)

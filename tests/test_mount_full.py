@@ -62,6 +62,7 @@ def test_enospc_reaches_the_writer_and_nothing_else_breaks(small_disks):
 
     async def leftovers() -> tuple[list, list]:
         zk = await connect(small_disks.hosts)
+        zk.authenticate(small_disks.key, small_disks.paths.root)
         try:
             return (await zk.get_children(small_disks.paths.open),
                     await zk.get_children(small_disks.paths.blocks))

@@ -295,6 +295,7 @@ def test_rename_over_open_file_then_close_frees_it(cluster):
 
     async def held() -> list[str]:
         zk = await connect(cluster.hosts)
+        zk.authenticate(cluster.key, cluster.paths.root)
         try:
             return await zk.get_children(cluster.paths.open)
         finally:

@@ -4,21 +4,29 @@ Real nodes and real ZooKeeper. The probe matrix speaks the node protocol by hand
 (tests.nodeutil.RawNodeSocket): no key, a wrong key, a replayed handshake, a bad
 MAC after a good handshake, COPY to an unregistered address, every op before
 authenticating. Each is refused, and the node serves real clients afterwards.
-Then: key files others can read stop every daemon; `dfs up` leaves nothing
-readable by others; `dfs keygen` brings a filesystem made without a key under one.
+Then: a ZooKeeper client without the key reads and changes nothing below /dfs;
+key files others can read stop every daemon; `dfs up` leaves nothing readable by
+others; `dfs keygen` brings a filesystem made without a key (or without ACLs)
+under one; with --tls a capture of the loopback traffic shows no file contents.
 """
 
 import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 import trio
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+from kazoo.security import OPEN_ACL_UNSAFE
 
 from dfs.blocks.client import BlockClient
 from dfs.blocks.connection import NodeConnection
@@ -27,7 +35,7 @@ from dfs.checksum import hash64
 from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.keys import load_key
-from dfs.zk import connect
+from dfs.zk.session import digest_credential
 from tests.harness import stop_what_up_left
 from tests.nodeutil import RawNodeSocket, cluster
 from tools.local.mountproc import is_mounted
@@ -235,6 +243,90 @@ async def test_probe_matrix(zk, zk_hosts, fs_paths, tmp_path):
         bg.cancel_scope.cancel()
 
 
+def kazoo(hosts: str, key: bytes | None = None) -> KazooClient:
+    """A plain kazoo client, with the cluster's ZooKeeper credential if given a key."""
+    zk = KazooClient(hosts, auth_data=[("digest", digest_credential(key))] if key else None)
+    zk.start(timeout=15)
+    return zk
+
+
+def refused_to_strangers(c) -> None:
+    """A client without the key reads, changes and deletes nothing of the filesystem."""
+    bare = kazoo(c.hosts)
+    try:
+        assert c.fsname in bare.get_children("/dfs")  # listing /dfs is all it can do
+        for path in (c.paths.root, c.paths.config, c.paths.live):
+            with pytest.raises(NoAuthError):
+                bare.get(path)
+            with pytest.raises(NoAuthError):
+                bare.get_children(path)
+        with pytest.raises(NoAuthError):
+            bare.set(c.paths.config, b"{}")
+        with pytest.raises(NoAuthError):
+            bare.delete(c.paths.root, recursive=True)
+    finally:
+        bare.stop()
+        bare.close()
+
+
+def test_zookeeper_without_the_key_reads_and_changes_nothing(cluster):
+    mnt = cluster.mounts[0].mountpoint
+    (mnt / "small").write_bytes(b"MARKER-inline-secret")
+    ino = os.stat(mnt / "small").st_ino
+    paths = cluster.paths
+    bare = kazoo(cluster.hosts)
+    try:
+        with pytest.raises(NoAuthError):
+            bare.get(paths.block_map(ino))  # the inline bytes (created in a multi)
+        with pytest.raises(NoAuthError):
+            bare.set(paths.inode(ino), b'{"mode": 33279, "uid": 0}')
+        with pytest.raises(NoAuthError):
+            bare.delete(paths.block_map(ino))
+    finally:
+        bare.stop()
+        bare.close()
+    refused_to_strangers(cluster)
+    # what the nodes and the mount create on the fly has the ACL too: in a multi
+    # (the file's znodes), ephemeral (live/<node>), ephemeral and sequential (the election)
+    keyed = kazoo(cluster.hosts, cluster.key)
+    try:
+        mine = keyed.get_acls(paths.root)[0]
+        assert [a.id.scheme for a in mine] == ["digest"] and mine[0].perms == 31
+        deadline = time.monotonic() + 20
+        while not (members := keyed.get_children(paths.repair_election)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        members = [paths.election_member(m) for m in members]
+        lives = [paths.live_node(n) for n in keyed.get_children(paths.live)]
+        assert members and len(lives) == 3
+        for path in [paths.inode(ino), paths.block_map(ino)] + members + lives:
+            assert keyed.get_acls(path)[0] == mine, path
+    finally:
+        keyed.stop()
+        keyed.close()
+    assert (mnt / "small").read_bytes() == b"MARKER-inline-secret"
+    r = dfs("fsck", "--zk", cluster.hosts, "--fs", cluster.fsname)
+    assert r.returncode == 0 and "HEALTHY" in r.stdout, r.stdout + r.stderr
+
+
+def open_up(c, key: bytes, *, forget_key: bool) -> None:
+    """Make the filesystem look as one made before ZooKeeper ACLs (every znode open to
+    anyone) and, with forget_key, before keys (no key_check in its config either)."""
+    zk = kazoo(c.hosts, key)
+    try:
+        todo = [c.paths.root]
+        while todo:
+            path = todo.pop()
+            zk.set_acls(path, OPEN_ACL_UNSAFE)
+            todo += [f"{path}/{child}" for child in zk.get_children(path)]
+        if forget_key:
+            config = FsConfig.decode(zk.get(c.paths.config)[0])
+            config.key_check = ""
+            zk.set(c.paths.config, config.encode())
+    finally:
+        zk.stop()
+        zk.close()
+
+
 def test_key_file_readable_by_others_stops_every_daemon(cluster_factory, tmp_path):
     c = cluster_factory(nodes=0)
     loose = tmp_path / "loose.key"
@@ -294,20 +386,9 @@ def test_keygen_brings_a_keyless_filesystem_under_a_key(cluster_factory):
     for n in c.nodes:
         n.stop()
 
-    # back to what a filesystem made before keys looks like: no key file, no key_check
+    # back to what a filesystem made before keys looks like: no key file, no key_check, no ACLs
     old_key = c.key
-
-    async def forget_key() -> None:
-        zk = await connect(c.hosts)
-        try:
-            data, _ = await zk.get(c.paths.config)
-            config = FsConfig.decode(data)
-            config.key_check = ""
-            await zk.set(c.paths.config, config.encode())
-        finally:
-            await zk.close()
-
-    trio.run(forget_key)
+    open_up(c, old_key, forget_key=True)
     c.key_file.unlink()
     c.key_file.write_text(old_key.hex() + "\n")  # even the right key is refused: no key_check
     c.key_file.chmod(0o600)
@@ -324,6 +405,12 @@ def test_keygen_brings_a_keyless_filesystem_under_a_key(cluster_factory):
     assert new_key != old_key
     again = dfs("keygen", "--zk", c.hosts, "--fs", c.fsname)
     assert again.returncode == 1 and "has a key already" in again.stderr
+    refused_to_strangers(c)
+    # a filesystem that got its key before ZooKeeper ACLs existed: keygen adds them
+    open_up(c, new_key, forget_key=False)
+    r = dfs("keygen", "--zk", c.hosts, "--fs", c.fsname)
+    assert r.returncode == 0 and "readable with its key only" in r.stdout, r.stdout + r.stderr
+    refused_to_strangers(c)
 
     for n in c.nodes:
         n.start()
@@ -344,13 +431,69 @@ def test_keygen_brings_a_keyless_filesystem_under_a_key(cluster_factory):
         trio.run(with_key, old_key)
     assert e.value.errno == errno.EACCES
 
-    # rotation: a new key; the daemons restarted with it serve the same data
-    r = dfs("keygen", "--rotate", "--zk", c.hosts, "--fs", c.fsname)
-    assert r.returncode == 0, r.stderr
-    assert c.key != new_key and load_key(c.key_file) == c.key
+    # rotation (everything stopped first, as the README says): a new key; the
+    # daemons restarted with it serve the same data; the old one opens nothing
     c.mounts[0].stop()
     for n in c.nodes:
         n.stop()
+    r = dfs("keygen", "--rotate", "--zk", c.hosts, "--fs", c.fsname)
+    assert r.returncode == 0, r.stderr
+    assert c.key != new_key and load_key(c.key_file) == c.key
+    stale = kazoo(c.hosts, new_key)
+    try:
+        with pytest.raises(NoAuthError):
+            stale.get(c.paths.config)
+    finally:
+        stale.stop()
+        stale.close()
+    for n in c.nodes:
         n.start()
     c.mounts[0].start()
     assert (mnt / "big").read_bytes() == big
+
+
+class LoopbackCapture:
+    """Every packet on the loopback interface while it runs (a raw AF_PACKET socket,
+    as `tcpdump -i lo` would see them; needs CAP_NET_RAW, which the tests run with)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.1)
+        self.seen = bytearray()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.seen += self.sock.recv(1 << 17)
+            except socket.timeout:
+                pass
+
+    def __enter__(self) -> "LoopbackCapture":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_tls_hides_file_contents_on_the_wire(cluster_factory, tls):
+    c = cluster_factory(FsConfig(block_size=1 << 20, replicas=2, min_replicas=2, dead_after=5,
+                                 tls=tls), nodes=2)
+    mnt = c.mount()
+    marker = f"MARKER-{uuid.uuid4().hex}".encode()
+    data = marker * (300_000 // len(marker))  # blocks, not inline
+    with LoopbackCapture() as cap:
+        (mnt / "f").write_bytes(data)
+        os.sync()
+        c.mounts[0].stop()  # and read it back through a new mount (not from the page cache)
+        c.mounts[0].start()
+        assert (mnt / "f").read_bytes() == data
+    assert len(cap.seen) > len(data)  # the capture saw the traffic
+    seen = marker in cap.seen
+    assert seen is not tls, f"marker {'not ' if not seen else ''}on the wire with tls={tls}"

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from dfs.config import FsConfig
+from dfs.keys import load_key
 from dfs.maint import cluster as maint
 from dfs.mkfs import load_config
 from dfs.paths import ROOT_INO, FsPaths, default_root
@@ -188,6 +189,7 @@ def test_up_creates_the_filesystem_with_the_mkfs_options(tmp_path):
 
         async def config() -> FsConfig:
             zk = await connect(hosts)
+            zk.authenticate(load_key(state / "default.key"), default_root("default"))
             try:
                 return await load_config(zk, FsPaths(default_root("default")))
             finally:

@@ -41,6 +41,9 @@ def add_mkfs_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inline-max", type=parse_size, default=4096,
                    help="files up to this size keep their bytes in ZooKeeper, not in blocks"
                         " (default: 4096; 0: never; at most 64K)")
+    p.add_argument("--tls", action="store_true",
+                   help="encrypt the node protocol (TLS 1.3 with a CA derived from the key; "
+                        "README: Security)")
 
 
 # ------------------------------------------------------------------ subcommands

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from dfs.errors import DfsError, QuietError, UsageError, ZkUnavailable
-from dfs.keys import check_fs_key, default_key_file, load_key
-from dfs.mkfs import load_config
+from dfs.keys import default_key_file, unlock
 from dfs.paths import FsPaths, default_root
 from dfs.zk import ZkClient, connect
 
@@ -85,13 +84,10 @@ def resolve_key_file(args: argparse.Namespace) -> Path:
 
 async def cluster_key(args: argparse.Namespace, zk: ZkClient) -> bytes:
     """The command's key, checked against the filesystem's (QuietError, exit 2, if it is not)."""
-    path = resolve_key_file(args)
-    key = load_key(path)
     try:
-        config = await load_config(zk, FsPaths(default_root(args.fs)))
+        key, _ = await unlock(zk, FsPaths(default_root(args.fs)), resolve_key_file(args), args.fs)
     except DfsError as e:
         raise UsageError(e.message) from None
-    check_fs_key(config, key, path, args.fs)
     return key
 
 

@@ -26,7 +26,7 @@ from dfs.meta import Meta
 from dfs.mkfs import load_config
 from dfs.paths import ROOT_INO, FsPaths, default_root
 from dfs.zk import ZkClient
-from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, connect_zk
+from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, cluster_key, connect_zk
 
 WALKERS = 8  # directories listed at once by paths_of
 
@@ -125,6 +125,7 @@ async def _main(args: argparse.Namespace) -> int:
     zk = await connect_zk(args)
     try:
         paths = FsPaths(default_root(args.fs))
+        await cluster_key(args, zk)  # the key opens ZooKeeper
         try:
             config = await load_config(zk, paths)
         except DfsError as e:  # no filesystem there: exit 2, as 1 means "would lose data"

@@ -26,7 +26,7 @@ from dfs.meta import Meta
 from dfs.mkfs import load_config
 from dfs.paths import ROOT_INO, FsPaths, default_root
 from dfs.zk import NoNodeError, ZkClient
-from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, connect_zk, human
+from tools.common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, cluster_key, connect_zk, human
 
 
 async def resolve(meta: Meta, path: str) -> int:
@@ -139,6 +139,7 @@ async def _main(args: argparse.Namespace) -> int:
     zk = await connect_zk(args)
     try:
         paths = FsPaths(default_root(args.fs))
+        await cluster_key(args, zk)  # the key opens ZooKeeper
         try:
             config = await load_config(zk, paths)
         except DfsError as e:

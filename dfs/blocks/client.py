@@ -19,6 +19,7 @@ import errno
 import json
 import logging
 import random
+import ssl
 import time
 import uuid
 from typing import AsyncIterator, Awaitable, Callable, Collection, Protocol
@@ -32,7 +33,6 @@ from dfs.blocks.connection import (
     NodePool,
     NodeSlow,
     NodeUnavailable,
-    digest_of,
     reply_error,
 )
 from dfs.blocks.nodedir import NodeDirectory
@@ -83,14 +83,16 @@ class BlockClient:
         verification; default: a CorruptReport znode under `repair/corrupt`.
       request_timeout: seconds one request may take before the node is given up.
       connect_timeout: seconds to dial a node.
+      tls: the client TLS context of a filesystem made with --tls (dfs.tls).
     """
 
     def __init__(self, nodedir: NodeDirectory, *, key: bytes, on_corrupt: OnCorrupt | None = None,
                  request_timeout: float = REQUEST_TIMEOUT,
                  connect_timeout: float = CONNECT_TIMEOUT, pool_size: int = POOL_SIZE,
-                 reporter: str = "client"):
+                 reporter: str = "client", tls: ssl.SSLContext | None = None):
         self.nodedir = nodedir
         self.key = key
+        self.tls = tls
         self.on_corrupt = on_corrupt or self.report_corrupt
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
@@ -110,7 +112,7 @@ class BlockClient:
             if pool is not None:
                 pool.close()  # the node moved (restarted on another port)
             pool = self._pools[node_id] = NodePool(node_id, live.address, self.key,
-                                                   self.pool_size, self.connect_timeout)
+                                                   self.pool_size, self.connect_timeout, self.tls)
         return pool
 
     async def _call(self, node_id: str, frame: Frame, *, timeout: float | None = None,
@@ -160,7 +162,6 @@ class BlockClient:
         """
         block_id = uuid.uuid4().hex
         checksum = hash64(data)
-        digest = await digest_of(data)  # for the MACs of every replica's PUT
         size = len(data)
         live = list(self.nodedir.live().values())
         if len(live) < replicas:
@@ -179,8 +180,7 @@ class BlockClient:
             async def put(node_id: str) -> None:
                 try:
                     await self._call(node_id, Frame(Op.PUT, block_id=encode_block_id(block_id),
-                                                    length=size, checksum=checksum, payload=data,
-                                                    digest=digest),
+                                                    length=size, checksum=checksum, payload=data),
                                      what=f"storing block {block_id} on node {node_id}")
                     acked.append(node_id)
                 except DfsError as e:
@@ -331,7 +331,8 @@ class BlockClient:
         if live is None:
             raise NodeUnavailable(f"node {node_id} is not live")
         conn = await NodeConnection.open(node_id, live.address, key=self.key,
-                                         connect_timeout=max(self.connect_timeout, timeout))
+                                         connect_timeout=max(self.connect_timeout, timeout),
+                                         tls=self.tls)
         try:
             req = Frame(Op.LIST, request_id=1)
             await conn.fs.send_frame(req)

@@ -19,6 +19,7 @@ import hmac
 import itertools
 import json
 import os
+import ssl
 from typing import Any, Callable, Sequence
 
 import trio
@@ -36,7 +37,6 @@ from dfs.blocks.protocol import (
     TruncatedFrame,
     node_proof,
     parse_header,
-    payload_digest,
     split_address,
 )
 from dfs.errors import DfsError
@@ -46,15 +46,6 @@ POOL_SIZE = 4
 # A connection with fewer requests in flight than this is reused before dialing another.
 PIPELINE_DEPTH = 8
 RECV_BUFFER = 256 * 1024
-# Payloads at least this big are hashed (their MAC) in a worker thread: hashlib
-# releases the GIL, so the trio thread keeps moving other frames meanwhile.
-DIGEST_IN_THREAD = 256 * 1024
-
-
-async def digest_of(payload: bytes | bytearray | memoryview) -> bytes:
-    if len(payload) < DIGEST_IN_THREAD:
-        return payload_digest(payload)
-    return await trio.to_thread.run_sync(payload_digest, payload)
 
 
 class FrameSocket:
@@ -142,15 +133,14 @@ class FrameSocket:
                 raise TruncatedFrame("connection closed before a frame's MAC", frame.request_id)
             tag = bytes(self._buf[self._lo:self._lo + TAG_SIZE])
             self._lo += TAG_SIZE
-            self.mac.check(header, await digest_of(view), tag, frame.request_id)
+            self.mac.check(header, view, tag, frame.request_id)
         return frame
 
     async def send_frame(self, frame: Frame) -> None:
         header = frame.header()
         buffers = [header, frame.payload] if len(frame.payload) else [header]
         if self.mac is not None:
-            digest = frame.digest or await digest_of(frame.payload)
-            buffers.append(self.mac.seal(header, digest))
+            buffers.append(self.mac.seal(header, frame.payload))
         await self.send_buffers(buffers)
 
     async def send_buffers(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
@@ -167,6 +157,49 @@ class FrameSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class TlsSocket:
+    """The calls FrameSocket makes of a socket, over TLS (mkfs --tls, dfs/tls.py)."""
+
+    def __init__(self, stream: trio.SSLStream):
+        self.stream = stream
+
+    @classmethod
+    async def wrap(cls, stream: trio.SocketStream, tls: ssl.SSLContext, *,
+                   server_side: bool) -> "TlsSocket":
+        """After the TLS handshake (ssl.SSLError or trio.BrokenResourceError if it fails).
+        A close without TLS's close_notify is an end of stream, as on a plain
+        socket (https_compatible): frames carry their lengths, a cut one is noticed."""
+        wrapped = trio.SSLStream(stream, tls, server_side=server_side, https_compatible=True)
+        await wrapped.do_handshake()
+        return cls(wrapped)
+
+    async def recv_into(self, view: memoryview) -> int:
+        try:
+            data = await self.stream.receive_some(len(view))
+        except trio.BrokenResourceError as e:  # as a plain socket's ECONNRESET
+            raise ConnectionResetError(f"TLS: {e.__cause__ or e}") from None
+        view[:len(data)] = data
+        return len(data)
+
+    async def sendmsg(self, views: list[memoryview]) -> int:
+        try:
+            for v in views:  # TLS records are copies anyway: one send per buffer
+                await self.stream.send_all(v)
+        except trio.BrokenResourceError as e:
+            raise BrokenPipeError(f"TLS: {e.__cause__ or e}") from None
+        return sum(len(v) for v in views)
+
+    def close(self) -> None:
+        self.stream.transport_stream.socket.close()
+
+
+async def open_socket(stream: trio.SocketStream, tls: ssl.SSLContext | None, *,
+                      server_side: bool = False) -> "trio.socket.SocketType | TlsSocket":
+    """What FrameSocket runs on: the stream's socket, or TLS over it if `tls`."""
+    return stream.socket if tls is None else await TlsSocket.wrap(stream, tls,
+                                                                   server_side=server_side)
 
 
 class NodeUnavailable(DfsError):
@@ -239,9 +272,11 @@ class NodeConnection:
 
     @classmethod
     async def open(cls, node_id: str | None, address: str, *, key: bytes,
-                   connect_timeout: float = CONNECT_TIMEOUT) -> "NodeConnection":
-        """Dial `address`, authenticate both ways with the cluster `key`, and check
-        (PING) that the node there is `node_id` (if given).
+                   connect_timeout: float = CONNECT_TIMEOUT,
+                   tls: ssl.SSLContext | None = None) -> "NodeConnection":
+        """Dial `address` (over TLS with a `tls` context, dfs/tls.py), authenticate
+        both ways with the cluster `key`, and check (PING) that the node there is
+        `node_id` (if given).
 
         Raises:
           NodeUnavailable: the node cannot be reached.
@@ -252,7 +287,12 @@ class NodeConnection:
         try:
             with trio.fail_after(connect_timeout):
                 stream = await trio.open_tcp_stream(host, port)
-                fs = FrameSocket(stream.socket)
+                try:
+                    fs = FrameSocket(await open_socket(stream, tls))
+                except (ssl.SSLError, trio.BrokenResourceError) as e:
+                    stream.socket.close()
+                    raise DfsError(errno.EACCES, f"TLS with node {node_id or ''} at {address} "
+                                                 f"failed: {e.__cause__ or e}") from None
                 await client_handshake(fs, key, f"node {node_id or ''} at {address}")
                 conn = cls(node_id or "", address, fs)
                 reply = await conn.request(Frame(Op.PING))
@@ -370,10 +410,11 @@ class NodePool:
     """A few connections to one node; requests go to the least busy one."""
 
     def __init__(self, node_id: str, address: str, key: bytes, size: int = POOL_SIZE,
-                 connect_timeout: float = CONNECT_TIMEOUT):
+                 connect_timeout: float = CONNECT_TIMEOUT, tls: ssl.SSLContext | None = None):
         self.node_id = node_id
         self.address = address
         self.key = key
+        self.tls = tls
         self.size = size
         self.connect_timeout = connect_timeout
         self.conns: list[NodeConnection] = []
@@ -389,7 +430,7 @@ class NodePool:
             if len(self.conns) >= self.size:
                 return min(self.conns, key=lambda c: c.inflight)
             conn = await NodeConnection.open(self.node_id, self.address, key=self.key,
-                                             connect_timeout=self.connect_timeout)
+                                             connect_timeout=self.connect_timeout, tls=self.tls)
             self.conns.append(conn)
             return conn
 

@@ -29,9 +29,12 @@ the node accepts no other frame before it:
 `node_proof` is an HMAC-SHA256 under the cluster key over both nonces, so the
 client knows the node holds the key (its own nonce is fresh: no replay). From
 then on every frame in either direction is followed by a TAG_SIZE trailer (not
-counted in payload_len), an HMAC-SHA256 under that direction's session key
-(derived from the key and both nonces) over the frame's sequence number on the
-connection, its header and the SHA-256 of its payload (`FrameMac`). The node
+counted in payload_len): a Poly1305 tag (ChaCha20-Poly1305 of RFC 8439, with
+nothing to encrypt) under that direction's session key (an HMAC-SHA256 of the
+key and both nonces), whose nonce is the frame's sequence number on the
+connection, over its header and the tag of its payload (`FrameMac`). Poly1305
+runs at ~10 GB/s where SHA-256 ran at 1.3 (tools/benches/blockbench.py: the
+MAC of a 4 MiB block is ~0.4 ms, not 3 ms). The node
 checks the client by its first frame's trailer: its nonce is fresh, so a
 captured handshake cannot be replayed, and the sequence number means no frame
 can be dropped, repeated, reordered or injected. A frame whose trailer does not
@@ -39,11 +42,12 @@ match ends the connection.
 """
 
 import errno
-import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from dfs.errors import DfsError
 
@@ -96,9 +100,6 @@ class Frame:
     status: int = 0
     flags: int = 0
     payload: bytes | bytearray | memoryview = b""
-    # payload_digest(payload), when the sender knows it already: a block written
-    # to three nodes is hashed once for the three frames' MACs
-    digest: bytes | None = None
 
     def header(self) -> bytes:
         return HEADER.pack(MAGIC, self.op, self.flags, 0, self.request_id, self.block_id,
@@ -134,8 +135,9 @@ def parse_header(raw: bytes | bytearray | memoryview, max_payload: int = MAX_PAY
 
 
 NONCE_SIZE = 32
-TAG_SIZE = 32
-_SEQ = struct.Struct("!Q")
+TAG_SIZE = 16
+# a tag's 96-bit nonce: what it covers (b"H" header, b"P" payload) and the sequence number
+_NONCE = struct.Struct("!4sQ")
 # One byte per purpose of an HMAC under the cluster key, so no value made for
 # one purpose (a node's proof, one direction's session key) serves another.
 _NODE_PROOF, _CLIENT_TO_NODE, _NODE_TO_CLIENT = b"P", b"C", b"N"
@@ -154,10 +156,6 @@ class BadMac(ProtocolError):
     """A frame whose trailer does not match: the connection is not to be trusted."""
 
 
-def payload_digest(payload: bytes | bytearray | memoryview) -> bytes:
-    return hashlib.sha256(payload).digest()
-
-
 class FrameMac:
     """Seals and checks the frames of one authenticated connection (see the module docstring).
 
@@ -171,33 +169,32 @@ class FrameMac:
         to_node = _keyed(key, _CLIENT_TO_NODE, client_nonce, node_nonce)
         to_client = _keyed(key, _NODE_TO_CLIENT, client_nonce, node_nonce)
         send, recv = (to_node, to_client) if client else (to_client, to_node)
-        self._send = hmac.new(send, digestmod=hashlib.sha256)
-        self._recv = hmac.new(recv, digestmod=hashlib.sha256)
+        self._send = ChaCha20Poly1305(send)
+        self._recv = ChaCha20Poly1305(recv)
         self.sent = 0
         self.received = 0
 
     @staticmethod
-    def _tag(base: "hmac.HMAC", seq: int, header: bytes | memoryview, digest: bytes) -> bytes:
-        h = base.copy()
-        h.update(_SEQ.pack(seq))
-        h.update(header)
-        h.update(digest)
-        return h.digest()
+    def _tag(aead: ChaCha20Poly1305, seq: int, header: bytes,
+             payload: bytes | bytearray | memoryview) -> bytes:
+        # the payload is authenticated where it lies (no copy), the header with its tag
+        body = aead.encrypt(_NONCE.pack(b"P", seq), b"", payload) if len(payload) else b""
+        return aead.encrypt(_NONCE.pack(b"H", seq), b"", header + body)
 
-    def seal(self, header: bytes, digest: bytes) -> bytes:
+    def seal(self, header: bytes, payload: bytes | bytearray | memoryview) -> bytes:
         """The trailer of the next frame sent (call in send order)."""
-        tag = self._tag(self._send, self.sent, header, digest)
+        tag = self._tag(self._send, self.sent, header, payload)
         self.sent += 1
         return tag
 
-    def check(self, header: bytes | memoryview, digest: bytes, tag: bytes | memoryview,
-              request_id: int = 0) -> None:
+    def check(self, header: bytes, payload: bytes | bytearray | memoryview,
+              tag: bytes | memoryview, request_id: int = 0) -> None:
         """Check the trailer of the next frame received.
 
         Raises:
           BadMac: it does not match (forged, replayed, reordered or damaged).
         """
-        if not hmac.compare_digest(self._tag(self._recv, self.received, header, digest), tag):
+        if not hmac.compare_digest(self._tag(self._recv, self.received, header, payload), tag):
             raise BadMac(f"frame {self.received} on this connection fails its MAC", request_id)
         self.received += 1
 

@@ -5,6 +5,7 @@ code with kazoo's table), so one `except NoNodeError` covers every client.
 
 - Outcomes the caller decides on (often "already done" after a retry):
   NoNodeError, NodeExistsError, BadVersionError, NotEmptyError.
+- NoAuthError: the znode's ACL does not let this session's key in.
 - RETRYABLE: the connection, not the request, failed; the client resends on
   the next connection until its op_timeout and then raises ZkUnavailable.
 """
@@ -14,6 +15,7 @@ from kazoo.exceptions import (
     BadVersionError,
     ConnectionClosedError,
     ConnectionLoss,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
@@ -29,6 +31,6 @@ RETRYABLE = (ConnectionLoss, OperationTimeoutError, SessionExpiredError, Connect
 
 __all__ = [
     "EXCEPTIONS", "RETRYABLE", "BadVersionError", "ConnectionClosedError", "ConnectionLoss",
-    "NoNodeError", "NodeExistsError", "NotEmptyError", "OperationTimeoutError", "RolledBackError",
+    "NoAuthError", "NoNodeError", "NodeExistsError", "NotEmptyError", "OperationTimeoutError", "RolledBackError",
     "SessionExpiredError", "ZkUnavailable", "ZookeeperError",
 ]

@@ -6,6 +6,12 @@ until the session's reader task hands it the reply. Every metadata operation of
 the mount pays a ZooKeeper round trip, so the ~0.2 ms the kazoo bridge adds per
 call (thread hand-offs, callbacks) matters; see tools/benches/zkwirebench.py.
 
+Authentication (README "Security"): `authenticate(key, root)` sends ZooKeeper's
+digest auth packet for the cluster key now and on every later connection (right
+after its handshake, before any request), and from then on every znode created
+at or below `root`, ephemeral, sequential or in a multi alike, gets the cluster's
+ACL: all rights for the key's identity, none for anyone else.
+
 Wire format: every frame is a 4-byte big-endian length and a body. A request
 body is `xid, type` (`>ii`) and `request.serialize()` (the Connect handshake has
 no header); a reply body starts with the ReplyHeader `xid, zxid, err`. Special
@@ -45,6 +51,7 @@ server forgets a connection's watches, so watchers re-read and re-arm.
 
 import errno
 import heapq
+import hmac
 import logging
 import random
 import socket
@@ -59,14 +66,17 @@ import trio
 from kazoo.hosts import collect_hosts
 from kazoo.protocol.paths import _prefix_root, normpath
 from kazoo.protocol.serialization import (
+    Auth,
     CheckVersion,
     Close,
     Connect,
     Create,
     Delete,
     Exists,
+    GetACL,
     GetChildren,
     GetData,
+    SetACL,
     SetData,
     Transaction,
     Watch,
@@ -74,7 +84,7 @@ from kazoo.protocol.serialization import (
     write_string,
 )
 from kazoo.protocol.states import EVENT_TYPE_MAP, EventType, KeeperState, WatchedEvent, ZnodeStat
-from kazoo.security import OPEN_ACL_UNSAFE
+from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
 from dfs.errors import ZkUnavailable
 from dfs.metrics import ZK_ROUND_TRIPS, ZK_SECONDS
@@ -98,6 +108,7 @@ _reply_head = struct.Struct("!iqi")       # xid, zxid, err
 _PING_FRAME = _request_head.pack(8, -2, 11)
 
 WATCH_XID = -1
+AUTH_XID = -4
 NO_NODE = NoNodeError.code
 EXISTS_TYPE = Exists.type
 CHILD_WATCH_TYPES = (GetChildren.type, 12)  # GetChildren, GetChildren2
@@ -245,6 +256,9 @@ class WireZk:
         self._data_watches: dict[str, list[Callable]] = {}
         self._child_watches: dict[str, list[Callable]] = {}
         self._feeds: list[tuple[str, Callable[[int | None, str | None], None]]] = []
+        self._auths: list[bytes] = []  # auth frames, sent on every connection
+        self._acl_root: str | None = None  # creates at or below it get _acl
+        self._acl: list = OPEN_ACL_UNSAFE
         self._connected = trio.Event()
         self._closing = False
         self._run_scope = trio.CancelScope()
@@ -322,6 +336,33 @@ class WireZk:
             with trio.move_on_after(left + 0.01):
                 await self._connected.wait()
 
+    def authenticate(self, key: bytes, root: str) -> None:
+        """Be the cluster of `key` (on this and every later connection) and make
+        every znode created at or below `root` its own (see the module doc).
+        Takes effect for every call made after it: the server handles an auth
+        packet before the requests that follow it on the connection."""
+        credential = digest_credential(key)
+        body = Auth(0, "digest", credential).serialize()
+        self._auths.append(_request_head.pack(len(body) + 8, AUTH_XID, Auth.type) + body)
+        self._acl_root = root.rstrip("/")
+        self._acl = [make_digest_acl(*credential.split(":"), all=True)]
+        if self._conn is not None:
+            self._conn.write(self._auths[-1])
+
+    def acl_for(self, path: str) -> list:
+        """The ACL a znode created at `path` gets."""
+        root = self._acl_root
+        if root is not None and (path == root or path.startswith(root + "/")):
+            return self._acl
+        return OPEN_ACL_UNSAFE
+
+    async def get_acl(self, path: str) -> list:
+        return (await self._call(GetACL(self._full(path))))[0]
+
+    async def restrict(self, path: str) -> None:
+        """Give an existing znode the ACL it would get if created now (`dfs keygen`)."""
+        await self._call(SetACL(self._full(path), self.acl_for(path), -1))
+
     # -- calls
 
     async def get(self, path: str, watch: Callable | None = None) -> tuple[bytes, ZnodeStat]:
@@ -363,7 +404,7 @@ class WireZk:
 
     async def create(self, path: str, value: bytes = b"", *, ephemeral: bool = False,
                      sequence: bool = False, makepath: bool = False) -> str:
-        request = Create(self._full(path, sequence), value, OPEN_ACL_UNSAFE,
+        request = Create(self._full(path, sequence), value, self.acl_for(path),
                          (1 if ephemeral else 0) | (2 if sequence else 0))
         try:
             created = await self._call(request)
@@ -414,7 +455,7 @@ class WireZk:
         for name, (path, *rest) in txn.ops:
             if name == "create":
                 value, acl, ephemeral, sequence = rest
-                ops.append(Create(self._full(path, sequence), value, acl or OPEN_ACL_UNSAFE,
+                ops.append(Create(self._full(path, sequence), value, acl or self.acl_for(path),
                                   (1 if ephemeral else 0) | (2 if sequence else 0)))
             elif name in _TXN_REQUESTS:
                 ops.append(_TXN_REQUESTS[name](self._full(path), *rest))
@@ -520,7 +561,9 @@ class WireZk:
         if xid < 0:
             if xid == WATCH_XID:
                 self._watch_event(data, offset)
-            return  # -2 ping, -4 auth
+            elif xid == AUTH_XID and err:  # the server closes the connection too
+                log.error("ZooKeeper refused our authentication: %r", EXCEPTIONS[err]())
+            return  # -2 ping
         entry = conn.pending.popleft()
         if entry.xid != xid:
             raise RuntimeError(f"ZooKeeper reply xid {xid}, expected {entry.xid}")
@@ -635,6 +678,8 @@ class WireZk:
         async with trio.open_nursery() as nursery:
             conn.scope = nursery.cancel_scope
             self._conn = conn
+            for frame in self._auths:  # before any call can send a request on it
+                conn.write(frame)
             if self._down_since is not None:
                 log.log(logging.WARNING if self._outage_logged else logging.INFO,
                         "ZooKeeper connection back on %s after %.1f s", conn.address,
@@ -827,6 +872,12 @@ class WireZk:
         log.debug("ZooKeeper session %x on %s:%s, timeout %d ms",
                   reply.session_id, host, port, reply.time_out)
         return _Conn(sock, f"{host}:{port}", reply.time_out / 1000, data[end:])
+
+
+def digest_credential(key: bytes) -> str:
+    """The cluster's ZooKeeper identity, "user:password" of the digest scheme (what
+    zkCli's `addauth digest` takes), derived from the key without revealing it."""
+    return "dfs:" + hmac.digest(key, b"dfs zookeeper", "sha256").hex()
 
 
 async def _open_socket(host: str, port: int) -> socket.socket:

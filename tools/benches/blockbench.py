@@ -1,6 +1,6 @@
 """Block-layer benchmark: one client against N local storage nodes (no FUSE, no metadata).
 
-    python -m tools.benches.blockbench [--nodes 3] [--blocks 64] [--concurrency 8] [--small 4000]
+    python -m tools.benches.blockbench [--nodes 3] [--blocks 64] [--concurrency 8] [--small 4000] [--tls]
 
 Starts its own ZooKeeper and nodes in a temporary directory, then measures
 durable replicated 4 MiB block writes, verified 4 MiB reads, and 4 KiB PUT/GET
@@ -25,6 +25,7 @@ from dfs.keys import create_key_file, key_check
 from dfs.mkfs import mkfs
 from dfs.paths import FsPaths, default_root
 from dfs.records import BlockRef
+from dfs.tls import client_context
 from dfs.zk import connect
 from tools.local.nodeproc import NodeProcess, start_nodes
 from tools.local.zkserver import ZkEnsemble
@@ -87,10 +88,11 @@ async def bench(client: BlockClient, args: argparse.Namespace) -> dict[str, floa
 async def main_async(args: argparse.Namespace, zk_hosts: str, fsname: str,
                      key: bytes) -> dict[str, float]:
     zk = await connect(zk_hosts)
+    zk.authenticate(key, default_root(fsname))
     try:
         nodedir = NodeDirectory(zk, FsPaths(default_root(fsname)))
         await nodedir.wait_for(args.nodes, timeout=30)
-        client = BlockClient(nodedir, key=key)
+        client = BlockClient(nodedir, key=key, tls=client_context(key) if args.tls else None)
         try:
             return await bench(client, args)
         finally:
@@ -99,10 +101,11 @@ async def main_async(args: argparse.Namespace, zk_hosts: str, fsname: str,
         await zk.close()
 
 
-async def make_fs(zk_hosts: str, fsname: str, key: bytes) -> None:
+async def make_fs(zk_hosts: str, fsname: str, key: bytes, tls: bool) -> None:
     zk = await connect(zk_hosts)
+    zk.authenticate(key, default_root(fsname))
     try:
-        await mkfs(zk, FsPaths(default_root(fsname)), FsConfig(key_check=key_check(key)))
+        await mkfs(zk, FsPaths(default_root(fsname)), FsConfig(key_check=key_check(key), tls=tls))
     finally:
         await zk.close()
 
@@ -133,6 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--small-concurrency", type=int, default=64)
     p.add_argument("--dir", help="where node data goes (default: a temp dir, removed after)")
     p.add_argument("--zk", help="use this ZooKeeper instead of starting one")
+    p.add_argument("--tls", action="store_true", help="a filesystem made with --tls")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p.parse_args(argv)
 
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             fsname = f"bench-{uuid.uuid4().hex[:8]}"
             key_file = base / f"{fsname}.key"
             key = create_key_file(key_file)
-            trio.run(make_fs, zk_hosts, fsname, key)
+            trio.run(make_fs, zk_hosts, fsname, key, args.tls)
             nodes = start_nodes(zk_hosts, fsname, base, args.nodes, key_file=key_file)
             results = trio.run(main_async, args, zk_hosts, fsname, key)
         finally:

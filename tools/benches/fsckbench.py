@@ -46,6 +46,7 @@ BIG_FILE = 64 << 20
 async def build(hosts: str, fsname: str, files: int, big_bytes: int, key: bytes) -> None:
     zk = await connect(hosts)
     paths = FsPaths(default_root(fsname))
+    zk.authenticate(key, paths.root)
     config = await load_config(zk, paths)
     meta = Meta(zk, paths, config)
     nodedir = NodeDirectory(zk, paths)
@@ -91,6 +92,7 @@ async def build(hosts: str, fsname: str, files: int, big_bytes: int, key: bytes)
 
 async def make_fs(hosts: str, fsname: str, key: bytes) -> None:
     zk = await connect(hosts)
+    zk.authenticate(key, default_root(fsname))
     try:
         await mkfs(zk, FsPaths(default_root(fsname)), FsConfig(key_check=key_check(key)))
     finally:

@@ -27,6 +27,7 @@ from dfs.config import FsConfig
 from dfs.errors import DfsError, UsageError
 from dfs.mkfs import load_config
 from dfs.paths import ROOT_INO, FsPaths, default_root
+from dfs.tls import client_context
 from dfs.zk import ZkClient
 from tools.common import EXIT_OK, EXIT_PROBLEM, cluster_key, connect_zk
 from tools.fsck.blocks import BlockChecks
@@ -109,13 +110,14 @@ async def run_fsck(args: argparse.Namespace, out=sys.stdout) -> int:
     blocks = None
     try:
         paths = FsPaths(default_root(args.fs))
+        key = await cluster_key(args, zk)  # first: the key opens ZooKeeper
         try:
             config = await load_config(zk, paths)
         except DfsError as e:
             raise UsageError(e.message) from None
-        key = await cluster_key(args, zk)
         nodedir = NodeDirectory(zk, paths)
         blocks = BlockClient(nodedir, key=key, reporter="fsck", request_timeout=args.node_timeout,
+                             tls=client_context(key) if config.tls else None,
                              connect_timeout=min(args.node_timeout, CONNECT_TIMEOUT))
         report = Report()
         report = await Fsck(zk, paths, config, nodedir, blocks, opts, report, Progress(report)).run()

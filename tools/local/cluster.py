@@ -33,7 +33,7 @@ from tools.local.zkserver import ZkEnsemble, default_heap_mb, four_letter, free_
 from tools.mkfs import config_of
 
 
-MKFS_FIELDS = ("block_size", "replicas", "min_replicas", "dead_after", "inline_max")
+MKFS_FIELDS = ("block_size", "replicas", "min_replicas", "dead_after", "inline_max", "tls")
 
 
 def _load(state: Path) -> dict:
@@ -62,11 +62,12 @@ def _zk_serving(hosts: str) -> bool:
     return True
 
 
-async def _ensure_fs(hosts: str, fsname: str, config: FsConfig) -> FsConfig | None:
-    """Create the filesystem with `config`; None if created, else the existing one's
-    settings (its record of ZooKeeper's heap set to config's either way)."""
+async def _ensure_fs(hosts: str, fsname: str, config: FsConfig, key: bytes) -> FsConfig | None:
+    """Create the filesystem with `config` and `key`; None if created, else the existing
+    one's settings (its record of ZooKeeper's heap set to config's either way)."""
     zk = await connect(hosts, timeout=30)
     paths = FsPaths(default_root(fsname))
+    zk.authenticate(key, paths.root)
     try:
         await mkfs(zk, paths, config)
         return None
@@ -133,7 +134,7 @@ def up(args: argparse.Namespace) -> int:
             f"at {hosts}")
     data["fs"] = args.fs
     wanted = dataclasses.replace(config_of(args), zk_heap=heap_mb << 20, key_check=key_check(key))
-    found = trio.run(_ensure_fs, hosts, args.fs, wanted)
+    found = trio.run(_ensure_fs, hosts, args.fs, wanted, key)
     if found is None:
         say(f"created filesystem '{args.fs}': block size {wanted.block_size}, replicas "
             f"{wanted.replicas} (min {wanted.min_replicas}), dead after {wanted.dead_after:g} s, "

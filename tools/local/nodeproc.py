@@ -19,6 +19,7 @@ from pathlib import Path
 
 import trio
 
+from dfs.keys import default_key_file, load_key
 from dfs.paths import FsPaths, default_root
 from dfs.records import NodeLive
 from dfs.zk import NoNodeError, connect
@@ -138,6 +139,9 @@ class NodeProcess:
     async def _wait_registered(self, timeout: float) -> NodeLive:
         deadline = time.monotonic() + timeout
         zk = await connect(self.zk_hosts, timeout=max(1.0, deadline - time.monotonic()))
+        zk.authenticate(load_key(Path(self.key_file) if self.key_file else default_key_file(
+            self.fsname, self.env.get("XDG_CONFIG_HOME", os.environ.get("XDG_CONFIG_HOME")))),
+            self.paths.root)
         try:
             while time.monotonic() < deadline:
                 if not self.alive():
