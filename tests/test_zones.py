@@ -15,7 +15,7 @@ def test_the_leader_restores_the_zone_spread(cluster_factory, tmp_path):
     zone = {n.node_id: n.zone for n in a + b}
     c.mount()
     mnt = c.mounts[0].mountpoint
-    view = View(c.hosts, c.paths)
+    view = View(c.hosts, c.paths, c.key)
 
     def spread():
         live = view.live()
