@@ -83,6 +83,9 @@ class FrameSocket:
         self._buf = bytearray(RECV_BUFFER)
         self._lo = 0
         self._hi = 0
+        # True once recv_frame consumed a header: a receive cancelled after that
+        # leaves the stream out of step; before it, nothing was consumed.
+        self.partial = False
 
     async def _recv_more(self) -> bool:
         if self._lo == self._hi:
@@ -119,6 +122,7 @@ class FrameSocket:
         frame, plen = parse_header(raw, self.max_payload)
         header = bytes(raw) if self.mac is not None else b""
         self._lo += HEADER_SIZE
+        self.partial = True
         have = min(plen, self._hi - self._lo)
         if have == plen:  # common for small frames: all in the buffer already
             frame.payload = bytes(self._buf[self._lo:self._lo + plen]) if plen else b""
@@ -143,6 +147,7 @@ class FrameSocket:
             tag = bytes(self._buf[self._lo:self._lo + TAG_SIZE])
             self._lo += TAG_SIZE
             self.mac.check(header, await digest_of(view), tag, frame.request_id)
+        self.partial = False
         return frame
 
     async def send_frame(self, frame: Frame) -> None:
@@ -354,7 +359,10 @@ class NodeConnection:
                     target.frame = f
                     target.event.set()
             except trio.Cancelled:
-                self._break(NodeUnavailable("request cancelled while reading"))
+                # a hedged read or a write's grace gave up on this node: the connection
+                # is still in step unless a reply was half read
+                if self.fs.partial:
+                    self._break(NodeUnavailable("request cancelled while reading"))
                 raise
             except (OSError, DfsError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
                 err = self._as_unavailable(e)
