@@ -90,6 +90,10 @@ class NodeSettings:
     repair_scan_interval: float = 60.0  # DFS_REPAIR_SCAN_INTERVAL: s between full scans
     orphan_age: float | None = None    # DFS_ORPHAN_AGE: s; None: the filesystem's orphan_age
     orphan_interval: float | None = None  # DFS_ORPHAN_INTERVAL: s; None: from orphan_age
+    max_connections: int = 4096        # DFS_NODE_MAX_CONNECTIONS: open connections, all peers
+    max_peer_connections: int = 1024   # DFS_NODE_MAX_PEER_CONNECTIONS: ... from one address
+    idle_timeout: float = 600.0        # DFS_NODE_IDLE_TIMEOUT: s a connection may sit without a request
+    frame_timeout: float = 60.0        # DFS_NODE_FRAME_TIMEOUT: s one frame (a PUT: 64 MiB) may take to arrive
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> "NodeSettings":
@@ -116,4 +120,8 @@ class NodeSettings:
             repair_scan_interval=knob("DFS_REPAIR_SCAN_INTERVAL", d.repair_scan_interval),
             orphan_age=number("DFS_ORPHAN_AGE"),
             orphan_interval=number("DFS_ORPHAN_INTERVAL"),
+            max_connections=int(knob("DFS_NODE_MAX_CONNECTIONS", d.max_connections)),
+            max_peer_connections=int(knob("DFS_NODE_MAX_PEER_CONNECTIONS", d.max_peer_connections)),
+            idle_timeout=knob("DFS_NODE_IDLE_TIMEOUT", d.idle_timeout),
+            frame_timeout=knob("DFS_NODE_FRAME_TIMEOUT", d.frame_timeout),
         )

@@ -173,7 +173,8 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
         address = f"{advertised_host(host, args.advertise)}:{port}"
 
         nodedir = NodeDirectory(zk, paths, interval=max(args.heartbeat, 1.0))
-        server = NodeServer(store, node_id, key, nodedir, disk_threads=args.disk_threads)
+        server = NodeServer(store, node_id, key, nodedir, disk_threads=args.disk_threads,
+                            settings=settings)
 
         def usage() -> tuple[int, int, int, int, float]:
             capacity, used, free = store.usage()
