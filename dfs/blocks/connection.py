@@ -211,8 +211,6 @@ class FrameSocket:
 
     def close(self) -> None:
         self.sock.close()
-        self._lo = self._hi = 0
-        self._release_buffer()
 
 
 class NodeUnavailable(DfsError):
@@ -356,12 +354,15 @@ class NodeConnection:
         frame.request_id = rid
         w = _Waiter()
         self._waiters[rid] = w
+        sending = False
         try:
             try:
                 async with self._send_lock:
+                    sending = True
                     await self.fs.send_frame(frame)
             except trio.Cancelled:
-                self._break(NodeUnavailable("request cancelled while sending"))
+                if sending:  # (not while waiting for the lock: a hedge's loser often is)
+                    self._break(NodeUnavailable("request cancelled while sending"))
                 raise
             except (OSError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
                 self._break(self._as_unavailable(e))
