@@ -81,3 +81,26 @@ def test_frozen_node_stalls_no_close_and_no_first_read(cluster):
     print(f"every block at 3 copies {time.monotonic() - thawed:.1f} s after SIGCONT")
     for name, data in {**before, **written}.items():
         assert (fresh / name).read_bytes() == data
+
+
+def test_blocks_written_short_are_repaired_without_waiting_for_a_scan(cluster):
+    """A freeze shorter than the node's session: nothing tells the leader but the
+    writers' hints, and the periodic scan is a minute away."""
+    mnt = cluster.mounts[0].mountpoint
+    (mnt / "warm").write_bytes(b"x" * 5000)  # connections to every node are open
+    files = {f"f{i}": os.urandom(1500 * KiB + i) for i in range(3)}
+    frozen = cluster.nodes[1]
+    frozen.signal(signal.SIGSTOP)
+    try:
+        for name, data in files.items():
+            (mnt / name).write_bytes(data)
+        assert trio.run(short_blocks, cluster) > 0
+    finally:
+        frozen.signal(signal.SIGCONT)
+    thawed = time.monotonic()
+    while trio.run(short_blocks, cluster):
+        assert time.monotonic() - thawed < 20, "short blocks not repaired in 20 s"
+        time.sleep(0.5)
+    print(f"every block at 3 copies {time.monotonic() - thawed:.1f} s after SIGCONT")
+    for name, data in files.items():
+        assert (mnt / name).read_bytes() == data

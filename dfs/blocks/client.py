@@ -20,8 +20,9 @@ a write completes once `min_replicas` acked and the others had a short grace
 replica when one has not answered within a few times its recent latency. A
 node that misses SLOW_STRIKES such deadlines in a row is slow: placement skips
 it (unless too few others are left) and reads try it last, until it answers a
-request again or SLOW_RETRY passed. The repair leader brings blocks written
-short to `replicas` copies.
+request again or SLOW_RETRY passed. A block written short leaves a
+CorruptReport with reason SHORT_WRITE, so the repair leader brings it to
+`replicas` copies at once instead of at its next full scan.
 """
 
 import errno
@@ -64,6 +65,7 @@ HEDGE_MAX = 1.0  # s
 HEDGE_FIRST = 0.5  # s: the delay for a node without history (a fresh mount)
 SLOW_STRIKES = 2  # missed deadlines in a row that make a node slow
 SLOW_RETRY = 10.0  # s after its last miss a slow node gets new blocks again (one try)
+SHORT_WRITE = "short write"  # the reason of the report a block written short leaves
 
 OnCorrupt = Callable[[BlockRef, str, str], Awaitable[None]]
 LOAD_TIE = 8  # in-flight requests that count as equally loaded (see _read_order)
@@ -277,7 +279,11 @@ class BlockClient:
             if want <= 0:
                 break
         if len(acked) >= min_replicas:
-            return BlockRef(id=block_id, length=size, checksum=to_hex(checksum), replicas=acked)
+            ref = BlockRef(id=block_id, length=size, checksum=to_hex(checksum), replicas=acked)
+            missing = sorted(tried - set(exclude) - set(acked))
+            if len(acked) < replicas and missing:
+                await self.report_corrupt(ref, missing[0], SHORT_WRITE)  # a hint, not damage
+            return ref
         await self._discard(block_id, acked)
         full = [n for n in live if n.state == "active" and n.free < size]
         if (errors and all(e.errno == errno.ENOSPC for e in errors)) or (not errors and full):
