@@ -9,9 +9,10 @@ authenticated (`client_handshake` here, the node's side in nodes/server.py).
 `NodeConnection` pipelines requests on one connection with request ids. There
 is no background reader task (the client has no nursery of its own): whichever
 waiting request finds no reader active reads frames and hands each to its
-waiter, then passes the role on. A connection on which a frame was cut short
-(error, cancellation mid-frame) is closed and dropped; `NodePool` dials a new
-one for the next request.
+waiter, then passes the role on; a reply that started arriving is read whole
+even if its reader's request is given up meanwhile. A connection on which a
+frame was cut short (error, cancellation mid-send, a reply stalled inside) is
+closed and dropped; `NodePool` dials a new one for the next request.
 """
 
 import errno
@@ -49,6 +50,7 @@ PIPELINE_DEPTH = 8
 # idle timeout (DFS_NODE_IDLE_TIMEOUT, 600 s), so a request never meets a connection
 # the node is closing
 POOL_IDLE = 300.0
+FRAME_FINISH = 10.0  # s a reply may take to arrive once its first bytes did
 RECV_BUFFER = 256 * 1024
 SPARE_BUFFERS = 64  # RECV_BUFFERs kept for re-use (a fresh one costs a page fault per 4 KiB)
 FIRST_RECV = 16 * 1024  # a connection coming alive starts with this (an EOF costs no RECV_BUFFER)
@@ -95,9 +97,6 @@ class FrameSocket:
         self._buf = bytearray()  # RECV_BUFFER bytes while it holds any, see _recv_more
         self._lo = 0
         self._hi = 0
-        # True once recv_frame consumed a header: a receive cancelled after that
-        # leaves the stream out of step; before it, nothing was consumed.
-        self.partial = False
 
     def _release_buffer(self) -> None:
         if self._lo == self._hi and self._buf:
@@ -159,7 +158,6 @@ class FrameSocket:
         frame, plen = parse_header(raw, self.max_payload)
         header = bytes(raw) if self.mac is not None else b""
         self._lo += HEADER_SIZE
-        self.partial = True
         have = min(plen, self._hi - self._lo)
         if have == plen:  # common for small frames: all in the buffer already
             frame.payload = bytes(self._buf[self._lo:self._lo + plen]) if plen else b""
@@ -185,7 +183,6 @@ class FrameSocket:
             tag = bytes(self._buf[self._lo:self._lo + TAG_SIZE])
             self._lo += TAG_SIZE
             self.mac.check(header, await digest_of(view), tag, frame.request_id)
-        self.partial = False
         self._release_buffer()
         return frame
 
@@ -392,7 +389,12 @@ class NodeConnection:
             self._reading = True
             try:
                 while w.frame is None:
-                    f = await self.fs.recv_frame()
+                    await self.fs.wait_readable()  # cancellable: nothing consumed yet
+                    # A reply that started arriving is read whole even if this request
+                    # is given up meanwhile (a hedged read's loser, a write's grace):
+                    # cut short, it would leave the connection out of step.
+                    with trio.CancelScope(shield=True), trio.fail_after(FRAME_FINISH):
+                        f = await self.fs.recv_frame()
                     if f is None:
                         raise NodeUnavailable(f"node {self.node_id} closed the connection")
                     if not f.op & REPLY:
@@ -402,12 +404,10 @@ class NodeConnection:
                         continue  # its requester gave up (timeout); drop the late reply
                     target.frame = f
                     target.event.set()
-            except trio.Cancelled:
-                # a hedged read or a write's grace gave up on this node: the connection
-                # is still in step unless a reply was half read
-                if self.fs.partial:
-                    self._break(NodeUnavailable("request cancelled while reading"))
-                raise
+            except trio.TooSlowError:
+                err = NodeSlow(f"node {self.node_id} stopped sending within a reply")
+                self._break(err)
+                raise err from None
             except (OSError, DfsError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
                 err = self._as_unavailable(e)
                 self._break(err)
