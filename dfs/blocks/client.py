@@ -280,9 +280,9 @@ class BlockClient:
                 break
         if len(acked) >= min_replicas:
             ref = BlockRef(id=block_id, length=size, checksum=to_hex(checksum), replicas=acked)
-            missing = sorted(tried - set(exclude) - set(acked))
-            if len(acked) < replicas and missing:
-                await self.report_corrupt(ref, missing[0], SHORT_WRITE)  # a hint, not damage
+            if len(acked) < replicas and tried - set(exclude) - set(acked):
+                # a node missed it: a hint (not damage) about a replica the map will list
+                await self.report_corrupt(ref, acked[0], SHORT_WRITE)
             return ref
         await self._discard(block_id, acked)
         full = [n for n in live if n.state == "active" and n.free < size]

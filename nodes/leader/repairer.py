@@ -289,7 +289,8 @@ class Repairer:
                 names = []
                 for name, rep in reports.get(ref.id, []):
                     seen_reports.add(name)
-                    if rep.node_id in ref.replicas and await self._confirm_bad(ref, rep.node_id):
+                    if rep.reason != SHORT_WRITE and rep.node_id in ref.replicas and \
+                            await self._confirm_bad(ref, rep.node_id):
                         bad.add(rep.node_id)
                     names.append(name)
                 counting = [n for n in ref.replicas if ctx.counts(n, bad)]
