@@ -93,6 +93,10 @@ class NodeSettings:
     orphan_interval: float | None = None  # DFS_ORPHAN_INTERVAL: s; None: from orphan_age
     scrub_rate: float = 20 * 2**20     # DFS_SCRUB_RATE (MiB/s): replica bytes re-read, 0 no scrub
     scrub_period: float = 7 * 86400.0  # DFS_SCRUB_PERIOD: s within which each replica is verified
+    max_connections: int = 4096        # DFS_NODE_MAX_CONNECTIONS: open connections, all peers
+    max_peer_connections: int = 1024   # DFS_NODE_MAX_PEER_CONNECTIONS: ... from one address
+    idle_timeout: float = 600.0        # DFS_NODE_IDLE_TIMEOUT: s a connection may sit without a request
+    frame_timeout: float = 60.0        # DFS_NODE_FRAME_TIMEOUT: s one frame (a PUT: 64 MiB) may take to arrive
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> "NodeSettings":
@@ -121,4 +125,8 @@ class NodeSettings:
             orphan_interval=number("DFS_ORPHAN_INTERVAL"),
             scrub_rate=knob("DFS_SCRUB_RATE", d.scrub_rate / 2**20) * 2**20,
             scrub_period=knob("DFS_SCRUB_PERIOD", d.scrub_period),
+            max_connections=int(knob("DFS_NODE_MAX_CONNECTIONS", d.max_connections)),
+            max_peer_connections=int(knob("DFS_NODE_MAX_PEER_CONNECTIONS", d.max_peer_connections)),
+            idle_timeout=knob("DFS_NODE_IDLE_TIMEOUT", d.idle_timeout),
+            frame_timeout=knob("DFS_NODE_FRAME_TIMEOUT", d.frame_timeout),
         )

@@ -178,7 +178,7 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
         peer_tls = client_context(key) if config.tls else None
         server = NodeServer(store, node_id, key, nodedir, disk_threads=args.disk_threads,
                             tls=server_context(key, data) if config.tls else None,
-                            peer_tls=peer_tls)
+                            peer_tls=peer_tls, settings=settings)
         metrics_at = ""
         if args.metrics:
             try:

@@ -13,6 +13,14 @@ limit, so a stranger costs the node a nonce, an HMAC and a few hundred bytes; a
 refused peer is logged once a minute at most. COPY only pushes to a live node of
 this filesystem (the node directory), at the address registered for it.
 
+Bounded resources (NodeSettings, README "Node limits"): at most
+`max_connections` connections, `max_peer_connections` from one address (more
+are refused with an EMFILE reply saying which limit); a connection without a
+request for `idle_timeout` s is closed; a frame must arrive within
+`frame_timeout` s, or the connection is dropped with the payload it was
+filling (a stalled PUT frees its 64 MiB). Idle connections hold no receive
+buffer (dfs/blocks/connection.py). Bad frames are logged like refusals.
+
 Shutdown (`drain`): stop accepting, stop reading new requests, let the requests
 already in flight finish and send their replies, then close.
 """
@@ -44,6 +52,7 @@ from dfs.blocks.protocol import (
     node_proof,
 )
 from dfs.checksum import hash64, valid_block_id
+from dfs.config import NodeSettings
 from dfs.errors import DfsError
 from dfs.metrics import NODE_READ, NODE_WRITTEN
 from nodes.store import DIRECT_MIN, BlockBuffer, BlockStore
@@ -69,12 +78,15 @@ class NodeServer:
       disk_threads: worker threads for disk I/O.
       tls, peer_tls: with --tls (dfs.tls), the server context it serves with and
         the client context it copies to other nodes with.
+      settings: the node's knobs (connection limits and timeouts).
     """
 
     def __init__(self, store: BlockStore, node_id: str, key: bytes, peers: NodeDirectory, *,
                  disk_threads: int = 32, tls: ssl.SSLContext | None = None,
-                 peer_tls: ssl.SSLContext | None = None):
+                 peer_tls: ssl.SSLContext | None = None, settings: NodeSettings = NodeSettings()):
         self.store = store
+        self.settings = settings
+        self.connections: dict[str, int] = {}  # peer address -> open connections
         self.node_id = node_id
         self.key = key
         self.tls = tls
@@ -109,6 +121,15 @@ class NodeServer:
                 continue
             conns.start_soon(self._connection, stream)
 
+    def _over_limit(self, peer: str) -> str:
+        """Why a new connection from `peer` is refused ("" if it is not)."""
+        s = self.settings
+        if sum(self.connections.values()) >= s.max_connections:
+            return f"too many connections to this node (limit {s.max_connections})"
+        if self.connections.get(peer, 0) >= s.max_peer_connections:
+            return f"too many connections from {peer} (limit {s.max_peer_connections})"
+        return ""
+
     def drain(self) -> None:
         """Stop accepting and reading; requests in flight still complete."""
         if self._accepting is not None:
@@ -133,6 +154,19 @@ class NodeServer:
         fs = FrameSocket(sock, UNTRUSTED_PAYLOAD, alloc=self._alloc)
         send_lock = trio.Lock()
         slots = trio.Semaphore(MAX_INFLIGHT_PER_CONN)
+        refusal = self._over_limit(peer)
+        if refusal:
+            self._refused(peer, refusal)
+            with trio.move_on_after(1):  # read its HELLO first: closing on it would reset
+                try:
+                    if await fs.recv_frame() is not None:
+                        await fs.send_frame(Frame(Op.HELLO | REPLY, status=errno.EMFILE,
+                                                  payload=refusal.encode()))
+                except (DfsError, OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass
+            fs.close()
+            return
+        self.connections[peer] = self.connections.get(peer, 0) + 1
         try:
             if not await self._handshake(fs, peer):
                 return
@@ -146,6 +180,9 @@ class NodeServer:
                 # requests still running finish before the nursery exits
         finally:
             fs.close()
+            self.connections[peer] -= 1
+            if not self.connections[peer]:
+                del self.connections[peer]
 
     async def _handshake(self, fs: FrameSocket, peer: str) -> bool:
         """Answer the peer's HELLO and set up the connection's MACs; False: close it."""
@@ -193,10 +230,24 @@ class NodeServer:
 
     async def _read_loop(self, fs: FrameSocket, peer: str, send_lock: trio.Lock,
                          slots: trio.Semaphore, requests: trio.Nursery) -> None:
+        s = self.settings
         while True:
             await slots.acquire()
             try:
-                frame = await fs.recv_frame()
+                while True:
+                    with trio.move_on_after(s.idle_timeout) as idle:
+                        await fs.wait_readable()
+                    if not idle.cancelled_caught:
+                        break
+                    if slots.value == MAX_INFLIGHT_PER_CONN - 1:
+                        slots.release()
+                        return  # nothing asked, nothing in flight: closed, the client redials
+                with trio.move_on_after(s.frame_timeout) as late:
+                    frame = await fs.recv_frame()
+                if late.cancelled_caught:
+                    slots.release()
+                    self._refused(peer, f"a frame took more than {s.frame_timeout:g} s to arrive")
+                    return
                 if frame is None:
                     slots.release()
                     return
@@ -211,7 +262,7 @@ class NodeServer:
                 return
             except ProtocolError as e:
                 slots.release()
-                log.info("closing connection after a bad frame: %s", e.message)
+                self._refused(peer, f"bad frame: {e.message}")
                 await self._send_error(fs, send_lock, Frame(Op.PING, e.request_id), e)
                 return
             except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):

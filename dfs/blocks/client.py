@@ -13,6 +13,16 @@ right bytes or raises DfsError(EIO).
 
 Connections: a small pool per node (dfs/blocks/connection.py), requests
 pipelined on each, every one authenticated with the cluster key (dfs/keys.py).
+
+Slow nodes (a frozen, swapping or half-partitioned node still accepts TCP):
+a write completes once `min_replicas` acked and the others had a short grace
+(a few times the acked ones' latency, at most GRACE_MAX); a read asks the next
+replica when one has not answered within a few times its recent latency. A
+node that misses SLOW_STRIKES such deadlines in a row is slow: placement skips
+it (unless too few others are left) and reads try it last, until it answers a
+request again or SLOW_RETRY passed. A block written short leaves a
+CorruptReport with reason SHORT_WRITE, so the repair leader brings it to
+`replicas` copies at once instead of at its next full scan.
 """
 
 import errno
@@ -46,6 +56,16 @@ from dfs.zk import NodeExistsError
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 30.0
+GRACE_FACTOR = 4  # the replicas after min_replicas get this many times the acked ones' latency
+GRACE_MIN = 0.5  # s: ... but at least this (on a busy machine the third copy lags)
+GRACE_MAX = 0.75  # s: ... and at most this (a close, its commit included, stays well under 2 s)
+HEDGE_FACTOR = 3  # a read asks the next replica after this many times the node's usual latency
+HEDGE_MIN = 0.1  # s
+HEDGE_MAX = 1.0  # s
+HEDGE_FIRST = 0.5  # s: the delay for a node without history (a fresh mount)
+SLOW_STRIKES = 2  # missed deadlines in a row that make a node slow
+SLOW_RETRY = 10.0  # s after its last miss a slow node gets new blocks again (one try)
+SHORT_WRITE = "short write"  # the reason of the report a block written short leaves
 
 OnCorrupt = Callable[[BlockRef, str, str], Awaitable[None]]
 LOAD_TIE = 8  # in-flight requests that count as equally loaded (see _read_order)
@@ -100,6 +120,8 @@ class BlockClient:
         self.reporter = reporter
         self._pools: dict[str, NodePool] = {}
         self._rng = random.Random()
+        self._latency: dict[str, float] = {}  # node id -> moving average of data requests (s)
+        self._misses: dict[str, tuple[int, float]] = {}  # node id -> (deadlines missed in a row, last)
 
     # -- plumbing
 
@@ -127,6 +149,31 @@ class BlockClient:
         if reply.status:
             raise reply_error(reply, what or f"{Op(frame.op).name} on node {node_id}")
         return reply
+
+    async def _timed(self, node_id: str, frame: Frame, what: str) -> Frame:
+        """_call for data requests: an answer feeds the node's latency and clears its misses."""
+        start = trio.current_time()
+        reply = await self._call(node_id, frame, what=what)
+        took = trio.current_time() - start
+        self._latency[node_id] = 0.8 * self._latency.get(node_id, took) + 0.2 * took
+        self._misses.pop(node_id, None)
+        return reply
+
+    def _missed(self, node_id: str) -> None:
+        count, _ = self._misses.get(node_id, (0, 0.0))
+        if count + 1 == SLOW_STRIKES:
+            log.warning("node %s keeps missing deadlines: treated as slow", node_id)
+        self._misses[node_id] = (count + 1, trio.current_time())
+
+    def slow_nodes(self) -> set[str]:
+        """Nodes that missed SLOW_STRIKES deadlines in a row, the last within SLOW_RETRY s."""
+        now = trio.current_time()
+        return {n for n, (count, last) in self._misses.items()
+                if count >= SLOW_STRIKES and now - last < SLOW_RETRY}
+
+    def _hedge_delay(self, node_id: str) -> float:
+        usual = self._latency.get(node_id)
+        return HEDGE_FIRST if usual is None else min(max(HEDGE_FACTOR * usual, HEDGE_MIN), HEDGE_MAX)
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
@@ -171,30 +218,72 @@ class BlockClient:
         acked: list[str] = []
         errors: list[DfsError] = []
         want = replicas
+        took: list[float] = []  # seconds each ack took
         for _round in range(2):  # the first choice, then other nodes for what failed
-            targets = place_replicas(live, want, exclude=tried, block_size=size, rng=self._rng)
+            slow = self.slow_nodes()
+            targets = place_replicas(live, want, exclude=tried | slow, block_size=size, rng=self._rng)
+            short = min_replicas - len(acked) - len(targets)
+            if short > 0:  # too few others: slow nodes it is
+                targets += place_replicas(live, short, exclude=tried | set(targets),
+                                          block_size=size, rng=self._rng)
             if not targets:
                 break
             tried.update(targets)
+            failed: set[str] = set()
+            answered = trio.Event()  # every target acked or failed
+            grace_started = expired = False
 
-            async def put(node_id: str) -> None:
+            def start_grace(nursery: trio.Nursery) -> None:
+                nonlocal grace_started
+                if len(acked) >= min_replicas and not grace_started:
+                    grace_started = True
+                    nursery.start_soon(grace, nursery)
+
+            async def grace(nursery: trio.Nursery) -> None:
+                nonlocal expired
+                with trio.move_on_after(min(max(GRACE_FACTOR * max(took, default=0), GRACE_MIN),
+                                            GRACE_MAX)):
+                    await answered.wait()
+                if not answered.is_set():
+                    expired = True
+                    nursery.cancel_scope.cancel()
+
+            async def put(node_id: str, nursery: trio.Nursery) -> None:
                 try:
-                    await self._call(node_id, Frame(Op.PUT, block_id=encode_block_id(block_id),
-                                                    length=size, checksum=checksum, payload=data),
-                                     what=f"storing block {block_id} on node {node_id}")
-                    acked.append(node_id)
+                    await self._timed(node_id, Frame(Op.PUT, block_id=encode_block_id(block_id),
+                                                     length=size, checksum=checksum, payload=data),
+                                      what=f"storing block {block_id} on node {node_id}")
                 except DfsError as e:
                     log.info("PUT %s to node %s failed: %s", block_id, node_id, e)
                     errors.append(e)
+                    failed.add(node_id)
+                else:
+                    acked.append(node_id)
+                    took.append(trio.current_time() - start)
+                    start_grace(nursery)
+                if failed.union(acked).issuperset(targets):
+                    answered.set()
 
+            start = trio.current_time()
             async with trio.open_nursery() as nursery:
+                start_grace(nursery)
                 for node_id in targets:
-                    nursery.start_soon(put, node_id)
+                    nursery.start_soon(put, node_id, nursery)
+            if expired:
+                for node_id in set(targets) - set(acked) - failed:
+                    self._missed(node_id)
+                log.info("block %s stored on %d of %d nodes; the repair leader adds the rest",
+                         block_id, len(acked), replicas)
+                break
             want = replicas - len(acked)
             if want <= 0:
                 break
         if len(acked) >= min_replicas:
-            return BlockRef(id=block_id, length=size, checksum=to_hex(checksum), replicas=acked)
+            ref = BlockRef(id=block_id, length=size, checksum=to_hex(checksum), replicas=acked)
+            if len(acked) < replicas and tried - set(exclude) - set(acked):
+                # a node missed it: a hint (not damage) about a replica the map will list
+                await self.report_corrupt(ref, acked[0], SHORT_WRITE)
+            return ref
         await self._discard(block_id, acked)
         full = [n for n in live if n.state == "active" and n.free < size]
         if (errors and all(e.errno == errno.ENOSPC for e in errors)) or (not errors and full):
@@ -215,7 +304,7 @@ class BlockClient:
     # -- reading
 
     def _read_order(self, ref: BlockRef) -> list[str]:
-        """Replicas to try: live ones first, least loaded first (ties at random).
+        """Replicas to try: live ones first, slow ones last, least loaded first (ties at random).
 
         `load` is a node's in-flight requests sampled at its last heartbeat; a
         few requests apart counts as a tie, or one stale sample would steer
@@ -224,7 +313,8 @@ class BlockClient:
         live = self.nodedir.live()
         up = [n for n in ref.replicas if n in live]
         self._rng.shuffle(up)
-        up.sort(key=lambda n: int(live[n].load) // LOAD_TIE)
+        slow = self.slow_nodes()
+        up.sort(key=lambda n: (n in slow, int(live[n].load) // LOAD_TIE))
         return up + [n for n in ref.replicas if n not in live]
 
     async def read_block(self, ref: BlockRef, offset: int = 0, length: int | None = None) -> bytes:
@@ -245,32 +335,58 @@ class BlockClient:
         whole = offset == 0 and want == ref.length
         expected = from_hex(ref.checksum)
         last_error = "no replica is live"
-        for node_id in self._read_order(ref):
+        found: list[bytes] = []
+
+        async def attempt(node_id: str, finished: trio.Event, nursery: trio.Nursery) -> None:
+            """Verified bytes from one replica into `found` (cancelling the others)."""
+            nonlocal last_error
             try:
-                reply = await self._call(node_id, Frame(Op.GET, block_id=encode_block_id(ref.id),
-                                                        offset=offset, length=want),
-                                         what=f"reading block {ref.id} from node {node_id}")
+                reply = await self._timed(node_id, Frame(Op.GET, block_id=encode_block_id(ref.id),
+                                                         offset=offset, length=want),
+                                          what=f"reading block {ref.id} from node {node_id}")
             except NodeUnavailable as e:
                 last_error = str(e)
-                continue
+                finished.set()
+                return
             except DfsError as e:
                 last_error = str(e)
+                finished.set()
                 if e.errno in (errno.EIO, errno.ENOENT):
-                    await self.on_corrupt(ref, node_id, "missing" if e.errno == errno.ENOENT
-                                          else f"node reported: {e.message}")
-                continue
+                    with trio.CancelScope(shield=True):  # a hedge's win must not lose the report
+                        await self.on_corrupt(ref, node_id, "missing" if e.errno == errno.ENOENT
+                                              else f"node reported: {e.message}")
+                return
+            finished.set()
             data = reply.payload
             got = hash64(data)
             if len(data) != want or got != reply.checksum:
                 # damaged in transit or a buggy node: not proof the replica is bad
                 last_error = f"node {node_id} sent {len(data)} bytes that fail their checksum"
                 log.warning("%s (block %s)", last_error, ref.id)
-                continue
-            if whole and got != expected:
+            elif whole and got != expected:
                 last_error = f"replica on node {node_id} does not match the block checksum"
-                await self.on_corrupt(ref, node_id, "whole-block checksum mismatch")
-                continue
-            return data if isinstance(data, bytes) else bytes(data)
+                with trio.CancelScope(shield=True):
+                    await self.on_corrupt(ref, node_id, "whole-block checksum mismatch")
+            else:
+                found.append(data if isinstance(data, bytes) else bytes(data))
+                nursery.cancel_scope.cancel()
+
+        # Replicas one after the other; one that neither answered nor failed within its
+        # hedge delay keeps going while the next is asked (the first verified answer wins).
+        hedged: list[tuple[str, trio.Event]] = []
+        async with trio.open_nursery() as nursery:
+            for node_id in self._read_order(ref):
+                finished = trio.Event()
+                nursery.start_soon(attempt, node_id, finished, nursery)
+                with trio.move_on_after(self._hedge_delay(node_id)):
+                    await finished.wait()
+                if not finished.is_set():
+                    hedged.append((node_id, finished))
+        for node_id, finished in hedged:
+            if not finished.is_set():  # still silent when another replica answered
+                self._missed(node_id)
+        if found:
+            return found[0]
         raise DfsError(errno.EIO, f"cannot read block {ref.id}: {last_error}")
 
     # -- maintenance operations (fsck, gc, repair)

@@ -9,9 +9,10 @@ authenticated (`client_handshake` here, the node's side in nodes/server.py).
 `NodeConnection` pipelines requests on one connection with request ids. There
 is no background reader task (the client has no nursery of its own): whichever
 waiting request finds no reader active reads frames and hands each to its
-waiter, then passes the role on. A connection on which a frame was cut short
-(error, cancellation mid-frame) is closed and dropped; `NodePool` dials a new
-one for the next request.
+waiter, then passes the role on; a reply that started arriving is read whole
+even if its reader's request is given up meanwhile. A connection on which a
+frame was cut short (error, cancellation mid-send, a reply stalled inside) is
+closed and dropped; `NodePool` dials a new one for the next request.
 """
 
 import errno
@@ -45,7 +46,17 @@ CONNECT_TIMEOUT = 5.0
 POOL_SIZE = 4
 # A connection with fewer requests in flight than this is reused before dialing another.
 PIPELINE_DEPTH = 8
+# s a pooled connection may sit unused before the pool closes it: below the nodes'
+# idle timeout (DFS_NODE_IDLE_TIMEOUT, 600 s), so a request never meets a connection
+# the node is closing
+POOL_IDLE = 300.0
+FRAME_FINISH = 10.0  # s a reply may take to arrive once its first bytes did
 RECV_BUFFER = 256 * 1024
+SPARE_BUFFERS = 64  # RECV_BUFFERs kept for re-use (a fresh one costs a page fault per 4 KiB)
+FIRST_RECV = 16 * 1024  # a connection coming alive starts with this (an EOF costs no RECV_BUFFER)
+
+
+_spare_buffers: list[bytearray] = []  # shared by all FrameSockets of the process (one trio thread)
 
 
 class FrameSocket:
@@ -54,6 +65,9 @@ class FrameSocket:
     Small frames are parsed out of one receive buffer; a large payload is
     received straight into its own bytearray (`recv_into`). Sends use `sendmsg`
     so a header and its payload go out in one system call without concatenation.
+    The receive buffer is held only while it holds bytes: an idle connection
+    (or one stalled inside a large payload) costs no buffer, so 10,000 idle
+    connections cost no 2.5 GiB.
 
     Once `mac` is set (after the handshake) every frame sent gets its MAC
     trailer and every frame received is checked (BadMac) before it is returned.
@@ -71,16 +85,44 @@ class FrameSocket:
         # the node uses it to receive a PUT straight into block-file layout.
         self.alloc = alloc
         self.mac: FrameMac | None = None
-        self._buf = bytearray(RECV_BUFFER)
+        self._buf = bytearray()  # RECV_BUFFER bytes while it holds any, see _recv_more
         self._lo = 0
         self._hi = 0
 
+    def _release_buffer(self) -> None:
+        if self._lo == self._hi and self._buf:
+            if len(self._buf) == RECV_BUFFER and len(_spare_buffers) < SPARE_BUFFERS:
+                _spare_buffers.append(self._buf)
+            self._buf = bytearray()
+            self._lo = self._hi = 0
+
+    async def wait_readable(self) -> None:
+        """Until a frame's bytes are buffered or arriving (e.g. for an idle timeout).
+
+        Raises:
+          trio.ClosedResourceError: the socket is closed.
+        """
+        if self._lo == self._hi:
+            if self.sock.fileno() < 0:
+                raise trio.ClosedResourceError("socket closed")
+            if isinstance(self.sock, TlsSocket):
+                await self.sock.wait_readable()  # bytes may wait decrypted inside TLS
+            else:
+                await trio.lowlevel.wait_readable(self.sock)
+
     async def _recv_more(self) -> bool:
         if self._lo == self._hi:
-            self._lo = self._hi = 0
+            self._release_buffer()
+            await self.wait_readable()
+            self._buf = bytearray(FIRST_RECV)
         elif self._hi == len(self._buf):
             n = self._hi - self._lo
-            self._buf[:n] = self._buf[self._lo:self._hi]
+            if len(self._buf) < RECV_BUFFER:  # bytes keep coming: the full-size buffer
+                big = _spare_buffers.pop() if _spare_buffers else bytearray(RECV_BUFFER)
+                big[:n] = self._buf[self._lo:self._hi]
+                self._buf = big
+            else:
+                self._buf[:n] = self._buf[self._lo:self._hi]
             self._lo, self._hi = 0, n
         got = await self.sock.recv_into(memoryview(self._buf)[self._hi:])
         self._hi += got
@@ -121,6 +163,7 @@ class FrameSocket:
             view = holder.data if holder is not None else memoryview(payload)
             view[:have] = memoryview(self._buf)[self._lo:self._lo + have]
             self._lo += have
+            self._release_buffer()  # a payload that stalls holds no receive buffer
             while have < plen:
                 got = await self.sock.recv_into(view[have:])
                 if got == 0:
@@ -134,6 +177,7 @@ class FrameSocket:
             tag = bytes(self._buf[self._lo:self._lo + TAG_SIZE])
             self._lo += TAG_SIZE
             self.mac.check(header, view, tag, frame.request_id)
+        self._release_buffer()
         return frame
 
     async def send_frame(self, frame: Frame) -> None:
@@ -164,6 +208,8 @@ class TlsSocket:
 
     def __init__(self, stream: trio.SSLStream):
         self.stream = stream
+        self._early = b""  # received by wait_readable, for the next recv_into
+        self._eof = False
 
     @classmethod
     async def wrap(cls, stream: trio.SocketStream, tls: ssl.SSLContext, *,
@@ -175,11 +221,32 @@ class TlsSocket:
         await wrapped.do_handshake()
         return cls(wrapped)
 
-    async def recv_into(self, view: memoryview) -> int:
+    def fileno(self) -> int:
+        return self.stream.transport_stream.socket.fileno()
+
+    async def _receive(self, n: int) -> bytes:
+        if self._eof:
+            return b""
         try:
-            data = await self.stream.receive_some(len(view))
+            data = await self.stream.receive_some(n)
         except trio.BrokenResourceError as e:  # as a plain socket's ECONNRESET
             raise ConnectionResetError(f"TLS: {e.__cause__ or e}") from None
+        self._eof = not data
+        return data
+
+    async def wait_readable(self) -> None:
+        """Until decrypted bytes (or the end) arrive, kept for the next recv_into. The raw
+        socket cannot tell: a record may sit decrypted or undecrypted inside the SSL state.
+        Cancellable: after the handshake (TLS 1.3 has no renegotiation) a cancelled
+        SSLStream.receive_some loses nothing."""
+        if not self._early and not self._eof:
+            self._early = await self._receive(RECV_BUFFER)
+
+    async def recv_into(self, view: memoryview) -> int:
+        if self._early:
+            data, self._early = self._early[:len(view)], self._early[len(view):]
+        else:
+            data = await self._receive(len(view))
         view[:len(data)] = data
         return len(data)
 
@@ -269,6 +336,7 @@ class NodeConnection:
         self._waiters: dict[int, _Waiter] = {}
         self._send_lock = trio.Lock()
         self._reading = False
+        self.last_used = trio.current_time()
 
     @classmethod
     async def open(cls, node_id: str | None, address: str, *, key: bytes,
@@ -345,15 +413,19 @@ class NodeConnection:
         if self.broken:
             raise NodeUnavailable(f"connection to node {self.node_id} is closed")
         rid = next(self._ids)
+        self.last_used = trio.current_time()
         frame.request_id = rid
         w = _Waiter()
         self._waiters[rid] = w
+        sending = False
         try:
             try:
                 async with self._send_lock:
+                    sending = True
                     await self.fs.send_frame(frame)
             except trio.Cancelled:
-                self._break(NodeUnavailable("request cancelled while sending"))
+                if sending:  # (not while waiting for the lock: a hedge's loser often is)
+                    self._break(NodeUnavailable("request cancelled while sending"))
                 raise
             except (OSError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
                 self._break(self._as_unavailable(e))
@@ -383,7 +455,12 @@ class NodeConnection:
             self._reading = True
             try:
                 while w.frame is None:
-                    f = await self.fs.recv_frame()
+                    await self.fs.wait_readable()  # cancellable: nothing consumed yet
+                    # A reply that started arriving is read whole even if this request
+                    # is given up meanwhile (a hedged read's loser, a write's grace):
+                    # cut short, it would leave the connection out of step.
+                    with trio.CancelScope(shield=True), trio.fail_after(FRAME_FINISH):
+                        f = await self.fs.recv_frame()
                     if f is None:
                         raise NodeUnavailable(f"node {self.node_id} closed the connection")
                     if not f.op & REPLY:
@@ -393,9 +470,10 @@ class NodeConnection:
                         continue  # its requester gave up (timeout); drop the late reply
                     target.frame = f
                     target.event.set()
-            except trio.Cancelled:
-                self._break(NodeUnavailable("request cancelled while reading"))
-                raise
+            except trio.TooSlowError:
+                err = NodeSlow(f"node {self.node_id} stopped sending within a reply")
+                self._break(err)
+                raise err from None
             except (OSError, DfsError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
                 err = self._as_unavailable(e)
                 self._break(err)
@@ -421,6 +499,10 @@ class NodePool:
         self._dial_lock = trio.Lock()
 
     async def get(self) -> NodeConnection:
+        now = trio.current_time()
+        for c in self.conns:
+            if not c.inflight and now - c.last_used > POOL_IDLE:
+                c.close()
         self.conns = [c for c in self.conns if not c.broken]
         best = min(self.conns, key=lambda c: c.inflight, default=None)
         if best is not None and (best.inflight < PIPELINE_DEPTH or len(self.conns) >= self.size):

@@ -16,6 +16,12 @@ No pass starts while a node is in its grace period (gone, not yet dead): what
 the map says about a block is not final until then, and planning early would
 repair 2-copy blocks before 1-copy ones when two nodes die a moment apart.
 Progress goes to `repair/status` (JSON) for `dfs status`.
+
+A block written short (dfs/blocks/client.py: a slow node missed the write's
+grace) leaves a report with reason SHORT_WRITE: a new report starts a pass,
+which re-replicates the block once its file's commit references it. A hint
+for a block not referenced yet stays (up to SHORT_WRITE_WAIT) and brings
+another pass every HINT_RESCAN s, as its commit may follow any moment.
 """
 
 import collections
@@ -29,6 +35,7 @@ from typing import Callable
 import trio
 
 from dfs import metrics
+from dfs.blocks.client import SHORT_WRITE
 from dfs.config import NodeSettings
 from dfs.errors import DfsError
 from dfs.maint import cluster, repair
@@ -42,6 +49,8 @@ from dfs.zk import NoNodeError, ZkClient
 log = logging.getLogger(__name__)
 
 PENDING_SHOWN = 20  # queue items listed in the status document
+SHORT_WRITE_WAIT = 300.0  # s a short-write hint waits for its block's commit
+HINT_RESCAN = 5.0  # s between passes while such a hint waits
 
 
 class Bandwidth:
@@ -125,6 +134,7 @@ class Repairer:
         self.counts: dict[str, int] = {}
         self.node_refs: dict[str, int] = {}
         self.reports_planned: set[str] = set()  # report znodes a pass has looked at
+        self.hints_waiting = False  # short-write hints of blocks not committed yet
         self.on_node_return = on_node_return
         self.status_extra = status_extra
         self.maintenance_lock = maintenance_lock
@@ -204,6 +214,8 @@ class Repairer:
         except NoNodeError:
             reports = set()
         if reports - self.reports_planned:
+            self.want_pass.set()
+        if self.hints_waiting and time.monotonic() - self.last_scan > HINT_RESCAN:
             self.want_pass.set()
 
     def in_grace(self) -> list[str]:
@@ -290,7 +302,8 @@ class Repairer:
                 names = []
                 for name, rep in reports.get(ref.id, []):
                     seen_reports.add(name)
-                    if rep.node_id in ref.replicas and await self._confirm_bad(ref, rep.node_id):
+                    if rep.reason != SHORT_WRITE and rep.node_id in ref.replicas and \
+                            await self._confirm_bad(ref, rep.node_id):
                         bad.add(rep.node_id)
                     names.append(name)
                 counting = [n for n in ref.replicas if ctx.counts(n, bad)]
@@ -335,10 +348,15 @@ class Repairer:
                     counts["mis_spread"] += 1
                     work.append(Work(SURPLUS_TIER, ino, index, ref, "spread", reason="zone spread"))
         self.reports_planned = {name for items in reports.values() for name, _ in items}
+        self.hints_waiting = False
         for block_id, items in reports.items():
-            for name, _rep in items:
-                if name not in seen_reports:  # the block is not referenced any more
-                    await self._delete_report(name)
+            for name, rep in items:
+                if name in seen_reports:
+                    continue
+                if rep.reason == SHORT_WRITE and time.time() - rep.reported < SHORT_WRITE_WAIT:
+                    self.hints_waiting = True  # its commit may not have happened yet
+                    continue
+                await self._delete_report(name)  # the block is not referenced (any more)
         self.counts = counts
         self.node_refs = node_refs
         work.sort()
