@@ -4,7 +4,8 @@
 # Starts a throwaway dfs cluster (dfs up in a temp state dir) and MooseFS (3 chunkservers,
 # goal 3, ../shared/peerbench/peers-up.sh), then runs the tree workload RUNS times on each,
 # alternating, on the same generated tree, and prints each phase's seconds and dfs/MooseFS
-# (above 1.0: dfs is faster). Needs root (drop_caches) and the peerbench packages.
+# (above 1.0: dfs is faster); the raw JSON lines go to $OUT. Needs root (drop_caches) and
+# the peerbench packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-1}
@@ -22,7 +23,7 @@ for i in $(seq "$RUNS"); do
         case $sys in dfs) dir=$STATE/mnt ;; moosefs) dir=$MFS ;; local) dir=$STATE/local ;; esac
         printf '%s\t%s\n' "$sys" "$(.venv/bin/dfs bench --tree --json --scratch "$SCRATCH" "$dir")"
     done
-done | .venv/bin/python -c '
+done | tee "${OUT:-/tmp/dfs-treecompare.tsv}" | .venv/bin/python -c '
 import json, sys, statistics
 runs = {}
 for line in sys.stdin:
@@ -32,6 +33,6 @@ for line in sys.stdin:
 print(f"| phase | dfs s | MooseFS s | local s | dfs / MooseFS |")
 print("|---|---|---|---|---|")
 for phase, by in runs.items():
-    m = {k: statistics.median(v) for k, v in by.items()}
-    print(f"| {phase} | {m[\"dfs\"]:.2f} | {m[\"moosefs\"]:.2f} | {m[\"local\"]:.2f} | {m[\"moosefs\"] / m[\"dfs\"]:.2f}x |")
+    d, mfs, loc = (statistics.median(by[k]) for k in ("dfs", "moosefs", "local"))
+    print(f"| {phase} | {d:.2f} | {mfs:.2f} | {loc:.2f} | {mfs / d:.2f}x |")
 '
