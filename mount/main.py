@@ -199,7 +199,8 @@ def daemonize(argv: list[str], args: argparse.Namespace) -> int:
     log_path = args.log or f"/tmp/dfs-mount.{os.getuid()}.{os.getpid()}.log"
     cmd = [sys.executable, "-m", "mount", *argv, "--foreground", "--ready-fd", str(wfd),
            "--log", log_path]
-    with open(log_path, "ab") as logf:
+    # owner-only, like every state file (it names paths); appended to when a path is given
+    with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.PIPE,
                                 pass_fds=(wfd,), start_new_session=True)
     os.close(wfd)
@@ -210,7 +211,10 @@ def daemonize(argv: list[str], args: argparse.Namespace) -> int:
         return 0
     err = proc.stderr.read().decode(errors="replace").strip()  # type: ignore[union-attr]
     rc = proc.wait()
-    print(err or f"dfs mount: the mount process exited with {rc} (log: {log_path})", file=sys.stderr)
+    if not args.log and os.path.getsize(log_path) == 0:  # nothing in it: no litter in /tmp
+        os.unlink(log_path)
+    print(err or f"dfs mount: the mount process exited with {rc}"
+          + (f" (log: {log_path})" if os.path.exists(log_path) else ""), file=sys.stderr)
     return rc or 1
 
 

@@ -271,13 +271,16 @@ def test_mount_unreachable_zookeeper(tmp_path):
     mp = tmp_path / "m"
     mp.mkdir()
     t = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "tools.cli", "mount", "--zk", f"127.0.0.1:{free_port()}",
-                        "--zk-timeout", "2", str(mp)], capture_output=True, text=True, timeout=60)
+    p = subprocess.Popen([sys.executable, "-m", "tools.cli", "mount", "--zk", f"127.0.0.1:{free_port()}",
+                          "--zk-timeout", "2", str(mp)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = p.communicate(timeout=60)
     assert p.returncode == 2
-    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
-    assert "ZooKeeper" in p.stderr
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "ZooKeeper" in err
     assert time.monotonic() - t < 30
     assert not os.path.ismount(mp)
+    # a mount that never started leaves no empty log behind in /tmp
+    assert not [f for f in os.listdir("/tmp") if f.startswith(f"dfs-mount.{os.getuid()}.{p.pid}.")]
 
 
 def test_rename_over_open_file_then_close_frees_it(cluster):

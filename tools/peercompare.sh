@@ -12,7 +12,7 @@ PB=${PEERBENCH:-../shared/peerbench}
 OUT=${OUT:-/tmp/dfs-peercompare.csv}
 STATE=$(mktemp -d /tmp/dfs-peercompare.XXXXXX)
 : >"$OUT"
-cleanup() { .venv/bin/dfs down --state "$STATE/state" >/dev/null 2>&1 || true; }
+cleanup() { .venv/bin/dfs down --state "$STATE/state" >/dev/null 2>&1 && rm -rf "$STATE"; }
 trap cleanup EXIT
 .venv/bin/dfs up --state "$STATE/state" --mountpoint "$STATE/mnt" --fs bench >&2
 "$PB/peers-up.sh" moosefs >&2

@@ -12,7 +12,7 @@ RUNS=${1:-1}
 PB=${PEERBENCH:-../shared/peerbench}
 STATE=$(mktemp -d /tmp/dfs-treecompare.XXXXXX)
 SCRATCH=${SCRATCH:-/tmp/dfs-bench-tree}
-cleanup() { .venv/bin/dfs down --state "$STATE/state" >/dev/null 2>&1 || true; rm -rf "$STATE/local"; }
+cleanup() { .venv/bin/dfs down --state "$STATE/state" >/dev/null 2>&1 && rm -rf "$STATE"; }
 trap cleanup EXIT
 .venv/bin/dfs up --state "$STATE/state" --mountpoint "$STATE/mnt" --fs bench >&2
 "$PB/peers-up.sh" moosefs >&2
