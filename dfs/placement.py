@@ -24,10 +24,11 @@ def zones(nodes: Iterable[NodeLive]) -> set[str]:
     return {n.zone for n in nodes if n.state == "active"}
 
 
-def spread_short(nodes: dict[str, NodeLive], replicas: Iterable[str]) -> bool:
-    """Are these replicas in fewer zones than they could be (MIS_REPLICATED)?"""
-    reps = [n for n in replicas if n in nodes]
-    return len({nodes[n].zone for n in reps}) < min(len(reps), len(zones(nodes.values())))
+def spread_short(zone_of: dict[str, str], replicas: Iterable[str], zone_count: int) -> bool:
+    """Are these replicas (on nodes in `zone_of`) in fewer zones than they could be, with
+    `zone_count` zones to use (MIS_REPLICATED)? Callers count the zones once, not per block."""
+    reps = [n for n in replicas if n in zone_of]
+    return zone_count > 1 and len({zone_of[n] for n in reps}) < min(len(reps), zone_count)
 
 
 def place_replicas(nodes: list[NodeLive], count: int, *, exclude: Iterable[str] = (),

@@ -70,8 +70,8 @@ def test_a_repair_fills_the_zones_its_block_lacks_and_retired_nodes_are_no_zone(
     for seed in range(20):
         # the block's other copy is in zone b: the new one goes to a
         assert place_replicas(nodes, 1, exclude=["b0"], zones_taken={"b"}, rng=random.Random(seed))[0][0] == "a"
-    by_id = {n.node_id: n for n in nodes}
-    assert spread_short(by_id, ["b0", "b1"]) and not spread_short(by_id, ["a0", "b1"])
+    zone_of = {n.node_id: n.zone for n in nodes}
+    assert spread_short(zone_of, ["b0", "b1"], 2) and not spread_short(zone_of, ["a0", "b1"], 2)
     retired = NodeLive(node_id="c0", address="", zone="c", state="retired")
     assert zones(nodes + [retired]) == {"a", "b"}
-    assert not spread_short({**by_id, "c0": retired}, ["a0", "b1", "b2"])
+    assert not spread_short({**zone_of, "c0": "c"}, ["a0", "b1", "b2"], len(zones(nodes + [retired])))

@@ -42,7 +42,7 @@ from dfs.maint import cluster, repair
 from dfs.maint.cluster import RepairContext
 from dfs.maint.scan import block_groups
 from dfs.paths import FsPaths
-from dfs.placement import spread_short
+from dfs.placement import spread_short, zones
 from dfs.records import BlockRef, CorruptReport, NodeRegistration
 from dfs.zk import NoNodeError, ZkClient
 
@@ -290,6 +290,7 @@ class Repairer:
                   "impossible": 0}
         live = ctx.nodedir.live()
         active = sum(1 for n in live.values() if n.state == "active")
+        zone_of, zone_count = {n: lv.zone for n, lv in live.items()}, len(zones(live.values()))
         counts["active_nodes"] = active
         node_refs: dict[str, int] = {}
         seen_reports: set[str] = set()
@@ -344,7 +345,7 @@ class Repairer:
                 elif len(counting) > replicas:
                     counts["over_replicated"] += 1
                     work.append(Work(SURPLUS_TIER, ino, index, ref, "surplus", reason="surplus"))
-                elif spread_short(live, counting):
+                elif spread_short(zone_of, counting, zone_count):
                     counts["mis_spread"] += 1
                     work.append(Work(SURPLUS_TIER, ino, index, ref, "spread", reason="zone spread"))
         self.reports_planned = {name for items in reports.values() for name, _ in items}

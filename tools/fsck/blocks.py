@@ -19,6 +19,7 @@ from dfs.maint import repair
 from dfs.maint.cluster import drop_report
 from dfs.maint.scan import MapGroup, decode_group, map_groups, read_groups
 from dfs.meta import repairs
+from dfs.placement import spread_short
 from dfs.records import BlockRef
 from dfs.zk import NoNodeError
 from tools.fsck.report import Problem
@@ -117,7 +118,7 @@ class BlockChecks:
             if ok and (e[1] != ref.length or e[2] != ref.checksum or e[0] & ~(bits | REF)
                        or len(set(reps)) != len(reps) or ref.id in s.gc_blocks):
                 ok = False
-            if ok and s.zones > 1 and len({s.zone_of.get(n) for n in reps}) < min(len(reps), s.zones):
+            if ok and spread_short(s.zone_of, reps, s.zones):
                 ok = False
         elif e is not None:
             e[0] |= REF
@@ -234,7 +235,7 @@ class BlockChecks:
             return
         target = s.config.replicas
         mis = len(uniq) != len(ref.replicas)
-        if s.zones > 1 and len({s.zone_of.get(n) for n in good}) < min(len(good), s.zones):
+        if spread_short(s.zone_of, good, s.zones):
             mis = True
         if len(good) < target:
             r.under_replicated_blocks += 1
