@@ -25,6 +25,7 @@ Shutdown (`drain`): stop accepting, stop reading new requests, let the requests
 already in flight finish and send their replies, then close.
 """
 
+import ctypes
 import errno
 import json
 import logging
@@ -58,6 +59,11 @@ from dfs.metrics import NODE_READ, NODE_WRITTEN
 from nodes.store import DIRECT_MIN, BlockBuffer, BlockStore
 
 log = logging.getLogger(__name__)
+
+try:  # glibc keeps freed heap pages; malloc_trim gives them back (no-op where absent)
+    malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):
+    malloc_trim = None
 
 MAX_INFLIGHT_PER_CONN = 32
 LIST_BATCH = 1024
@@ -247,6 +253,8 @@ class NodeServer:
                 if late.cancelled_caught:
                     slots.release()
                     self._refused(peer, f"a frame took more than {s.frame_timeout:g} s to arrive")
+                    if malloc_trim is not None:  # the dropped payload's pages go back to the system
+                        malloc_trim(0)
                     return
                 if frame is None:
                     slots.release()
