@@ -9,6 +9,7 @@ attributes, and an entry invalidation waits for the directory's lookups).
 """
 
 import logging
+import stat
 import time
 from typing import Protocol
 
@@ -151,10 +152,17 @@ class Kernel:
         a.st_rdev = r.rdev
         size, mtime_ns, ctime_ns = r.size, r.mtime_ns, r.ctime_ns
         local = self.files.local_attrs(node.ino) if r.is_reg else None
+        atime_ns = r.atime_ns
         if local is not None:
-            size, written = local
+            size, written, folded = local
             if written is not None:
                 mtime_ns, ctime_ns = written, max(ctime_ns, written)
+            if folded:
+                a.st_mode = stat.S_IFMT(r.mode) | stat.S_IMODE(folded.get("mode", r.mode))
+                a.st_uid = folded.get("uid", r.uid)
+                a.st_gid = folded.get("gid", r.gid)
+                atime_ns = folded.get("atime_ns", atime_ns)
+                ctime_ns = max(ctime_ns, folded["ctime_ns"])
         a.st_size = size
         a.st_blksize = 1 << 17
         if r.is_reg:
@@ -163,7 +171,7 @@ class Kernel:
             a.st_blocks = self.files.blocks_of(size if stored < 0 else stored)
         else:
             a.st_blocks = 8 if r.is_dir else 0
-        a.st_atime_ns = r.atime_ns
+        a.st_atime_ns = atime_ns
         a.st_mtime_ns = mtime_ns
         a.st_ctime_ns = ctime_ns
         return a

@@ -138,11 +138,15 @@ class Operations(pyfuse3.Operations):
             kw["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             kw["mtime_ns"] = attr.st_mtime_ns
-            # a later flush of buffered writes must not overwrite the time set here
-            await self.files.flush(inode)
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
-        if kw:
+        if kw and (folded := await self.files.fold_attrs(inode, kw)) is not None:
+            node = folded  # committed with the file's writes, at close or fsync
+        elif kw:
+            if "mtime_ns" in kw:
+                # a later flush of buffered writes must not overwrite the time set here
+                await self.files.flush(inode)
+            kw = {**self.files.take_attrs(inode), **kw}
             node = await self.view.setattr(inode, **kw)
             self.files.saw_own_change(node)
         if node is None:
@@ -373,6 +377,8 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         if name == FILE_CAPS or name.startswith(b"system.") and name not in SYSTEM_XATTRS:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # FILE_CAPS: see getxattr
+        if name == SYSTEM_XATTRS[0] and await self.files.fold_access_acl(inode, value):
+            return  # cp -a's chmod, as an ACL: committed with the file at close
         await self.view.setxattr(inode, name, value)
 
     @fuse_errors

@@ -97,3 +97,28 @@ def test_chmod_moves_the_mask(mnt):
     os.chmod(mnt / "f", 0o670)
     assert "mask::rwx" in facl(mnt / "f")
     assert as_nobody(mnt, "echo z >> f").returncode == 0
+
+
+def test_an_acl_that_says_no_more_than_the_mode_is_a_chmod(mnt):
+    """As on ext4: setting an ACL of owner, group and other entries only (what cp -a and
+    setfacl -b leave) sets the mode and stores no ACL; one stored before is gone, with
+    the rights it gave. Also when the file is still being written (cp -a does it on the
+    open copy before close)."""
+    (mnt / "f").write_text("x\n")
+    setfacl("-m", f"u:{NOBODY}:rw", mnt / "f")
+    assert as_nobody(mnt, "echo y >> f").returncode == 0
+    setfacl("--set", "u::rw,g::r,o::-", mnt / "f")
+    assert stat.S_IMODE(os.stat(mnt / "f").st_mode) == 0o640
+    assert facl(mnt / "f") == "user::rw-\ngroup::r--\nother::---\n\n"
+    assert "system.posix_acl_access" not in os.listxattr(mnt / "f")
+    r = as_nobody(mnt, "echo z >> f")
+    assert "Permission denied" in r.stderr
+    subprocess.run(["cp", "-a", mnt / "f", mnt / "g"], check=True)
+    with open(mnt / "h", "wb") as out:
+        out.write(b"data")
+        os.setxattr(out.fileno(), "system.posix_acl_access",
+                    b"\2\0\0\0" + b"\1\0\6\0\xff\xff\xff\xff" + b"\4\0\0\0\xff\xff\xff\xff" + b"\x20\0\4\0\xff\xff\xff\xff")
+        assert stat.S_IMODE(os.fstat(out.fileno()).st_mode) == 0o604
+    for name, mode in (("g", 0o640), ("h", 0o604)):
+        assert stat.S_IMODE(os.stat(mnt / name).st_mode) == mode
+        assert os.listxattr(mnt / name) == []

@@ -68,6 +68,38 @@ def test_mount_killed_while_writing(cluster):
     assert problems == []
 
 
+def test_attributes_tar_sets_survive_a_mount_killed_after_it(cluster, tmp_path):
+    """tar -x sets mode, owner and times on each file it writes, on the open descriptor
+    (they are committed with the file's data at close): once tar has returned, a
+    SIGKILL of the mount loses none of them, and another mount sees them all."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    want = {}
+    for i, (mode, size) in enumerate([(0o600, 0), (0o755, 10), (0o640, 3000), (0o444, BS + 77),
+                                      (0o700, 5), (0o4755, 40)]):
+        path = src / ("sub" if i % 2 else "") / f"f{i}"
+        path.write_bytes(os.urandom(size))
+        os.chmod(path, mode)
+        if os.geteuid() == 0:  # tar run by root restores owners too
+            os.chown(path, 1000 + i, 2000 + i)
+        os.utime(path, (1_500_000_000 + i, 1_400_000_000 + i * 1000))  # (tar keeps whole seconds)
+        st = path.stat()
+        want[str(path.relative_to(src))] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
+                                            path.read_bytes())
+    subprocess.run(["tar", "-C", str(src), "-cf", str(tmp_path / "t.tar"), "."], check=True)
+    mnt = cluster.mounts[0].mountpoint
+    (mnt / "x").mkdir()
+    subprocess.run(["tar", "-C", str(mnt / "x"), "-xf", str(tmp_path / "t.tar")], check=True)
+    cluster.mounts[0].kill()  # right after tar returned
+    other = cluster.mount("other")
+    cluster.mounts[0].start()
+    for m in (other, mnt):
+        for rel, (mode, uid, gid, mtime, data) in want.items():
+            st = (m / "x" / rel).stat()
+            assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == (mode, uid, gid, mtime), (m, rel)
+            assert (m / "x" / rel).read_bytes() == data
+
+
 async def check_block_refs(cluster) -> list[str]:
     """Every block a file references exists, with its checksum, on each replica named."""
     from dfs.blocks.client import BlockClient

@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,6 +236,53 @@ def test_a_tree_made_and_changed_through_the_handlers(cluster_factory, sync_diro
     run_ops(c, body, sync_dirops=sync_dirops)
     report = fsck(c)
     assert report["total_files"] == 1
+
+
+def test_attributes_set_while_writing_are_committed_with_the_data(cluster_factory):
+    """tar, cp -a and rsync set mode, owner and times on every file they write, while
+    it is open: the handle shows them at once, they are committed with the file's
+    data in its one commit at close, and a write after a utimens moves the mtime on."""
+    c = cluster_factory()
+
+    async def body(ops: Operations) -> None:
+        t0 = time.time_ns()
+        for name, data in ((b"inline", b"x" * 100), (b"blocks", os.urandom((1 << 20) + 5))):
+            fi, attrs = await ops.create(ROOT, name, 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL, CTX)
+            ino = attrs.st_ino
+            await ops.write(fi.fh, 0, data)
+            before = await ops.meta.inodes.getattr(ino)  # as committed in ZooKeeper
+            attr = pyfuse3.EntryAttributes()
+            attr.st_mode = stat.S_IFREG | 0o640
+            attr.st_uid, attr.st_gid = 1234, 4321
+            attr.st_atime_ns, attr.st_mtime_ns = 2_000_000_000_000_000_000, 1_000_000_000_000_000_000
+            await ops.setattr(ino, attr, Fields(update_uid=True, update_gid=True), fi.fh, CTX)
+            await ops.setattr(ino, attr, Fields(update_mode=True), fi.fh, CTX)
+            got = await ops.setattr(ino, attr, Fields(update_atime=True, update_mtime=True), fi.fh, CTX)
+            for shown in (got, await ops.getattr(ino, CTX)):  # what fstat shows before the close
+                assert (shown.st_mode, shown.st_uid, shown.st_gid, shown.st_size) == \
+                       (stat.S_IFREG | 0o640, 1234, 4321, len(data))
+                assert (shown.st_atime_ns, shown.st_mtime_ns) == (attr.st_atime_ns, attr.st_mtime_ns)
+                assert shown.st_ctime_ns >= t0
+            assert (await ops.meta.inodes.getattr(ino)).version == before.version
+            await ops.flush(fi.fh)
+            await ops.release(fi.fh)
+            now = await ops.meta.inodes.getattr(ino)
+            assert now.version == before.version + 1  # data and attributes: one commit
+            r = now.rec
+            assert (r.mode, r.uid, r.gid, r.size) == (stat.S_IFREG | 0o640, 1234, 4321, len(data))
+            assert (r.atime_ns, r.mtime_ns) == (attr.st_atime_ns, attr.st_mtime_ns) and r.ctime_ns >= t0
+            assert await read_file(ops, ino) == data
+
+            # utimens, then a write: the write's time wins (as on any filesystem)
+            fi = await ops.open(ino, os.O_WRONLY, CTX)
+            await ops.write(fi.fh, 0, b"y")
+            await ops.setattr(ino, attr, Fields(update_mtime=True), fi.fh, CTX)
+            await ops.write(fi.fh, 1, b"z")
+            await ops.release(fi.fh)
+            assert (await ops.meta.inodes.getattr(ino)).rec.mtime_ns >= t0
+
+    run_ops(c, body, sync_dirops=False)
+    fsck(c)
 
 
 def test_errors_a_program_sees(cluster_factory):

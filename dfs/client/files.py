@@ -40,6 +40,7 @@ from dfs.client.blockcache import BlockCache
 from dfs.client.creates import PendingCreate
 from dfs.client.view import ClientView
 from dfs.errors import DfsError, ZkUnavailable
+from dfs.meta import acl
 from dfs.meta.blockmap import Diverged
 from dfs.meta.inodes import Inode
 from dfs.metrics import CACHE_HIT, CACHE_MISS
@@ -94,10 +95,14 @@ class OpenFile:
     merged: bool = False  # the next commit lays our writes over someone else's
     append_start: int | None = None  # where this client's O_APPEND writes began (-1: overwritten)
     atime_ns: int = 0  # the atime this client set (relatime; -1: being written)
+    # chmod / chown / utimens made while the file was dirty: they go with its next
+    # commit (dfs.meta.inodes.with_attrs fields, the ctime they were made at included)
+    attrs: dict[str, int] = field(default_factory=dict)
+    created_here: bool = False  # by this client, and open since (see fold_attrs)
 
     @property
     def dirty(self) -> bool:
-        return bool(self.buffers or self.uploaded or self.uploading or self.dirty_meta)
+        return bool(self.buffers or self.uploaded or self.uploading or self.dirty_meta or self.attrs)
 
 
 class FileData:
@@ -169,7 +174,7 @@ class FileData:
                 f.pending_create = pending
             return f, True
         f = OpenFile(ino, node.rec.size, refs, node.version, handles=1, mtime_ns=node.rec.mtime_ns,
-                     inline=inline, node=node, pending_create=pending)
+                     inline=inline, node=node, pending_create=pending, created_here=created)
         f.upload_done = trio.Condition(f.lock)
         self.files[ino] = f
         return f, self.view.saw_version(node)
@@ -242,14 +247,57 @@ class FileData:
             self._committed(f, node)
             return True
 
-    def local_attrs(self, ino: int) -> tuple[int, int | None] | None:
-        """An open file's size and, if written here since its last commit, the mtime
-        that commit will set (ctime too, unless the inode's is later): so that what
+    def local_attrs(self, ino: int) -> tuple[int, int | None, dict[str, int]] | None:
+        """An open file's size; if written here since its last commit, the mtime
+        that commit will set (ctime too, unless the inode's is later); and the
+        attribute changes folded into that commit (see fold_attrs): so that what
         the kernel caches while the file is open is what the close commits."""
         f = self.files.get(ino)
         if f is None:
             return None
-        return f.size, (f.mtime_ns if f.dirty_meta else None)
+        return f.size, (f.mtime_ns if f.dirty_meta else None), f.attrs
+
+    async def fold_attrs(self, ino: int, fields: dict[str, int]) -> Inode | None:
+        """chmod / chown / utimens of a file with writes of this client not yet
+        committed, or created by it and open since: they join the file's commit
+        (at close or fsync, as the data they describe does) instead of costing
+        a transaction each; tar, cp -a and rsync set all three on every file
+        they write. Returns the inode to show with the local changes laid over
+        it by the kernel side (through local_attrs), or None: commit them now
+        (not so here, or a chmod that must rewrite an ACL with the mode)."""
+        f = self.files.get(ino)
+        if f is None or not (f.dirty or f.created_here) or f.node is None:
+            return None
+        async with f.lock:  # not between a commit's snapshot of f.attrs and its clearing
+            if not (f.dirty or f.created_here) or f.error is not None or self.files.get(ino) is not f:
+                return None
+            if "mode" in fields and not self.view.has_no_xattrs(ino):
+                return None
+            if "mtime_ns" in fields:
+                f.mtime_ns = fields["mtime_ns"]  # a later write moves it on again
+                f.dirty_meta = True
+            f.attrs.update((k, v) for k, v in fields.items() if k != "mtime_ns")
+            f.attrs["ctime_ns"] = fields.get("ctime_ns", time.time_ns())
+            return f.node
+
+    async def fold_access_acl(self, ino: int, value: bytes) -> bool:
+        """setxattr of an access ACL that says no more than a mode (acl.is_minimal):
+        a chmod, folded as fold_attrs folds one. False: set it now."""
+        f = self.files.get(ino)
+        if f is None or f.node is None or not acl.is_minimal(value):
+            return False
+        mode = acl.mode_of(value, f.attrs.get("mode", f.node.rec.mode))
+        return await self.fold_attrs(ino, {"mode": mode}) is not None
+
+    def take_attrs(self, ino: int) -> dict[str, int]:
+        """The folded attribute changes of `ino`, to commit now with a change that
+        cannot wait for the file's commit (they are no longer pending here)."""
+        f = self.files.get(ino)
+        if f is None or not f.attrs:
+            return {}
+        attrs, f.attrs = f.attrs, {}
+        attrs.pop("ctime_ns", None)
+        return attrs
 
     # ------------------------------------------------------------------ write
 
@@ -497,7 +545,7 @@ class FileData:
                 self._start_upload(f, index)
             while f.uploading:
                 await f.upload_done.wait()
-        if not (f.uploaded or f.dirty_meta):
+        if not (f.uploaded or f.dirty_meta or f.attrs):
             return
         # A ZooKeeper multi must stay under ~1 MiB: a very large file's refs go
         # in several transactions (each consistent; the last sets size and mtime).
@@ -513,9 +561,10 @@ class FileData:
                 f.bases.pop(i, None)
             self._committed(f, node)
         updates = dict(f.uploaded)
-        node = await self.view.commit_blocks(ino, updates, size=f.size, mtime_ns=f.mtime_ns,
+        node = await self.view.commit_blocks(ino, updates, size=f.size,
+                                             mtime_ns=f.mtime_ns if f.dirty_meta or updates else None,
                                              prefetched=prefetched[0] if prefetched else None,
-                                             expect_version=f.version_seen)
+                                             expect_version=f.version_seen, attrs=f.attrs)
         f.refs.update(updates)
         f.uploaded.clear()
         f.inline = None
@@ -530,6 +579,7 @@ class FileData:
     def _clean(self, f: OpenFile) -> None:
         """What was dirty is committed (or dropped)."""
         f.dirty_meta = False
+        f.attrs = {}
         f.written.clear()
         f.bases.clear()
         f.written_end = 0
@@ -629,7 +679,7 @@ class FileData:
         ZooKeeper transaction instead of a fsynced write on every replica plus
         the commit. A ref that block 0 had is dropped (to gc) in that commit.
         """
-        if not (f.buffers or f.uploaded or f.dirty_meta):
+        if not (f.buffers or f.uploaded or f.dirty_meta or f.attrs):
             return
         buf = f.buffers.get(0)
         ref = f.uploaded.get(0) or f.refs.get(0)
@@ -643,7 +693,7 @@ class FileData:
         updates: dict[int, BlockRef | None] = {0: None} if 0 in f.refs else {}
         node = await self.view.commit_blocks(
             f.ino, updates, size=f.size, mtime_ns=f.mtime_ns, inline=content,
-            known=None if updates else f.node, expect_version=f.version_seen)
+            known=None if updates else f.node, expect_version=f.version_seen, attrs=f.attrs)
         freed = sum(len(b.data) for b in f.buffers.values())
         f.buffers.clear()
         for r in f.uploaded.values():

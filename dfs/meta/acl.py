@@ -36,6 +36,14 @@ def _shifts(entries: list[list[int]]) -> dict[int, int]:
     return {USER_OBJ: 6, group: 3, OTHER: 0}
 
 
+def is_minimal(access: bytes) -> bool:
+    """The ACL says no more than a mode does (owner, owning group, other; no mask):
+    as on ext4, setting it is a chmod and nothing is stored (cp -a sets one on
+    every file it copies)."""
+    entries = _decode(access)
+    return len(entries) == 3 and {e[0] for e in entries} == {USER_OBJ, GROUP_OBJ, OTHER}
+
+
 def mode_of(access: bytes, mode: int) -> int:
     """`mode` with its permission bits as the access ACL grants them (setfacl)."""
     entries = _decode(access)

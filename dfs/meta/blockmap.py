@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from dfs.errors import DfsError
-from dfs.meta.inodes import Inode, decode
+from dfs.meta.inodes import Inode, decode, with_attrs
 from dfs.meta.store import Conflict, MetaStore
 from dfs.records import BlockGroup, BlockRef, GcEntry
 from dfs.zk import Txn
@@ -118,7 +118,8 @@ class BlockMap:
                             mtime_ns: int | None = None, expect_size: int | None = None,
                             prefetched: Prefetched | None = None,
                             inline: bytes | None = None, known: Inode | None = None,
-                            expect_version: int | None = None) -> Inode:
+                            expect_version: int | None = None,
+                            attrs: dict[str, int] | None = None) -> Inode:
         """Commit new block refs (and size/mtime) of a file in one transaction.
 
         Args:
@@ -136,6 +137,8 @@ class BlockMap:
           expect_version: the inode version the caller built `updates` on; if
             someone else committed since, nothing is written and Diverged is
             raised (the caller lays its writes over what is there now).
+          attrs: chmod / chown / utimens made since (`with_attrs` fields, with
+            the `ctime_ns` they were made at), committed in the same transaction.
         Replaced and dropped refs are queued in gc/ in the same transaction.
         The inode's `stored` follows the bytes the refs and inline bytes hold.
         Returns the inode as committed (`exact` per the CommitHook).
@@ -239,6 +242,8 @@ class BlockMap:
             if mtime_ns is not None:
                 rec.mtime_ns = mtime_ns
                 rec.ctime_ns = max(rec.ctime_ns, mtime_ns)  # the write's time, as the mount showed it
+            if attrs:
+                rec = with_attrs(rec, **{**attrs, "ctime_ns": max(rec.ctime_ns, attrs.get("ctime_ns", 0))})
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
             self.queue_gc(txn, garbage)
             exact = await self.store.commit(txn)

@@ -54,6 +54,26 @@ def decode(ino: int, got: tuple, dir_times: tuple | None, exact: bool = False) -
     return Inode(ino, rec, st.version, exact)
 
 
+def with_attrs(rec: InodeRecord, mode: int | None = None, uid: int | None = None,
+               gid: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
+               ctime_ns: int | None = None) -> InodeRecord:
+    """rec after chmod / chown / utimens (the file type bits of `mode` are kept);
+    the ctime is `ctime_ns`, or now."""
+    rec = dataclasses.replace(rec)
+    if mode is not None:
+        rec.mode = stat.S_IFMT(rec.mode) | stat.S_IMODE(mode)
+    if uid is not None:
+        rec.uid = uid
+    if gid is not None:
+        rec.gid = gid
+    if atime_ns is not None:
+        rec.atime_ns = atime_ns
+    if mtime_ns is not None:
+        rec.mtime_ns = mtime_ns
+    rec.ctime_ns = ctime_ns if ctime_ns is not None else now_ns()
+    return rec
+
+
 def with_entry_change(p: Inode, t: int, nlink_delta: int = 0) -> Inode:
     """Directory p after an entry change at t (an nlink change is a version-checked write)."""
     rec = dataclasses.replace(p.rec, mtime_ns=t, ctime_ns=max(p.rec.ctime_ns, t),
@@ -202,18 +222,7 @@ class Inodes:
 
         async def attempt() -> Inode:
             node = await self.getattr(ino)
-            rec = dataclasses.replace(node.rec)
-            if mode is not None:
-                rec.mode = stat.S_IFMT(rec.mode) | stat.S_IMODE(mode)
-            if uid is not None:
-                rec.uid = uid
-            if gid is not None:
-                rec.gid = gid
-            if atime_ns is not None:
-                rec.atime_ns = atime_ns
-            if mtime_ns is not None:
-                rec.mtime_ns = mtime_ns
-            rec.ctime_ns = ctime_ns if ctime_ns is not None else now_ns()
+            rec = with_attrs(node.rec, mode, uid, gid, atime_ns, mtime_ns, ctime_ns)
             txn = Txn().set(self.paths.inode(ino), rec.encode(), node.version)
             if mode is not None and rec.xattrs:
                 await self._chmod_acl(txn, ino, rec.mode)

@@ -51,6 +51,7 @@ class Xattrs:
         if len(value) > XATTR_SIZE_MAX:
             raise DfsError(errno.E2BIG, "attribute value too large")
         path = self.paths.xattr(ino, name)
+        minimal = name == acl.ACCESS and acl.is_minimal(value)
 
         async def attempt() -> None:
             reads = Reads()
@@ -67,15 +68,20 @@ class Xattrs:
             if not exists and flags & XATTR_REPLACE:
                 raise DfsError(errno.ENODATA, "no such attribute")
             txn = Txn()
-            if got[folder] is None:
-                # in the transaction, so that no empty xattrs/<ino> outlives a failed attempt
-                txn.create(self.paths.xattr_dir(ino))
-            if exists:
-                txn.set(path, value, exists[1].version)
+            if minimal:  # a chmod: the mode says it all (an ACL stored before goes)
+                count = node.rec.xattrs - (1 if exists else 0)
+                if exists:
+                    txn.delete(path, exists[1].version)
             else:
-                txn.create(path, value)
-            rec = dataclasses.replace(node.rec, ctime_ns=now_ns(),
-                                      xattrs=node.rec.xattrs + (0 if exists else 1))
+                count = node.rec.xattrs + (0 if exists else 1)
+                if got[folder] is None:
+                    # in the transaction, so that no empty xattrs/<ino> outlives a failed attempt
+                    txn.create(self.paths.xattr_dir(ino))
+                if exists:
+                    txn.set(path, value, exists[1].version)
+                else:
+                    txn.create(path, value)
+            rec = dataclasses.replace(node.rec, ctime_ns=now_ns(), xattrs=max(0, count))
             if name == acl.ACCESS:  # the kernel leaves the mode to us (fs/fuse/acl.c)
                 rec.mode = acl.mode_of(value, rec.mode)
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
