@@ -16,6 +16,7 @@ from typing import Protocol
 import pyfuse3
 import trio
 
+from dfs.client.attrs import AttrJournal
 from dfs.client.files import FileData
 from dfs.client.view import ClientView
 from dfs.meta.inodes import Inode
@@ -39,12 +40,15 @@ class Kernel:
       attr_timeout, entry_timeout: how long the kernel keeps what we tell it.
       feed_timeout: how long it keeps what the feed vouches for (0: never longer).
       notify: the kernel's invalidation calls.
+      journal: attribute changes not committed yet (shown as made).
     """
 
     def __init__(self, view: ClientView, files: FileData, *, attr_timeout: float = 1.0,
-                 entry_timeout: float = 1.0, feed_timeout: float = 0.0, notify: Notify = pyfuse3):
+                 entry_timeout: float = 1.0, feed_timeout: float = 0.0, notify: Notify = pyfuse3,
+                 journal: AttrJournal | None = None):
         self.view = view
         self.files = files
+        self.journal = journal
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.feed_timeout = feed_timeout
@@ -150,19 +154,22 @@ class Kernel:
         a.st_uid = r.uid
         a.st_gid = r.gid
         a.st_rdev = r.rdev
-        size, mtime_ns, ctime_ns = r.size, r.mtime_ns, r.ctime_ns
+        size, atime_ns, mtime_ns, ctime_ns = r.size, r.atime_ns, r.mtime_ns, r.ctime_ns
+        queued = self.journal.fields_of(node.ino) if self.journal is not None else None
         local = self.files.local_attrs(node.ino) if r.is_reg else None
-        atime_ns = r.atime_ns
+        written = folded = None
         if local is not None:
             size, written, folded = local
-            if written is not None:
-                mtime_ns, ctime_ns = written, max(ctime_ns, written)
-            if folded:
-                a.st_mode = stat.S_IFMT(r.mode) | stat.S_IMODE(folded.get("mode", r.mode))
-                a.st_uid = folded.get("uid", r.uid)
-                a.st_gid = folded.get("gid", r.gid)
-                atime_ns = folded.get("atime_ns", atime_ns)
-                ctime_ns = max(ctime_ns, folded["ctime_ns"])
+        for changes in (queued, folded):  # not committed yet: the journal's, the open file's
+            if changes:
+                a.st_mode = stat.S_IFMT(r.mode) | stat.S_IMODE(changes.get("mode", a.st_mode))
+                a.st_uid = changes.get("uid", a.st_uid)
+                a.st_gid = changes.get("gid", a.st_gid)
+                atime_ns = changes.get("atime_ns", atime_ns)
+                mtime_ns = changes.get("mtime_ns", mtime_ns)
+                ctime_ns = max(ctime_ns, changes["ctime_ns"])
+        if written is not None:
+            mtime_ns, ctime_ns = written, max(ctime_ns, written)
         a.st_size = size
         a.st_blksize = 1 << 17
         if r.is_reg:

@@ -27,6 +27,7 @@ import trio
 from dfs import metrics
 from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
+from dfs.client.attrs import AttrJournal
 from dfs.client.creates import Creates
 from dfs.client.files import FileData
 from dfs.client.locks import MountLocks
@@ -136,11 +137,21 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         removals = None if settings.sync_dirops else Removals(view)
         if removals is not None:
             nursery.start_soon(removals.run)
+        # chmod, chown and utimens likewise (dfs.client.attrs)
+        journal = None if settings.sync_dirops else AttrJournal(view)
+        if journal is not None:
+            files.journal = journal
+            journal.on_committed = files.saw_own_change
+            nursery.start_soon(journal.run)
         kernel = Kernel(view, files, attr_timeout=settings.attr_timeout,
-                        entry_timeout=settings.entry_timeout, feed_timeout=settings.feed_timeout)
-        ops = Operations(view, files, kernel, nodedir, locks, creates=creates, removals=removals)
+                        entry_timeout=settings.entry_timeout, feed_timeout=settings.feed_timeout,
+                        journal=journal)
+        ops = Operations(view, files, kernel, nodedir, locks, creates=creates, removals=removals,
+                         journal=journal)
 
         async def drain() -> None:
+            if journal is not None:
+                await journal.drain()
             await files.flush_all()
             if creates is not None:
                 await creates.drain()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pyfuse3
 
 from dfs.blocks.nodedir import NodeDirectory
+from dfs.client.attrs import AttrJournal
 from dfs.client.creates import Creates
 from dfs.client.files import FileData
 from dfs.client.locks import MountLocks
@@ -46,6 +47,7 @@ class Operations(pyfuse3.Operations):
       creates: asynchronous creates (None: every create waits for its commit).
       removals: asynchronous unlink/rmdir (None: synchronous).
       locks: flock and POSIX locks across mounts.
+      journal: chmod / chown / utimens in the background (None: each waits for its commit).
     """
 
     # No kernel writeback cache: with it the kernel keeps its own i_size and
@@ -60,7 +62,8 @@ class Operations(pyfuse3.Operations):
     enable_dont_mask = True
 
     def __init__(self, view: ClientView, files: FileData, kernel: Kernel, nodedir: NodeDirectory,
-                 locks: MountLocks, *, creates: Creates | None = None, removals: Removals | None = None):
+                 locks: MountLocks, *, creates: Creates | None = None, removals: Removals | None = None,
+                 journal: AttrJournal | None = None):
         super().__init__()
         self.view = view
         self.meta = view.meta
@@ -69,6 +72,7 @@ class Operations(pyfuse3.Operations):
         self.nodedir = nodedir
         self.creates = creates
         self.removals = removals
+        self.journal = journal
         self.locks = locks
         self._fh_ino: dict[int, int] = {}
         self._appending: set[int] = set()  # handles opened with O_APPEND
@@ -142,11 +146,15 @@ class Operations(pyfuse3.Operations):
             kw["ctime_ns"] = attr.st_ctime_ns
         if kw and (folded := await self.files.fold_attrs(inode, kw)) is not None:
             node = folded  # committed with the file's writes, at close or fsync
+        elif kw and node is None and self.journal is not None and \
+                (queued := self.journal.queue(inode, kw)) is not None:
+            node = queued  # committed in the background (dfs.client.attrs)
         elif kw:
             if "mtime_ns" in kw:
                 # a later flush of buffered writes must not overwrite the time set here
                 await self.files.flush(inode)
-            kw = {**self.files.take_attrs(inode), **kw}
+            journal = self.journal.take(inode) if self.journal is not None else {}
+            kw = {**journal, **self.files.take_attrs(inode), **kw}
             node = await self.view.setattr(inode, **kw)
             self.files.saw_own_change(node)
         if node is None:
@@ -201,6 +209,10 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         await self._before_change(parent_inode_old, parent_inode_new)
+        if self.journal is not None and self.journal.pending:
+            # the name appears with its attributes (rsync renames its finished file into place)
+            moved = self.view.hints.get((parent_inode_old, name_old))
+            await self.journal.drain(moved if moved is not None else None)
         await self.view.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     # ------------------------------------------------------------------ directories
@@ -238,6 +250,9 @@ class Operations(pyfuse3.Operations):
     async def fsyncdir(self, fh, datasync):
         # every other namespace change is committed before it returns
         failed = 0
+        if self.journal is not None:
+            await self.journal.drain()
+            failed += self.journal.take_failures()
         if self.creates is not None:
             await self.creates.drain()
             failed += self.creates.take_failures()
@@ -245,7 +260,8 @@ class Operations(pyfuse3.Operations):
             await self.removals.drain()
             failed += self.removals.take_failures()
         if failed:
-            raise DfsError(errno.EIO, "a background create or removal failed (see the mount log)")
+            raise DfsError(errno.EIO, "a background create, removal or attribute change failed "
+                                      "(see the mount log)")
 
     # ------------------------------------------------------------------ files
 
@@ -377,8 +393,11 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         if name == FILE_CAPS or name.startswith(b"system.") and name not in SYSTEM_XATTRS:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # FILE_CAPS: see getxattr
-        if name == SYSTEM_XATTRS[0] and await self.files.fold_access_acl(inode, value):
-            return  # cp -a's chmod, as an ACL: committed with the file at close
+        if name == SYSTEM_XATTRS[0]:  # cp -a's chmod, as an ACL (see dfs.meta.acl.is_minimal)
+            if await self.files.fold_access_acl(inode, value):
+                return  # committed with the file at close
+            if self.journal is not None and self.journal.queue_access_acl(inode, value):
+                return  # committed in the background
         await self.view.setxattr(inode, name, value)
 
     @fuse_errors
@@ -389,6 +408,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def removexattr(self, inode, name, ctx):
+        if self.view.has_no_xattrs(inode):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # (cp -a removes a default ACL from each directory)
         await self.view.removexattr(inode, name)
 
     # ------------------------------------------------------------------ misc

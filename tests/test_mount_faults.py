@@ -1,6 +1,7 @@
 """Faults under a real mount: a storage node dies mid-read, the mount dies mid-write."""
 
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -98,6 +99,40 @@ def test_attributes_tar_sets_survive_a_mount_killed_after_it(cluster, tmp_path):
             st = (m / "x" / rel).stat()
             assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == (mode, uid, gid, mtime), (m, rel)
             assert (m / "x" / rel).read_bytes() == data
+
+
+def test_attribute_changes_fsyncdir_covered_survive_a_mount_kill(cluster):
+    """chmod and touch -d are answered at once and committed in the background; what a
+    fsyncdir covered survives a SIGKILL of the mount just after it, and another
+    mount sees every change by itself."""
+    mnt = cluster.mounts[0].mountpoint
+    (mnt / "d").mkdir()
+    names = [f"f{i}" for i in range(200)]
+    for n in names:
+        (mnt / "d" / n).write_bytes(n.encode())
+    other = cluster.mount("other")
+    for i, n in enumerate(names):
+        os.chmod(mnt / "d" / n, 0o600 + i % 8)
+        os.utime(mnt / "d" / n, ns=(1_000_000_000_000_000_000 + i, 1_100_000_000_000_000_000 + i))
+    os.chmod(mnt / "d", 0o711)
+    fd = os.open(mnt / "d", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)  # fsyncdir
+    finally:
+        os.close(fd)
+    cluster.mounts[0].kill()
+    deadline = time.monotonic() + 30
+    for m in (other, cluster.mount("after")):
+        assert stat.S_IMODE((m / "d").stat().st_mode) == 0o711
+        for i, n in enumerate(names):
+            while True:  # (the other mount: until the change feed has told it)
+                st = (m / "d" / n).stat()
+                got = (stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns)
+                if got == (0o600 + i % 8, 1_000_000_000_000_000_000 + i, 1_100_000_000_000_000_000 + i) \
+                        or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert got == (0o600 + i % 8, 1_000_000_000_000_000_000 + i, 1_100_000_000_000_000_000 + i), n
 
 
 async def check_block_refs(cluster) -> list[str]:

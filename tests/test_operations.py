@@ -22,6 +22,7 @@ import pyfuse3
 import pytest
 import trio
 
+from dfs.client.attrs import AttrJournal
 from dfs.client.creates import Creates
 from dfs.client.files import FileData
 from dfs.client.locks import MountLocks
@@ -92,13 +93,21 @@ def run_ops(cluster, body, *, sync_dirops: bool):
         removals = None if sync_dirops else Removals(view)
         if removals is not None:
             nursery.start_soon(removals.run)
-        kernel = Kernel(view, files, feed_timeout=10.0, notify=Notify())
+        journal = None if sync_dirops else AttrJournal(view)
+        if journal is not None:
+            files.journal = journal
+            journal.on_committed = files.saw_own_change
+            nursery.start_soon(journal.run)
+        kernel = Kernel(view, files, feed_timeout=10.0, notify=Notify(), journal=journal)
         locks = MountLocks(LockTable(zk, view.meta.paths, "ops-test"), files)
-        ops = Operations(view, files, kernel, blocks.nodedir, locks, creates=creates, removals=removals)
+        ops = Operations(view, files, kernel, blocks.nodedir, locks, creates=creates, removals=removals,
+                         journal=journal)
         try:
             return await body(ops)
         finally:
             with trio.CancelScope(shield=True):
+                if journal is not None:
+                    await journal.drain()
                 await files.flush_all()
                 if creates is not None:
                     await creates.drain()
@@ -280,6 +289,52 @@ def test_attributes_set_while_writing_are_committed_with_the_data(cluster_factor
             await ops.write(fi.fh, 1, b"z")
             await ops.release(fi.fh)
             assert (await ops.meta.inodes.getattr(ino)).rec.mtime_ns >= t0
+
+    run_ops(c, body, sync_dirops=False)
+    fsck(c)
+
+
+def test_attribute_changes_of_closed_files_and_directories_commit_in_the_background(cluster_factory):
+    """chmod / chown / utimens of what this mount knows exactly show at once and reach
+    ZooKeeper by themselves; fsyncdir waits for them, a rename carries the renamed
+    file's, and a file opened and written afterwards keeps them and its data."""
+    c = cluster_factory()
+
+    async def body(ops: Operations) -> None:
+        d = await ops.mkdir(ROOT, b"d", 0o755, CTX)
+        files = [await write_file(ops, d.st_ino, b"f%d" % i, b"data %d" % i) for i in range(300)]
+        await fsyncdir(ops, ROOT)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_uid, attr.st_gid = 1234, 4321
+        attr.st_atime_ns, attr.st_mtime_ns = 2_000_000_000_000_000_000, 1_000_000_000_000_000_000
+        for i, ino in enumerate([d.st_ino] + files):
+            attr.st_mode = (stat.S_IFDIR if i == 0 else stat.S_IFREG) | (0o700 if i == 0 else 0o600 + i % 8)
+            got = await ops.setattr(ino, attr, Fields(update_mode=True, update_uid=True, update_gid=True,
+                                                      update_atime=True, update_mtime=True), None, CTX)
+            for shown in (got, await ops.getattr(ino, CTX)):
+                assert (stat.S_IMODE(shown.st_mode), shown.st_uid, shown.st_gid, shown.st_mtime_ns) == \
+                       (stat.S_IMODE(attr.st_mode), 1234, 4321, attr.st_mtime_ns)
+        await fsyncdir(ops, ROOT)
+        for i, ino in enumerate([d.st_ino] + files):
+            r = (await ops.meta.inodes.getattr(ino)).rec  # as committed
+            assert (stat.S_IMODE(r.mode), r.uid, r.gid, r.atime_ns, r.mtime_ns) == \
+                   (0o700 if i == 0 else 0o600 + i % 8, 1234, 4321, attr.st_atime_ns, attr.st_mtime_ns)
+
+        # rsync: chmod of its closed temporary file, then the rename into place
+        attr.st_mode = stat.S_IFREG | 0o640
+        await ops.setattr(files[0], attr, Fields(update_mode=True), None, CTX)
+        await ops.rename(d.st_ino, b"f0", ROOT, b"final", 0, CTX)
+        assert stat.S_IMODE((await ops.meta.inodes.getattr(files[0])).rec.mode) == 0o640
+
+        # a chmod, then a write: both committed by the close
+        attr.st_mode = stat.S_IFREG | 0o604
+        await ops.setattr(files[1], attr, Fields(update_mode=True), None, CTX)
+        fi = await ops.open(files[1], os.O_WRONLY, CTX)
+        await ops.write(fi.fh, 0, b"DATA")
+        await ops.release(fi.fh)
+        r = (await ops.meta.inodes.getattr(files[1])).rec
+        assert stat.S_IMODE(r.mode) == 0o604 and r.mtime_ns > attr.st_mtime_ns
+        assert await read_file(ops, files[1]) == b"DATA 1"
 
     run_ops(c, body, sync_dirops=False)
     fsck(c)

@@ -36,6 +36,7 @@ from typing import Awaitable, Callable
 import trio
 
 from dfs.blocks.client import BlockClient
+from dfs.client.attrs import AttrJournal
 from dfs.client.blockcache import BlockCache
 from dfs.client.creates import PendingCreate
 from dfs.client.view import ClientView
@@ -124,6 +125,8 @@ class FileData:
         self.nursery = nursery
         # set by mount.kernel: the kernel drops an inode's cached pages
         self.on_merged: Callable[[int], Awaitable[None]] | None = None
+        # set by the mount: attribute changes in the background (their close and fsync commit them)
+        self.journal: AttrJournal | None = None
         self.config = view.config
         self.bs = view.config.block_size
         self.files: dict[int, OpenFile] = {}
@@ -476,6 +479,8 @@ class FileData:
         exists. Its commit follows the create on the same session, so this costs
         a wait only where there was no commit to wait for.
         """
+        if self.journal is not None and self.journal.fields_of(ino) is not None:
+            await self.journal.drain(ino)  # (first: the file's commit builds on the version it makes)
         f = self.files.get(ino)
         if f is None:
             return

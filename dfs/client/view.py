@@ -394,6 +394,9 @@ class ClientView:
     async def setattr(self, ino: int, **fields: int | None) -> Inode:
         return self.remember(await self.meta.inodes.setattr(ino, **fields))
 
+    async def setattr_many(self, changes: list[tuple[Inode, dict[str, int]]]) -> list[Inode]:
+        return [self.remember(n) for n in await self.meta.inodes.setattr_many(changes)]
+
     async def set_atime(self, ino: int, t: int) -> Inode:
         return self.remember(await self.meta.inodes.set_atime(ino, t))
 

@@ -235,6 +235,22 @@ class Inodes:
 
         return await self.store.retrying(attempt, "setattr")
 
+    async def setattr_many(self, changes: list[tuple[Inode, dict[str, int]]]) -> list[Inode]:
+        """Several inodes' chmod / chown / utimens (`with_attrs` fields) in one
+        transaction, each on the inode as the caller knows it: if any changed
+        since (its version), nothing is written (BadVersionError or NoNodeError).
+        Not for a chmod of an inode with an ACL (see `setattr`)."""
+        txn = Txn()
+        made = []
+        for node, fields in changes:
+            rec = with_attrs(node.rec, **fields)
+            txn.set(self.paths.inode(node.ino), rec.encode(), node.version)
+            if rec.is_dir:  # as in setattr: the inode's times are the truth again
+                txn.set(self.paths.dir(node.ino), b"")
+            made.append((node.ino, rec, node.version + 1))
+        exact = await self.store.commit(txn)
+        return [Inode(ino, rec, version, exact) for ino, rec, version in made]
+
     async def set_atime(self, ino: int, t: int) -> Inode:
         """relatime's update: the atime alone (setattr would move the ctime too)."""
 
