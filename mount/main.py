@@ -179,8 +179,9 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
                 kernel.detach()  # the kernel side is gone with the session
                 pyfuse3.close(unmount=True)
                 log_op_stats()
-                log.info("meta: %s; view: %s; feed: %s; removals: %s", view.meta.stats, view.stats,
-                         view.feed.stats, removals.stats if removals else None)
+                log.info("meta: %s; view: %s; feed: %s; removals: %s; attributes: %s", view.meta.stats,
+                         view.stats, view.feed.stats, removals.stats if removals else None,
+                         journal.stats if journal else None)
 
             stack.push_async_callback(unmount)
             stack.push_async_callback(shielded(drain))

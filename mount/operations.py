@@ -144,19 +144,19 @@ class Operations(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
-        if kw and (folded := await self.files.fold_attrs(inode, kw)) is not None:
-            node = folded  # committed with the file's writes, at close or fsync
-        elif kw and node is None and self.journal is not None and \
-                (queued := self.journal.queue(inode, kw)) is not None:
-            node = queued  # committed in the background (dfs.client.attrs)
-        elif kw:
-            if "mtime_ns" in kw:
-                # a later flush of buffered writes must not overwrite the time set here
-                await self.files.flush(inode)
-            journal = self.journal.take(inode) if self.journal is not None else {}
-            kw = {**journal, **self.files.take_attrs(inode), **kw}
-            node = await self.view.setattr(inode, **kw)
-            self.files.saw_own_change(node)
+        if kw:
+            done = await self.files.fold_attrs(inode, kw)  # with the file's writes, at close or fsync
+            if done is None and node is None and self.journal is not None:
+                await self.journal.admit()
+                done = self.journal.queue(inode, kw)  # in the background (dfs.client.attrs)
+            if done is None:
+                if "mtime_ns" in kw:
+                    # a later flush of buffered writes must not overwrite the time set here
+                    await self.files.flush(inode)
+                journal = self.journal.take(inode) if self.journal is not None else {}
+                done = await self.view.setattr(inode, **{**journal, **self.files.take_attrs(inode), **kw})
+                self.files.saw_own_change(done)
+            node = done
         if node is None:
             node = await self.view.getattr(inode)
         return self.kernel.attrs(node)
@@ -396,7 +396,8 @@ class Operations(pyfuse3.Operations):
         if name == SYSTEM_XATTRS[0]:  # cp -a's chmod, as an ACL (see dfs.meta.acl.is_minimal)
             if await self.files.fold_access_acl(inode, value):
                 return  # committed with the file at close
-            if self.journal is not None and self.journal.queue_access_acl(inode, value):
+            if self.journal is not None and (await self.journal.admit() or
+                                             self.journal.queue_access_acl(inode, value)):
                 return  # committed in the background
         await self.view.setxattr(inode, name, value)
 

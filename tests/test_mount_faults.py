@@ -1,5 +1,6 @@
 """Faults under a real mount: a storage node dies mid-read, the mount dies mid-write."""
 
+import json
 import os
 import stat
 import subprocess
@@ -166,3 +167,22 @@ async def check_block_refs(cluster) -> list[str]:
     finally:
         await zk.close()
     return problems
+
+
+def test_bench_window_kills_its_own_mount_and_counts_what_came_back(cluster):
+    """`dfs bench --window`: on a mount of its own, unlinks and chmods under load, SIGKILL,
+    then a fresh mount counts what did not land; it leaves no mount or file behind, and
+    the filesystem's own mount never notices."""
+    mnt = cluster.mounts[0].mountpoint
+    (mnt / "keep").write_bytes(b"k")
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "--window", "--json", "--files", "200",
+                          "-w", "2", "--zk", cluster.hosts, "--fs", cluster.fsname, str(mnt)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    print(rows)
+    assert [r["kind"] for r in rows] == ["unlink", "chmod+utime"]
+    assert all(0 <= r["lost"] <= r["files"] == 200 and r["ms_per_call"] > 0 for r in rows)
+    assert [p.name for p in mnt.iterdir()] == ["keep"]
+    with open("/proc/self/mounts") as f:
+        assert "dfs-window" not in f.read()

@@ -5,7 +5,8 @@ set side by side. Phases: big file write (1 MiB writes, fsync at the end) and
 read back (caches dropped when root), small files create / stat / read /
 delete. Prints a table (or JSON with --json). `--scale N` runs the metadata
 scale benchmark instead (tools/benches/scale.py), `--tree` the tree workload
-(tar, cp -a, rsync -a, ls -lR, rm -rf, git clone: tools/benches/tree.py).
+(tar, cp -a, rsync -a, ls -lR, rm -rf, git clone: tools/benches/tree.py), `--window`
+what a SIGKILLed mount loses of its background changes (tools/benches/window.py).
 """
 
 import argparse
@@ -17,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from dfs.errors import UsageError
-from tools.benches import scale, tree
+from tools.benches import scale, tree, window
 from tools.common import drop_caches
 
 
@@ -97,6 +98,8 @@ def main(args: argparse.Namespace) -> int:
         return scale.main(args)
     if args.tree:
         return tree.main(args)
+    if args.window:
+        return window.main(args)
     rows = run(directory, args.size, args.files)
     if args.json:
         print(json.dumps({name: {"value": round(v, 2), "unit": unit} for name, v, unit, _ in rows}))

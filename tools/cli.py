@@ -204,11 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: create N empty files and report what they cost ZooKeeper")
     p.add_argument("--tree", action="store_true",
                    help="instead: tar -x, cp -a, rsync -a, ls -lR, rm -rf of a generated tree and a git clone")
+    p.add_argument("--window", action="store_true",
+                   help="instead: what a SIGKILLed mount loses of its acknowledged, uncommitted "
+                        "unlinks and chmods, under load (--files of each, -w loaders)")
     p.add_argument("--tree-files", type=int, default=3000, help="with --tree: files (default: 3000)")
     p.add_argument("--commits", type=int, default=3000, help="with --tree: commits of the cloned repository")
     p.add_argument("--scratch", default="/tmp/dfs-bench-tree",
                    help="with --tree: local directory for the source tree, archive and repository")
-    p.add_argument("-w", "--writers", type=int, default=8, help="with --scale: writer processes")
+    p.add_argument("-w", "--writers", type=int, default=8, help="with --scale: writer processes; with --window: loaders")
     p.add_argument("--zk", default=os.environ.get("DFS_ZK"), help="with --scale: for fsck "
                    "(default: $DFS_ZK, then the local cluster of 'dfs up')")
     p.add_argument("--fs", default="default", help="with --scale: filesystem name")

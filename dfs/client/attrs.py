@@ -17,8 +17,10 @@ Semantics, as a program on this mount sees them:
   returning, fsync and close of that file, fsyncdir and unmount commit what is
   pending (`drain`); a rename of that inode commits it first (the name
   appears with its attributes: rsync renames its finished temporary file into place).
-- A mount killed by SIGKILL loses only what was still pending: at most one
-  batch in flight and what queued behind it.
+- A mount killed by SIGKILL loses only what was still pending: new changes
+  wait (`admit`) while the oldest one not committed is older than WINDOW
+  (50 ms), so about that much plus the batch in flight (`dfs bench --window`
+  measures it).
 - What other mounts see: the change, once committed, as any other commit.
 - If an inode changed under the batch (another mount committed it), that
   inode's change is made on what is there now (the fields set here win);
@@ -36,6 +38,7 @@ from typing import Callable
 import trio
 
 from dfs.client.view import ClientView
+from dfs.client.window import WINDOW, admit as admit_within
 from dfs.errors import DfsError, ZkUnavailable
 from dfs.meta import acl
 from dfs.meta.inodes import Inode
@@ -52,10 +55,13 @@ class AttrJournal:
       max_pending: inodes with changes not committed before new ones are synchronous.
     """
 
-    def __init__(self, view: ClientView, *, batch: int = 200, max_pending: int = 4096):
+    def __init__(self, view: ClientView, *, batch: int = 200, max_pending: int = 4096,
+                 window: float = WINDOW):
         self.view = view
         self.batch = batch
         self.max_pending = max_pending
+        self.window = window
+        self._since: dict[int, float] = {}  # ino -> when its pending change was first queued
         self.pending: dict[int, dict[str, int]] = {}  # ino -> with_attrs fields, ctime_ns included
         self.on_committed: Callable[[Inode], None] | None = None  # FileData.saw_own_change
         self._wake = trio.Event()
@@ -75,6 +81,8 @@ class AttrJournal:
             return None
         if "mode" in fields and known.inode.rec.xattrs:
             return None  # an ACL may have to follow the mode: Inodes.setattr does that
+        if ino not in self.pending:
+            self._since[ino] = time.monotonic()
         got = self.pending.setdefault(ino, {})
         got.update(fields)
         got["ctime_ns"] = fields.get("ctime_ns", time.time_ns())
@@ -91,12 +99,17 @@ class AttrJournal:
         mode = (self.pending.get(ino) or {}).get("mode", known.inode.rec.mode)
         return self.queue(ino, {"mode": acl.mode_of(value, mode)}) is not None
 
+    async def admit(self) -> None:
+        """Wait while the oldest pending change is older than the window (dfs.client.window)."""
+        await admit_within(self.pending, self._since, self.window, self._changed)
+
     def fields_of(self, ino: int) -> dict[str, int] | None:
         return self.pending.get(ino)
 
     def take(self, ino: int) -> dict[str, int]:
         """The pending change of ino, to commit now with a synchronous one."""
         got = self.pending.pop(ino, None) or {}
+        self._since.pop(ino, None)
         got.pop("ctime_ns", None)
         return got
 
@@ -122,6 +135,7 @@ class AttrJournal:
                 for ino, f in batch.items():
                     if self.pending.get(ino) == f:  # (changed again meanwhile: goes in the next batch)
                         del self.pending[ino]
+                        self._since.pop(ino, None)
                 async with self._changed:
                     self._changed.notify_all()
 

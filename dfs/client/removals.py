@@ -19,6 +19,10 @@ Semantics, as a program on this mount sees them:
   (`ClientView.known_empty`); otherwise it is synchronous and reports
   ENOTEMPTY as usual.
 - `drain()` waits for everything (fsyncdir, unmount, SIGTERM).
+- A mount killed by SIGKILL loses the removals still pending (the names come
+  back): new removals wait while the oldest one not committed is older than
+  WINDOW (50 ms), so about that much plus the batch in flight (`dfs bench
+  --window` measures it).
 - What other mounts see: the removal, once committed (milliseconds later).
 - If a commit fails after the caller was told it succeeded (another mount
   created an entry in a directory being removed, ZooKeeper unreachable for
@@ -35,6 +39,7 @@ import time
 import trio
 
 from dfs.client.view import ClientView
+from dfs.client.window import WINDOW, admit as admit_within
 from dfs.errors import DfsError, ZkUnavailable
 
 log = logging.getLogger(__name__)
@@ -49,9 +54,12 @@ class Removals:
       batch: most removals in one transaction.
     """
 
-    def __init__(self, view: ClientView, *, max_pending: int = 1024, batch: int = 256):
+    def __init__(self, view: ClientView, *, max_pending: int = 1024, batch: int = 256,
+                 window: float = WINDOW):
         self.view = view
         self.batch = batch
+        self.window = window
+        self._since: dict[tuple[int, bytes], float] = {}  # when each pending removal was made
         self.pending: dict[tuple[int, bytes], str] = {}  # (parent, name) -> "unlink" | "rmdir"
         self._per_dir: collections.Counter[int] = collections.Counter()
         # inodes a pending removal changes (nlink): their attributes wait for it
@@ -77,6 +85,7 @@ class Removals:
             finally:
                 for op, parent, name in batch:
                     self.pending.pop((parent, name), None)
+                    self._since.pop((parent, name), None)
                     self._per_dir[parent] -= 1
                     if not self._per_dir[parent]:
                         del self._per_dir[parent]
@@ -131,7 +140,12 @@ class Removals:
             return
         await self._enqueue("rmdir", parent, name)
 
+    async def _admit(self) -> None:
+        """Wait while the oldest pending change is older than the window (dfs.client.window)."""
+        await admit_within(self.pending, self._since, self.window, self._changed)
+
     async def _enqueue(self, op: str, parent: int, name: bytes) -> None:
+        await self._admit()
         await self._slots.acquire()
         key = (parent, name)
         if key in self.pending:  # the kernel raced us: that removal is already on its way
@@ -139,6 +153,7 @@ class Removals:
             raise DfsError(errno.ENOENT, f"no entry {name!r}")
         self.stats["async"] += 1
         self.pending[key] = op
+        self._since[key] = time.monotonic()
         self._per_dir[parent] += 1
         ino = self.view.hints.get(key)
         if ino is not None:
