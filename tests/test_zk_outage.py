@@ -310,3 +310,41 @@ async def test_requests_sent_again_after_a_connection_loss_keep_their_order(tmp_
             finally:
                 await client.close()
                 proxies.cancel_scope.cancel()
+
+
+def test_a_chmod_that_could_not_be_committed_fails_the_files_fsync(outage):
+    """A chmod answered at once (dfs.client.attrs) whose commit then fails because
+    ZooKeeper stays away longer than zk_wait: the file's fsync reports EIO (not
+    success), and so does the next fsync of a directory; the file keeps its data."""
+    ens, c = outage
+    mnt = c.mount("a", options=[f"zk_wait={ZK_WAIT:g}"])
+    (mnt / "f").write_bytes(b"data")
+    fd = os.open(mnt / "f", os.O_RDONLY)
+    zk = ens.servers[0].proc
+    try:
+        zk.send_signal(signal.SIGSTOP)  # the mount has not noticed yet: its feed still vouches
+        try:
+            os.chmod(mnt / "f", 0o600)
+            with pytest.raises(OSError) as e:
+                os.fsync(fd)
+            assert e.value.errno == errno.EIO
+        finally:
+            zk.send_signal(signal.SIGCONT)
+    finally:
+        os.close(fd)
+    def reads() -> bool:
+        try:
+            return (mnt / "f").read_bytes() == b"data"
+        except OSError as e:
+            assert e.errno == errno.EIO, e  # (until it has reconnected)
+            return False
+
+    wait_until("the mount serves again", reads, 60)
+    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError) as e:
+            os.fsync(fd)
+        assert e.value.errno == errno.EIO
+        os.fsync(fd)  # reported once
+    finally:
+        os.close(fd)

@@ -67,6 +67,7 @@ class AttrJournal:
         self._wake = trio.Event()
         self._changed = trio.Condition()
         self.failures = 0  # changes that failed after their caller was told "done"
+        self._failed: set[int] = set()  # their inodes, until a drain of one reports it
         self.stats = {"queued": 0, "batches": 0, "single": 0}
 
     def queue(self, ino: int, fields: dict[str, int]) -> Inode | None:
@@ -114,14 +115,20 @@ class AttrJournal:
         return got
 
     async def drain(self, ino: int | None = None) -> None:
-        """Wait until ino's change (None: every change) is committed."""
+        """Wait until ino's change (None: every change) is committed. Raises EIO if
+        ino's failed after it was acknowledged (its close or fsync reports it)."""
         async with self._changed:
             while ino in self.pending if ino is not None else self.pending:
                 self._wake.set()
                 await self._changed.wait()
+        if ino is not None and ino in self._failed:
+            self._failed.discard(ino)
+            raise DfsError(errno.EIO, f"inode {ino}: a chmod, chown or utimens could not be "
+                                      "committed (see the mount log)")
 
     def take_failures(self) -> int:
         n, self.failures = self.failures, 0
+        self._failed.clear()
         return n
 
     async def run(self) -> None:
@@ -160,10 +167,12 @@ class AttrJournal:
                 self._committed(await self.view.setattr(ino, **fields))
             except ZkUnavailable:
                 self.failures += 1
+                self._failed.add(ino)
                 unreachable += 1
             except DfsError as e:
                 if e.errno != errno.ENOENT:  # (removed meanwhile: nothing to change)
                     self.failures += 1
+                    self._failed.add(ino)
                     log.error("background setattr of inode %d failed after it was reported done: %s",
                               ino, e)
         if unreachable:  # one line for the batch, not one per inode

@@ -479,10 +479,16 @@ class FileData:
         exists. Its commit follows the create on the same session, so this costs
         a wait only where there was no commit to wait for.
         """
-        if self.journal is not None and self.journal.fields_of(ino) is not None:
-            await self.journal.drain(ino)  # (first: the file's commit builds on the version it makes)
+        lost: DfsError | None = None
+        if self.journal is not None:
+            try:
+                await self.journal.drain(ino)  # (first: the file's commit builds on the version it makes)
+            except DfsError as e:
+                lost = e  # reported after the data's commit, which goes ahead
         f = self.files.get(ino)
         if f is None:
+            if lost is not None:
+                raise lost
             return
         try:
             await self._flush(f)
@@ -490,6 +496,8 @@ class FileData:
             await self._check_create(f)
             raise
         await self._check_create(f)
+        if lost is not None:
+            raise lost
 
     @staticmethod
     async def _check_create(f: OpenFile) -> None:
