@@ -27,6 +27,11 @@ class FsConfig(Record):
     # (dfs.maint.capacity); `dfs up` sets it to the heap it gives ZooKeeper
     zk_heap: int = 1 << 30
     tls: bool = False  # the node protocol runs over TLS (dfs.tls; mkfs --tls)
+    # days a removed file stays in the trash (dfs.meta.trash) before the repair
+    # leader deletes it; fractions allowed (1/86400: one second); 0 turns it off.
+    # `dfs mkfs` makes 1; 0 here keeps plain deletes on filesystems made before
+    # the trash existed (`dfs config set trash_days N` turns it on)
+    trash_days: float = 0.0
     created: float = 0.0
     format_revision: int = FORMAT_REVISION
 

@@ -87,3 +87,26 @@ async def set_zk_heap(zk: ZkClient, paths: FsPaths, zk_heap: int) -> bool:
             return True
         except BadVersionError:
             continue
+
+
+SETTABLE = ("trash_days",)  # the settings `dfs config set` may change on a live filesystem
+
+
+async def set_setting(zk: ZkClient, paths: FsPaths, name: str, value: float) -> FsConfig:
+    """Change one of SETTABLE in the config znode (version-checked); the new config."""
+    if name not in SETTABLE:
+        raise DfsError(errno.EINVAL, f"{name} cannot be changed (settable: {', '.join(SETTABLE)})")
+    if not value >= 0:
+        raise DfsError(errno.EINVAL, f"{name} must be a number >= 0")
+    while True:
+        try:
+            data, st = await zk.get(paths.config)
+        except NoNodeError:
+            raise DfsError(errno.ENOENT, f"no filesystem at {paths.root} (run 'dfs mkfs')") from None
+        config = FsConfig.decode(data)
+        setattr(config, name, value)
+        try:
+            await zk.set(paths.config, config.encode(), st.version)
+            return config
+        except BadVersionError:
+            continue

@@ -113,6 +113,13 @@ class FsPaths:
         return f"{self.root}/open/{ino}/{mount_id}"
 
     @property
+    def trash(self) -> str:
+        return f"{self.root}/trash"
+
+    def trash_entry(self, ino: int) -> str:
+        return f"{self.root}/trash/{ino}"
+
+    @property
     def locks(self) -> str:
         return f"{self.root}/locks"
 
@@ -162,7 +169,7 @@ class FsPaths:
         return [
             self.root, f"{self.root}/ids", self.inodes, self.dirs, self.blocks,
             self.xattrs, f"{self.root}/nodes", self.registry, self.live, self.gc,
-            self.open, self.locks, self.repair, self.repair_reports, self.repair_audit, self.capacity,
+            self.open, self.trash, self.locks, self.repair, self.repair_reports, self.repair_audit, self.capacity,
         ]
 
     # -- children named by their znode name (as get_children lists them)

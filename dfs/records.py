@@ -192,6 +192,25 @@ class NodeLive(Record):
 
 
 @dataclass
+class TrashEntry(Record):
+    """trash/<ino>: a removed file kept with its blocks (dfs.meta.trash).
+
+    The inode stays (nlink 0) with its block map; `parent` and `name` are where
+    it was (name: its bytes as surrogate-escaped UTF-8); `deleted`: seconds since
+    the epoch; `size`: its bytes, for `dfs trash ls`, `df` and `dfs status`.
+    """
+
+    parent: int = 0
+    name: str = ""
+    deleted: float = 0.0
+    size: int = 0
+
+    @property
+    def name_bytes(self) -> bytes:
+        return self.name.encode("utf-8", "surrogateescape")
+
+
+@dataclass
 class GcEntry(Record):
     """gc/<id>: blocks no longer referenced, to delete from the nodes that hold them.
 

@@ -13,7 +13,8 @@ import os
 import sys
 from typing import Callable
 
-from tools.common import EXIT_USAGE, STATE_DIR, parse_size, resolve_key_file, resolve_zk, run_command
+from tools.common import (EXIT_USAGE, STATE_DIR, parse_duration, parse_size, resolve_key_file, resolve_zk,
+                          run_command)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -41,6 +42,9 @@ def add_mkfs_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inline-max", type=parse_size, default=4096,
                    help="files up to this size keep their bytes in ZooKeeper, not in blocks"
                         " (default: 4096; 0: never; at most 64K)")
+    p.add_argument("--trash-days", type=float, default=1.0,
+                   help="days a removed file stays in 'dfs trash' (default: 1; 0: off; "
+                        "fractions allowed; 'dfs config set trash_days N' changes it)")
     p.add_argument("--tls", action="store_true",
                    help="encrypt the node protocol (TLS 1.3 with a CA derived from the key; "
                         "README: Security)")
@@ -195,6 +199,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ino", type=int, help="an inode number instead of a path (unlinked files)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(func=optional("tools.why", "main"))
+
+    p = sub.add_parser("trash", help="removed files: list, restore, purge (README: Trash)")
+    tsub = p.add_subparsers(dest="trash_command", required=True, metavar="ACTION")
+    q = tsub.add_parser("ls", help="the files in the trash (below PATH, by original path)")
+    add_common(q)
+    q.add_argument("path", nargs="?", default="/", help="original path prefix (default: /)")
+    q.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    q = tsub.add_parser("restore", help="give a trashed file its name back (never overwrites)")
+    add_common(q)
+    q.add_argument("what", metavar="PATH-OR-ID", help="original path (its newest entry) or the ID 'ls' shows")
+    q.add_argument("--to", metavar="DEST", help="restore there instead (an existing directory: into it)")
+    q = tsub.add_parser("purge", help="delete trashed files now (their blocks are freed)")
+    add_common(q)
+    q.add_argument("--older-than", type=parse_duration, default=0.0, metavar="DURATION",
+                   help="only entries removed longer ago than this: 90s, 30m, 12h, 2d (default: all)")
+    p.set_defaults(func=optional("tools.trash", "main"))
+
+    p = sub.add_parser("config", help="show or change the filesystem's settings")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    add_common(csub.add_parser("show", help="every setting, as JSON"))
+    q = csub.add_parser("set", help="change a setting of a live filesystem (trash_days)")
+    add_common(q)
+    q.add_argument("name")
+    q.add_argument("value", type=float)
+    p.set_defaults(func=optional("tools.trash", "config_main"))
 
     p = sub.add_parser("bench", help="throughput and metadata benchmark on a directory")
     p.add_argument("dir", nargs="?", default="mnt")

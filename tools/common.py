@@ -46,6 +46,20 @@ def drop_caches() -> bool:
         return False
 
 
+def parse_duration(text: str) -> float:
+    """'90', '90s', '30m', '12h', '2d' -> seconds (argparse type)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    scale = units.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1)
+    except ValueError:
+        value = -1
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r} (e.g. 90s, 30m, 12h, 2d)")
+    return value
+
+
 def human(n: float) -> str:
     """4194304 -> '4.0 MiB' (bytes below 1 KiB as '512 B')."""
     for unit in ("B", "KiB", "MiB", "GiB"):

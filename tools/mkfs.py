@@ -33,7 +33,7 @@ def config_of(args: argparse.Namespace) -> FsConfig:
     """The settings given by tools.cli.add_mkfs_options (`dfs mkfs`, `dfs up`)."""
     return FsConfig(block_size=args.block_size, replicas=args.replicas,
                     min_replicas=args.min_replicas, dead_after=args.dead_after,
-                    inline_max=args.inline_max, tls=args.tls)
+                    inline_max=args.inline_max, tls=args.tls, trash_days=args.trash_days)
 
 
 async def _main(args: argparse.Namespace) -> int:

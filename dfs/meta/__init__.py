@@ -2,7 +2,7 @@
 
 `Meta` is composed of a `MetaStore` (the session, paths, config and the commit,
 with an optional CommitHook a client view attaches) and the parts that act on
-it: `inodes`, `namespace`, `blockmap`, `xattrs`; call them directly. gc and fsck
+it: `inodes`, `namespace`, `blockmap`, `xattrs`, `trash`; call them directly. gc and fsck
 use a plain Meta (no hook); a mount's `dfs.client.view.ClientView` puts its
 knowledge in front. The few methods here are the plain answers fsck and the
 benches want from the namespace's richer results.
@@ -17,6 +17,7 @@ from dfs.meta.blockmap import BlockMap
 from dfs.meta.inodes import Inode, Inodes
 from dfs.meta.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace
 from dfs.meta.store import CommitHook, MetaStore
+from dfs.meta.trash import Trash
 from dfs.meta.xattrs import XATTR_CREATE, XATTR_REPLACE, Xattrs
 from dfs.paths import FsPaths
 from dfs.records import DirEntry
@@ -47,6 +48,7 @@ class Meta:
         self.xattrs = Xattrs(self.store, self.inodes)
         self.namespace = Namespace(self.store, self.inodes, self.blockmap, self.xattrs,
                                    mount_id=mount_id or uuid.uuid4().hex[:16], is_open=is_open)
+        self.trash = Trash(self.store, self.inodes, self.namespace)
 
     async def lookup(self, parent: int, name: bytes) -> Inode:
         return (await self.namespace.lookup(parent, name)).node

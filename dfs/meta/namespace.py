@@ -19,6 +19,7 @@ and what it may learn comes back in the results (`exact` flags from the
 store's CommitHook). Nothing here keeps any of it.
 """
 
+import contextlib
 import dataclasses
 import errno
 import stat
@@ -29,6 +30,7 @@ from dfs.errors import DfsError
 from dfs.meta.blockmap import BlockMap
 from dfs.meta.inodes import AttrReads, Inode, Inodes, check_parent, decode, with_entry_change
 from dfs.meta.store import Conflict, MetaStore, now_ns
+from dfs.meta.trash import to_trash, trash_on
 from dfs.meta.xattrs import Xattrs
 from dfs.names import NAME_MAX, check_name, unescape
 from dfs.paths import ROOT_INO, FsPaths, child
@@ -296,14 +298,24 @@ class Namespace:
 
     # ------------------------------------------------------------------ remove
 
-    async def drop_inode(self, txn: Txn, node: Inode, t: int, extras: Extras | None = None) -> None:
+    async def drop_inode(self, txn: Txn, node: Inode, t: int, extras: Extras | None = None,
+                         trash_as: tuple[int, bytes] | None = None) -> None:
         """Add to txn: one link of `node` goes away (and the inode with the last one).
 
-        `extras`: what `VictimReads` read after the inode.
+        `extras`: what `VictimReads` read after the inode. `trash_as`: (parent,
+        name) the link had, when the trash is on: a regular file's last link
+        then puts it in the trash (dfs.meta.trash) instead of deleting it.
         """
         if node.rec.nlink > 1 and not node.rec.is_dir:
             rec = dataclasses.replace(node.rec, nlink=node.rec.nlink - 1, ctime_ns=t)
             txn.set(self.paths.inode(node.ino), rec.encode(), node.version)
+            return
+        if trash_as is not None and node.rec.is_reg:
+            await self.store.ensure(self.paths.trash)
+            to_trash(txn, self.paths, node, trash_as, t)
+            if self.is_open(node.ino):  # held too: a purge leaves it to release_orphan
+                await self.store.ensure(self.paths.open_dir(node.ino))
+                txn.create(self.paths.open_holder(node.ino, self.mount_id), ephemeral=True)
             return
         if not node.rec.is_dir and self.is_open(node.ino):
             # Unlinked while open here: keep it (nlink 0) until release_orphan
@@ -343,8 +355,10 @@ class Namespace:
             reads = Reads()
             entry = reads.get(dirent_path)
             parent_inode = reads.get(paths.inode(parent))
+            config = reads.get(paths.config)
             victim = VictimReads(reads, paths, guess) if guess is not None else None
             got = await reads.run(self.zk)
+            trash = (parent, name) if trash_on(got[config]) else None
             if got[entry] is None:
                 check_parent(parent, got[parent_inode])
                 raise DfsError(errno.ENOENT, f"no entry {name!r}")
@@ -364,7 +378,7 @@ class Namespace:
             txn = Txn()
             txn.delete(dirent_path, dver)
             txn.set(paths.dir(parent), str(t).encode())
-            await self.drop_inode(txn, node, t, victim.extras(got))
+            await self.drop_inode(txn, node, t, victim.extras(got), trash)
             await self.store.commit(txn)
             return Removed(node.ino, t)
 
@@ -397,7 +411,9 @@ class Namespace:
         t = now_ns()
         if not plan:
             return Batch([], left, {}, t, False)
+        config = reads.get(paths.config)
         got = await reads.run(self.zk)
+        trash = trash_on(got[config])
         txn = Txn()
         state: dict[int, Inode] = {}  # inodes as this transaction leaves them so far
         done: list[Removal] = []
@@ -414,7 +430,7 @@ class Namespace:
             txn.delete(paths.dirent(parent, name), ent[1].version)
             txn.set(paths.dir(parent), str(t).encode())
             if op == "unlink":
-                await self.drop_inode(txn, node, t, victim.extras(got))
+                await self.drop_inode(txn, node, t, victim.extras(got), (parent, name) if trash else None)
             else:
                 p = state.get(parent) or decode(parent, got[parent_inode], None)
                 rec = dataclasses.replace(p.rec, nlink=p.rec.nlink - 1)
@@ -516,6 +532,11 @@ class Namespace:
             holders = await self.store.children(self.paths.open_dir(ino))
             if holders:
                 return
+            if await self.zk.exists(self.paths.trash_entry(ino)):
+                if holders is not None:
+                    with contextlib.suppress(NoNodeError, NotEmptyError):
+                        await self.zk.delete(self.paths.open_dir(ino))
+                return  # in the trash: it keeps the inode (dfs.meta.trash)
             txn = Txn()
             await self.delete_inode(txn, node)
             if holders is not None:
@@ -566,6 +587,7 @@ class Namespace:
             dst_attrs = AttrReads(reads, paths, dst[0].ino) if dst is not None else None
             victim = (VictimReads(reads, paths, dst[0].ino, inode=dst_attrs.inode)
                       if dst_attrs is not None and not flags & RENAME_EXCHANGE else None)
+            config = reads.get(paths.config) if victim is not None else None
             got = await reads.run(self.zk)
             src_node = src_attrs.node(got)
             dst_node = dst_attrs.node(got) if dst_attrs is not None else None
@@ -618,7 +640,8 @@ class Namespace:
                     raise DfsError(errno.ENOTDIR, f"{new_name!r} is not a directory")
                 txn.set(paths.dirent(new_parent, new_name),
                         DirEntry(src_node.ino, stat.S_IFMT(src_node.rec.mode)).encode(), dst[1])
-                await self.drop_inode(txn, dst_node, t, victim.extras(got))
+                trash = (new_parent, new_name) if config is not None and trash_on(got[config]) else None
+                await self.drop_inode(txn, dst_node, t, victim.extras(got), trash)
             else:
                 txn.create(paths.dirent(new_parent, new_name),
                            DirEntry(src_node.ino, stat.S_IFMT(src_node.rec.mode)).encode())

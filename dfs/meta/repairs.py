@@ -222,3 +222,9 @@ async def remove_stale_open(zk: ZkClient, paths: FsPaths, ino: int) -> str:
     """open/<ino> of an inode that does not exist, with no holders left."""
     await zk.delete(paths.open_dir(ino))
     return "removed it"
+
+
+async def remove_stale_trash(zk: ZkClient, paths: FsPaths, ino: int) -> str:
+    """trash/<ino> of an inode that does not exist (the inode's absence checked)."""
+    await zk.commit(_absent(paths, ino).delete(paths.trash_entry(ino)))
+    return "removed the trash entry"

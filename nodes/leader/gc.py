@@ -11,6 +11,8 @@
   node that comes back is checked at once.
 - Unlinked-while-open inodes whose holders are all gone (their mount died):
   `open/<ino>` has no children left, so the inode and its blocks are released.
+- Trash entries older than the filesystem's `trash_days` (re-read each time:
+  `dfs config set` changes it) are purged: their blocks go to gc/ (dfs.meta.trash).
 """
 
 import logging
@@ -18,7 +20,7 @@ import time
 
 import trio
 
-from dfs.config import NodeSettings
+from dfs.config import FsConfig, NodeSettings
 from dfs.errors import DfsError
 from dfs.maint.cluster import RepairContext
 from dfs.maint.gc import collect_gc_entry
@@ -78,6 +80,7 @@ class GcCollector:
                 if time.monotonic() - last_open_check > 10 * self.interval:
                     last_open_check = time.monotonic()
                     await self.release_dead_holders()
+                    await self.expire_trash()
                 due = time.monotonic() - self.last_orphan_scan > self.orphan_interval
                 if due or self._check_nodes:
                     nodes = None if due else set(self._check_nodes)
@@ -140,6 +143,19 @@ class GcCollector:
                 log.info("released inode %s: every mount holding it open is gone", ino)
             except DfsError as e:
                 log.warning("could not release inode %s: %s", ino, e)
+
+    async def expire_trash(self) -> int:
+        """Purge the trash entries older than trash_days. Returns how many."""
+        zk, paths = self.ctx.zk, self.ctx.paths
+        try:
+            days = FsConfig.decode((await zk.get(paths.config))[0]).trash_days
+        except NoNodeError:
+            return 0
+        meta = Meta(zk, paths, self.ctx.config, mount_id="repair-leader")
+        count, size = await meta.trash.purge_older(days * 86400.0 if days > 0 else 0.0)
+        if count:
+            log.info("trash: purged %d entries (%d bytes) older than %g days", count, size, days)
+        return count
 
     async def _referenced(self) -> tuple[dict[str, tuple[str, ...]], set[str]]:
         """block id -> replicas of every block map, and every block id queued in gc/."""

@@ -134,6 +134,8 @@ class UnreachableInodes:
                 s.report.skipped_in_flux += 1  # created or moved while we walked
             elif not rec.is_dir and rec.nlink == 0 and ino in s.open_inodes:
                 label = f"<unlinked open inode {ino}>"
+            elif not rec.is_dir and rec.nlink == 0 and ino in s.trash_inodes:
+                label = f"<trash inode {ino}>"
             else:
                 orphans[ino] = (rec, st)
                 label = f"<unreachable inode {ino}>"

@@ -193,6 +193,7 @@ class FsckState:
         self.gc_inodes: dict[int, str] = {}           # inode -> gc entry name (whole map garbage)
         self.gc_conflicts: dict[str, set[str]] = {}   # gc entry -> blocks still referenced
         self.open_inodes: set[int] = set()            # inodes with open/ holders
+        self.trash_inodes: set[int] = set()           # inodes with a trash/ entry (dfs.meta.trash)
         self.lost_files: dict[int, FileInfo] = {}     # files with a block that has no good replica
         self.lost_problems: dict[int, list[Problem]] = {}
         self.pairs = False  # any odd listings or corrupt reports at all (fast-path shortcut)
@@ -253,6 +254,7 @@ class FsckState:
         opened = [int(i) for i in await self.children(self.paths.open) or [] if i.isdigit()]
         holders = await self.zk.children_many([self.paths.open_dir(i) for i in opened])
         self.open_inodes.update(i for i, h in zip(opened, holders) if h)
+        self.trash_inodes.update(int(i) for i in await self.children(self.paths.trash) or [] if i.isdigit())
 
     async def list_node_blocks(self) -> None:
         """LIST every live node (streamed) into the block index."""
