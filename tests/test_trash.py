@@ -80,6 +80,8 @@ def test_rm_of_a_300_mib_file_restores_identical_bytes_and_trash_is_hidden(clust
     entries = trash_ls(c)
     assert [(e["path"], e["size"]) for e in entries] == [("/d/big", 300 * MiB)]
     assert trash_ls(c, "/elsewhere") == []
+    status = json.loads(dfs(c, "status", "--json", check=False).stdout)
+    assert status["trash"]["entries"] == 1 and status["trash"]["bytes"] == 300 * MiB
     report = fsck_clean(c)  # the trashed inode is no orphan, its blocks are referenced
     assert report["total_files"] == 0
     assert block_files(c) == blocks  # kept

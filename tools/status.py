@@ -18,6 +18,7 @@ import trio
 from dfs.errors import DfsError, QuietError
 from dfs.maint import capacity, cluster
 from dfs.maint.scan import block_groups
+from dfs.meta.trash import trash_usage
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
 from dfs.zk import ZkClient
@@ -34,6 +35,7 @@ async def gather(zk: ZkClient, paths: FsPaths) -> dict:
     leader = await cluster.repair_leader(zk, paths)
     corrupt = len(await cluster.report_names(zk, paths))
     cap = await capacity.read_state(zk, paths)
+    trashed, trash_bytes = await trash_usage(zk, paths)
 
     # block health, from the maps and the live view (streamed group by group)
     blocks = under = missing = 0
@@ -90,6 +92,7 @@ async def gather(zk: ZkClient, paths: FsPaths) -> dict:
                   "period": max(sc["period"] for sc in scrubbed), "nodes": len(scrubbed)}
         if scrubbed else {},
         "metadata": {**cap.to_dict(), "zk_heap": config.zk_heap},
+        "trash": {"entries": trashed, "bytes": trash_bytes, "trash_days": config.trash_days},
         "repair": {k: repair.get(k) for k in ("leader", "updated", "queue_length", "done_in_pass",
                                               "in_progress",
                                               "pending", "order", "eta_seconds",
@@ -151,6 +154,10 @@ def render(s: dict) -> str:
                        f"{w['reason']}, {w.get('copies')} copies")
         if r.get("gc_pending"):
             out.append(f"gc: {r['gc_pending']} entries pending")
+    t = s.get("trash") or {}
+    if t:
+        out.append(f"trash: {t['entries']} files, {human(t['bytes'])}"
+                   + (f" (kept {t['trash_days']:g} days)" if t["trash_days"] else " (off)"))
     return "\n".join(out)
 
 

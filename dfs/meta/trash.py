@@ -28,7 +28,7 @@ from dfs.meta.store import MetaStore, now_ns
 from dfs.names import check_name
 from dfs.paths import FsPaths
 from dfs.records import DirEntry, TrashEntry
-from dfs.zk import NoNodeError, NodeExistsError, Txn, ZnodeStat
+from dfs.zk import NoNodeError, NodeExistsError, Txn, ZkClient, ZnodeStat
 from dfs.zk.reads import Reads
 
 ENTRY_BATCH = 256  # trash entries read in one multi-read
@@ -48,6 +48,28 @@ def to_trash(txn: Txn, paths: FsPaths, node: Inode, where: tuple[int, bytes], t:
     txn.create(paths.trash_entry(node.ino), entry.encode())
 
 
+async def trash_entries(zk: ZkClient, paths: FsPaths) -> dict[int, tuple[TrashEntry, int]]:
+    """Every trash entry: inode -> (entry, znode version)."""
+    try:
+        names = await zk.get_children(paths.trash)
+    except NoNodeError:
+        return {}
+    inos = sorted(int(n) for n in names if n.isdigit())
+    out: dict[int, tuple[TrashEntry, int]] = {}
+    for i in range(0, len(inos), ENTRY_BATCH):
+        part = inos[i:i + ENTRY_BATCH]
+        for ino, item in zip(part, await zk.get_many([paths.trash_entry(n) for n in part])):
+            if item is not None:
+                out[ino] = (TrashEntry.decode(item[0]), item[1].version)
+    return out
+
+
+async def trash_usage(zk: ZkClient, paths: FsPaths) -> tuple[int, int]:
+    """(entries, bytes) in the trash, for `dfs status` and `df`."""
+    entries = await trash_entries(zk, paths)
+    return len(entries), sum(e.size for e, _ in entries.values())
+
+
 class InodeDeleter(Protocol):
     async def delete_inode(self, txn: Txn, node: Inode, extras: tuple | None = None) -> None: ...
 
@@ -65,15 +87,7 @@ class Trash:
 
     async def entries(self) -> dict[int, tuple[TrashEntry, int]]:
         """Every trash entry: inode -> (entry, znode version)."""
-        names = await self.store.children(self.paths.trash) or []
-        inos = sorted(int(n) for n in names if n.isdigit())
-        out: dict[int, tuple[TrashEntry, int]] = {}
-        for i in range(0, len(inos), ENTRY_BATCH):
-            part = inos[i:i + ENTRY_BATCH]
-            for ino, item in zip(part, await self.zk.get_many([self.paths.trash_entry(n) for n in part])):
-                if item is not None:
-                    out[ino] = (TrashEntry.decode(item[0]), item[1].version)
-        return out
+        return await trash_entries(self.zk, self.paths)
 
     async def restore(self, ino: int, parent: int, name: bytes) -> Inode:
         """Give trashed inode `ino` the name `parent`/`name` again.
