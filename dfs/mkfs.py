@@ -68,25 +68,30 @@ async def load_config(zk: ZkClient, paths: FsPaths) -> FsConfig:
     return config
 
 
-async def set_zk_heap(zk: ZkClient, paths: FsPaths, zk_heap: int) -> bool:
-    """Record the heap ZooKeeper now runs with (the one setting that changes after
-    mkfs; dfs.maint.capacity re-reads it). True if it changed."""
-    if zk_heap < MIN_ZK_HEAP:
-        raise DfsError(errno.EINVAL, f"zk_heap must be at least {MIN_ZK_HEAP >> 20} MiB")
+async def _set_config(zk: ZkClient, paths: FsPaths, name: str, value: float) -> FsConfig | None:
+    """Set one field of the config znode (version-checked, retried); None if it had that value."""
     while True:
         try:
             data, st = await zk.get(paths.config)
         except NoNodeError:
             raise DfsError(errno.ENOENT, f"no filesystem at {paths.root} (run 'dfs mkfs')") from None
         config = FsConfig.decode(data)
-        if config.zk_heap == zk_heap:
-            return False
-        config.zk_heap = zk_heap
+        if getattr(config, name) == value:
+            return None
+        setattr(config, name, value)
         try:
             await zk.set(paths.config, config.encode(), st.version)
-            return True
+            return config
         except BadVersionError:
             continue
+
+
+async def set_zk_heap(zk: ZkClient, paths: FsPaths, zk_heap: int) -> bool:
+    """Record the heap ZooKeeper now runs with (a setting that changes after
+    mkfs; dfs.maint.capacity re-reads it). True if it changed."""
+    if zk_heap < MIN_ZK_HEAP:
+        raise DfsError(errno.EINVAL, f"zk_heap must be at least {MIN_ZK_HEAP >> 20} MiB")
+    return await _set_config(zk, paths, "zk_heap", zk_heap) is not None
 
 
 SETTABLE = ("trash_days",)  # the settings `dfs config set` may change on a live filesystem
@@ -98,15 +103,4 @@ async def set_setting(zk: ZkClient, paths: FsPaths, name: str, value: float) -> 
         raise DfsError(errno.EINVAL, f"{name} cannot be changed (settable: {', '.join(SETTABLE)})")
     if not value >= 0:
         raise DfsError(errno.EINVAL, f"{name} must be a number >= 0")
-    while True:
-        try:
-            data, st = await zk.get(paths.config)
-        except NoNodeError:
-            raise DfsError(errno.ENOENT, f"no filesystem at {paths.root} (run 'dfs mkfs')") from None
-        config = FsConfig.decode(data)
-        setattr(config, name, value)
-        try:
-            await zk.set(paths.config, config.encode(), st.version)
-            return config
-        except BadVersionError:
-            continue
+    return await _set_config(zk, paths, name, value) or await load_config(zk, paths)

@@ -132,6 +132,22 @@ def test_rename_over_a_file_puts_it_in_the_trash(cluster_factory):
     fsck_clean(c)
 
 
+def test_a_file_removed_while_open_stays_readable_and_restorable(cluster_factory):
+    c = trash_cluster(cluster_factory)
+    mnt = c.mounts[0].mountpoint
+    data = os.urandom(3 * MiB)
+    (mnt / "f").write_bytes(data)
+    with open(mnt / "f", "rb") as f:
+        os.unlink(mnt / "f")
+        fsync_dir(mnt)
+        assert f.read() == data
+        assert len(trash_ls(c)) == 1
+    fsck_clean(c)  # closed: still in the trash, not released
+    dfs(c, "trash", "restore", "/f")
+    assert (mnt / "f").read_bytes() == data
+    fsck_clean(c)
+
+
 def test_expired_entries_lose_their_blocks_and_purge_frees_at_once(cluster_factory):
     c = trash_cluster(cluster_factory, days=1.0)
     mnt = c.mounts[0].mountpoint

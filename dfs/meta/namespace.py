@@ -148,6 +148,7 @@ class Namespace:
         self.xattrs = xattrs
         self.mount_id = mount_id
         self.is_open = is_open
+        self._trash_made = False
 
     async def _dirent(self, parent: int, name: bytes) -> tuple[DirEntry, int] | None:
         try:
@@ -311,7 +312,9 @@ class Namespace:
             txn.set(self.paths.inode(node.ino), rec.encode(), node.version)
             return
         if trash_as is not None and node.rec.is_reg:
-            await self.store.ensure(self.paths.trash)
+            if not self._trash_made:  # (filesystems made before the trash have no trash/)
+                await self.store.ensure(self.paths.trash)
+                self._trash_made = True
             to_trash(txn, self.paths, node, trash_as, t)
             if self.is_open(node.ino):  # held too: a purge leaves it to release_orphan
                 await self.store.ensure(self.paths.open_dir(node.ino))
