@@ -538,8 +538,10 @@ class FileData:
         assert f.upload_done is not None
         prefetched: list = []
         indices = set(f.uploaded) | set(f.uploading)
+        # a file with no block map yet (made here, first written): the commit needs no reads
+        fresh = f.node if f.node is not None and f.node.has_map is False and not f.refs else None
         async with trio.open_nursery() as nursery:
-            if f.uploading and len(indices) <= COMMIT_BATCH:
+            if f.uploading and len(indices) <= COMMIT_BATCH and fresh is None:
                 # read what the commit needs while the blocks upload (one round trip less)
                 async def prefetch() -> None:
                     try:
@@ -577,6 +579,8 @@ class FileData:
         node = await self.view.commit_blocks(ino, updates, size=f.size,
                                              mtime_ns=f.mtime_ns if f.dirty_meta or updates else None,
                                              prefetched=prefetched[0] if prefetched else None,
+                                             known=fresh if fresh is not None and fresh.version == f.version_seen
+                                             else None,
                                              expect_version=f.version_seen, attrs=f.attrs)
         f.refs.update(updates)
         f.uploaded.clear()
