@@ -3,6 +3,7 @@
 files on the nodes' disks."""
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -122,6 +123,13 @@ def test_setrep_without_r_leaves_existing_files(cluster_factory, tmp_path):
         wait_for("each file at its own count", lambda: settled(view, c, mnt, want), 60)
         rc, rep = fsck(c)
         assert rc == 0, rep["problems"]
+        for name, k in want.items():  # dfs why tells each file's own target
+            r = subprocess.run([sys.executable, "-m", "tools.cli", "why", "--zk", c.hosts, "--fs", c.fsname,
+                                "--json", f"/{name}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            doc = json.loads(r.stdout)
+            assert doc["wanted_replicas"] == k and doc["own_replicas"] == (k != 3), doc
+            assert all(b["counting_replicas"] == k for b in doc["blocks"]), doc
 
 
 def test_mount_sigkilled_while_writing_into_a_setrep_directory(cluster_factory, tmp_path):
