@@ -45,7 +45,7 @@ from dfs.meta import acl
 from dfs.meta.blockmap import Diverged
 from dfs.meta.inodes import Inode
 from dfs.metrics import CACHE_HIT, CACHE_MISS
-from dfs.records import BlockRef
+from dfs.records import BlockRef, InodeRecord
 
 log = logging.getLogger(__name__)
 RELATIME_NS = 24 * 3600 * 10**9  # relatime moves an atime this old whatever the mtime
@@ -405,6 +405,12 @@ class FileData:
         async with self.dirty_changed:
             self.dirty_changed.notify_all()
 
+    async def _write_block(self, data: bytes, rec: InodeRecord | None) -> BlockRef:
+        """A new block of a file, on the file's own count of replicas (`dfs setrep`)."""
+        own = rec.replicas if rec is not None else 0
+        return await self.blocks.write_block(data, replicas=self.config.wanted(own),
+                                             min_replicas=self.config.needed(own))
+
     def _start_upload(self, f: OpenFile, index: int) -> None:
         buf = f.buffers[index]
         if f.uploading.get(index) == buf.serial:
@@ -417,8 +423,7 @@ class FileData:
         ref = None
         try:
             async with self.upload_slots:
-                ref = await self.blocks.write_block(
-                    data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
+                ref = await self._write_block(data, f.node.rec if f.node is not None else None)
             self.cache.put(ref.id, data)
         except DfsError as e:
             log.warning("upload of inode %d block %d failed: %s", f.ino, index, e)
@@ -780,8 +785,7 @@ class FileData:
             ref = refs.get(last)
             if within and ref is not None and ref.length > within:
                 data = (await self._read_whole(ref))[:within]
-                updates[last] = await self.blocks.write_block(
-                    data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
+                updates[last] = await self._write_block(data, node.rec)
                 self.cache.put(updates[last].id, data)
         try:
             node = await self.view.commit_blocks(ino, updates, size=size, truncate_from=truncate_from,
@@ -879,8 +883,7 @@ class FileData:
             if not data:
                 updates[index] = None
                 continue
-            updates[index] = await self.blocks.write_block(
-                data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
+            updates[index] = await self._write_block(data, node.rec)
             self.cache.put(updates[index].id, data)
         pending = sorted(updates)
         try:
