@@ -35,6 +35,14 @@ class FsConfig(Record):
     created: float = 0.0
     format_revision: int = FORMAT_REVISION
 
+    def wanted(self, own: int) -> int:
+        """Copies of each block of a file whose own count (InodeRecord.replicas) is `own`."""
+        return own or self.replicas
+
+    def needed(self, own: int) -> int:
+        """Copies a write of such a file needs: min_replicas, capped at the file's count."""
+        return min(self.min_replicas, self.wanted(own))
+
 
 @dataclass
 class MountSettings:

@@ -164,6 +164,11 @@ class FsPaths:
     def repair_status(self) -> str:
         return f"{self.root}/repair/status"
 
+    @property
+    def repair_rescan(self) -> str:
+        """Set by `dfs setrep`: the repair leader starts a pass when it changes."""
+        return f"{self.root}/repair/rescan"
+
     def skeleton(self) -> list[str]:
         """Persistent znodes `dfs mkfs` creates (config and root inode aside)."""
         return [

@@ -9,7 +9,8 @@ The records every file has (InodeRecord, DirEntry) are `Compact`: ZooKeeper keep
 every znode's data in its heap, so they use one-letter keys and leave out fields
 at their usual value (format revision 2). Their decode reads revision 1's long
 keys too, so filesystems made before keep working; a record is rewritten compact
-the next time it changes.
+the next time it changes. Revision 3 added an inode's own replica count (key "k",
+left out at 0: the filesystem's); revision-2 records are revision-3 records without it.
 """
 
 import dataclasses
@@ -21,7 +22,7 @@ from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T", bound="Record")
 
-FORMAT_REVISION = 2
+FORMAT_REVISION = 3
 
 
 class Record:
@@ -96,15 +97,19 @@ class InodeRecord(Compact):
     parent: int = 0  # directories only: the one directory that holds it
     xattrs: int = 0  # number of extended attributes (0: getxattr needs no lookup)
     stored: int = -1  # bytes in its block refs and inline (st_blocks); -1: written before they were counted
+    # `dfs setrep`: copies of each block (a file), or what new entries inherit (a directory);
+    # 0: the filesystem's `replicas` (left out of the record, so it costs nothing)
+    replicas: int = 0
 
     KEYS = {"mode": "m", "uid": "u", "gid": "g", "size": "s", "atime_ns": "a", "mtime_ns": "t",
             "ctime_ns": "c", "nlink": "n", "rdev": "r", "target": "l", "parent": "p", "xattrs": "x",
-            "stored": "b"}
+            "stored": "b", "replicas": "k"}
 
     def usual(self) -> dict[str, Any]:
         # a new inode's three times are one; most files have one link and no xattrs
         return {"uid": 0, "gid": 0, "size": 0, "atime_ns": self.mtime_ns, "ctime_ns": self.mtime_ns,
-                "nlink": 1, "rdev": 0, "target": "", "parent": 0, "xattrs": 0, "stored": 0}
+                "nlink": 1, "rdev": 0, "target": "", "parent": 0, "xattrs": 0, "stored": 0,
+                "replicas": 0}
 
     @property
     def is_dir(self) -> bool:

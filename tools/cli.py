@@ -225,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("value", type=float)
     p.set_defaults(func=optional("tools.trash", "config_main"))
 
+    p = sub.add_parser("setrep", help="copies of each block for a file, or for what a directory holds")
+    add_common(p)
+    p.add_argument("path", help="path inside the filesystem (e.g. /dir)")
+    p.add_argument("replicas", type=int, metavar="N", help="copies of each block")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="also rewrite the files and directories already below PATH")
+    p.set_defaults(func=optional("tools.setrep", "main"))
+
     p = sub.add_parser("bench", help="throughput and metadata benchmark on a directory")
     p.add_argument("dir", nargs="?", default="mnt")
     p.add_argument("--size", type=parse_size, default=1 << 30, help="big-file size (default: 1G)")

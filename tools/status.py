@@ -17,7 +17,7 @@ import trio
 
 from dfs.errors import DfsError, QuietError
 from dfs.maint import capacity, cluster
-from dfs.maint.scan import block_groups
+from dfs.maint.scan import block_groups_wanted
 from dfs.meta.trash import trash_usage
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths, default_root
@@ -41,14 +41,15 @@ async def gather(zk: ZkClient, paths: FsPaths) -> dict:
     blocks = under = missing = 0
     per_node: dict[str, int] = {}
     active = {n for n, lv in live.items() if lv.state == "active"}
-    async for mg in block_groups(zk, paths):
+    async for mg, own in block_groups_wanted(zk, paths):
+        wanted = config.wanted(own)  # the file's own count (`dfs setrep`) or the filesystem's
         for ref in mg.blocks.blocks.values():
             blocks += 1
             for n in ref.replicas:
                 per_node[n] = per_node.get(n, 0) + 1
             if not any(n in live for n in ref.replicas):
                 missing += 1
-            elif sum(n in active for n in ref.replicas) < config.replicas:
+            elif sum(n in active for n in ref.replicas) < wanted:
                 under += 1
     now = time.time()
     nodes = []

@@ -9,8 +9,8 @@ from the leader's status document (`repair/status`), which lists the blocks
 being repaired and the first PENDING_SHOWN queued ones, and the nodes still in
 their grace period (gone, not yet `dead_after`: no repair starts before).
 
-Exit codes: 0 every block has its full count of live replicas; 1 some block has
-fewer (or a corrupt report); 2 no such path, usage or connection error.
+Exit codes: 0 every block has the file's count of live replicas (its own, set by
+`dfs setrep`, or the filesystem's); 1 some block has fewer (or a corrupt report); 2 no such path, usage or connection error.
 """
 
 import argparse
@@ -76,6 +76,7 @@ async def explain(zk: ZkClient, paths: FsPaths, meta: Meta, ino: int) -> dict:
     except NoNodeError:
         holders = []
     now = time.time()
+    wanted = meta.config.wanted(node.rec.replicas)  # its own (`dfs setrep`) or the filesystem's
     gone_since = status.get("gone_since") or {}
     blocks = []
     for index, ref in sorted(refs.items()):
@@ -91,14 +92,15 @@ async def explain(zk: ZkClient, paths: FsPaths, meta: Meta, ino: int) -> dict:
                     "reported": r.reported} for r in reports if r.block_id == ref.id]
         counting = sum(r["status"] == "live" and r["state"] == "active"
                        and r["node"] not in {c["node"] for c in corrupt} for r in replicas)
-        short = counting < meta.config.replicas or bool(corrupt)
+        short = counting < wanted or bool(corrupt)
         blocks.append({"index": index, "id": ref.id, "length": ref.length, "replicas": replicas,
                        "counting_replicas": counting, "corrupt_reports": corrupt,
                        "repair": repair_state(ref.id, replicas, short, status)})
     return {"ino": ino, "type": "file" if node.rec.is_reg else "directory" if node.rec.is_dir
             else "symlink" if node.rec.is_link else "special", "size": node.rec.size,
             "nlink": node.rec.nlink, "version": node.version, "inline": inline is not None,
-            "open_by": sorted(holders), "wanted_replicas": meta.config.replicas,
+            "open_by": sorted(holders), "wanted_replicas": wanted,
+            "own_replicas": bool(node.rec.replicas),
             "repair_leader": status.get("leader"),
             "repair_status_age": round(now - status["updated"], 1) if status.get("updated") else None,
             "blocks": blocks,
@@ -115,8 +117,9 @@ def render(d: dict) -> str:
     elif not d["blocks"]:
         out.append("  no blocks")
     age = f", status {d['repair_status_age']:.0f} s old" if d["repair_status_age"] is not None else ""
+    own = " (its own, dfs setrep)" if d["own_replicas"] else ""
     out.append(f"  repair leader: {d['repair_leader'] or 'none'}{age}; wanted replicas "
-               f"{d['wanted_replicas']}")
+               f"{d['wanted_replicas']}{own}")
     for b in d["blocks"]:
         r = b["repair"]
         state = r["state"] + (f" #{r['position']} of {r['queue_length']}" if "position" in r else "")

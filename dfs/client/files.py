@@ -45,7 +45,7 @@ from dfs.meta import acl
 from dfs.meta.blockmap import Diverged
 from dfs.meta.inodes import Inode
 from dfs.metrics import CACHE_HIT, CACHE_MISS
-from dfs.records import BlockRef
+from dfs.records import BlockRef, InodeRecord
 
 log = logging.getLogger(__name__)
 RELATIME_NS = 24 * 3600 * 10**9  # relatime moves an atime this old whatever the mtime
@@ -405,6 +405,12 @@ class FileData:
         async with self.dirty_changed:
             self.dirty_changed.notify_all()
 
+    async def _write_block(self, data: bytes, rec: InodeRecord | None) -> BlockRef:
+        """A new block of a file, on the file's own count of replicas (`dfs setrep`)."""
+        own = rec.replicas if rec is not None else 0
+        return await self.blocks.write_block(data, replicas=self.config.wanted(own),
+                                             min_replicas=self.config.needed(own))
+
     def _start_upload(self, f: OpenFile, index: int) -> None:
         buf = f.buffers[index]
         if f.uploading.get(index) == buf.serial:
@@ -417,8 +423,7 @@ class FileData:
         ref = None
         try:
             async with self.upload_slots:
-                ref = await self.blocks.write_block(
-                    data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
+                ref = await self._write_block(data, f.node.rec if f.node is not None else None)
             self.cache.put(ref.id, data)
         except DfsError as e:
             log.warning("upload of inode %d block %d failed: %s", f.ino, index, e)
@@ -538,8 +543,10 @@ class FileData:
         assert f.upload_done is not None
         prefetched: list = []
         indices = set(f.uploaded) | set(f.uploading)
+        # a file with no block map yet (made here, first written): the commit needs no reads
+        fresh = f.node if f.node is not None and f.node.has_map is False and not f.refs else None
         async with trio.open_nursery() as nursery:
-            if f.uploading and len(indices) <= COMMIT_BATCH:
+            if f.uploading and len(indices) <= COMMIT_BATCH and fresh is None:
                 # read what the commit needs while the blocks upload (one round trip less)
                 async def prefetch() -> None:
                     try:
@@ -577,6 +584,8 @@ class FileData:
         node = await self.view.commit_blocks(ino, updates, size=f.size,
                                              mtime_ns=f.mtime_ns if f.dirty_meta or updates else None,
                                              prefetched=prefetched[0] if prefetched else None,
+                                             known=fresh if fresh is not None and fresh.version == f.version_seen
+                                             else None,
                                              expect_version=f.version_seen, attrs=f.attrs)
         f.refs.update(updates)
         f.uploaded.clear()
@@ -776,8 +785,7 @@ class FileData:
             ref = refs.get(last)
             if within and ref is not None and ref.length > within:
                 data = (await self._read_whole(ref))[:within]
-                updates[last] = await self.blocks.write_block(
-                    data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
+                updates[last] = await self._write_block(data, node.rec)
                 self.cache.put(updates[last].id, data)
         try:
             node = await self.view.commit_blocks(ino, updates, size=size, truncate_from=truncate_from,
@@ -875,8 +883,7 @@ class FileData:
             if not data:
                 updates[index] = None
                 continue
-            updates[index] = await self.blocks.write_block(
-                data, replicas=self.config.replicas, min_replicas=self.config.min_replicas)
+            updates[index] = await self._write_block(data, node.rec)
             self.cache.put(updates[index].id, data)
         pending = sorted(updates)
         try:

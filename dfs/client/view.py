@@ -304,7 +304,7 @@ class ClientView:
                     xattrs: dict[bytes, bytes] | None = None) -> Inode:
         if planned is None:  # (an asynchronous create was admitted by dfs.client.creates)
             self.capacity.admit()
-        known = self.known(parent) if stat.S_ISDIR(mode) else None
+        known = self.known(parent)  # (a file inherits its parent's replica count)
         made = await self.meta.namespace.mknod(
             parent, name, mode, uid=uid, gid=gid, rdev=rdev, target=target, planned=planned,
             on_sent=on_sent, parent_known=known.inode if known is not None else None, xattrs=xattrs)

@@ -91,7 +91,7 @@ async def delete_quietly(ctx: RepairContext, block_id: str, node_ids: Iterable[s
     return [n for n in nodes if n in gone]
 
 
-def _settled(ctx: RepairContext, replicas: list[str], bad: Collection[str]) -> list[str]:
+def _settled(ctx: RepairContext, replicas: list[str], bad: Collection[str], target: int) -> list[str]:
     """The replica list to commit after a repair.
 
     Known-bad replicas leave (unless none would remain). Replicas on gone or
@@ -99,7 +99,7 @@ def _settled(ctx: RepairContext, replicas: list[str], bad: Collection[str]) -> l
     still be the only way back to a copy.
     """
     counting = [n for n in replicas if ctx.counts(n, bad)]
-    if len(counting) >= ctx.config.replicas:
+    if len(counting) >= target:
         return counting
     keep = [n for n in replicas if n not in bad]
     return keep or replicas
@@ -107,8 +107,9 @@ def _settled(ctx: RepairContext, replicas: list[str], bad: Collection[str]) -> l
 
 async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *,
                       bad: Collection[str] = frozenset(), reason: str = "under-replicated",
-                      bandwidth=None) -> BlockRef | None:
-    """Bring one block back to `config.replicas` counting replicas.
+                      bandwidth=None, target: int | None = None) -> BlockRef | None:
+    """Bring one block back to `target` counting replicas (default `config.replicas`;
+    a file's own count is `config.wanted(InodeRecord.replicas)`).
 
     Copies from a surviving good holder (COPY op) to targets chosen by
     `place_replicas` (never a node that already holds a good replica; a node
@@ -133,11 +134,12 @@ async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *
         the map kept changing.
     """
     bad = frozenset(bad)
+    target = target or ctx.config.replicas
     sources = [n for n in ref.replicas if ctx.can_serve(n, bad)]
     # prefer active sources: a draining node is busy enough
     sources.sort(key=lambda n: (not ctx.counts(n, bad), ctx.nodedir.get(n).load))
     counting = [n for n in ref.replicas if ctx.counts(n, bad)]
-    need = ctx.config.replicas - len(counting)
+    need = target - len(counting)
     made: list[str] = []
     if need > 0:
         if not sources:
@@ -168,7 +170,7 @@ async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *
 
     def change(cur: BlockRef) -> list[str]:
         merged = [n for n in cur.replicas if n not in made] + made
-        return _settled(ctx, merged, bad - set(made))
+        return _settled(ctx, merged, bad - set(made), target)
 
     committed = await commit_replicas(ctx, ino, index, ref.id, change)
     if committed is None:
@@ -266,6 +268,34 @@ async def drop_replicas(ctx: RepairContext, ino: int, index: int, ref: BlockRef,
     await delete_quietly(ctx, ref.id, removed)
     await ctx.audit.append("drop", block=ref.id, ino=ino, index=index, src=removed, reason=reason)
     return committed
+
+
+async def trim(ctx: RepairContext, ino: int, index: int, ref: BlockRef, target: int,
+               reason: str = "surplus replica") -> BlockRef | None:
+    """Give up the counting replicas beyond `target` (`repair.crowded` picks them), safely:
+    only once every replica that stays has passed VERIFY on its node (present, right
+    checksum), and the map commit comes before any byte is deleted (drop_replicas).
+    Returns the committed ref, `ref` when nothing was dropped (too few verified), or
+    None if the block changed."""
+    counting = [n for n in ref.replicas if ctx.counts(n)]
+    extra = len(counting) - target
+    if extra <= 0 or target < 1:
+        return ref
+    victims = crowded(ctx, counting, extra)
+    keep = [n for n in counting if n not in victims]
+
+    async def verified(n: str) -> bool:
+        try:
+            return await ctx.blocks.verify_block(n, ref.id)
+        except DfsError as e:
+            log.info("verify of block %s on %s before a trim failed: %s", ref.id, n, e)
+            return False
+
+    for n in keep:
+        if not await verified(n):
+            log.info("block %s: replica on %s not verified; keeping the surplus", ref.id, n)
+            return ref
+    return await drop_replicas(ctx, ino, index, ref, victims, reason)
 
 
 async def dedupe_replicas(ctx: RepairContext, ino: int, index: int, ref: BlockRef) -> BlockRef | None:

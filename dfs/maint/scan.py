@@ -12,7 +12,7 @@ import json
 from typing import AsyncIterator, Iterable, NamedTuple
 
 from dfs.paths import FsPaths
-from dfs.records import BlockGroup, BlockRef
+from dfs.records import BlockGroup, BlockRef, InodeRecord
 from dfs.zk import NoNodeError, ZkClient, ZnodeStat
 from dfs.zk.reads import Reads
 
@@ -43,13 +43,23 @@ def decode_group(data: bytes) -> BlockGroup:
 
 async def groups_of(zk: ZkClient, paths: FsPaths, inos: Iterable[int]) -> list[tuple[int, list[int]]]:
     """(ino, its group numbers in order) of each inode that has a block map."""
+    return [(ino, groups) for ino, groups, _ in await _groups_of(zk, paths, inos, False)]
+
+
+async def _groups_of(zk: ZkClient, paths: FsPaths, inos: Iterable[int],
+                     own_replicas: bool) -> list[tuple[int, list[int], int]]:
+    """groups_of, and with `own_replicas` each file's InodeRecord.replicas (read in the
+    same multi-read; 0 also when the inode is gone: its map is garbage, repair skips it)."""
     inos = list(inos)
-    out: list[tuple[int, list[int]]] = []
+    out: list[tuple[int, list[int], int]] = []
     for i in range(0, len(inos), INODE_BATCH):
         reads = Reads()
-        lists = [(ino, reads.children(paths.block_map(ino))) for ino in inos[i:i + INODE_BATCH]]
+        lists = [(ino, reads.children(paths.block_map(ino)),
+                  reads.get(paths.inode(ino)) if own_replicas else None) for ino in inos[i:i + INODE_BATCH]]
         got = await reads.run(zk)
-        out += [(ino, sorted(int(g) for g in got[h] if g.isdigit())) for ino, h in lists if got[h]]
+        out += [(ino, sorted(int(g) for g in got[h] if g.isdigit()),
+                 InodeRecord.decode(got[r][0]).replicas if r is not None and got[r] else 0)
+                for ino, h, r in lists if got[h]]
     return out
 
 
@@ -76,12 +86,24 @@ async def map_groups(zk: ZkClient, paths: FsPaths, ino: int) -> AsyncIterator[Ma
 
 async def block_groups(zk: ZkClient, paths: FsPaths) -> AsyncIterator[MapGroup]:
     """Every group of every file's block map, by inode number."""
+    async for mg, _ in _walk(zk, paths, False):
+        yield mg
+
+
+async def block_groups_wanted(zk: ZkClient, paths: FsPaths) -> AsyncIterator[tuple[MapGroup, int]]:
+    """block_groups, each with its file's own replica count (`dfs setrep`; 0: the filesystem's)."""
+    async for item in _walk(zk, paths, True):
+        yield item
+
+
+async def _walk(zk: ZkClient, paths: FsPaths, own_replicas: bool) -> AsyncIterator[tuple[MapGroup, int]]:
     try:
         names = await zk.get_children(paths.blocks)
     except NoNodeError:
         return
     inos = sorted(int(n) for n in names if n.isdigit())
     for i in range(0, len(inos), INODE_BATCH):
-        maps = await groups_of(zk, paths, inos[i:i + INODE_BATCH])
-        async for mg in read_groups(zk, paths, [(ino, g) for ino, groups in maps for g in groups]):
-            yield mg
+        maps = await _groups_of(zk, paths, inos[i:i + INODE_BATCH], own_replicas)
+        own = {ino: k for ino, _, k in maps}
+        async for mg in read_groups(zk, paths, [(ino, g) for ino, groups, _ in maps for g in groups]):
+            yield mg, own[mg.ino]

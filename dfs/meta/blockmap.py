@@ -131,9 +131,11 @@ class BlockMap:
             unless the commit adds block refs, which clears them).
           known: the inode as this client last committed or read it, a file
             with no block refs (and `has_map` known). A commit that touches
-            no block groups then needs no reads: the inode's version check
-            catches anyone who changed the file since (and the commit retries
-            with fresh reads).
+            no block groups, or any on a file with no `blocks/<ino>` at all
+            (`has_map` False: a file this client made, written for the first
+            time), then needs no reads: the inode's version check catches
+            anyone who changed the file since (and the commit retries with
+            fresh reads).
           expect_version: the inode version the caller built `updates` on; if
             someone else committed since, nothing is written and Diverged is
             raised (the caller lays its writes over what is there now).
@@ -150,7 +152,7 @@ class BlockMap:
             plan = self._commit_reads(ino, updates, truncate_from is not None)
             got: Got | None = None
             had_map = known.has_map if known is not None else None
-            if had_map is not None and not plan.groups and truncate_from is None:
+            if had_map is not None and (not plan.groups or had_map is False) and truncate_from is None:
                 node = Inode(ino, known.rec, known.version)
             else:
                 if prefetched is not None and prefetched[0].key == plan.key:
@@ -168,7 +170,8 @@ class BlockMap:
             if not node.rec.is_reg:
                 raise DfsError(errno.EISDIR if node.rec.is_dir else errno.EINVAL,
                                f"inode {ino} is not a regular file")
-            groups: dict[int, tuple | None] = {g: got[h] for g, h in plan.groups.items()} if got else {}
+            groups: dict[int, tuple | None] = ({g: got[h] for g, h in plan.groups.items()} if got
+                                               else dict.fromkeys(plan.groups))  # (blind: none exist)
             if truncate_from is not None:
                 assert got is not None and plan.children is not None
                 more = sorted(int(g) for g in got[plan.children] or []
@@ -187,9 +190,9 @@ class BlockMap:
                 if had_map:
                     if new_inline is not None:
                         txn.set(self.paths.block_map(ino), new_inline)
-                elif new_inline:
-                    txn.create(self.paths.block_map(ino), new_inline)
-                has_map = had_map or bool(new_inline)
+                elif new_inline or groups:
+                    txn.create(self.paths.block_map(ino), new_inline or b"")
+                has_map = had_map or bool(new_inline or groups)
             elif got[plan.map] is None:
                 has_map = bool(groups or new_inline)
                 if has_map:
@@ -231,9 +234,9 @@ class BlockMap:
                     if ref is not None:
                         rec.size = max(rec.size, i * bs + ref.length)
             if rec.stored >= 0:  # else written before stored bytes were counted: st_blocks from the size
-                if got is None:  # blind: no block refs (see `known`), all its bytes are inline
-                    if new_inline is not None:
-                        rec.stored = len(new_inline)
+                if got is None:  # blind: no block refs before (see `known`), its bytes were inline
+                    if new_inline is not None or groups:
+                        rec.stored = len(new_inline or b"") + stored
                 else:
                     if new_inline is not None:
                         old_inline = got[plan.map][0] if got[plan.map] is not None else None

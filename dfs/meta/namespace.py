@@ -209,7 +209,8 @@ class Namespace:
         `planned` (from an asynchronous create): the inode number, record and
         time to use; `on_sent` runs just before the first attempt's transaction
         is sent; `parent_known`: the parent as the caller knows it (a mkdir's
-        first attempt then skips reading it: a stale one fails the version check);
+        first attempt then skips reading it: a stale one fails the version check; a
+        file inherits its `dfs setrep` count from it, read if not given);
         `xattrs`: to create with it (inherited ACLs: never an inode without them).
         """
         if stat.S_ISLNK(mode) and not 0 < len(target) <= 4095:
@@ -220,9 +221,10 @@ class Namespace:
         rec.xattrs = len(xattrs)
         kind = stat.S_IFMT(rec.mode)
         paths = self.paths
+        inherit_from: Inode | None = None
 
         async def attempt() -> Made:
-            nonlocal parent_known, on_sent
+            nonlocal parent_known, on_sent, inherit_from
             p = None
             if kind == stat.S_IFDIR:
                 known, parent_known = parent_known, None
@@ -230,6 +232,10 @@ class Namespace:
                 if p.rec.nlink == 0:
                     raise DfsError(errno.ENOENT, "parent directory was removed")
                 rec.parent = parent
+                rec.replicas = p.rec.replicas  # `dfs setrep`: new entries inherit it
+            elif inherit_from is None:  # known (the caller's view), else read once
+                inherit_from = parent_known or await self.inodes.getattr(parent)
+                rec.replicas = inherit_from.rec.replicas
             txn = Txn()
             txn.create(paths.inode(ino), rec.encode())
             txn.create(paths.dirent(parent, name), DirEntry(ino, kind).encode())

@@ -8,7 +8,10 @@ Two tasks while leading:
 - the repair pass scans every block map (streaming) and queues what needs
   work, in priority tiers like HDFS's low-redundancy queues: blocks with 1
   counting replica, then 2, ... (replicas on draining nodes do not count, so a
-  block only on draining nodes is most urgent), then surplus replicas. A tier
+  block only on draining nodes is most urgent), then surplus replicas. Each
+  file's target is its own count (`dfs setrep`, InodeRecord.replicas, read with
+  its map) or the filesystem's; a surplus replica leaves only after the ones
+  that stay pass VERIFY, and leaves the map before its bytes are deleted. A tier
   is finished before the next starts; inside a tier `concurrency` repairs run
   at once, paced by a bandwidth limit.
 
@@ -40,7 +43,7 @@ from dfs.config import NodeSettings
 from dfs.errors import DfsError
 from dfs.maint import cluster, repair
 from dfs.maint.cluster import RepairContext
-from dfs.maint.scan import block_groups
+from dfs.maint.scan import block_groups_wanted
 from dfs.paths import FsPaths
 from dfs.placement import spread_short, zones
 from dfs.records import BlockRef, CorruptReport, NodeRegistration
@@ -79,6 +82,7 @@ class Work:
     bad: frozenset = field(compare=False, default=frozenset())
     reason: str = field(compare=False, default="under-replicated")
     reports: list = field(compare=False, default_factory=list)  # corrupt report znodes
+    target: int = field(compare=False, default=0)  # the file's replicas (`dfs setrep`; 0: config's)
 
     def describe(self) -> dict:
         return {"block": self.ref.id, "ino": self.ino, "index": self.index, "kind": self.kind,
@@ -135,6 +139,7 @@ class Repairer:
         self.node_refs: dict[str, int] = {}
         self.reports_planned: set[str] = set()  # report znodes a pass has looked at
         self.hints_waiting = False  # short-write hints of blocks not committed yet
+        self.rescan_seen: int | None = None  # repair/rescan's mzxid when last looked at
         self.on_node_return = on_node_return
         self.status_extra = status_extra
         self.maintenance_lock = maintenance_lock
@@ -217,6 +222,15 @@ class Repairer:
             self.want_pass.set()
         if self.hints_waiting and time.monotonic() - self.last_scan > HINT_RESCAN:
             self.want_pass.set()
+        try:  # `dfs setrep` changed replica counts
+            rescan = await self.zk.exists(self.ctx.paths.repair_rescan)
+        except NoNodeError:
+            rescan = None
+        seen = rescan.mzxid if rescan is not None else 0
+        if seen != self.rescan_seen:
+            if self.rescan_seen is not None:
+                self.want_pass.set()
+            self.rescan_seen = seen
 
     def in_grace(self) -> list[str]:
         return [n for n in self.gone_since if n not in self.dead]
@@ -282,7 +296,6 @@ class Repairer:
     async def scan(self) -> list[Work]:
         """Read every block map; return the work, sorted by priority."""
         ctx = self.ctx
-        replicas = ctx.config.replicas
         reports = await self._reports()
         work: list[Work] = []
         counts = {"blocks": 0, "under_replicated": 0, "missing": 0, "over_replicated": 0,
@@ -294,7 +307,8 @@ class Repairer:
         counts["active_nodes"] = active
         node_refs: dict[str, int] = {}
         seen_reports: set[str] = set()
-        async for ino, _group, grp, _stat in block_groups(ctx.zk, ctx.paths):
+        async for (ino, _group, grp, _stat), own in block_groups_wanted(ctx.zk, ctx.paths):
+            replicas = ctx.config.wanted(own)  # this file's target
             for index, ref in grp.blocks.items():
                 counts["blocks"] += 1
                 for n in ref.replicas:
@@ -338,13 +352,14 @@ class Repairer:
                     else:
                         reason = "under-replicated"
                     work.append(Work(len(counting), ino, index, ref, "replicate",
-                                     frozenset(bad), reason, names))
+                                     frozenset(bad), reason, names, replicas))
                 elif names:
                     for name in names:  # the report was wrong or is settled already
                         await self._delete_report(name)
                 elif len(counting) > replicas:
                     counts["over_replicated"] += 1
-                    work.append(Work(SURPLUS_TIER, ino, index, ref, "surplus", reason="surplus"))
+                    work.append(Work(SURPLUS_TIER, ino, index, ref, "surplus", reason="surplus",
+                                     target=replicas))
                 elif spread_short(zone_of, counting, zone_count):
                     counts["mis_spread"] += 1
                     work.append(Work(SURPLUS_TIER, ino, index, ref, "spread", reason="zone spread"))
@@ -406,12 +421,7 @@ class Repairer:
     async def _do(self, w: Work) -> bool:
         ctx = self.ctx
         if w.kind == "surplus":
-            counting = [n for n in w.ref.replicas if ctx.counts(n)]
-            extra = len(counting) - ctx.config.replicas
-            if extra <= 0:
-                return False
-            new = await repair.drop_replicas(ctx, w.ino, w.index, w.ref, repair.crowded(ctx, counting, extra),
-                                             "surplus replica")
+            new = await repair.trim(ctx, w.ino, w.index, w.ref, w.target or ctx.config.replicas)
             if new is not None and new.replicas != w.ref.replicas:
                 metrics.REPAIRS.labels("surplus").inc()
                 return True
@@ -424,7 +434,7 @@ class Repairer:
             return False
         before = ctx.stats["copied_bytes"]
         new = await repair.rereplicate(ctx, w.ino, w.index, w.ref, bad=w.bad, reason=w.reason,
-                                       bandwidth=self.bandwidth)
+                                       bandwidth=self.bandwidth, target=w.target)
         copied = ctx.stats["copied_bytes"] - before
         self.pass_copied_bytes += copied
         metrics.REPAIRED_BYTES.inc(copied)

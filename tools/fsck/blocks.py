@@ -104,7 +104,7 @@ class BlockChecks:
         s = self.s
         e = s.index.blocks.get(ref.id)
         reps = ref.replicas
-        ok = e is not None and not s.opts.verify_data and len(reps) == s.config.replicas
+        ok = e is not None and not s.opts.verify_data and len(reps) == s.config.wanted(f.rec.replicas)
         if ok:
             e[0] |= REF
             bits = 0
@@ -125,7 +125,7 @@ class BlockChecks:
         if ok:
             r = s.report
             r._good_replicas += len(reps)
-            if len(reps) >= s.config.min_replicas:
+            if len(reps) >= s.config.needed(f.rec.replicas):
                 r.minimally_replicated_blocks += 1
             return True
         return False
@@ -209,7 +209,7 @@ class BlockChecks:
         good = [n for n in uniq if states[n] == "good"]
         r = s.report
         r._good_replicas += len(good)
-        if len(good) >= s.config.min_replicas:
+        if len(good) >= s.config.needed(f.rec.replicas):
             r.minimally_replicated_blocks += 1
         where = f"{f.path} block {index}"
         problems: list[Problem] = []
@@ -233,7 +233,7 @@ class BlockChecks:
             s.lost_files.setdefault(f.ino, f)
             s.lost_problems.setdefault(f.ino, []).extend([p, *problems])
             return
-        target = s.config.replicas
+        target = s.config.wanted(f.rec.replicas)  # the file's own (`dfs setrep`) or the filesystem's
         mis = len(uniq) != len(ref.replicas)
         if spread_short(s.zone_of, good, s.zones):
             mis = True
@@ -265,7 +265,7 @@ class BlockChecks:
                            duplicates: bool, strays: list[str], problems: list[Problem]) -> None:
         """Re-replicate, drop bad or surplus replicas, delete stray copies (all version-checked)."""
         s = self.s
-        target = s.config.replicas
+        target = s.config.wanted(f.rec.replicas)
         plan = []
         copy_more = bad or len(good) < target or any(p.category == "dead_replica" for p in problems)
         if duplicates:
@@ -289,7 +289,8 @@ class BlockChecks:
                 ref = await repair.dedupe_replicas(s.ctx, f.ino, index, ref) or ref
                 done.append("removed duplicate node ids")
             if copy_more:
-                new = await repair.rereplicate(s.ctx, f.ino, index, ref, bad=set(bad), reason="fsck")
+                new = await repair.rereplicate(s.ctx, f.ino, index, ref, bad=set(bad), reason="fsck",
+                                               target=target)
                 if new is not None:
                     done.append(f"replicas now {','.join(new.replicas)}")
                     for n in bad:
