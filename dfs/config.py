@@ -104,6 +104,9 @@ class NodeSettings:
     repair_scan_interval: float = 60.0  # DFS_REPAIR_SCAN_INTERVAL: s between full scans
     orphan_age: float | None = None    # DFS_ORPHAN_AGE: s; None: the filesystem's orphan_age
     orphan_interval: float | None = None  # DFS_ORPHAN_INTERVAL: s; None: from orphan_age
+    # DFS_STALE_REPLICA_AGE: s a copy of a block that the map lists on other nodes only,
+    # and that no writer can commit any more, is kept (a copy a repair has not committed yet)
+    stale_replica_age: float = 60.0
     scrub_rate: float = 20 * 2**20     # DFS_SCRUB_RATE (MiB/s): replica bytes re-read, 0 no scrub
     scrub_period: float = 7 * 86400.0  # DFS_SCRUB_PERIOD: s within which each replica is verified
     max_connections: int = 4096        # DFS_NODE_MAX_CONNECTIONS: open connections, all peers
@@ -136,6 +139,7 @@ class NodeSettings:
             repair_scan_interval=knob("DFS_REPAIR_SCAN_INTERVAL", d.repair_scan_interval),
             orphan_age=number("DFS_ORPHAN_AGE"),
             orphan_interval=number("DFS_ORPHAN_INTERVAL"),
+            stale_replica_age=knob("DFS_STALE_REPLICA_AGE", d.stale_replica_age),
             scrub_rate=knob("DFS_SCRUB_RATE", d.scrub_rate / 2**20) * 2**20,
             scrub_period=knob("DFS_SCRUB_PERIOD", d.scrub_period),
             max_connections=int(knob("DFS_NODE_MAX_CONNECTIONS", d.max_connections)),

@@ -120,6 +120,18 @@ class FsPaths:
         return f"{self.root}/trash/{ino}"
 
     @property
+    def writers(self) -> str:
+        return f"{self.root}/writers"
+
+    @property
+    def writer_prefix(self) -> str:
+        """What a writer record is created as (ephemeral, sequential: w-0000000042)."""
+        return f"{self.root}/writers/w-"
+
+    def writer(self, seq: int) -> str:
+        return f"{self.root}/writers/w-{seq:010d}"
+
+    @property
     def locks(self) -> str:
         return f"{self.root}/locks"
 
@@ -174,7 +186,7 @@ class FsPaths:
         return [
             self.root, f"{self.root}/ids", self.inodes, self.dirs, self.blocks,
             self.xattrs, f"{self.root}/nodes", self.registry, self.live, self.gc,
-            self.open, self.trash, self.locks, self.repair, self.repair_reports, self.repair_audit, self.capacity,
+            self.open, self.trash, self.writers, self.locks, self.repair, self.repair_reports, self.repair_audit, self.capacity,
         ]
 
     # -- children named by their znode name (as get_children lists them)

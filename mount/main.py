@@ -119,6 +119,7 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         mount_id = uuid.uuid4().hex[:16]
         view = ClientView(zk, paths, config, mount_id=mount_id, fresh_for=settings.attr_timeout)
         await zk.ensure_path(paths.locks)  # filesystems made before locks/ existed
+        await view.writer.register()  # the record this mount's block ids name (dfs.meta.writers)
         nodedir = NodeDirectory(zk, paths)
         blocks = BlockClient(nodedir, key=key, tls=client_context(key) if config.tls else None)
         stack.push_async_callback(shielded(blocks.aclose))

@@ -33,7 +33,7 @@ PRODUCT = ("dfs", "mount", "nodes", "tools")
 PROJECT = set(PRODUCT)
 STDLIB = set(sys.stdlib_module_names)
 
-PURE = ["dfs/errors.py", "dfs/config.py", "dfs/records.py", "dfs/paths.py", "dfs/names.py",
+PURE = ["dfs/errors.py", "dfs/blockid.py", "dfs/config.py", "dfs/records.py", "dfs/paths.py", "dfs/names.py",
         "dfs/checksum.py", "dfs/placement.py", "dfs/zk/wire.py", "dfs/zk/txn.py",
         "dfs/zk/reads.py", "dfs/blocks/protocol.py"]
 PURE_MODULES = {p[:-3].replace("/", ".") for p in PURE}

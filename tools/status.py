@@ -40,6 +40,7 @@ async def gather(zk: ZkClient, paths: FsPaths) -> dict:
     # block health, from the maps and the live view (streamed group by group)
     blocks = under = missing = 0
     per_node: dict[str, int] = {}
+    referenced = 0  # bytes the maps name, every replica counted
     active = {n for n, lv in live.items() if lv.state == "active"}
     async for mg, own in block_groups_wanted(zk, paths):
         wanted = config.wanted(own)  # the file's own count (`dfs setrep`) or the filesystem's
@@ -47,6 +48,7 @@ async def gather(zk: ZkClient, paths: FsPaths) -> dict:
             blocks += 1
             for n in ref.replicas:
                 per_node[n] = per_node.get(n, 0) + 1
+            referenced += ref.length * len(ref.replicas)
             if not any(n in live for n in ref.replicas):
                 missing += 1
             elif sum(n in active for n in ref.replicas) < wanted:
@@ -93,6 +95,10 @@ async def gather(zk: ZkClient, paths: FsPaths) -> dict:
                   "period": max(sc["period"] for sc in scrubbed), "nodes": len(scrubbed)}
         if scrubbed else {},
         "metadata": {**cap.to_dict(), "zk_heap": config.zk_heap},
+        # what the maps name vs what the live nodes hold (the difference: copies gc has not
+        # taken yet, in-flight writes, replicas on dead nodes counted by the maps only)
+        "space": {"referenced_bytes": referenced,
+                  "stored_bytes": stored if scrubbed else None},
         "trash": {"entries": trashed, "bytes": trash_bytes, "trash_days": config.trash_days},
         "repair": {k: repair.get(k) for k in ("leader", "updated", "queue_length", "done_in_pass",
                                               "in_progress",
@@ -128,6 +134,10 @@ def render(s: dict) -> str:
         out.append(f"scrub: {sc['coverage']:.1%} of stored bytes verified within the last "
                    f"{duration(sc['period'])}; oldest unverified replica "
                    f"{duration(sc['oldest_unverified'])} old ({sc['nodes']} nodes report)")
+    sp = s.get("space") or {}
+    if sp.get("stored_bytes") is not None:
+        out.append(f"space: {human(sp['referenced_bytes'])} referenced by block maps (all replicas), "
+                   f"{human(sp['stored_bytes'])} stored on the live nodes")
     out += render_metadata(s["metadata"], s["nodes"])
     r = s["repair"]
     if r:

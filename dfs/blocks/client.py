@@ -31,7 +31,6 @@ import logging
 import random
 import ssl
 import time
-import uuid
 from typing import AsyncIterator, Awaitable, Callable, Collection, Protocol
 
 import trio
@@ -46,6 +45,7 @@ from dfs.blocks.connection import (
     reply_error,
 )
 from dfs.blocks.nodedir import NodeDirectory
+from dfs.blockid import random_block_id
 from dfs.blocks.protocol import LIST_ENTRY, MORE, Frame, Op, encode_block_id
 from dfs.checksum import from_hex, hash64, to_hex
 from dfs.errors import DfsError
@@ -197,8 +197,11 @@ class BlockClient:
     # -- writing
 
     async def write_block(self, data: bytes | bytearray | memoryview, *, replicas: int,
-                          min_replicas: int, exclude: Collection[str] = ()) -> BlockRef:
+                          min_replicas: int, exclude: Collection[str] = (),
+                          block_id: str | None = None) -> BlockRef:
         """Store `data` as a new block on up to `replicas` nodes (in parallel).
+
+        `block_id`: the new block's id (a mount's, dfs.meta.writers); default a random one.
 
         Succeeds when at least `min_replicas` nodes acknowledged a durable copy;
         the BlockRef lists exactly those nodes.
@@ -207,7 +210,7 @@ class BlockClient:
           DfsError(ENOSPC): the nodes are full.
           DfsError(EIO): too few nodes took the block (partial copies are deleted).
         """
-        block_id = uuid.uuid4().hex
+        block_id = block_id or random_block_id()
         checksum = hash64(data)
         size = len(data)
         live = list(self.nodedir.live().values())

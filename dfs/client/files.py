@@ -408,8 +408,14 @@ class FileData:
     async def _write_block(self, data: bytes, rec: InodeRecord | None) -> BlockRef:
         """A new block of a file, on the file's own count of replicas (`dfs setrep`)."""
         own = rec.replicas if rec is not None else 0
-        return await self.blocks.write_block(data, replicas=self.config.wanted(own),
-                                             min_replicas=self.config.needed(own))
+        writer = self.view.writer
+        block_id = await writer.new_id()
+        try:
+            return await self.blocks.write_block(data, replicas=self.config.wanted(own),
+                                                 min_replicas=self.config.needed(own), block_id=block_id)
+        except BaseException:
+            writer.settle([block_id])  # never committed (the client deleted what it stored)
+            raise
 
     def _start_upload(self, f: OpenFile, index: int) -> None:
         buf = f.buffers[index]
@@ -466,6 +472,7 @@ class FileData:
 
     def _discard(self, ref: BlockRef) -> None:
         """An uploaded block that will never be committed: delete it from its nodes."""
+        self.view.writer.settle([ref.id])  # (gc may take what the deletes miss)
         async def delete() -> None:
             for node_id in ref.replicas:
                 try:

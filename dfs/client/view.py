@@ -29,6 +29,7 @@ from dfs.errors import DfsError
 from dfs.maint.capacity import Gate
 from dfs.meta import Meta, acl
 from dfs.meta.inodes import Inode, with_entry_change
+from dfs.meta.writers import Writer
 from dfs.paths import FsPaths
 from dfs.records import BlockRef, DirEntry
 from dfs.zk import ZkClient
@@ -65,7 +66,11 @@ class ClientView:
         self.fresh_for = fresh_for
         self.listing_ttl = listing_ttl
         self.feed = Feed(paths, self)
-        self.meta = Meta(zk, paths, config, mount_id=mount_id, is_open=self._holds, hook=self.feed)
+        # the ids of this mount's blocks, and what its commits of them fence on
+        # (`register()` before the first write; dfs.meta.writers)
+        self.writer = Writer(zk, paths)
+        self.meta = Meta(zk, paths, config, mount_id=mount_id, is_open=self._holds, hook=self.feed,
+                         writer=self.writer)
         self.config = config
         # ENOSPC for creates while ZooKeeper is full (its `run()` keeps it current)
         self.capacity = Gate(zk, paths)

@@ -18,6 +18,7 @@ from dfs.meta.inodes import Inode, Inodes
 from dfs.meta.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace
 from dfs.meta.store import CommitHook, MetaStore
 from dfs.meta.trash import Trash
+from dfs.meta.writers import Writer
 from dfs.meta.xattrs import XATTR_CREATE, XATTR_REPLACE, Xattrs
 from dfs.paths import FsPaths
 from dfs.records import DirEntry
@@ -37,14 +38,17 @@ class Meta:
       is_open: tells whether this client still has an inode open; an unlinked
         inode that is open stays (nlink 0) until `release_orphan`.
       hook: told of every read and commit (a client view); None for gc and fsck.
+      writer: the mount's writer record, which commits of its blocks fence on
+        (dfs.meta.writers); None for clients that write blocks of no writer.
     """
 
     def __init__(self, zk: ZkClient, paths: FsPaths, config: FsConfig, *, mount_id: str | None = None,
-                 is_open: Callable[[int], bool] = lambda ino: False, hook: CommitHook | None = None):
+                 is_open: Callable[[int], bool] = lambda ino: False, hook: CommitHook | None = None,
+                 writer: Writer | None = None):
         self.store = MetaStore(zk, paths, config, hook)
         self.zk, self.paths, self.config, self.stats = zk, paths, config, self.store.stats
         self.inodes = Inodes(self.store)
-        self.blockmap = BlockMap(self.store)
+        self.blockmap = BlockMap(self.store, writer)
         self.xattrs = Xattrs(self.store, self.inodes)
         self.namespace = Namespace(self.store, self.inodes, self.blockmap, self.xattrs,
                                    mount_id=mount_id or uuid.uuid4().hex[:16], is_open=is_open)

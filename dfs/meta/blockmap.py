@@ -19,8 +19,9 @@ from typing import Iterable
 from dfs.errors import DfsError
 from dfs.meta.inodes import Inode, decode, with_attrs
 from dfs.meta.store import Conflict, MetaStore
+from dfs.meta.writers import Writer
 from dfs.records import BlockGroup, BlockRef, GcEntry
-from dfs.zk import Txn
+from dfs.zk import NoNodeError, Txn
 from dfs.zk.reads import Got, Read, Reads
 
 GC_BATCH = 2000  # block refs per gc/ entry (keeps each znode well under 1 MiB)
@@ -52,10 +53,13 @@ class Diverged(Exception):
 
 
 class BlockMap:
-    """Args: store: the session and its commit."""
+    """Args: store: the session and its commit; writer: the mount's writer record
+    (dfs.meta.writers), which every commit of its new blocks fences on (None: gc,
+    fsck, tools and tests that write blocks of no writer)."""
 
-    def __init__(self, store: MetaStore):
+    def __init__(self, store: MetaStore, writer: Writer | None = None):
         self.store = store
+        self.writer = writer
         self.zk = store.zk
         self.paths = store.paths
         self.config = store.config
@@ -249,7 +253,19 @@ class BlockMap:
                 rec = with_attrs(rec, **{**attrs, "ctime_ns": max(rec.ctime_ns, attrs.get("ctime_ns", 0))})
             txn.set(self.paths.inode(ino), rec.encode(), node.version)
             self.queue_gc(txn, garbage)
-            exact = await self.store.commit(txn)
+            new = [r.id for r in updates.values() if r is not None]
+            fenced = self.writer is not None and self.writer.fence(txn, (r for r in updates.values()
+                                                                       if r is not None))
+            try:
+                exact = await self.store.commit(txn)
+            except NoNodeError:
+                if fenced and await self.writer.check_gone():
+                    raise DfsError(errno.EIO, "this mount's writer record is gone (its ZooKeeper "
+                                              "session ended): its uncommitted blocks may be "
+                                              "collected") from None
+                raise
+            if self.writer is not None:
+                self.writer.settle(new)
             return Inode(ino, rec, node.version + 1, exact, has_map)
 
         return await self.store.retrying(attempt, "commit blocks")

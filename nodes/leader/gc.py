@@ -4,11 +4,16 @@
   collected at once: their blocks are deleted from the nodes listed.
 - Orphans: blocks on a node that no block map references *at that node*
   (left by a crashed client or node, or a stale copy on a node that came back
-  after its blocks were re-replicated elsewhere). A block counts as an orphan
-  only if it is older than `config.orphan_age`: a client uploads blocks before
-  it commits the map (at close), so a young unreferenced block may be a write
-  in progress. Every node is checked every `orphan_interval` seconds, and a
-  node that comes back is checked at once.
+  after its blocks were re-replicated elsewhere). A mount uploads blocks before
+  it commits the map (at close), so an unreferenced block may be a write in
+  progress. The writer records (dfs.meta.writers) tell: a block of a writer
+  that is gone, or below its watermark, can never be committed, so if no map
+  references it anywhere it goes at once; if the map lists it on other nodes
+  only (a stale copy), once it is `stale_replica_age` old (a copy a repair made
+  elsewhere and has not committed yet is younger). Any other block (ids of no
+  writer: tools, older mounts) counts only once older than `orphan_age`. Every
+  node is checked every `orphan_interval` seconds, a node that comes back at
+  once, and every node when a writer record vanishes (a mount ended).
 - Unlinked-while-open inodes whose holders are all gone (their mount died):
   `open/<ino>` has no children left, so the inode and its blocks are released.
 - Trash entries older than the filesystem's `trash_days` (re-read each time:
@@ -26,10 +31,13 @@ from dfs.maint.cluster import RepairContext
 from dfs.maint.gc import collect_gc_entry
 from dfs.maint.scan import block_groups
 from dfs.meta import Meta
+from dfs.meta.writers import read_marks
 from dfs.records import GcEntry
 from dfs.zk import NoNodeError
 
 log = logging.getLogger(__name__)
+
+WRITER_SCAN_SPACING = 10.0  # s between the node checks that vanished writer records start
 
 
 class GcCollector:
@@ -58,7 +66,11 @@ class GcCollector:
         self.pending = 0
         self.orphans_deleted = 0
         self.last_orphan_scan = 0.0
+        self.stale_age = settings.stale_replica_age
         self._check_nodes: set[str] = set()
+        self._recheck: dict[str, float] = {}  # node -> when to look again (stale copies young then)
+        self._writers: tuple[int, set[int]] | None = None  # cversion, sequences, at the last look
+        self._writer_scan_due = 0.0
         self._wake = trio.Event()
         self.maintenance_lock = maintenance_lock
         self._unheld: set[int] = set()  # open/<ino> with no holder at the last check
@@ -81,6 +93,12 @@ class GcCollector:
                     last_open_check = time.monotonic()
                     await self.release_dead_holders()
                     await self.expire_trash()
+                await self.watch_writers()
+                now = time.monotonic()
+                for node_id, when in list(self._recheck.items()):
+                    if when <= now:
+                        del self._recheck[node_id]
+                        self._check_nodes.add(node_id)
                 due = time.monotonic() - self.last_orphan_scan > self.orphan_interval
                 if due or self._check_nodes:
                     nodes = None if due else set(self._check_nodes)
@@ -157,6 +175,26 @@ class GcCollector:
             log.info("trash: purged %d entries (%d bytes) older than %g days", count, size, days)
         return count
 
+    async def watch_writers(self) -> None:
+        """A writer record vanished (a mount ended): check every node soon (at
+        most every WRITER_SCAN_SPACING s); its uncommitted blocks are garbage now."""
+        st = await self.ctx.zk.exists(self.ctx.paths.writers)
+        if st is None or (self._writers is not None and self._writers[0] == st.cversion):
+            return
+        try:
+            names = await self.ctx.zk.get_children(self.ctx.paths.writers)
+        except NoNodeError:
+            return
+        seqs = {int(n[2:]) for n in names if n.startswith("w-") and n[2:].isdigit()}
+        before = self._writers
+        self._writers = (st.cversion, seqs)
+        if before is None or before[1] - seqs:  # (a new leader: ends it missed)
+            now = time.monotonic()
+            when = max(now, self._writer_scan_due)
+            self._writer_scan_due = when + WRITER_SCAN_SPACING
+            for node_id in self.ctx.nodedir.live():
+                self._recheck[node_id] = min(self._recheck.get(node_id, when), when)
+
     async def _referenced(self) -> tuple[dict[str, tuple[str, ...]], set[str]]:
         """block id -> replicas of every block map, and every block id queued in gc/."""
         refs: dict[str, tuple[str, ...]] = {}
@@ -174,29 +212,45 @@ class GcCollector:
         return refs, queued
 
     async def collect_orphans(self, node_ids: set[str] | None = None) -> int:
-        """Delete old blocks that no map references at their node. Returns how many."""
+        """Delete the blocks that no map references at their node and that no
+        one can commit any more (see the module's doc). Returns how many."""
         started = time.time()
-        self.last_orphan_scan = time.monotonic()
+        if node_ids is None:
+            self.last_orphan_scan = time.monotonic()
         live = self.ctx.nodedir.live()
         targets = [n for n in (node_ids if node_ids is not None else live) if n in live]
         if not targets:
             return 0
-        # Read the maps after noting the time: a block older than `started -
-        # orphan_age` that is referenced was committed before we read its map.
+        # The writer records first, then the maps, both after noting the time: a
+        # block older than `started - orphan_age` that is referenced was committed
+        # before we read its map, and so was a block its writer had settled.
+        marks = await read_marks(self.ctx.zk, self.ctx.paths)
         refs, queued = await self._referenced()
         cutoff = started - self.orphan_age
+        stale_cutoff = started - self.stale_age
         deleted = 0
         for node_id in targets:
             doomed = []
+            young = False
             try:
                 async for block_id, _length, _csum, mtime in self.ctx.blocks.list_blocks(node_id):
-                    if mtime >= cutoff or block_id in queued:
+                    if block_id in queued:
                         continue
-                    if node_id not in refs.get(block_id, ()):
+                    holders = refs.get(block_id)
+                    if holders is not None and node_id in holders:
+                        continue
+                    if marks.settled(block_id):
+                        if holders is None or mtime < stale_cutoff:
+                            doomed.append(block_id)
+                        else:
+                            young = True  # a stale copy, or a repair's not committed yet
+                    elif mtime < cutoff:
                         doomed.append(block_id)
             except DfsError as e:
                 log.info("cannot list blocks of node %s: %s", node_id, e)
                 continue
+            if young:
+                self._recheck[node_id] = time.monotonic() + self.stale_age + 1
             for block_id in doomed:
                 try:
                     await self.ctx.blocks.delete_block(node_id, block_id)
