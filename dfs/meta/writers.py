@@ -103,7 +103,7 @@ class Writer:
         self.inflight: set[int] = set()  # counters handed out, not committed or abandoned
         self.lost: set[tuple[int, int]] = set()  # (seq, counter) uncommitted when a record went
         self._lock = trio.Lock()
-        zk.add_listener(self._state)
+        self._listening = False
 
     def _state(self, state: str) -> None:
         if state == ZkState.LOST:
@@ -130,6 +130,9 @@ class Writer:
         async with self._lock:
             if self.seq is not None:
                 return
+            if not self._listening:  # (at the first block: views that write none need no session)
+                self.zk.add_listener(self._state)
+                self._listening = True
             try:
                 path = await self.zk.create(self.paths.writer_prefix, encode_mark(0, 0),
                                             ephemeral=True, sequence=True)
