@@ -100,6 +100,7 @@ class OpenFile:
     # commit (dfs.meta.inodes.with_attrs fields, the ctime they were made at included)
     attrs: dict[str, int] = field(default_factory=dict)
     created_here: bool = False  # by this client, and open since (see fold_attrs)
+    sealed: bool = False  # a flush is uploading its last buffers: writes wait (see _flush_locked)
 
     @property
     def dirty(self) -> bool:
@@ -316,6 +317,9 @@ class FileData:
             raise f.error
         await self._wait_dirty_room(len(data))
         async with f.lock:
+            while f.sealed:
+                assert f.upload_done is not None
+                await f.upload_done.wait()
             if append:
                 # at the end as this client knows it: after a merge the kernel's
                 # idea of the size lags until it drops its attributes
@@ -567,11 +571,31 @@ class FileData:
             err, f.error = f.error, None
             # the failed buffers are still in f.buffers; a later flush retries them
             raise err
-        if f.buffers:  # written again while we waited: upload those too
-            for index in list(f.buffers):
-                self._start_upload(f, index)
-            while f.uploading:
-                await f.upload_done.wait()
+        if f.buffers:
+            # Written again while we waited (the wait lets writers in): upload those
+            # too, with further writes held off until the commit is made. A commit
+            # of f.size with bytes of it still only in a buffer would publish a hole,
+            # and the clean-up after it would forget that the buffer was written here.
+            f.sealed = True
+            try:
+                for index in list(f.buffers):
+                    self._start_upload(f, index)
+                while f.uploading:
+                    await f.upload_done.wait()
+                if f.error is not None:
+                    err, f.error = f.error, None
+                    raise err
+                await self._commit_uploaded(f, prefetched, fresh)
+            finally:
+                f.sealed = False
+                f.upload_done.notify_all()
+            return
+        await self._commit_uploaded(f, prefetched, fresh)
+
+    async def _commit_uploaded(self, f: OpenFile, prefetched: list, fresh: Inode | None) -> None:
+        """Commit f's uploaded blocks, size and attributes (under f.lock, nothing in a buffer)."""
+        assert not f.buffers and not f.uploading, "a commit with bytes not uploaded"
+        ino = f.ino
         if not (f.uploaded or f.dirty_meta or f.attrs):
             return
         # A ZooKeeper multi must stay under ~1 MiB: a very large file's refs go
