@@ -76,13 +76,18 @@ class WriterMarks:
         return mark is None or counter < mark
 
 
+def writer_seqs(names: list[str]) -> list[int]:
+    """The sequence numbers of writer records among writers/ child names ("w-<seq>")."""
+    return [int(n[2:]) for n in names if n.startswith("w-") and n[2:].isdigit()]
+
+
 async def read_marks(zk: ZkClient, paths: FsPaths) -> WriterMarks:
     """The writer records now (read before the block maps it is compared with)."""
     st = await zk.exists(paths.writers)
     if st is None:
         return WriterMarks()
     names = await zk.get_children(paths.writers)
-    seqs = [int(n[2:]) for n in names if n.startswith("w-") and n[2:].isdigit()]
+    seqs = writer_seqs(names)
     got = await zk.get_many([paths.writer(s) for s in seqs])
     return WriterMarks(st.cversion, {s: decode_mark(g[0]) for s, g in zip(seqs, got) if g is not None})
 

@@ -31,7 +31,7 @@ from dfs.maint.cluster import RepairContext
 from dfs.maint.gc import collect_gc_entry
 from dfs.maint.scan import block_groups
 from dfs.meta import Meta
-from dfs.meta.writers import read_marks
+from dfs.meta.writers import read_marks, writer_seqs
 from dfs.records import GcEntry
 from dfs.zk import NoNodeError
 
@@ -185,7 +185,7 @@ class GcCollector:
             names = await self.ctx.zk.get_children(self.ctx.paths.writers)
         except NoNodeError:
             return
-        seqs = {int(n[2:]) for n in names if n.startswith("w-") and n[2:].isdigit()}
+        seqs = set(writer_seqs(names))
         before = self._writers
         self._writers = (st.cversion, seqs)
         if before is None or before[1] - seqs:  # (a new leader: ends it missed)
