@@ -4,12 +4,16 @@ or re-replicated while it was down, go within seconds of the event, not after
 `orphan_age` (an hour here, as by default). Real nodes, real mounts.
 """
 
+import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from dfs.config import FsConfig
 from tests.test_ha import MiB, View, data_bytes, node_by_id, wait_for, wait_healthy
@@ -117,3 +121,46 @@ def test_a_node_that_comes_back_drops_what_changed_while_it_was_down(cluster_fac
         assert space["referenced_bytes"] == referenced
     finally:
         view.close()
+
+
+@pytest.mark.parametrize("cache_mb", [1024, 0])
+def test_a_mount_whose_session_expired_writes_its_uncommitted_blocks_again(cluster_factory, cache_mb):
+    """The mount freezes (SIGSTOP) for longer than its session timeout while 6 MiB of an open
+    file are uploaded but not committed: its writer record goes, and the leader collects those
+    blocks. close() after it thaws still succeeds, with the file's bytes exact: the mount
+    writes the blocks again from its cache under its new record, instead of failing with EIO.
+    With no block cache the bytes are nowhere any more: close() fails with EIO and the file
+    keeps what it had (nothing, here), never a block of zeros or of someone else."""
+    c = cluster(cluster_factory, 3)
+    mnt = Path(c.mount(options=[f"cache_mb={cache_mb}"]))
+    expected = os.urandom(6 * MiB + 12345)
+    f = open(mnt / "f", "wb", buffering=0)
+    closed = None
+    try:
+        f.write(expected)  # six full blocks upload in the background
+        wait_for("the uploads to land on the nodes", lambda: data_bytes(c) >= 3 * 6 * MiB, 60)
+        pid = c.mounts[0].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # the session times out (10 s) and the leader takes the dead writer's blocks
+            wait_for("the frozen mount's blocks to be collected", lambda: data_bytes(c) == 0, 60,
+                     interval=0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        try:
+            f.close()
+        except OSError as e:
+            closed = e.errno
+    log = c.mounts[0].log_path.read_text()
+    other = Path(c.mount("other"))
+    if cache_mb:
+        assert closed is None, f"close failed: {errno.errorcode.get(closed, closed)}"
+        assert "writing them again" in log, "the session did not expire: the test missed its point"
+        assert (other / "f").read_bytes() == expected
+    else:
+        assert closed == errno.EIO, closed
+        assert "not cached" in log, log[-2000:]
+        assert (other / "f").read_bytes() == b""
+    rc, rep = fsck(c, "--orphan-age", "0")
+    assert rc == 0 and rep["status"] == "HEALTHY", rep["problems"]

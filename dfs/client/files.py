@@ -44,6 +44,7 @@ from dfs.errors import DfsError, ZkUnavailable
 from dfs.meta import acl
 from dfs.meta.blockmap import Diverged
 from dfs.meta.inodes import Inode
+from dfs.meta.writers import WriterLost
 from dfs.metrics import CACHE_HIT, CACHE_MISS
 from dfs.records import BlockRef, InodeRecord
 
@@ -54,6 +55,7 @@ MAX_FILE_SIZE = 1 << 50  # 1 PiB: writes or truncates beyond fail with EFBIG
 SMALL_READ = 128 * 1024  # random reads up to this size fetch just their range
 COMMIT_BATCH = 1024  # block refs per block-map transaction (~160 KB of JSON)
 MAX_REBASES = 20  # commits a flush tries while other clients keep changing the file
+MAX_REWRITES = 2  # times a flush uploads blocks again whose writer record went (WriterLost)
 INLINE = "inline"  # the base of block 0 when it was built on the file's inline bytes
 
 
@@ -529,12 +531,18 @@ class FileData:
 
     async def _flush(self, f: OpenFile) -> None:
         async with f.lock:
+            rewrites = 0
             for _ in range(MAX_REBASES):
                 try:
                     await self._flush_locked(f)
                     return
                 except Diverged as e:
                     await self._rebase(f, e.node)
+                except WriterLost as e:
+                    rewrites += 1
+                    if rewrites > MAX_REWRITES or not await self._rewrite_lost(f):
+                        raise
+                    log.warning("inode %d: %s; writing them again", f.ino, e.message)
         raise DfsError(errno.EIO, f"inode {f.ino}: other clients kept changing the file, "
                                   f"{MAX_REBASES} commits failed; the writes were not saved")
 
@@ -623,6 +631,31 @@ class FileData:
         f.inline = None
         self._committed(f, node)
         self._clean(f)
+
+    async def _rewrite_lost(self, f: OpenFile) -> bool:
+        """The commit failed because the blocks it names were written under a writer record
+        that is gone (the session ended while they were uncommitted; gc may take them). Put
+        their bytes back into buffers, from the block cache or while the nodes still have
+        them (verified reads), for the next attempt to upload under the new record. False:
+        the bytes of one of them are nowhere any more (called under f.lock)."""
+        writer = self.view.writer
+        lost = {i: ref for i, ref in f.uploaded.items() if writer.is_lost(ref.id)}
+        if not lost:
+            return False
+        got: dict[int, bytes] = {}
+        for index, ref in lost.items():
+            try:
+                got[index] = await self._read_whole(ref)
+            except DfsError as e:
+                log.error("inode %d block %d: uncommitted and collected after the session ended, "
+                          "not cached: %s", f.ino, index, e)
+                return False
+        for index, data in got.items():
+            del f.uploaded[index]
+            self._discard(lost[index])  # (settles it: it is no longer lost, just garbage)
+            f.buffers[index] = Buffer(bytearray(data), self._next_serial(), complete=True)
+            self.dirty_bytes += len(data)
+        return True
 
     def _committed(self, f: OpenFile, node: Inode) -> None:
         f.node = node

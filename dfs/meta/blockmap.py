@@ -19,7 +19,7 @@ from typing import Iterable
 from dfs.errors import DfsError
 from dfs.meta.inodes import Inode, decode, with_attrs
 from dfs.meta.store import Conflict, MetaStore
-from dfs.meta.writers import Writer
+from dfs.meta.writers import Writer, WriterLost
 from dfs.records import BlockGroup, BlockRef, GcEntry
 from dfs.zk import NoNodeError, Txn
 from dfs.zk.reads import Got, Read, Reads
@@ -260,9 +260,8 @@ class BlockMap:
                 exact = await self.store.commit(txn)
             except NoNodeError:
                 if fenced and await self.writer.check_gone():
-                    raise DfsError(errno.EIO, "this mount's writer record is gone (its ZooKeeper "
-                                              "session ended): its uncommitted blocks may be "
-                                              "collected") from None
+                    raise WriterLost("this mount's writer record is gone (its ZooKeeper session "
+                                     "ended): its uncommitted blocks may be collected") from None
                 raise
             if self.writer is not None:
                 self.writer.settle(new)

@@ -92,6 +92,15 @@ async def read_marks(zk: ZkClient, paths: FsPaths) -> WriterMarks:
     return WriterMarks(st.cversion, {s: decode_mark(g[0]) for s, g in zip(seqs, got) if g is not None})
 
 
+class WriterLost(DfsError):
+    """A commit names blocks this mount wrote under a writer record that is gone (its
+    session ended): they may have been collected, and the commit applied nothing. The
+    writer has a new record for new blocks; the caller may write the bytes again."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EIO, message)
+
+
 class Writer:
     """One mount's writer record: hands out block ids and fences commits of them.
 
@@ -172,8 +181,8 @@ class Writer:
             if owner is None:
                 continue
             if owner in self.lost:
-                raise DfsError(errno.EIO, f"block {ref.id} was written before this mount's ZooKeeper "
-                                          "session expired and may have been collected")
+                raise WriterLost(f"block {ref.id} was written before this mount's ZooKeeper "
+                                 "session expired and may have been collected")
             if owner[0] == self.seq and owner[1] in self.inflight:
                 mine.append(owner[1])
         if mine:
@@ -182,6 +191,10 @@ class Writer:
             rest = self.inflight.difference(mine)
             txn.set(self.paths.writer(self.seq), encode_mark(min(rest, default=self.next), self.next))
         return mine
+
+    def is_lost(self, block_id: str) -> bool:
+        """Written under a record that is gone, and not committed (see WriterLost)."""
+        return block_writer(block_id) in self.lost
 
     def settle(self, block_ids: Iterable[str]) -> None:
         """These blocks are committed, or will never be (deleted, superseded, failed)."""
