@@ -6,7 +6,8 @@ read back (caches dropped when root), small files create / stat / read /
 delete. Prints a table (or JSON with --json). `--scale N` runs the metadata
 scale benchmark instead (tools/benches/scale.py), `--tree` the tree workload
 (tar, cp -a, rsync -a, ls -lR, rm -rf, git clone: tools/benches/tree.py), `--window`
-what a SIGKILLed mount loses of its background changes (tools/benches/window.py).
+what a SIGKILLed mount loses of its background changes (tools/benches/window.py),
+`--repair` how fast the cluster heals after a node's SIGKILL (tools/benches/repair.py).
 """
 
 import argparse
@@ -18,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from dfs.errors import UsageError
-from tools.benches import scale, tree, window
+from tools.benches import repair, scale, tree, window
 from tools.common import drop_caches
 
 
@@ -100,6 +101,8 @@ def main(args: argparse.Namespace) -> int:
         return tree.main(args)
     if args.window:
         return window.main(args)
+    if args.repair:
+        return repair.main(args)
     rows = run(directory, args.size, args.files)
     if args.json:
         print(json.dumps({name: {"value": round(v, 2), "unit": unit} for name, v, unit, _ in rows}))

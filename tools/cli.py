@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", action="store_true",
                    help="instead: what a SIGKILLed mount loses of its acknowledged, uncommitted "
                         "unlinks and chmods, under load (--files of each, -w loaders)")
+    p.add_argument("--repair", action="store_true",
+                   help="instead: write --size of files, SIGKILL a node of 'dfs up' (4 or more), and time "
+                        "the blocks' return to 2 and to all copies")
     p.add_argument("--tree-files", type=int, default=3000, help="with --tree: files (default: 3000)")
     p.add_argument("--commits", type=int, default=3000, help="with --tree: commits of the cloned repository")
     p.add_argument("--scratch", default="/tmp/dfs-bench-tree",
