@@ -22,6 +22,7 @@ import trio
 
 from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
+from dfs.blockid import writer_block_id
 from dfs.blocks.protocol import Frame, Op, encode_block_id
 from dfs.config import FsConfig
 from dfs.meta import Meta
@@ -367,6 +368,33 @@ def test_orphan_block_put_directly(make_cluster):
     repair(c, "--orphan-age", "1")
     assert not block_file(c, node, bid).exists()
     assert_healthy(c, "--orphan-age", "0")
+
+
+def test_orphan_block_of_a_gone_writer_counts_at_any_age(make_cluster):
+    """A block whose writer record is gone can never be committed: fsck counts it as an
+    orphan at once (the leader's gc does the same), not after --orphan-age. A block of the
+    same age that names no writer still waits --orphan-age (it may be about to commit)."""
+    c = make_cluster()
+    run(c, populate)
+
+    async def put(cl: Client):
+        path = await cl.zk.create(cl.paths.writer_prefix, b"0 0", ephemeral=True, sequence=True)
+        await cl.zk.delete(path)  # the mount that wrote it is gone
+        await trio.sleep(2)  # (the leader has had its look at the writers by now)
+        node = c.nodes[0].node_id
+        from dfs.checksum import hash64
+        ids = [writer_block_id(int(path.rsplit("-", 1)[1]), 0), uuid.uuid4().hex]
+        for bid in ids:
+            data = os.urandom(777)
+            await cl.blocks._call(node, Frame(Op.PUT, block_id=encode_block_id(bid), length=len(data),
+                                              checksum=hash64(data), payload=data))
+        return node, ids
+    node, (gone, legacy) = run(c, put)
+    rc, rep = fsck(c)  # (--orphan-age: an hour)
+    assert rc == 1 and categories(rep) == {"orphan_block"}, rep["problems"]
+    assert [p["block"] for p in rep["problems"]] == [gone] and rep["problems"][0]["nodes"] == [node]
+    repair(c)
+    assert not block_file(c, node, gone).exists() and block_file(c, node, legacy).exists()
 
 
 # ---------------------------------------------------------------------- namespace

@@ -127,22 +127,27 @@ class Housekeeping:
             await s.act(p, "remove the report", drop)
 
     async def check_orphan_blocks(self) -> None:
-        """Blocks on nodes that no block map and no gc entry names, older than --orphan-age."""
+        """Blocks on nodes that no block map and no gc entry names, older than --orphan-age,
+        or of any age if no one can commit them any more: their writer record (read before
+        the maps) was gone, or said they were settled (dfs.meta.writers)."""
         s = self.s
         gc_now: set[str] = set()
         for entry, _ in (await gc.gc_entries(s.zk, s.paths)).values():
             gc_now.update(entry.blocks)
         limit = time.time() - s.opts.orphan_age
-        cands = [(bid, e) for bid, e in s.index.blocks.items()
-                 if not e[0] & REF and bid not in gc_now and bid not in s.gc_blocks and e[3] <= limit]
+        cands = [(bid, e, s.marks.settled(bid)) for bid, e in s.index.blocks.items()
+                 if not e[0] & REF and bid not in gc_now and bid not in s.gc_blocks]
         r = s.report
-        for bid, e in cands:
-            nodes = await s.old_copies(bid, s.index.holders(e[0]))
+        for bid, e, settled in cands:
+            if not settled and e[3] > limit:
+                continue
+            nodes = await s.old_copies(bid, s.index.holders(e[0]), any_age=settled)
             if not nodes:
                 continue
             r.orphan_blocks += 1
             r.orphan_size += e[1] * len(nodes)
-            p = s.problem("orphan_block", "", f"{e[1]} B, referenced by no block map or gc entry",
+            why = "; its writer can no longer commit it" if settled else ""
+            p = s.problem("orphan_block", "", f"{e[1]} B, referenced by no block map or gc entry{why}",
                           block=bid, nodes=nodes)
 
             async def delete(bid: str = bid, nodes: list[str] = nodes) -> str:

@@ -8,6 +8,7 @@ checksum, mtime): O(blocks), about 200 bytes each.
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -26,6 +27,7 @@ from dfs.maint import cluster
 from dfs.maint.cluster import RepairContext
 from dfs.maint.gc import gc_entries
 from dfs.meta import Meta
+from dfs.meta.writers import WriterMarks, read_marks
 from dfs.paths import FsPaths
 from dfs.records import DirEntry, GcEntry, InodeRecord, NodeLive, NodeRegistration
 from dfs.zk import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError, ZkClient, ZnodeStat
@@ -197,6 +199,7 @@ class FsckState:
         self.lost_files: dict[int, FileInfo] = {}     # files with a block that has no good replica
         self.lost_problems: dict[int, list[Problem]] = {}
         self.pairs = False  # any odd listings or corrupt reports at all (fast-path shortcut)
+        self.marks = WriterMarks()  # the writer records, read before any block map
 
     def problem(self, category: str, path: str = "", detail: str = "", *, ino: int = 0,
                 block: str = "", nodes: list[str] | None = None) -> Problem:
@@ -235,6 +238,7 @@ class FsckState:
         """Nodes (registry, live), corrupt reports, gc entries, open holders, and start_zxid."""
         await self.zk.get(self.paths.config)
         self.start_zxid = self.zk.last_zxid
+        self.marks = await read_marks(self.zk, self.paths)
         self.registry = await cluster.registry(self.zk, self.paths)
         await self.nodedir.refresh()
         self.live = self.nodedir.live()
@@ -295,10 +299,11 @@ class FsckState:
             self.report.dead_nodes += 1
             self.problem("node_unreachable", detail=why, nodes=[node_id])
 
-    async def old_copies(self, bid: str, node_ids: list[str]) -> list[str]:
-        """Those of `node_ids` that still hold `bid` and have for longer than --orphan-age."""
+    async def old_copies(self, bid: str, node_ids: list[str], any_age: bool = False) -> list[str]:
+        """Those of `node_ids` that still hold `bid` and have for longer than --orphan-age
+        (any_age: however young)."""
         out = []
-        limit = time.time() - self.opts.orphan_age
+        limit = math.inf if any_age else time.time() - self.opts.orphan_age
         for n in node_ids:
             if n not in self.live:
                 continue
