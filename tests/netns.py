@@ -15,10 +15,11 @@ addresses of the host ends as local addresses, whatever state the links are in.
 
 `cut(link)` sets the namespace end down: the host end loses its carrier and
 packets either way are dropped without an error, as in a real partition
-(established connections time out, new ones fail after ARP gives up); there is
+(established connections time out; a new one fails at once inside the
+namespace, no route, and after ~3 s from the host, when ARP gives up); there is
 no iptables, nft or netem on the test machines. `heal(link)` sets it up again.
 
-Each namespace gets a /29 of 10.213.0.0/16 that no interface uses yet, and
+Each namespace gets a /29 in a 10.213.X.0/24 that no interface uses yet, and
 names with the pid and a random suffix, so parallel pytest-xdist workers never
 collide (a lock file serializes the choice). Everything is deleted on exit,
 whatever happened; processes still in the namespace (ours: the only thing that
@@ -37,7 +38,6 @@ from typing import Iterator
 from tools.local.procs import stop_pid
 
 LOCK = "/run/dfs-test-netns.lock"
-POOL = ipaddress.ip_network("10.213.0.0/16")
 
 
 class NetnsError(RuntimeError):
@@ -66,9 +66,6 @@ class Link:
     ns_ip: str
     netns: str
 
-    def is_up(self) -> bool:
-        return "state UP" in ip("link", "show", self.ns_if, netns=self.netns)
-
 
 @dataclass
 class NodeNetns:
@@ -82,11 +79,13 @@ class NodeNetns:
     def heal(self, link: Link) -> None:
         ip("link", "set", link.ns_if, "up", netns=self.name)
 
-    def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in ip("netns", "pids", self.name).split()]
-        except NetnsError:
-            return []
+
+def netns_pids(name: str) -> list[int]:
+    """The processes running in namespace `name`."""
+    try:
+        return [int(p) for p in ip("netns", "pids", name).split()]
+    except NetnsError:
+        return []
 
 
 def _used_subnets() -> set[int]:
@@ -98,10 +97,12 @@ def _used_subnets() -> set[int]:
     return used
 
 
-def _link(name: str, tag: str, role: str, subnet: ipaddress.IPv4Network) -> Link:
+def _link(name: str, tag: str, role: str, subnet: ipaddress.IPv4Network, made: list[str]) -> Link:
+    """A veth pair between the host and namespace `name`; its host end goes to `made`."""
     host_ip, ns_ip = (str(a) for a in list(subnet.hosts())[:2])
     link = Link(f"p{tag}{role}h", f"p{tag}{role}n", host_ip, ns_ip, name)
     ip("link", "add", link.host_if, "type", "veth", "peer", "name", link.ns_if)
+    made.append(link.host_if)
     ip("link", "set", link.ns_if, "netns", name)
     ip("addr", "add", f"{host_ip}/{subnet.prefixlen}", "dev", link.host_if)
     ip("link", "set", link.host_if, "up")
@@ -121,34 +122,30 @@ def node_netns() -> Iterator[NodeNetns]:
     name = f"dfs-part-{tag}"
     made_ns = False
     host_ifs: list[str] = []
-    net = None
     try:
         with open(LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the links hold their addresses
             free = sorted(set(range(256)) - _used_subnets())
             if not free:
-                raise NetnsError(f"no free /24 left in {POOL}")
+                raise NetnsError("no free 10.213.X.0/24 left")
             octet = random.choice(free)
             base = ipaddress.ip_network(f"10.213.{octet}.0/29")
             meta_net, data_net = base.subnets(new_prefix=30)
             ip("netns", "add", name)
             made_ns = True
             ip("link", "set", "lo", "up", netns=name)
-            host_ifs.append(f"p{tag}mh")
-            meta = _link(name, tag, "m", meta_net)
-            host_ifs.append(f"p{tag}dh")
-            data = _link(name, tag, "d", data_net)
-        net = NodeNetns(name, meta, data)
-        yield net
+            meta = _link(name, tag, "m", meta_net, host_ifs)
+            data = _link(name, tag, "d", data_net, host_ifs)
+        yield NodeNetns(name, meta, data)
     finally:
         if made_ns:
-            for pid in NodeNetns(name, None, None).pids():  # type: ignore[arg-type]
+            for pid in netns_pids(name):
                 print(f"netns {name}: stopping pid {pid}, still running there")
                 stop_pid(pid, timeout=5)
         for ifname in host_ifs:
             try:
                 ip("link", "del", ifname)  # deletes its peer too
             except NetnsError:
-                pass  # never made, or gone with the namespace
+                pass  # gone with the namespace already
         if made_ns:
             ip("netns", "del", name)

@@ -25,7 +25,6 @@ import pytest
 
 from dfs.config import FsConfig
 from dfs.zk import NoNodeError
-from tests.conftest import _failed
 from tests.harness import Cluster
 from tests.netns import NodeNetns, node_netns
 from tests.test_ha import View, wait_for
@@ -225,7 +224,8 @@ def partitioned(tmp_path, request):
             watch = MapWatch(zk.hosts, c.paths, c.key)
             yield Partitioned(c, net, cut, view, watch)
         finally:
-            if _failed(request):
+            rep = getattr(request.node, "rep_call", None)  # conftest.pytest_runtest_makereport
+            if rep is None or rep.failed:
                 print(f"\n==== logs of cluster {c.fsname} ====\n{c.logs()}\n{zk.log_tail(lines=20)}")
             if watch is not None:
                 watch.stop()
