@@ -56,12 +56,13 @@ class Cluster:
         return self
 
     def add_node(self, zone: str = "", env: dict | None = None,
-                 extra_args: list[str] | None = None) -> NodeProcess:
+                 extra_args: list[str] | None = None, *, listen: str = "127.0.0.1:0",
+                 netns: str = "") -> NodeProcess:
         self._n += 1
         data = self.base / f"node{self._n}"
         data.mkdir(parents=True, exist_ok=True)
         node = NodeProcess(self.hosts, self.fsname, data, zone=zone, log_path=self.base / f"node{self._n}.log",
-                           env=env, extra_args=extra_args)
+                           env=env, extra_args=extra_args, listen=listen, netns=netns)
         self.nodes.append(node)
         node.start()
         return node

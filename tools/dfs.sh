@@ -7,9 +7,10 @@
 #
 # Idempotent and quick when everything is installed: Debian packages (zookeeper,
 # fuse3, libfuse3-dev, pkg-config, patch, a compiler and Python headers to build
-# pyfuse3; with sudo when not root), a virtual environment in .venv, pyfuse3
-# built there from its PyPI sdist with our patch (tools/pyfuse3/README.md), the
-# project in it (editable); all reinstalled when pyproject.toml or the patch change.
+# pyfuse3; rsync, acl and iproute2 for the tests; with sudo when not root), a
+# virtual environment in .venv, pyfuse3 built there from its PyPI sdist with our
+# patch (tools/pyfuse3/README.md), the project in it (editable); all reinstalled
+# when pyproject.toml or the patch change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -23,6 +24,7 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v patch >/dev/null || missing+=(patch)
 command -v rsync >/dev/null || missing+=(rsync)  # the test suite copies trees with it
 command -v setfacl >/dev/null || missing+=(acl)  # tests/test_acl.py runs setfacl and getfacl
+command -v ip >/dev/null || missing+=(iproute2)  # tests/test_partitions.py: ip netns, veth pairs
 "$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
     2>/dev/null || missing+=(python3-dev)
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

@@ -25,6 +25,14 @@ grace) leaves a report with reason SHORT_WRITE: a new report starts a pass,
 which re-replicates the block once its file's commit references it. A hint
 for a block not referenced yet stays (up to SHORT_WRITE_WAIT) and brings
 another pass every HINT_RESCAN s, as its commit may follow any moment.
+
+A pass that leaves blocks short (every copy failed: a source or target cut off,
+or the leader itself unable to reach the nodes while it keeps its ZooKeeper
+session) asks for another pass RETRY_FIRST s later, then after twice as long
+each time nothing gets done, up to RETRY_MAX s; a pass with nothing left undone
+resets that. Nothing else would look at those blocks again before the next
+periodic scan (a minute), their short-write hints are spent, and no node left
+or came back.
 """
 
 import collections
@@ -54,6 +62,8 @@ log = logging.getLogger(__name__)
 PENDING_SHOWN = 20  # queue items listed in the status document
 SHORT_WRITE_WAIT = 300.0  # s a short-write hint waits for its block's commit
 HINT_RESCAN = 5.0  # s between passes while such a hint waits
+RETRY_FIRST = 1.0  # s after a pass that left blocks short, the next
+RETRY_MAX = 15.0  # s: ... doubling while passes leave them short, at most this
 
 
 class Bandwidth:
@@ -140,6 +150,9 @@ class Repairer:
         self.reports_planned: set[str] = set()  # report znodes a pass has looked at
         self.hints_waiting = False  # short-write hints of blocks not committed yet
         self.rescan_seen: int | None = None  # repair/rescan's mzxid when last looked at
+        self.unfinished = 0  # blocks of this pass left short (failed copies, errors)
+        self.retry_at: float | None = None  # monotonic time of the pass retrying them
+        self.retry_delay = RETRY_FIRST
         self.on_node_return = on_node_return
         self.status_extra = status_extra
         self.maintenance_lock = maintenance_lock
@@ -221,6 +234,9 @@ class Repairer:
         if reports - self.reports_planned:
             self.want_pass.set()
         if self.hints_waiting and time.monotonic() - self.last_scan > HINT_RESCAN:
+            self.want_pass.set()
+        if self.retry_at is not None and time.monotonic() >= self.retry_at:
+            self.retry_at = None
             self.want_pass.set()
         try:  # `dfs setrep` changed replica counts
             rescan = await self.zk.exists(self.ctx.paths.repair_rescan)
@@ -387,6 +403,7 @@ class Repairer:
         self.pass_started = time.monotonic()
         self.pass_copied_bytes = 0
         self.done_in_pass = 0
+        self.unfinished = 0
         self.pass_bytes_left = sum(w.ref.length for w in work if w.kind == "replicate")
         if work:
             log.info("repair pass: %d blocks to work on (%s)", len(work), self.counts)
@@ -404,6 +421,7 @@ class Repairer:
                         if await self._do(w):
                             changed = True
                     except DfsError as e:
+                        self.unfinished += 1
                         log.warning("repair of block %s (inode %d index %d) failed: %s",
                                     w.ref.id, w.ino, w.index, e)
                     finally:
@@ -416,7 +434,18 @@ class Repairer:
                 for _ in range(min(self.concurrency, size)):
                     nursery.start_soon(worker)
         await self._retire_drained_nodes(before=False)
+        self._schedule_retry()
         return changed
+
+    def _schedule_retry(self) -> None:
+        """After a pass: another one soon if it left blocks short, later each time it did."""
+        if not self.unfinished:
+            self.retry_at, self.retry_delay = None, RETRY_FIRST
+            return
+        log.info("repair pass left %d blocks short; next try in %g s", self.unfinished,
+                 self.retry_delay)
+        self.retry_at = time.monotonic() + self.retry_delay
+        self.retry_delay = min(2 * self.retry_delay, RETRY_MAX)
 
     async def _do(self, w: Work) -> bool:
         ctx = self.ctx
@@ -435,6 +464,8 @@ class Repairer:
         before = ctx.stats["copied_bytes"]
         new = await repair.rereplicate(ctx, w.ino, w.index, w.ref, bad=w.bad, reason=w.reason,
                                        bandwidth=self.bandwidth, target=w.target)
+        if new is not None and sum(map(ctx.counts, new.replicas)) < (w.target or ctx.config.replicas):
+            self.unfinished += 1  # every copy failed (or some): _schedule_retry
         copied = ctx.stats["copied_bytes"] - before
         self.pass_copied_bytes += copied
         metrics.REPAIRED_BYTES.inc(copied)

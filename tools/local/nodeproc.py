@@ -44,12 +44,14 @@ class NodeProcess:
       env: extra environment variables (e.g. DFS_NODE_HEARTBEAT).
       extra_args: more command-line arguments for the node.
       key_file: the cluster key (default: the node's own default, dfs/keys.py).
+      netns: a network namespace to run in (`ip netns exec NETNS`, which execs: the
+        PID is still the node's own); "" the caller's.
     """
 
     def __init__(self, zk_hosts: str, fsname: str, data_dir: str | os.PathLike, *,
                  listen: str = "127.0.0.1:0", zone: str = "", log_path: str | os.PathLike | None = None,
                  env: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                 key_file: str | os.PathLike | None = None):
+                 key_file: str | os.PathLike | None = None, netns: str = ""):
         self.zk_hosts = zk_hosts
         self.fsname = fsname
         self.data_dir = Path(data_dir)
@@ -59,6 +61,7 @@ class NodeProcess:
         self.env = env or {}
         self.extra_args = extra_args or []
         self.key_file = key_file
+        self.netns = netns
         self.paths = FsPaths(default_root(fsname))
         self.proc: subprocess.Popen | None = None
         self.node_id: str | None = None
@@ -90,6 +93,8 @@ class NodeProcess:
             cmd += ["--zone", self.zone]
         if self.key_file:
             cmd += ["--key-file", str(self.key_file)]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns] + cmd
         return cmd + self.extra_args
 
     # -- lifecycle

@@ -123,13 +123,15 @@ class ZkServer:
 
 
 class ZkEnsemble:
-    """One standalone server or a quorum of `servers` on loopback."""
+    """One standalone server or a quorum of `servers` on loopback (or on `host`)."""
 
     def __init__(self, base_dir: str | os.PathLike, servers: int = 1, *, heap_mb: int = 256,
                  tick_ms: int = 200, ports: list[tuple[int, int, int]] | None = None,
-                 extra: list[str] | None = None):
+                 extra: list[str] | None = None, host: str = "127.0.0.1"):
         """ports: (client, quorum, election) per server, to restart on the same ports.
-        extra: more zoo.cfg lines ("key=value")."""
+        extra: more zoo.cfg lines ("key=value").
+        host: the local address every server binds (tests/netns.py: one that a
+        network namespace reaches over a veth pair)."""
         self.extra = list(extra or [])
         self.base = Path(base_dir)
         self.tick_ms = tick_ms
@@ -137,8 +139,8 @@ class ZkEnsemble:
         self.servers: list[ZkServer] = []
         for i in range(servers):
             d = self.base / f"zk{i + 1}"
-            cp, qp, ep = ports[i] if ports else (free_port(), free_port(), free_port())
-            self.servers.append(ZkServer(i + 1, d, cp, qp, ep))
+            cp, qp, ep = ports[i] if ports else (free_port(host), free_port(host), free_port(host))
+            self.servers.append(ZkServer(i + 1, d, cp, qp, ep, host))
 
     @property
     def ports(self) -> list[tuple[int, int, int]]:
