@@ -102,6 +102,10 @@ class NodeSettings:
     repair_concurrency: int = 4        # DFS_REPAIR_CONCURRENCY: repairs at once
     repair_bandwidth: float = 200 * 2**20  # DFS_REPAIR_BANDWIDTH (MiB/s): bytes/s copied, 0 unlimited
     repair_scan_interval: float = 60.0  # DFS_REPAIR_SCAN_INTERVAL: s between full scans
+    # DFS_LEADER_STEP_DOWN: s a repair leader reaching fewer than half of the other live
+    # nodes keeps leading (nodes/leader/reach.py); 0: never steps down. Longer than a
+    # killed node's live record takes to go stale (3 heartbeats + 2 s)
+    leader_step_down: float = 10.0
     orphan_age: float | None = None    # DFS_ORPHAN_AGE: s; None: the filesystem's orphan_age
     orphan_interval: float | None = None  # DFS_ORPHAN_INTERVAL: s; None: from orphan_age
     # DFS_STALE_REPLICA_AGE: s a copy of a block that the map lists on other nodes only,
@@ -137,6 +141,7 @@ class NodeSettings:
             repair_concurrency=int(knob("DFS_REPAIR_CONCURRENCY", d.repair_concurrency)),
             repair_bandwidth=knob("DFS_REPAIR_BANDWIDTH", d.repair_bandwidth / 2**20) * 2**20,
             repair_scan_interval=knob("DFS_REPAIR_SCAN_INTERVAL", d.repair_scan_interval),
+            leader_step_down=knob("DFS_LEADER_STEP_DOWN", d.leader_step_down),
             orphan_age=number("DFS_ORPHAN_AGE"),
             orphan_interval=number("DFS_ORPHAN_INTERVAL"),
             stale_replica_age=knob("DFS_STALE_REPLICA_AGE", d.stale_replica_age),

@@ -1,9 +1,11 @@
 """The nodes' ZooKeeper behaviours on WireZk sessions, in-process (no node processes):
 registration re-creates the live znode after a session expiry, the election hands over
-when the leader's session ends and a candidate whose session expired joins again, and a
-join whose create was applied twice does not block its own node."""
+when the leader's session ends and a candidate whose session expired joins again, a leader
+that is no longer fit to lead steps down and stands again behind the new one, and a join
+whose create was applied twice does not block its own node."""
 
 import time
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -61,7 +63,11 @@ async def test_registration_recreates_the_live_znode_after_a_session_expiry(zk, 
         await session.close()
 
 
-async def test_election_hands_over_when_the_leaders_session_ends(zk, zk_hosts, fs_paths):
+@asynccontextmanager
+async def a_leads_b_waits(zk_hosts, fs_paths, a_fit=lambda: True):
+    """Elections "a" (standing while `a_fit()`) and "b" on sessions of their own; yields
+    (a's session, a's election, b's election, the names in the order they led) once a
+    leads and b waits behind it."""
     a, b = await connect(zk_hosts), await connect(zk_hosts)
     leading: list[str] = []
 
@@ -74,7 +80,7 @@ async def test_election_hands_over_when_the_leaders_session_ends(zk, zk_hosts, f
     try:
         ea, eb = Election(a, fs_paths, "a", poll=0.1), Election(b, fs_paths, "b", poll=0.1)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ea.run, lead("a"))
+            nursery.start_soon(ea.run, lead("a"), a_fit)
 
             async def a_leads():
                 return ea.leading
@@ -87,25 +93,53 @@ async def test_election_hands_over_when_the_leaders_session_ends(zk, zk_hosts, f
 
             await until(b_waits)
             assert not eb.leading
-            old_znode = ea.znode
-            await expire(zk_hosts, a)
-
-            async def b_leads():
-                return eb.leading and not ea.leading
-
-            await until(b_leads)
-
-            async def a_rejoined():  # with its new session, behind b
-                return ea.znode not in (None, old_znode) and f".{a.session_id:x}-" in ea.znode
-
-            await until(a_rejoined)
-            assert not ea.leading
-            assert election_leader(await zk.get_children(fs_paths.repair_election)) == "b"
-            assert leading == ["a", "b"]
+            yield a, ea, eb, leading
             nursery.cancel_scope.cancel()
     finally:
         await a.close()
         await b.close()
+
+
+async def test_election_hands_over_when_the_leaders_session_ends(zk, zk_hosts, fs_paths):
+    async with a_leads_b_waits(zk_hosts, fs_paths) as (a, ea, eb, leading):
+        old_znode = ea.znode
+        await expire(zk_hosts, a)
+
+        async def b_leads():
+            return eb.leading and not ea.leading
+
+        await until(b_leads)
+
+        async def a_rejoined():  # with its new session, behind b
+            return ea.znode not in (None, old_znode) and f".{a.session_id:x}-" in ea.znode
+
+        await until(a_rejoined)
+        assert not ea.leading
+        assert election_leader(await zk.get_children(fs_paths.repair_election)) == "b"
+        assert leading == ["a", "b"]
+
+
+async def test_an_unfit_leader_steps_down_and_stands_again_behind_the_new_one(zk, zk_hosts, fs_paths):
+    a_fit = True
+    async with a_leads_b_waits(zk_hosts, fs_paths, lambda: a_fit) as (_a, ea, eb, leading):
+        a_fit = False  # a reaches too few nodes (nodes/leader/reach.py)
+
+        async def b_leads():
+            return eb.leading and not ea.leading and ea.znode is None
+
+        await until(b_leads)
+        await trio.sleep(1)  # while unfit, a stays out of the election
+        assert ea.znode is None
+        assert election_leader(await zk.get_children(fs_paths.repair_election)) == "b"
+        a_fit = True
+
+        async def a_behind():
+            return ea.znode is not None
+
+        await until(a_behind)
+        assert not ea.leading and eb.leading
+        assert election_leader(await zk.get_children(fs_paths.repair_election)) == "b"
+        assert leading == ["a", "b"]
 
 
 async def test_election_join_applied_twice_does_not_block_its_node(zk, zk_hosts, fs_paths):

@@ -430,9 +430,9 @@ class BlockClient:
                          timeout=self.request_timeout * 2,
                          what=f"copying block {block_id} from {src_node_id} to {dst_node_id}")
 
-    async def ping(self, node_id: str) -> dict:
+    async def ping(self, node_id: str, *, timeout: float | None = None) -> dict:
         """The node's PING answer: {'node_id', 'blocks', 'inflight', ...}."""
-        r = await self._call(node_id, Frame(Op.PING))
+        r = await self._call(node_id, Frame(Op.PING), timeout=timeout)
         return json.loads(bytes(r.payload)) if r.payload else {}
 
     async def list_blocks(self, node_id: str, *, timeout: float | None = None

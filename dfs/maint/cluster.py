@@ -37,6 +37,9 @@ class RepairContext:
       nodedir: the live nodes (kept fresh by its `run()` or by `refresh()`).
       blocks: a BlockClient on `nodedir`.
       actor: who repairs, for the audit log ("node:<id>", "fsck").
+      unreachable: nodes the repairer cannot reach right now (the leader's probes,
+        nodes/leader/reach.py, update the set in place): never a copy's target,
+        a source only when no other is left.
     """
 
     zk: ZkClient
@@ -45,6 +48,7 @@ class RepairContext:
     nodedir: NodeDirectory
     blocks: BlockClient
     actor: str = ""
+    unreachable: set[str] = field(default_factory=set)
     stats: dict = field(default_factory=lambda: {"copied_blocks": 0, "copied_bytes": 0,
                                                   "dropped_replicas": 0, "gc_blocks": 0,
                                                   "garbage_copies": 0})

@@ -136,8 +136,9 @@ async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *
     bad = frozenset(bad)
     target = target or ctx.config.replicas
     sources = [n for n in ref.replicas if ctx.can_serve(n, bad)]
-    # prefer active sources: a draining node is busy enough
-    sources.sort(key=lambda n: (not ctx.counts(n, bad), ctx.nodedir.get(n).load))
+    # prefer reachable, active sources: a draining node is busy enough
+    sources.sort(key=lambda n: (n in ctx.unreachable, not ctx.counts(n, bad),
+                                ctx.nodedir.get(n).load))
     counting = [n for n in ref.replicas if ctx.counts(n, bad)]
     need = target - len(counting)
     made: list[str] = []
@@ -146,7 +147,8 @@ async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *
             raise DfsError(errno.EIO, f"block {ref.id} (inode {ino} index {index}): "
                                       f"no reachable good replica")
         live = ctx.nodedir.live()
-        targets = place_replicas(list(live.values()), need, exclude=set(sources), block_size=ref.length,
+        targets = place_replicas(list(live.values()), need, exclude=set(sources) | ctx.unreachable,
+                                 block_size=ref.length,
                                  zones_taken={live[n].zone for n in counting})
         if bandwidth is not None and targets:
             await bandwidth.acquire(ref.length * len(targets))
@@ -211,7 +213,8 @@ async def respread(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *,
     live = ctx.nodedir.live()
     counting = [n for n in ref.replicas if ctx.counts(n)]
     taken = {live[n].zone for n in counting}
-    targets = [t for t in place_replicas(list(live.values()), 1, exclude=ref.replicas,
+    targets = [t for t in place_replicas(list(live.values()), 1,
+                                         exclude=set(ref.replicas) | ctx.unreachable,
                                          block_size=ref.length, zones_taken=taken)
                if live[t].zone not in taken]
     if not targets or not counting:
@@ -219,7 +222,7 @@ async def respread(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *,
     dst = targets[0]
     if bandwidth is not None:
         await bandwidth.acquire(ref.length)
-    for src in counting:
+    for src in sorted(counting, key=lambda n: n in ctx.unreachable):
         try:
             await ctx.blocks.copy_block(src, ref.id, dst)
             break

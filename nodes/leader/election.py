@@ -10,6 +10,10 @@ Joining is idempotent: a create retried after a connection loss may have been
 applied twice, and the extra znode (same name stem) would stand in front of
 us for the rest of the session, so it is deleted.
 
+A node may also be unfit to lead (`fit()` false: nodes/leader/reach.py, a
+leader that reaches too few of the other nodes): it steps down, leaving its
+znode, and joins again, at the back of the queue, only once it is fit.
+
 A leader that loses its znode (session expired while ZooKeeper was out of
 reach) stops leading at once (its work is cancelled) and joins again. Two
 leaders may overlap for a moment around a session expiry; every repair step
@@ -66,9 +70,16 @@ class Election:
         first = min(names, key=election_sequence)
         return "first" if first == me else "waiting"
 
-    async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
-        """Forever: join, wait for our turn, lead until we lose the znode. Cancel to stop."""
+    async def run(self, lead: Callable[[], Awaitable[None]],
+                  fit: Callable[[], bool] = lambda: True) -> None:
+        """Forever: join, wait for our turn, lead until we lose the znode or stop being
+        `fit()` (checked every `poll` s). Cancel to stop."""
         while True:
+            if not fit():
+                log.info("node %s stands aside from the repair election", self.node_id)
+                while not fit():
+                    await trio.sleep(self.poll)
+                log.info("node %s stands for repair leader again", self.node_id)
             me = await self._join()
             self.znode = me
             try:
@@ -83,6 +94,9 @@ class Election:
                     async def watchdog() -> None:
                         while True:
                             await trio.sleep(self.poll)
+                            if not fit():
+                                log.warning("node %s steps down as repair leader", self.node_id)
+                                break
                             try:
                                 if await self._standing(me) != "first":
                                     break

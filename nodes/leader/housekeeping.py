@@ -1,4 +1,5 @@
-"""The repair leader's services inside a storage node: election, repair, gc, capacity.
+"""The repair leader's services inside a storage node: election, repair, gc, capacity,
+and the probes that make a leader cut off from the other nodes step down.
 
 Every node runs `Housekeeping.run`; only the elected leader does the work.
 """
@@ -16,6 +17,7 @@ from dfs.paths import FsPaths
 from dfs.zk import ZkClient
 from nodes.leader.election import Election
 from nodes.leader.gc import GcCollector
+from nodes.leader.reach import Reach
 from nodes.leader.repairer import Repairer
 
 log = logging.getLogger(__name__)
@@ -43,15 +45,21 @@ class Housekeeping:
         self.node_id = node_id
         self.settings = settings
         self.election = Election(zk, paths, node_id)
+        self.reach = Reach(blocks, nodedir, node_id, after=settings.leader_step_down,
+                           stale_after=3 * settings.heartbeat + nodedir.interval)
 
     async def run(self) -> None:
-        """Forever (cancel to stop): stand for leader, lead while elected."""
-        await self.election.run(self._lead)
+        """Forever (cancel to stop): stand for leader while fit, lead while elected."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.reach.run, lambda: self.election.leading)
+            await self.election.run(self._lead, self.reach.fit)
 
     async def _lead(self) -> None:
+        # Know whom we reach before the first repair picks a target.
+        await self.reach.probe()
         # Fresh state per term: a new leader re-reads everything from ZooKeeper.
         rctx = RepairContext(self.zk, self.paths, self.config, self.nodedir, self.blocks,
-                             actor=f"node:{self.node_id}")
+                             actor=f"node:{self.node_id}", unreachable=self.reach.unreachable)
         # Orphan collection and repair passes never overlap: an orphan scan's
         # picture of the maps must not be outrun by a repair that adds a replica.
         lock = trio.Lock()
