@@ -99,8 +99,9 @@ class NodeSettings:
     syncfs: bool = False               # DFS_NODE_SMALL_SYNC=syncfs (default fdatasync per small block)
     fault_put_pause: float = 0.0       # DFS_NODE_FAULT_PUT_PAUSE: s before a PUT commits (tests)
     repair_leader: bool = True         # DFS_REPAIR_LEADER=0: never stand for repair leader (tests)
-    repair_concurrency: int = 4        # DFS_REPAIR_CONCURRENCY: repairs at once
-    repair_bandwidth: float = 200 * 2**20  # DFS_REPAIR_BANDWIDTH (MiB/s): bytes/s copied, 0 unlimited
+    repair_concurrency: int = 4        # DFS_REPAIR_CONCURRENCY: copies each node takes part in at once
+    # DFS_REPAIR_BANDWIDTH (MiB/s): repair bytes/s each node sends, and each receives; 0 unlimited
+    repair_bandwidth: float = 200 * 2**20
     repair_scan_interval: float = 60.0  # DFS_REPAIR_SCAN_INTERVAL: s between full scans
     # DFS_LEADER_STEP_DOWN: s a repair leader reaching fewer than half of the other live
     # nodes keeps leading (nodes/leader/reach.py); 0: never steps down. Longer than a

@@ -30,8 +30,8 @@ import trio
 
 from dfs import metrics
 from dfs.errors import DfsError
+from dfs.maint.pacing import Bandwidth
 from dfs.records import BlockRef
-from nodes.leader.repairer import Bandwidth
 from nodes.store import BlockInfo, BlockStore
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ Every action is recorded in the audit log (dfs.maint.audit).
 """
 
 import collections
+import contextlib
 import errno
 import logging
 from typing import Callable, Collection, Iterable
@@ -105,9 +106,14 @@ def _settled(ctx: RepairContext, replicas: list[str], bad: Collection[str], targ
     return keep or replicas
 
 
+def paced(budget, src: str, dst: str, nbytes: int):
+    """The budget's turn for one copy (dfs.maint.pacing.CopyBudget), or none."""
+    return budget.copy(src, dst, nbytes) if budget is not None else contextlib.nullcontext()
+
+
 async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *,
                       bad: Collection[str] = frozenset(), reason: str = "under-replicated",
-                      bandwidth=None, target: int | None = None) -> BlockRef | None:
+                      budget=None, target: int | None = None) -> BlockRef | None:
     """Bring one block back to `target` counting replicas (default `config.replicas`;
     a file's own count is `config.wanted(InodeRecord.replicas)`).
 
@@ -123,7 +129,7 @@ async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *
       ino, index, ref: the block as read from the map.
       bad: nodes whose replica is known damaged or missing.
       reason: for the audit log.
-      bandwidth: an optional object with `async acquire(nbytes)` (rate limit).
+      budget: an optional dfs.maint.pacing.CopyBudget (per-node copy limits).
 
     Returns:
       The committed ref (unchanged if nothing was needed or possible), or None
@@ -138,6 +144,7 @@ async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *
     sources = [n for n in ref.replicas if ctx.can_serve(n, bad)]
     # prefer reachable, active sources: a draining node is busy enough
     sources.sort(key=lambda n: (n in ctx.unreachable, not ctx.counts(n, bad),
+                                budget.busy(n) if budget is not None else 0,
                                 ctx.nodedir.get(n).load))
     counting = [n for n in ref.replicas if ctx.counts(n, bad)]
     need = target - len(counting)
@@ -150,13 +157,12 @@ async def rereplicate(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *
         targets = place_replicas(list(live.values()), need, exclude=set(sources) | ctx.unreachable,
                                  block_size=ref.length,
                                  zones_taken={live[n].zone for n in counting})
-        if bandwidth is not None and targets:
-            await bandwidth.acquire(ref.length * len(targets))
 
         async def copy(dst: str) -> None:
             for src in sources:
                 try:
-                    await ctx.blocks.copy_block(src, ref.id, dst)
+                    async with paced(budget, src, dst, ref.length):
+                        await ctx.blocks.copy_block(src, ref.id, dst)
                     made.append(dst)
                     await ctx.audit.append("copy", block=ref.id, ino=ino, index=index, src=[src],
                                            dst=[dst], reason=reason, copies=len(counting))
@@ -205,7 +211,7 @@ def crowded(ctx: RepairContext, replicas: list[str], count: int) -> list[str]:
 
 
 async def respread(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *,
-                   bandwidth=None) -> BlockRef | None:
+                   budget=None) -> BlockRef | None:
     """Move one replica of a block crowded into fewer zones than it could use: copy it
     to a node of a zone it lacks, then in the same map commit drop one replica from
     its most crowded zone, so it never has fewer copies than before. Returns the
@@ -220,11 +226,10 @@ async def respread(ctx: RepairContext, ino: int, index: int, ref: BlockRef, *,
     if not targets or not counting:
         return ref
     dst = targets[0]
-    if bandwidth is not None:
-        await bandwidth.acquire(ref.length)
     for src in sorted(counting, key=lambda n: n in ctx.unreachable):
         try:
-            await ctx.blocks.copy_block(src, ref.id, dst)
+            async with paced(budget, src, dst, ref.length):
+                await ctx.blocks.copy_block(src, ref.id, dst)
             break
         except DfsError as e:
             log.info("copy of block %s from %s to %s failed: %s", ref.id, src, dst, e)

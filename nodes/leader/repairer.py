@@ -51,6 +51,7 @@ from dfs.config import NodeSettings
 from dfs.errors import DfsError
 from dfs.maint import cluster, repair
 from dfs.maint.cluster import RepairContext
+from dfs.maint.pacing import CopyBudget
 from dfs.maint.scan import block_groups_wanted
 from dfs.paths import FsPaths
 from dfs.placement import spread_short, zones
@@ -64,22 +65,7 @@ SHORT_WRITE_WAIT = 300.0  # s a short-write hint waits for its block's commit
 HINT_RESCAN = 5.0  # s between passes while such a hint waits
 RETRY_FIRST = 1.0  # s after a pass that left blocks short, the next
 RETRY_MAX = 15.0  # s: ... doubling while passes leave them short, at most this
-
-
-class Bandwidth:
-    """A pacing limit: `acquire(n)` returns when n more bytes fit in `rate` bytes/s."""
-
-    def __init__(self, rate: float):
-        self.rate = rate
-        self._next = 0.0
-
-    async def acquire(self, nbytes: int) -> None:
-        if self.rate <= 0:
-            return
-        now = trio.current_time()
-        start = max(now, self._next)
-        self._next = start + nbytes / self.rate
-        await trio.sleep_until(start)
+MAX_WORKERS = 512  # repairs in flight at once, at most (per node: settings.repair_concurrency)
 
 
 @dataclass(order=True)
@@ -109,8 +95,8 @@ class Repairer:
     Args:
       ctx: repair context of this node (its nodedir is kept fresh by the node).
       node_id: this node (published as the leader).
-      settings: the node's knobs: repair concurrency (repairs running at once),
-        bandwidth (bytes/s of copies started, 0: unlimited), scan interval
+      settings: the node's knobs: repair concurrency (copies each node takes part in
+        at once), bandwidth (bytes/s each node sends and receives, 0: unlimited), scan interval
         (seconds between periodic full scans).
       maintenance_lock: held for a whole pass; the gc collector holds it for
         its orphan scans, so the two never overlap.
@@ -126,8 +112,8 @@ class Repairer:
                  status_extra: Callable[[], dict] | None = None, tick: float = 1.0):
         self.ctx = ctx
         self.node_id = node_id
-        self.concurrency = settings.repair_concurrency
-        self.bandwidth = Bandwidth(settings.repair_bandwidth)
+        self.concurrency = settings.repair_concurrency  # per node (dfs.maint.pacing)
+        self.budget = CopyBudget(settings.repair_concurrency, settings.repair_bandwidth)
         self.scan_interval = settings.repair_scan_interval
         self.tick = tick
         self.registry: dict[str, NodeRegistration] = {}
@@ -431,7 +417,8 @@ class Repairer:
                             self.pass_bytes_left -= w.ref.length
 
             async with trio.open_nursery() as nursery:
-                for _ in range(min(self.concurrency, size)):
+                # enough workers to keep every node's copy slots busy (self.budget)
+                for _ in range(min(self.concurrency * max(1, len(self.known_live)), size, MAX_WORKERS)):
                     nursery.start_soon(worker)
         await self._retire_drained_nodes(before=False)
         self._schedule_retry()
@@ -456,14 +443,14 @@ class Repairer:
                 return True
             return False
         if w.kind == "spread":
-            new = await repair.respread(ctx, w.ino, w.index, w.ref, bandwidth=self.bandwidth)
+            new = await repair.respread(ctx, w.ino, w.index, w.ref, budget=self.budget)
             if new is None or new.replicas != w.ref.replicas:
                 metrics.REPAIRS.labels("zone spread").inc()
                 return True
             return False
         before = ctx.stats["copied_bytes"]
         new = await repair.rereplicate(ctx, w.ino, w.index, w.ref, bad=w.bad, reason=w.reason,
-                                       bandwidth=self.bandwidth, target=w.target)
+                                       budget=self.budget, target=w.target)
         if new is not None and sum(map(ctx.counts, new.replicas)) < (w.target or ctx.config.replicas):
             self.unfinished += 1  # every copy failed (or some): _schedule_retry
         copied = ctx.stats["copied_bytes"] - before
