@@ -105,7 +105,7 @@ class NodeSettings:
     repair_scan_interval: float = 60.0  # DFS_REPAIR_SCAN_INTERVAL: s between full scans
     # DFS_LEADER_STEP_DOWN: s a repair leader reaching fewer than half of the other live
     # nodes keeps leading (nodes/leader/reach.py); 0: never steps down. Longer than a
-    # killed node's live record takes to go stale (3 heartbeats + 2 s)
+    # killed node's live record takes to go stale (3 heartbeats + 2 s + 1 s)
     leader_step_down: float = 10.0
     orphan_age: float | None = None    # DFS_ORPHAN_AGE: s; None: the filesystem's orphan_age
     orphan_interval: float | None = None  # DFS_ORPHAN_INTERVAL: s; None: from orphan_age

@@ -62,6 +62,27 @@ async def test_create_lookup_getattr(meta):
     assert root.rec.mtime_ns >= got.rec.mtime_ns  # parent's mtime moved
 
 
+async def test_create_many_makes_files_like_create_in_one_commit(meta):
+    d = await mkdir(meta, ROOT_INO, b"d")
+    made = await meta.namespace.create_many(d.ino, [b"a", b"b", b"c"], 0o640, uid=UID, gid=GID)
+    assert [m.ino for m in made] == sorted({m.ino for m in made})  # new numbers, in order
+    assert await names(meta, d.ino) == [b"a", b"b", b"c"]
+    for name, m in zip([b"a", b"b", b"c"], made):
+        got = await meta.lookup(d.ino, name)
+        assert got.ino == m.ino and stat.S_IMODE(got.rec.mode) == 0o640 and got.rec.nlink == 1
+        assert (got.rec.uid, got.rec.gid, got.rec.size) == (UID, GID, 0)
+    assert (await meta.inodes.getattr(d.ino)).rec.mtime_ns >= made[-1].rec.mtime_ns
+    # one name taken: the batch falls back to one by one and stops there with EEXIST
+    with pytest.raises(DfsError) as e:
+        await meta.namespace.create_many(d.ino, [b"x", b"b", b"y"], 0o644, uid=UID, gid=GID)
+    assert errno_of(e) == errno.EEXIST
+    assert await names(meta, d.ino) == [b"a", b"b", b"c", b"x"]
+    assert (await meta.lookup(d.ino, b"b")).ino == made[1].ino  # untouched
+    with pytest.raises(DfsError) as e:
+        await meta.namespace.create_many(d.ino, [b"ok", b"a/b"], 0o644, uid=UID, gid=GID)
+    assert errno_of(e) == errno.EINVAL and b"ok" not in await names(meta, d.ino)
+
+
 async def test_dot_and_dotdot(meta):
     d = await mkdir(meta, ROOT_INO, b"d")
     sub = await mkdir(meta, d.ino, b"sub")

@@ -92,6 +92,29 @@ async def test_nodes_that_stopped_refreshing_their_record_do_not_count(autojump_
     assert not reach.fit()
 
 
+async def test_records_going_stale_while_cut_off_do_not_make_the_leader_fit(autojump_clock):
+    # the others' heartbeats are late (ZooKeeper's log fsync behind a busy disk) while the
+    # leader reaches none of them: it still steps down; when all of them go stale at once
+    # the verdict stands either way (all killed at once: no flapping)
+    nodes = Nodes(["me", "a", "b", "c"])
+    reach = Reach(nodes, nodes, "me", after=5.0, stale_after=8.0)
+    nodes.down = {"a", "b", "c"}
+    await reach.probe()
+    nodes.stale = {"a", "b", "c"}
+    for _ in range(3):
+        await trio.sleep(1)
+        await reach.probe()
+    assert not reach.fit()
+    nodes.down = {"a"}  # b and c answer again, their records still stale: 2 of 3
+    await reach.probe()
+    assert reach.fit()
+    nodes.down = {"a", "b", "c"}  # all killed: stale, silent; the leader stays
+    for _ in range(10):
+        await trio.sleep(1)
+        await reach.probe()
+    assert reach.fit()
+
+
 async def test_step_down_off_still_feeds_the_repairs_whom_to_avoid(autojump_clock):
     nodes = Nodes(["me", "a", "b"])
     reach = Reach(nodes, nodes, "me", after=0, stale_after=8.0)

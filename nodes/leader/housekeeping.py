@@ -46,7 +46,9 @@ class Housekeeping:
         self.settings = settings
         self.election = Election(zk, paths, node_id)
         self.reach = Reach(blocks, nodedir, node_id, after=settings.leader_step_down,
-                           stale_after=3 * settings.heartbeat + nodedir.interval)
+                           # a record is read up to nodedir.interval after its refresh,
+                           # and the refresh itself takes ZooKeeper round trips: 1 s for those
+                           stale_after=3 * settings.heartbeat + nodedir.interval + 1.0)
 
     async def run(self) -> None:
         """Forever (cancel to stop): stand for leader while fit, lead while elected."""

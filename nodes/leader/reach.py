@@ -11,11 +11,16 @@ over. A node with no other live node, or reaching half or more, is fit: two
 halves that cannot see each other (a symmetric split of two nodes) both stay
 out, and nothing could be copied between them anyway.
 
-Only nodes whose live record is fresh (refreshed within `stale_after` s) count
-for that verdict: a node that was killed or frozen keeps its live znode until its
-session expires but stops refreshing it, and two such nodes of four must not make
-a well-connected leader step down. `after` is chosen longer than `stale_after`
-(config.NodeSettings: 10 s against 3 heartbeats plus the node directory's 2 s).
+Only nodes that answer, or whose live record is fresh (refreshed within
+`stale_after` s), count for that verdict: a node that was killed or frozen keeps
+its live znode until its session expires but stops refreshing it, and two such
+nodes of four must not make a well-connected leader step down. `after` is chosen
+longer than `stale_after` (config.NodeSettings: 10 s against 3 heartbeats plus
+the node directory's 2 s plus 1 s). When no other node counts (every record stale, none
+answers) a probe says nothing and the verdict stands: all the others killed at
+once must not make a leader flap, and heartbeats that a slow ZooKeeper (its log's
+fsync behind a busy disk) holds back must not make a leader cut off from them
+look fit.
 
 The probes also give the leader's repairs the nodes it cannot reach (the
 `unreachable` set, shared with dfs.maint.cluster.RepairContext), so that no copy
@@ -73,6 +78,7 @@ class Reach:
     async def probe(self) -> None:
         """PING every other live node at once; update `unreachable` and the verdict."""
         live = self.nodedir.live()
+        read_at = time.time()  # (records are as old as this, not as the probes' end)
         others = [n for n in live if n != self.node_id]
         reached: set[str] = set()
 
@@ -94,9 +100,11 @@ class Reach:
                      f"; not {', '.join(sorted(gone))}" if gone else "")
         self.unreachable.clear()
         self.unreachable.update(gone)
-        now = time.time()
-        fresh = {n for n in others if now - live[n].updated <= self.stale_after}
-        self.reached, self.others = len(reached & fresh), len(fresh)
+        # a node that answered counts whatever its record says
+        counted = {n for n in others if read_at - live[n].updated <= self.stale_after} | reached
+        self.reached, self.others = len(reached), len(counted)
+        if others and not counted:
+            return  # every other record is stale, none answered: no news, keep the verdict
         if enough(self.reached, self.others):
             self.short_since = None
         elif self.short_since is None:
