@@ -54,6 +54,7 @@ class Kernel:
         self.feed_timeout = feed_timeout
         self.notify = notify
         self._long: dict[tuple, float] = {}
+        self._next_purge = 0.0  # (time.monotonic) see _long_ok
         view.kernel_notice = self.forget
         files.on_merged = self._drop_pages
 
@@ -66,7 +67,13 @@ class Kernel:
             return False
         if len(self._long) >= LONG_MAX:
             now = time.monotonic()
-            self._long = {k: d for k, d in self._long.items() if d > now}
+            # At most once a second: the purge reads all LONG_MAX entries, and a listing of
+            # 100,000 entries (two each) that purged at every entry once the map was full
+            # and nothing had expired yet took ls -l minutes and held the event loop long
+            # enough for the ZooKeeper session to expire. Full: short timeouts meanwhile.
+            if now >= self._next_purge:
+                self._long = {k: d for k, d in self._long.items() if d > now}
+                self._next_purge = now + 1.0
         return len(self._long) < LONG_MAX
 
     def forget(self, kind: str, key: int, name: bytes | None) -> None:

@@ -12,6 +12,7 @@ import stat
 from dataclasses import dataclass
 
 import pyfuse3
+import trio
 
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.client.attrs import AttrJournal
@@ -21,6 +22,7 @@ from dfs.client.locks import MountLocks
 from dfs.client.removals import Removals
 from dfs.client.view import ClientView
 from dfs.errors import DfsError
+from dfs.meta.namespace import YIELD_EVERY
 from dfs.names import NAME_MAX
 from mount.errors import fuse_errors
 from mount.kernel import Kernel
@@ -36,6 +38,7 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 class DirHandle:
     ino: int
     entries: list  # snapshot: [(name, EntryAttributes)]
+    pinned: list  # the inodes the view keeps while the handle is open (ClientView.pin)
 
 
 class Operations(pyfuse3.Operations):
@@ -219,20 +222,28 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def opendir(self, inode, ctx):
-        this, entries = await self.view.list_dir(inode, with_attrs=True)
-        # readdirplus ignores the attributes of . and ..; only inode and type matter
-        dotdot = pyfuse3.EntryAttributes()
-        dotdot.st_ino = this.rec.parent or pyfuse3.ROOT_INODE
-        dotdot.st_mode = stat.S_IFDIR | 0o755
-        snapshot = [(b".", self.kernel.attrs(this)), (b"..", dotdot)]
-        if self.removals is not None:
-            entries = [e for e in entries if not self.removals.hidden(inode, e[0])]
-        self.view.saw_listing(inode, len(entries))
-        attrs = self.kernel.attrs
-        snapshot += [(name, attrs(node, parent=inode, name=name)) for name, _, node in entries]
+        this, entries = await self.view.list_dir(inode, with_attrs=True, pin=True)
+        pinned = [node.ino for _, _, node in entries if node is not None]  # (by list_dir)
+        try:
+            # readdirplus ignores the attributes of . and ..; only inode and type matter
+            dotdot = pyfuse3.EntryAttributes()
+            dotdot.st_ino = this.rec.parent or pyfuse3.ROOT_INODE
+            dotdot.st_mode = stat.S_IFDIR | 0o755
+            snapshot = [(b".", self.kernel.attrs(this)), (b"..", dotdot)]
+            if self.removals is not None:
+                entries = [e for e in entries if not self.removals.hidden(inode, e[0])]
+            self.view.saw_listing(inode, len(entries))
+            attrs = self.kernel.attrs
+            for i, (name, _, node) in enumerate(entries):
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    await trio.lowlevel.checkpoint()  # (a huge directory: see dfs.meta.namespace)
+                snapshot.append((name, attrs(node, parent=inode, name=name)))
+        except BaseException:
+            self.view.unpin(pinned)
+            raise
         fh = self._next_fh
         self._next_fh += 1
-        self._dirs[fh] = DirHandle(inode, snapshot)
+        self._dirs[fh] = DirHandle(inode, snapshot, pinned)
         return fh
 
     @fuse_errors
@@ -244,7 +255,9 @@ class Operations(pyfuse3.Operations):
                 break
 
     async def releasedir(self, fh):
-        self._dirs.pop(fh, None)
+        d = self._dirs.pop(fh, None)
+        if d is not None:
+            self.view.unpin(d.pinned)
 
     @fuse_errors
     async def fsyncdir(self, fh, datasync):
@@ -383,7 +396,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
-        if name == FILE_CAPS or self.view.has_no_xattrs(inode):
+        if name == FILE_CAPS or await self.view.without_xattrs(inode):
             # The kernel asks for security.capability before every write(2) (to
             # drop file capabilities); answering from ZooKeeper cost a round trip per write.
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -403,13 +416,13 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def listxattr(self, inode, ctx):
-        if self.view.has_no_xattrs(inode):
+        if await self.view.without_xattrs(inode):
             return []
         return await self.meta.xattrs.names(inode)
 
     @fuse_errors
     async def removexattr(self, inode, name, ctx):
-        if self.view.has_no_xattrs(inode):
+        if await self.view.without_xattrs(inode):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # (cp -a removes a default ACL from each directory)
         await self.view.removexattr(inode, name)
 

@@ -233,7 +233,7 @@ def test_sqlite_from_two_mounts(two):
     db.commit()
     assert db.execute("pragma journal_mode").fetchone()[0] == "delete"
     db.close()
-    n = 250
+    n = 150
     writers = [subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, str(m / "db"), m.name, str(n)],
                                 stderr=subprocess.PIPE, text=True) for m in (a, b)]
     try:

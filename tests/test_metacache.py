@@ -152,6 +152,68 @@ def test_event_log_overflow_is_treated_as_a_change():
     assert not c.clean(mark, f"{ROOT}/inodes/0/999999")
 
 
+def test_a_full_view_drops_what_it_learnt_longest_ago_not_a_listing_just_read(monkeypatch):
+    # ls -l of a big directory right after many creates: the listing's inodes must stay
+    # known (each unknown one costs ls two ZooKeeper reads: attributes and xattrs)
+    import dfs.client.view as view_module
+    monkeypatch.setattr(view_module, "HINTS_MAX", 1000)
+    _, view = fed()
+
+    def node(ino):
+        return Inode(ino, InodeRecord(mode=stat.S_IFREG | 0o644, nlink=1), 1, exact=True)
+
+    for ino in range(10, 910):  # the creates before
+        view.remember(node(ino))
+    view.remember(node(10))  # used again: now among the newest
+    listing = range(10_000, 10_600)
+    for ino in listing:
+        view.remember(node(ino))
+    assert all(view.known(ino) is not None for ino in listing)
+    assert view.known(10) is not None and view.known(11) is None
+    assert len(view._fresh) <= 1000 and set(view._vmax) == set(view._fresh)
+
+    # a listing open now, bigger than the bound: ls -l walks it from the start while
+    # the inodes it reads meanwhile are remembered; none of the listing is dropped
+    big = range(20_000, 22_500)
+    view.pin(list(big))
+    for ino in big:
+        view.remember(node(ino))
+    for ino in range(30_000, 31_000):  # what else it learns meanwhile
+        view.remember(node(ino))
+    assert all(view.known(ino) is not None for ino in big)
+    assert len(view._fresh) <= 1000 + len(big)
+    view.unpin(list(big))  # closed: the bound applies to it again
+    assert not view._pinned
+    for ino in range(40_000, 41_000):
+        view.remember(node(ino))
+    assert len(view._fresh) <= 1000 and view.known(20_000) is None
+
+
+def test_a_full_kernel_map_is_not_purged_at_every_entry_of_a_big_listing(monkeypatch):
+    # readdirplus of a big directory hands the kernel 2 long-lived grants per entry; once
+    # the map of them was full (and none expired yet) every further entry rebuilt it whole:
+    # ls -l of 100,000 entries took minutes and the ZooKeeper session expired meanwhile
+    from types import SimpleNamespace
+
+    import mount.kernel as kernel_module
+    monkeypatch.setattr(kernel_module, "LONG_MAX", 1000)
+    _, view = fed()
+    files = SimpleNamespace(on_merged=None, local_attrs=lambda ino: None,
+                            local_stored=lambda ino: None, blocks_of=lambda n: 0)
+    kernel = kernel_module.Kernel(view, files, feed_timeout=10.0)
+    rebuilt, last = 0, kernel._long
+    for ino in range(100, 5100):
+        node = view.remember(Inode(ino, InodeRecord(mode=stat.S_IFREG | 0o644, nlink=1), 1,
+                                   exact=True))
+        view.trust(ROOT_INO, b"f%d" % ino, ino, stat.S_IFREG)
+        a = kernel.attrs(node, parent=ROOT_INO, name=b"f%d" % ino)
+        if kernel._long is not last:
+            rebuilt, last = rebuilt + 1, kernel._long
+    assert rebuilt <= 2, f"the full map was rebuilt {rebuilt} times in one listing"
+    assert len(kernel._long) <= 1000 + 2
+    assert a.attr_timeout == 1.0  # full: the rest get the short timeout, nothing is lost
+
+
 # ---------------------------------------------------------------- on real mounts
 
 def wait_for(fn, timeout: float = 5.0):

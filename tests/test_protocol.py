@@ -5,7 +5,8 @@ import errno
 import pytest
 import trio
 
-from dfs.blocks.connection import FrameSocket
+from dfs.blocks.connection import FrameSocket, NodeConnection
+from dfs.errors import DfsError
 from dfs.blocks.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -130,3 +131,36 @@ async def test_truncated_header_raises_and_clean_eof_is_none():
     c, d = await _pair()
     c.close()
     assert await d.recv_frame() is None
+
+
+async def test_a_request_queued_behind_a_send_that_broke_the_connection_says_why():
+    # a PUT stuck in send (the peer reads nothing: a cut link) is given up; the PING
+    # queued behind it learns that the connection broke and why, not EBADF of a closed socket
+    a, _peer = await _pair()
+    conn = NodeConnection("n1", "127.0.0.1:1", a)
+    big = bytes(16 << 20)
+    put = Frame(Op.PUT, block_id=encode_block_id(BID), length=len(big), payload=big)
+    errors = []
+
+    async def ping():
+        try:
+            await conn.request(Frame(Op.PING))
+        except DfsError as e:
+            errors.append(e)
+
+    give_up = trio.CancelScope()
+
+    async def send_put():
+        with give_up:
+            await conn.request(put)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(send_put)
+        await trio.sleep(0.2)  # the PUT fills the socket buffers and waits
+        n.start_soon(ping)
+        await trio.sleep(0.2)
+        give_up.cancel()  # the PUT's caller gives up: the connection breaks
+    assert conn.broken and len(errors) == 1
+    assert errors[0].errno == errno.EHOSTDOWN
+    assert "waited to send" in str(errors[0]) and "cancelled while sending" in str(errors[0])
+    assert "Bad file descriptor" not in str(errors[0])

@@ -331,6 +331,7 @@ class NodeConnection:
         self.address = address
         self.fs = fs
         self.broken = False
+        self._broken_by: NodeUnavailable | None = None  # why (for requests that queued meanwhile)
         self.info: dict = {}
         self._ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
@@ -393,6 +394,7 @@ class NodeConnection:
     def _break(self, error: BaseException) -> None:
         if not self.broken:
             self.broken = True
+            self._broken_by = error if isinstance(error, NodeUnavailable) else self._as_unavailable(error)
             self.fs.close()
         for w in self._waiters.values():
             if w.frame is None and w.error is None:
@@ -421,6 +423,9 @@ class NodeConnection:
         try:
             try:
                 async with self._send_lock:
+                    if self.broken:  # while we waited for our turn (not EBADF from a closed socket)
+                        raise NodeUnavailable(f"connection to node {self.node_id} closed while this "
+                                              f"request waited to send: {self._broken_by}")
                     sending = True
                     await self.fs.send_frame(frame)
             except trio.Cancelled:

@@ -16,12 +16,16 @@ hint costs a round trip, never a wrong answer); a fresh inode stands in for a
 read before a version-checked change (a stale one fails the check: retried).
 """
 
+import collections
 import contextlib
 import errno
+import itertools
 import stat
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
+
+import trio
 
 from dfs.client.feed import CREATED, DELETED, Feed
 from dfs.config import FsConfig
@@ -29,17 +33,30 @@ from dfs.errors import DfsError
 from dfs.maint.capacity import Gate
 from dfs.meta import Meta, acl
 from dfs.meta.inodes import Inode, with_entry_change
+from dfs.meta.namespace import YIELD_EVERY
 from dfs.meta.writers import Writer
 from dfs.paths import FsPaths
 from dfs.records import BlockRef, DirEntry
 from dfs.zk import ZkClient
 
-HINTS_MAX = 200_000
+HINTS_MAX = 200_000  # inodes, and name -> inode hints, kept (then the oldest quarter goes)
 MAX_DIRS = 100_000  # directories whose names are kept (then everything is dropped)
 MAX_DIRENTS = 1_000_000  # entries whose inode is kept
 LISTED_MAX = 10_000
 
 Listing = tuple[Inode, list[tuple[bytes, DirEntry, Inode | None]]]
+
+
+def drop_oldest(d: dict, share: float = 0.25, keep: Any = ()) -> list:
+    """Remove the first-inserted `share` of d's keys, except those in `keep`;
+    returns them. A full map loses what was learnt longest ago, not everything:
+    a listing just read (all of an `ls -l`'s inodes) survives the creates that
+    filled the map before it."""
+    want = max(1, int(len(d) * share))
+    old = list(itertools.islice((k for k in d if k not in keep), want))
+    for k in old:
+        del d[k]
+    return old
 KernelNotice = Callable[[str, int, bytes | None], None]
 
 
@@ -80,6 +97,10 @@ class ClientView:
         # ino -> (time.monotonic() of the read, inode as read plus our changes since, exact)
         self._fresh: dict[int, tuple[float, Inode, bool]] = {}
         self._vmax: dict[int, int] = {}  # ino -> highest znode version remembered
+        # inodes of the listings open now (opendir .. releasedir), how many hold each: a
+        # full _fresh does not drop them, or `ls -l` of a directory bigger than the
+        # bound would read each inode again (the inodes are held by the listings anyway)
+        self._pinned: collections.Counter[int] = collections.Counter()
         # kept exact by the feed: a directory's complete entry names, an entry's (inode, type)
         self.names: dict[int, set[bytes]] = {}
         self.dirents: dict[tuple[int, bytes], tuple[int, int]] = {}
@@ -148,13 +169,24 @@ class ClientView:
         inode's znode version only grows)."""
         if node.version < self._vmax.get(node.ino, -1):
             return node
-        if len(self._fresh) >= HINTS_MAX:
-            self._fresh.clear()
-            self._vmax.clear()
+        if len(self._fresh) >= HINTS_MAX + len(self._pinned):
+            for ino in drop_oldest(self._fresh, keep=self._pinned):
+                self._vmax.pop(ino, None)
         self._vmax[node.ino] = node.version
+        self._fresh.pop(node.ino, None)  # (to the end: the newest)
         self._fresh[node.ino] = (time.monotonic() if seen is None else seen, node,
                                  node.exact if exact is None else exact)
         return node
+
+    def pin(self, inos: list[int]) -> None:
+        """A listing of these inodes is open: keep what is known of them (until `unpin`)."""
+        self._pinned.update(inos)
+
+    def unpin(self, inos: list[int]) -> None:
+        self._pinned.subtract(inos)
+        for ino in inos:
+            if self._pinned.get(ino, 1) <= 0:
+                del self._pinned[ino]
 
     def known(self, ino: int) -> Known | None:
         """The inode as this client knows it, if exact (the feed runs) or fresh."""
@@ -198,7 +230,7 @@ class ClientView:
             self.hints.pop((parent, name), None)
             return
         if len(self.hints) >= HINTS_MAX:
-            self.hints.clear()
+            drop_oldest(self.hints)
         self.hints[(parent, name)] = ino
 
     def trust(self, parent: int, name: bytes, ino: int, mode: int) -> None:
@@ -424,6 +456,12 @@ class ClientView:
         seen = self.known(ino)
         return seen is not None and seen.inode.rec.xattrs == 0
 
+    async def without_xattrs(self, ino: int) -> bool:
+        """Whether the inode has no xattrs: known, or read now (one round trip, and the
+        inode is then known for the next question: ls -l asks two per file)."""
+        node, _ = await self.attrs(ino)
+        return node.rec.xattrs == 0
+
     async def release_orphan(self, ino: int) -> None:
         """The last handle of a held inode closed: let it go, now or when the
         commits in flight that may be holding it are done (see _may_hold)."""
@@ -453,14 +491,19 @@ class ClientView:
             for ino in [i for i in self.held if not self.is_open_file(i)]:
                 await self._let_go(ino)
 
-    async def list_dir(self, ino: int, *, with_attrs: bool = False) -> Listing:
-        """The directory's inode and its snapshot (Namespace.list_dir): 0 to 3 round trips."""
+    async def list_dir(self, ino: int, *, with_attrs: bool = False, pin: bool = False) -> Listing:
+        """The directory's inode and its snapshot (Namespace.list_dir): 0 to 3 round trips.
+        pin: keep the entries' inodes known until `unpin` of them (an open listing)."""
         cached = self._cached_listing(ino, with_attrs)
         if cached is not None:
+            if pin:
+                self.pin([node.ino for _, _, node in cached[1] if node is not None])
             return cached
         hints = self.hints
         listing = await self.meta.namespace.list_dir(ino, with_attrs=with_attrs,
                                                      guess=lambda name: hints.get((ino, name)))
+        if pin:  # before they are remembered: a big listing must not push out its own start
+            self.pin([e.node.ino for e in listing.entries if e.node is not None])
         this = self.remember(listing.this)
         current = self.feed.replay_names(listing.mark, ino, listing.names)
         if current is not None:
@@ -468,7 +511,9 @@ class ClientView:
                 self.names.clear()
             self.names[ino] = current
         out = []
-        for e in listing.entries:
+        for i, e in enumerate(listing.entries):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await trio.lowlevel.checkpoint()  # (a huge directory: see dfs.meta.namespace)
             self.hint(ino, e.name, e.entry.ino)
             if e.exact:
                 self.trust(ino, e.name, e.entry.ino, e.entry.mode)

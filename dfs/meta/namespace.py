@@ -26,6 +26,8 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import trio
+
 from dfs.errors import DfsError
 from dfs.meta.blockmap import BlockMap
 from dfs.meta.inodes import AttrReads, Inode, Inodes, check_parent, decode, with_entry_change
@@ -42,6 +44,10 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 Removal = tuple[str, int, bytes]  # ("unlink" | "rmdir", parent, name)
+
+# Listing a huge directory is seconds of work on the event loop: let the session's
+# pings (and everyone else) run every so many entries, or the session expires.
+YIELD_EVERY = 1024
 
 
 @dataclass
@@ -767,13 +773,17 @@ class Namespace:
         mark = store.mark()
         reads = Reads()
         wanted = []
-        for c, name in zip(children, names):
+        for i, (c, name) in enumerate(zip(children, names)):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await trio.lowlevel.checkpoint()
             entry = reads.get(child(base, c))
             guessed = AttrReads(reads, paths, guess(name) or 0) if with_attrs else None
             wanted.append((name, entry, guessed))
         got = await reads.run(self.zk)
         missing: list[Listed] = []
-        for name, entry, guessed in wanted:
+        for i, (name, entry, guessed) in enumerate(wanted):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await trio.lowlevel.checkpoint()
             d = got[entry]
             if d is None:
                 continue  # removed while we listed
@@ -795,7 +805,9 @@ class Namespace:
                      reads.get(paths.dir(listed.entry.ino)) if stat.S_ISDIR(listed.entry.mode) else None)
                     for listed in missing]
             got = await reads.run(self.zk)
-            for listed, inode, times in more:
+            for i, (listed, inode, times) in enumerate(more):
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    await trio.lowlevel.checkpoint()
                 if got[inode] is not None:
                     e = listed.entry.ino
                     listed.node = decode(e, got[inode], got[times] if times is not None else None,
