@@ -5,7 +5,9 @@ mounts are unmounted (lazily if busy) first.
 """
 
 import json
+import time
 import uuid
+import warnings
 from pathlib import Path
 
 import trio
@@ -80,16 +82,31 @@ class Cluster:
 
     def close(self) -> None:
         for m in self.mounts:
+            t = time.monotonic()
             try:
                 m.stop()
             except Exception as e:  # keep cleaning up the rest
                 print(f"cleanup: mount {m.mountpoint}: {e!r}")
                 m.kill()
+            slow_stop(f"mount {m.mountpoint}", time.monotonic() - t, m.log_tail)
         for n in self.nodes:
+            t = time.monotonic()
             try:
                 n.stop()
             except Exception as e:
                 print(f"cleanup: node {n.pid}: {e!r}")
+            slow_stop(f"node {n.node_id}", time.monotonic() - t, n.log_tail)
+
+
+SLOW_STOP = 5.0  # s: a daemon that takes longer to stop than this is reported
+
+
+def slow_stop(what: str, took: float, log_tail) -> None:
+    """Report (pytest's warnings summary, also for passing tests) a daemon that stopped slowly:
+    a SIGTERM that is not answered promptly is a bug, and it costs the suite its time."""
+    if took > SLOW_STOP:
+        warnings.warn(f"{what} took {took:.1f} s to stop; its log ends:\n{log_tail()[-3000:]}",
+                      stacklevel=2)
 
 
 def client_session(cluster: Cluster, body, *, cache: bool = False):
