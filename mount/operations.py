@@ -12,8 +12,6 @@ import stat
 from dataclasses import dataclass
 
 import pyfuse3
-import trio
-
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.client.attrs import AttrJournal
 from dfs.client.creates import Creates
@@ -22,7 +20,7 @@ from dfs.client.locks import MountLocks
 from dfs.client.removals import Removals
 from dfs.client.view import ClientView
 from dfs.errors import DfsError
-from dfs.meta.namespace import YIELD_EVERY
+from dfs.meta.namespace import breathe
 from dfs.names import NAME_MAX
 from mount.errors import fuse_errors
 from mount.kernel import Kernel
@@ -235,8 +233,7 @@ class Operations(pyfuse3.Operations):
             self.view.saw_listing(inode, len(entries))
             attrs = self.kernel.attrs
             for i, (name, _, node) in enumerate(entries):
-                if i % YIELD_EVERY == YIELD_EVERY - 1:
-                    await trio.lowlevel.checkpoint()  # (a huge directory: see dfs.meta.namespace)
+                await breathe(i)  # (a huge directory: see dfs.meta.namespace)
                 snapshot.append((name, attrs(node, parent=inode, name=name)))
         except BaseException:
             self.view.unpin(pinned)

@@ -25,15 +25,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-import trio
-
 from dfs.client.feed import CREATED, DELETED, Feed
 from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.maint.capacity import Gate
 from dfs.meta import Meta, acl
 from dfs.meta.inodes import Inode, with_entry_change
-from dfs.meta.namespace import YIELD_EVERY
+from dfs.meta.namespace import breathe
 from dfs.meta.writers import Writer
 from dfs.paths import FsPaths
 from dfs.records import BlockRef, DirEntry
@@ -45,6 +43,7 @@ MAX_DIRENTS = 1_000_000  # entries whose inode is kept
 LISTED_MAX = 10_000
 
 Listing = tuple[Inode, list[tuple[bytes, DirEntry, Inode | None]]]
+KernelNotice = Callable[[str, int, bytes | None], None]
 
 
 def drop_oldest(d: dict, share: float = 0.25, keep: Any = ()) -> list:
@@ -57,7 +56,6 @@ def drop_oldest(d: dict, share: float = 0.25, keep: Any = ()) -> list:
     for k in old:
         del d[k]
     return old
-KernelNotice = Callable[[str, int, bytes | None], None]
 
 
 @dataclass
@@ -512,8 +510,7 @@ class ClientView:
             self.names[ino] = current
         out = []
         for i, e in enumerate(listing.entries):
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
-                await trio.lowlevel.checkpoint()  # (a huge directory: see dfs.meta.namespace)
+            await breathe(i)  # (a huge directory: see dfs.meta.namespace)
             self.hint(ino, e.name, e.entry.ino)
             if e.exact:
                 self.trust(ino, e.name, e.entry.ino, e.entry.mode)

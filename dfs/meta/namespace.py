@@ -50,6 +50,12 @@ Removal = tuple[str, int, bytes]  # ("unlink" | "rmdir", parent, name)
 YIELD_EVERY = 1024
 
 
+async def breathe(i: int) -> None:
+    """In a loop over a listing's entries: let others run every YIELD_EVERY of them."""
+    if i % YIELD_EVERY == YIELD_EVERY - 1:
+        await trio.lowlevel.checkpoint()
+
+
 @dataclass
 class Found:
     """A lookup's answer: the inode, and the entry that named it (None for . and ..)."""
@@ -774,16 +780,14 @@ class Namespace:
         reads = Reads()
         wanted = []
         for i, (c, name) in enumerate(zip(children, names)):
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
-                await trio.lowlevel.checkpoint()
+            await breathe(i)
             entry = reads.get(child(base, c))
             guessed = AttrReads(reads, paths, guess(name) or 0) if with_attrs else None
             wanted.append((name, entry, guessed))
         got = await reads.run(self.zk)
         missing: list[Listed] = []
         for i, (name, entry, guessed) in enumerate(wanted):
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
-                await trio.lowlevel.checkpoint()
+            await breathe(i)
             d = got[entry]
             if d is None:
                 continue  # removed while we listed
@@ -806,8 +810,7 @@ class Namespace:
                     for listed in missing]
             got = await reads.run(self.zk)
             for i, (listed, inode, times) in enumerate(more):
-                if i % YIELD_EVERY == YIELD_EVERY - 1:
-                    await trio.lowlevel.checkpoint()
+                await breathe(i)
                 if got[inode] is not None:
                     e = listed.entry.ino
                     listed.node = decode(e, got[inode], got[times] if times is not None else None,
