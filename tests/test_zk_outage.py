@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 import socket
+import stat
 import struct
 import threading
 import time
@@ -315,9 +316,15 @@ async def test_requests_sent_again_after_a_connection_loss_keep_their_order(tmp_
 def test_a_chmod_that_could_not_be_committed_fails_the_files_fsync(outage):
     """A chmod answered at once (dfs.client.attrs) whose commit then fails because
     ZooKeeper stays away longer than zk_wait: the file's fsync reports EIO (not
-    success), and so does the next fsync of a directory; the file keeps its data."""
+    success), and so does the next fsync of a directory; the file keeps its data.
+
+    The file is made by mknod and written through a plain open, so that no handle
+    of this mount created it: the chmod goes to the attribute journal whatever the
+    kernel's asynchronous RELEASE of the writing handle does (a file created and
+    still open here folds it into its own commit instead: the next test)."""
     ens, c = outage
     mnt = c.mount("a", options=[f"zk_wait={ZK_WAIT:g}"])
+    os.mknod(mnt / "f", 0o644 | stat.S_IFREG)
     (mnt / "f").write_bytes(b"data")
     fd = os.open(mnt / "f", os.O_RDONLY)
     zk = ens.servers[0].proc
@@ -346,5 +353,49 @@ def test_a_chmod_that_could_not_be_committed_fails_the_files_fsync(outage):
             os.fsync(fd)
         assert e.value.errno == errno.EIO
         os.fsync(fd)  # reported once
+    finally:
+        os.close(fd)
+
+
+def test_a_chmod_of_a_file_created_and_open_here_waits_for_its_commit(outage):
+    """chmod of a file this mount created and still holds open joins the file's own
+    commit (FileData.fold_attrs). If that commit fails because ZooKeeper stays away
+    longer than zk_wait, fsync reports EIO and the change stays pending with the
+    file: the close after ZooKeeper is back commits it, data and mode, and nothing
+    was lost for a directory fsync to report."""
+    ens, c = outage
+    mnt = c.mount("a", options=[f"zk_wait={ZK_WAIT:g}"])
+    fw = os.open(mnt / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fw, b"data")
+    fd = os.open(mnt / "f", os.O_RDONLY)
+    os.close(fw)
+    zk = ens.servers[0].proc
+    try:
+        zk.send_signal(signal.SIGSTOP)
+        try:
+            os.chmod(mnt / "f", 0o600)
+            with pytest.raises(OSError) as e:
+                os.fsync(fd)
+            assert e.value.errno == errno.EIO
+        finally:
+            zk.send_signal(signal.SIGCONT)
+
+        def synced() -> bool:
+            try:
+                os.fsync(fd)
+                return True
+            except OSError as e:
+                assert e.errno == errno.EIO, e  # (until it has reconnected)
+                return False
+
+        wait_until("the file's fsync succeeds again", synced, 60)
+    finally:
+        os.close(fd)
+    c2 = c.mount("b")  # what ZooKeeper holds, through another mount
+    assert (c2 / "f").read_bytes() == b"data"
+    assert stat.S_IMODE((c2 / "f").stat().st_mode) == 0o600
+    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)  # nothing was dropped
     finally:
         os.close(fd)
