@@ -11,12 +11,13 @@ import time
 import pytest
 import trio
 
+from dfs.client.attrs import AttrJournal
 from dfs.client.creates import Creates, PendingCreate
 from dfs.client.feed import CHANGED, CREATED, DELETED
 from dfs.client.files import FileData
 from dfs.client.view import ClientView
 from dfs.config import FsConfig
-from dfs.errors import DfsError
+from dfs.errors import DfsError, ZkUnavailable
 from dfs.meta.inodes import Inode
 from dfs.names import escape
 from dfs.paths import ROOT_INO, FsPaths
@@ -228,6 +229,39 @@ def wait_for(fn, timeout: float = 5.0):
         if time.monotonic() > deadline:
             return fn()
         time.sleep(0.05)
+
+
+async def test_a_failed_chmod_is_reported_by_the_files_next_close_not_taken_by_a_release():
+    """A chmod acknowledged at once whose background commit failed (ZooKeeper away):
+    the kernel's RELEASE of another handle (whose error nobody sees) must not take the
+    report from the close or fsync that follows; that one gets EIO, once; with the
+    file's last handle gone there is no one left to tell."""
+    _, view = fed()
+    mode = stat.S_IFREG | 0o644
+    view.remember(Inode(7, InodeRecord(mode=mode, nlink=1), 1), exact=True)
+
+    async def unreachable(*args, **kwargs):
+        raise ZkUnavailable("ZooKeeper operation failed: ConnectionLoss('not connected')")
+
+    view.setattr_many = unreachable
+    view.setattr = unreachable
+    journal = AttrJournal(view)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.run)
+        assert journal.queue(7, {"mode": 0o600}) is not None  # acknowledged at once
+        with pytest.raises(DfsError):
+            await journal.drain(7, report=False)  # a late RELEASE
+        with pytest.raises(DfsError) as e:
+            await journal.drain(7)  # the close or fsync: told
+        assert e.value.errno == errno.EIO
+        await journal.drain(7)  # once
+        assert journal.queue(7, {"mode": 0o600}) is not None
+        with pytest.raises(DfsError):
+            await journal.drain(7, report=False)
+        journal.forget_failure(7)  # the last handle went
+        await journal.drain(7)
+        assert journal.take_failures() == 2  # (and the next fsyncdir says so)
+        nursery.cancel_scope.cancel()
 
 
 def test_changes_on_one_mount_reach_the_others_cache(cluster):

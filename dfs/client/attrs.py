@@ -114,17 +114,24 @@ class AttrJournal:
         got.pop("ctime_ns", None)
         return got
 
-    async def drain(self, ino: int | None = None) -> None:
+    async def drain(self, ino: int | None = None, *, report: bool = True) -> None:
         """Wait until ino's change (None: every change) is committed. Raises EIO if
-        ino's failed after it was acknowledged (its close or fsync reports it)."""
+        ino's failed after it was acknowledged: its next close or fsync reports it,
+        once (`report`); a kernel RELEASE, whose error goes nowhere, passes
+        report=False and leaves it to them."""
         async with self._changed:
             while ino in self.pending if ino is not None else self.pending:
                 self._wake.set()
                 await self._changed.wait()
         if ino is not None and ino in self._failed:
-            self._failed.discard(ino)
+            if report:
+                self._failed.discard(ino)
             raise DfsError(errno.EIO, f"inode {ino}: a chmod, chown or utimens could not be "
                                       "committed (see the mount log)")
+
+    def forget_failure(self, ino: int) -> None:
+        """The file's last handle is gone: no close or fsync is left to report to."""
+        self._failed.discard(ino)
 
     def take_failures(self) -> int:
         n, self.failures = self.failures, 0

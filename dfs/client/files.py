@@ -190,7 +190,7 @@ class FileData:
         if f is None:
             return
         try:
-            await self.flush(ino)
+            await self.flush(ino, report=False)
         except DfsError as e:
             if f.handles <= 1:
                 # The last handle is gone: nobody can retry this flush (the error
@@ -202,6 +202,8 @@ class FileData:
             raise
         finally:
             f.handles -= 1
+            if f.handles <= 0 and self.journal is not None:
+                self.journal.forget_failure(ino)
             if f.handles <= 0 and not f.dirty:
                 del self.files[ino]
                 if ino in self.view.held:  # unlinked or renamed over while open here
@@ -489,8 +491,12 @@ class FileData:
 
     # ------------------------------------------------------------------ flush / commit
 
-    async def flush(self, ino: int) -> None:
+    async def flush(self, ino: int, *, report: bool = True) -> None:
         """Upload everything dirty and commit it (close-to-open point).
+
+        `report`: this is a close or an fsync, which reports an attribute change
+        that failed in the background (dfs.client.attrs) once; a kernel RELEASE,
+        whose error nobody sees, must not take that report from them.
 
         Never returns before the file's asynchronous create has landed, even with
         nothing to commit (an empty file): a flush that succeeded means the file
@@ -500,7 +506,7 @@ class FileData:
         lost: DfsError | None = None
         if self.journal is not None:
             try:
-                await self.journal.drain(ino)  # (first: the file's commit builds on the version it makes)
+                await self.journal.drain(ino, report=report)  # (first: the file's commit builds on the version it makes)
             except DfsError as e:
                 lost = e  # reported after the data's commit, which goes ahead
         f = self.files.get(ino)
