@@ -44,6 +44,7 @@ from dfs.blocks.protocol import (
     NONCE_SIZE,
     REPLY,
     BadMac,
+    write_proof,
     Frame,
     FrameMac,
     Op,
@@ -343,7 +344,8 @@ class NodeServer:
                 if isinstance(frame.payload, BlockBuffer):
                     self.store.buffers.put(frame.payload)
                     frame.payload = b""
-            return frame.reply(length=info.length, checksum=info.checksum)
+            return frame.reply(length=info.length, checksum=info.checksum,
+                               payload=write_proof(self.key, bid, info.length, info.checksum))
         if op == Op.GET:
             return await self._thread(self._get, frame, bid)
         if op == Op.DELETE:

@@ -25,18 +25,21 @@ from pathlib import Path
 import pytest
 import trio
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoAuthError
+from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from dfs.blocks.client import BlockClient
 from dfs.blocks.connection import NodeConnection
-from dfs.blocks.protocol import NONCE_SIZE, REPLY, TAG_SIZE, Frame, FrameMac, Op, encode_block_id
-from dfs.checksum import hash64
+from dfs.blocks.protocol import NONCE_SIZE, REPLY, TAG_SIZE, Frame, FrameMac, Op, encode_block_id, write_proof
+from dfs.checksum import from_hex, hash64
 from dfs.config import FsConfig
 from dfs.errors import DfsError
 from dfs.keys import load_key
+from dfs.records import BlockGroup, BlockRef
 from dfs.zk.session import digest_credential
 from tests.harness import stop_what_up_left
+from tests.test_fsck import fsck
+from tests.test_ha import MiB, View, config, start_cluster, wait_for
 from tests.nodeutil import RawNodeSocket, cluster
 from tools.local.mountproc import is_mounted
 
@@ -497,3 +500,56 @@ def test_tls_hides_file_contents_on_the_wire(cluster_factory, tls):
     assert len(cap.seen) > len(data)  # the capture saw the traffic
     seen = marker in cap.seen
     assert seen is not tls, f"marker {'not ' if not seen else ''}on the wire with tls={tls}"
+
+
+def test_every_block_carries_a_write_proof_and_a_forged_one_is_neither_repaired_nor_passed(cluster_factory):
+    """Write proofs (issue 12 item 6): each block a mount writes is in its file's map
+    with the MAC a node made under the cluster key over (id, length, checksum) when it
+    stored it; fsck --verify-data checks them all; a ref whose proof is not that MAC
+    (as a bug would make) is reported as unproven_block, and the repair leader does
+    not copy it while it re-replicates a good block short of copies in the same way."""
+    c = start_cluster(cluster_factory, config(), 3)
+    mnt = c.mounts[0].mountpoint
+    (mnt / "a").write_bytes(os.urandom(2 * MiB + 5))  # 3 blocks of 1 MiB
+    (mnt / "b").write_bytes(os.urandom(MiB))
+    view = View(c.hosts, c.paths, c.key)
+    try:
+        refs = view.blocks()
+        assert len(refs) == 4
+        for _ino, _index, ref in refs:
+            assert bytes.fromhex(ref.proof) == write_proof(c.key, ref.id, ref.length, from_hex(ref.checksum))
+        rc, report = fsck(c, "--verify-data")
+        assert rc == 0 and report["proven_blocks"] == 4, report
+
+        def edit(name: str, change) -> BlockRef:
+            ino = os.stat(mnt / name).st_ino
+            path = c.paths.block_group(ino, 0)
+            data, st = view.zk.get(path)
+            grp = BlockGroup.decode(data)
+            change(grp.blocks[0])
+            view.zk.set(path, grp.encode(), st.version)
+            return grp.blocks[0]
+
+        def forge(ref: BlockRef) -> None:  # the proof of other bytes, and one copy short
+            ref.proof = write_proof(c.key, ref.id, ref.length, from_hex(ref.checksum) ^ 1).hex()
+            ref.replicas.pop()
+
+        forged = edit("a", forge)
+        short = edit("b", lambda ref: ref.replicas.pop())
+        try:
+            view.zk.set(c.paths.repair_rescan, b"test")
+        except NoNodeError:
+            view.zk.create(c.paths.repair_rescan, b"test")
+
+        def now(block_id: str) -> BlockRef:
+            return next(r for _, _, r in view.blocks() if r.id == block_id)
+
+        wait_for("the good block is back at 3 copies", lambda: len(now(short.id).replicas) == 3, 60)
+        wait_for("the leader's status counts the forged one",
+                 lambda: view.status().get("counts", {}).get("unproven") == 1, 30)
+        assert now(forged.id).replicas == forged.replicas  # not repaired
+        rc, report = fsck(c, "--verify-data")
+        assert rc == 1 and report["unproven_blocks"] == 1 and report["proven_blocks"] == 3, report
+        assert [p["block"] for p in report["problems"] if p["category"] == "unproven_block"] == [forged.id]
+    finally:
+        view.close()

@@ -26,6 +26,7 @@ CorruptReport with reason SHORT_WRITE, so the repair leader brings it to
 """
 
 import errno
+import hmac
 import json
 import logging
 import random
@@ -46,7 +47,7 @@ from dfs.blocks.connection import (
 )
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.blockid import random_block_id
-from dfs.blocks.protocol import LIST_ENTRY, MORE, Frame, Op, encode_block_id
+from dfs.blocks.protocol import LIST_ENTRY, MORE, Frame, Op, encode_block_id, write_proof
 from dfs.checksum import from_hex, hash64, to_hex
 from dfs.errors import DfsError
 from dfs.placement import place_replicas
@@ -175,6 +176,18 @@ class BlockClient:
         usual = self._latency.get(node_id)
         return HEDGE_FIRST if usual is None else min(max(HEDGE_FACTOR * usual, HEDGE_MIN), HEDGE_MAX)
 
+    def proven(self, ref: BlockRef) -> bool | None:
+        """Whether the ref's write proof is what a node holding the key answered for
+        its (id, length, checksum); None: a block written before proofs existed."""
+        if not ref.proof:
+            return None
+        try:
+            got = bytes.fromhex(ref.proof)
+            want = write_proof(self.key, ref.id, ref.length, from_hex(ref.checksum))
+        except ValueError:
+            return False
+        return hmac.compare_digest(got, want)
+
     async def aclose(self) -> None:
         for pool in self._pools.values():
             pool.close()
@@ -213,6 +226,7 @@ class BlockClient:
         block_id = block_id or random_block_id()
         checksum = hash64(data)
         size = len(data)
+        proof = write_proof(self.key, block_id, size, checksum)  # what each node must answer
         live = list(self.nodedir.live().values())
         if len(live) < replicas:
             await self.nodedir.refresh()
@@ -253,9 +267,13 @@ class BlockClient:
 
             async def put(node_id: str, nursery: trio.Nursery) -> None:
                 try:
-                    await self._timed(node_id, Frame(Op.PUT, block_id=encode_block_id(block_id),
-                                                     length=size, checksum=checksum, payload=data),
-                                      what=f"storing block {block_id} on node {node_id}")
+                    reply = await self._timed(node_id, Frame(Op.PUT, block_id=encode_block_id(block_id),
+                                                             length=size, checksum=checksum, payload=data),
+                                              what=f"storing block {block_id} on node {node_id}")
+                    if not hmac.compare_digest(bytes(reply.payload), proof):
+                        # (a node that did not confirm these bytes: not a replica to list)
+                        raise DfsError(errno.EIO, f"node {node_id} stored block {block_id} without "
+                                                  "a valid write proof")
                 except DfsError as e:
                     log.info("PUT %s to node %s failed: %s", block_id, node_id, e)
                     errors.append(e)
@@ -282,7 +300,8 @@ class BlockClient:
             if want <= 0:
                 break
         if len(acked) >= min_replicas:
-            ref = BlockRef(id=block_id, length=size, checksum=to_hex(checksum), replicas=acked)
+            ref = BlockRef(id=block_id, length=size, checksum=to_hex(checksum), replicas=acked,
+                           proof=proof.hex())
             if len(acked) < replicas and tried - set(exclude) - set(acked):
                 # a node missed it: a hint (not damage) about a replica the map will list
                 await self.report_corrupt(ref, acked[0], SHORT_WRITE)

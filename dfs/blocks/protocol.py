@@ -152,6 +152,19 @@ def node_proof(key: bytes, client_nonce: bytes, node_nonce: bytes) -> bytes:
     return _keyed(key, _NODE_PROOF, client_nonce, node_nonce)
 
 
+PROOF_SIZE = 16
+
+
+def write_proof(key: bytes, block_id: str, length: int, checksum: int) -> bytes:
+    """What a node answers a PUT with once the block is on its disk (TernFS's write
+    proofs): a MAC under the cluster key over (block id, length, checksum). The
+    client puts it into the block's ref in the commit, and fsck --verify-data and the
+    repair leader check it, so that no bug can make a file reference a block that no
+    node confirmed storing with that checksum (see BlockClient.proven)."""
+    msg = b"dfs-proof-1" + block_id.encode("ascii", "replace") + struct.pack("!QQ", length, checksum)
+    return hmac.digest(key, msg, "sha256")[:PROOF_SIZE]
+
+
 class BadMac(ProtocolError):
     """A frame whose trailer does not match: the connection is not to be trusted."""
 

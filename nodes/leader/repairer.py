@@ -142,6 +142,7 @@ class Repairer:
         self.on_node_return = on_node_return
         self.status_extra = status_extra
         self.maintenance_lock = maintenance_lock
+        self.unproven_seen: set[str] = set()  # refs with a bad write proof, logged once
 
     @property
     def zk(self) -> ZkClient:
@@ -302,7 +303,7 @@ class Repairer:
         work: list[Work] = []
         counts = {"blocks": 0, "under_replicated": 0, "missing": 0, "over_replicated": 0,
                   "waiting": 0, "corrupt": 0, "on_draining": 0, "mis_spread": 0, "exposed_bytes": 0,
-                  "impossible": 0}
+                  "impossible": 0, "unproven": 0}
         live = ctx.nodedir.live()
         active = sum(1 for n in live.values() if n.state == "active")
         zone_of, zone_count = {n: lv.zone for n, lv in live.items()}, len(zones(live.values()))
@@ -313,6 +314,15 @@ class Repairer:
             replicas = ctx.config.wanted(own)  # this file's target
             for index, ref in grp.blocks.items():
                 counts["blocks"] += 1
+                if ctx.blocks.proven(ref) is False:
+                    # no node confirmed storing this block with this checksum: a bug's ref,
+                    # not data to spread (fsck --verify-data reports it as unproven_block)
+                    counts["unproven"] += 1
+                    if ref.id not in self.unproven_seen:
+                        self.unproven_seen.add(ref.id)
+                        log.error("inode %d block %d (%s): its write proof does not verify; "
+                                  "not repairing it", ino, index, ref.id)
+                    continue
                 for n in ref.replicas:
                     node_refs[n] = node_refs.get(n, 0) + 1
                 bad: set[str] = set()

@@ -173,6 +173,22 @@ class BlockChecks:
                 return "corrupt"
         return "good"
 
+    def check_proof(self, f: FileInfo, index: int, ref: BlockRef) -> None:
+        """The ref's write proof is the one a node holding the key made for its id, length
+        and checksum (dfs.blocks.protocol.write_proof): else no node confirmed storing
+        the block the map names. (Nothing to repair: the bytes are what the replicas say.)"""
+        s = self.s
+        proven = s.blocks.proven(ref)
+        if proven is None:
+            s.report.blocks_before_proofs += 1
+        elif proven:
+            s.report.proven_blocks += 1
+        else:
+            s.report.unproven_blocks += 1
+            s.problem("unproven_block", f.path, f"block {index}: its write proof is not one a node "
+                      "made for this id, length and checksum", ino=f.ino, block=ref.id,
+                      nodes=list(ref.replicas))
+
     async def _current(self, ino: int, index: int) -> BlockRef | None:
         """The block at `index` of the map as it is now."""
         try:
@@ -184,6 +200,8 @@ class BlockChecks:
     async def check_replicas(self, f: FileInfo, index: int, ref: BlockRef) -> None:
         """Each replica exists on a live node with the right checksum; count, nodes and zones."""
         s = self.s
+        if s.opts.verify_data:
+            self.check_proof(f, index, ref)
         if ref.id in s.gc_blocks:
             s.gc_conflicts.setdefault(s.gc_blocks[ref.id], set()).add(ref.id)
         for n in ref.replicas:

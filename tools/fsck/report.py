@@ -24,6 +24,7 @@ BLOCK_CATEGORIES = {
     "over_replicated",
     "mis_replicated",       # the same node twice, or replicas crowded into fewer zones than available
     "orphan_block",         # on a node, referenced by no block map and no gc entry
+    "unproven_block",       # --verify-data: the ref's write proof is not one a node made for it
 }
 NAMESPACE_CATEGORIES = {
     "dangling_dirent",      # a directory entry naming an inode that does not exist
@@ -109,6 +110,9 @@ class Report:
     dead_nodes: int = 0
     verified_replicas: int = 0
     verified_bytes: int = 0
+    proven_blocks: int = 0  # --verify-data: refs whose write proof verified
+    unproven_blocks: int = 0  # ... whose proof did not (each also an unproven_block problem)
+    blocks_before_proofs: int = 0  # ... written before write proofs existed (no proof to check)
     skipped_in_flux: int = 0  # suspects that changed while fsck ran: not damage, not counted
     repaired: int = 0
     unrepaired: int = 0
@@ -189,6 +193,9 @@ class Report:
         ]
         if self.verified_replicas:
             rows.append(("Verified replicas", f"{self.verified_replicas} ({human(self.verified_bytes)})"))
+        if self.proven_blocks or self.unproven_blocks or self.blocks_before_proofs:
+            rows.append(("Write proofs", f"{self.proven_blocks} good, {self.unproven_blocks} bad, "
+                                         f"{self.blocks_before_proofs} blocks written before proofs"))
         if self.skipped_in_flux:
             rows.append(("Changed while checking (skipped)", self.skipped_in_flux))
         if self.repaired or self.unrepaired:
