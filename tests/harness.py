@@ -5,6 +5,8 @@ mounts are unmounted (lazily if busy) first.
 """
 
 import json
+import os
+import signal
 import time
 import uuid
 import warnings
@@ -99,6 +101,28 @@ class Cluster:
 
 
 SLOW_STOP = 5.0  # s: a daemon that takes longer to stop than this is reported
+
+
+def freeze(pid: int, timeout: float = 10.0) -> None:
+    """SIGSTOP `pid` and wait until every thread of it has stopped. kill() returns
+    before a busy multi-threaded process (a JVM on a loaded machine) is stopped,
+    and a request sent in between may still be answered: a test that means "this
+    request meets a stopped server" must not race with that."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:  # (a thread that just ended)
+                pass
+        if states and all(st in "Tt" for st in states):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not stop within {timeout:g} s: threads {states}")
+        time.sleep(0.001)
 
 
 def slow_stop(what: str, took: float, log_tail) -> None:

@@ -23,7 +23,7 @@ import trio.testing
 
 from dfs.zk import ConnectionLoss, NoNodeError
 from dfs.zk.session import WireZk
-from tests.harness import Cluster
+from tests.harness import Cluster, freeze
 from tests.test_operations import CTX, ROOT, errno_of, fsyncdir, run_ops
 from tools.local.zkserver import ZkEnsemble
 
@@ -329,7 +329,7 @@ def test_a_chmod_that_could_not_be_committed_fails_the_files_fsync(outage):
     fd = os.open(mnt / "f", os.O_RDONLY)
     zk = ens.servers[0].proc
     try:
-        zk.send_signal(signal.SIGSTOP)  # the mount has not noticed yet: its feed still vouches
+        freeze(zk.pid)  # the mount has not noticed yet: its feed still vouches
         try:
             os.chmod(mnt / "f", 0o600)
             with pytest.raises(OSError) as e:
@@ -371,7 +371,7 @@ def test_a_chmod_of_a_file_created_and_open_here_waits_for_its_commit(outage):
     os.close(fw)
     zk = ens.servers[0].proc
     try:
-        zk.send_signal(signal.SIGSTOP)
+        freeze(zk.pid)
         try:
             os.chmod(mnt / "f", 0o600)
             with pytest.raises(OSError) as e:
