@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 _CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dfs cluster CA")])
@@ -45,6 +45,25 @@ def client_context(key: bytes) -> ssl.SSLContext:
     ctx.check_hostname = False  # nodes go by address; the CA certifies nodes of this cluster only
     ctx.load_verify_locations(cadata=_ca(key)[1].public_bytes(_PEM).decode())
     return ctx
+
+
+def zookeeper_pems(key: bytes) -> tuple[bytes, bytes]:
+    """(key store, trust store) PEM files for a ZooKeeper server's secureClientPort
+    (ssl.keyStore.type=PEM): a new ECDSA P-256 key and a certificate from the cluster
+    CA, chain included; the CA's certificate. Clients check it with client_context."""
+    ca_key, ca_cert = _ca(key)
+    zk_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dfs zookeeper")]))
+            .issuer_name(_CA_NAME).public_key(zk_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .sign(ca_key, None))
+    keystore = (zk_key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+                + cert.public_bytes(_PEM) + ca_cert.public_bytes(_PEM))
+    return keystore, ca_cert.public_bytes(_PEM)
 
 
 def server_context(key: bytes, scratch: Path) -> ssl.SSLContext:

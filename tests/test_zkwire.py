@@ -3,6 +3,8 @@
 pipelining, watches, sessions across a server restart and an expiry, failing fast."""
 
 import itertools
+import os
+import secrets
 import socket
 import struct
 import time
@@ -19,6 +21,7 @@ from dfs.errors import ZkUnavailable
 from dfs.meta import Meta
 from dfs.mkfs import mkfs
 from dfs.paths import ROOT_INO, FsPaths
+from dfs.tls import client_context
 from dfs.zk import Txn, connect
 from dfs.zk.session import WireZk
 from tests.kazoo_bridge import Zk
@@ -360,3 +363,38 @@ async def test_expired_session_is_replaced(zk_hosts, fs_root, zk):
         assert (await zk.exists(f"{fs_root}/eph")).ephemeralOwner == client.session_id
     finally:
         await client.close()
+
+
+async def test_over_tls_only_a_client_of_the_cluster_ca_gets_through(tmp_path):
+    """A ZooKeeper with the cluster key's TLS (secureClientPort only, a certificate of
+    the CA that dfs.tls derives from the key): WireZk works over it as over plain TCP,
+    big values and pipelined calls included, and survives a server restart; without
+    TLS, or with another key's CA, nothing gets through."""
+    key = secrets.token_bytes(32)
+    with ZkEnsemble(tmp_path / "zk", servers=1, tls_key=key) as ens:
+        assert ens.hosts.startswith("tls:")
+        with pytest.raises(ZkUnavailable):  # a "tls:" hosts string without a context
+            await WireZk.connect(ens.hosts, timeout=2)
+        with pytest.raises(ZkUnavailable):  # plain TCP to the secure port
+            await WireZk.connect(ens.hosts[len("tls:"):], timeout=3)
+        with pytest.raises(ZkUnavailable):  # a certificate of another CA is refused
+            await WireZk.connect(ens.hosts, timeout=3, tls=client_context(secrets.token_bytes(32)))
+        client = await WireZk.connect(ens.hosts, session_timeout=30.0, tls=client_context(key))
+        try:
+            big = os.urandom(900_000)  # several TLS records, partial sends and reads
+            await client.create("/big", big)
+            assert (await client.get("/big"))[0] == big
+            async with trio.open_nursery() as nursery:
+                for i in range(200):
+                    nursery.start_soon(client.create, f"/n{i}", str(i).encode())
+            got = await client.get_many([f"/n{i}" for i in range(200)])
+            assert [g[0] for g in got] == [str(i).encode() for i in range(200)]
+            session = client.session_id
+            await trio.to_thread.run_sync(ens.stop_server, 0)
+            await trio.to_thread.run_sync(ens.start_server, 0)
+            with trio.fail_after(60):
+                await client.set("/n0", b"after")
+            assert client.session_id == session
+            assert (await client.get("/n0"))[0] == b"after"
+        finally:
+            await client.close()

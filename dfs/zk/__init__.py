@@ -7,6 +7,7 @@ names); everything else takes its error names, `Txn`, `ZnodeStat` and
 `connect()` from here.
 """
 
+import ssl
 from typing import Any, Callable, Protocol
 
 from dfs.zk.errors import (
@@ -81,7 +82,9 @@ class ZkClient(Protocol):
 
 
 async def connect(hosts: str, *, timeout: float = 10.0, session_timeout: float = 10.0,
-                  op_timeout: float = 60.0, bound_outage: bool = False) -> ZkClient:
-    """A connected client, or ZkUnavailable after `timeout` seconds (WireZk's arguments)."""
+                  op_timeout: float = 60.0, bound_outage: bool = False,
+                  tls: ssl.SSLContext | None = None) -> ZkClient:
+    """A connected client, or ZkUnavailable after `timeout` seconds (WireZk's arguments;
+    `tls`: the context for a "tls:" hosts string, see dfs/zk/tls.py)."""
     return await WireZk.connect(hosts, timeout=timeout, session_timeout=session_timeout,
-                                op_timeout=op_timeout, bound_outage=bound_outage)
+                                op_timeout=op_timeout, bound_outage=bound_outage, tls=tls)

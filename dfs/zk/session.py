@@ -55,6 +55,7 @@ import hmac
 import logging
 import random
 import socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -97,6 +98,7 @@ from dfs.zk.errors import (
     RolledBackError,
     SessionExpiredError,
 )
+from dfs.zk.tls import TlsSocket, split_tls
 from dfs.zk.txn import Txn
 from dfs.zk.wire import MultiRead, ZkState
 
@@ -176,7 +178,7 @@ class _Conn:
     __slots__ = ("sock", "address", "timeout", "leftover", "pending", "out", "writer_lot",
                  "scope", "error", "sent", "received")
 
-    def __init__(self, sock: socket.socket, address: str, timeout: float, leftover: bytes):
+    def __init__(self, sock: socket.socket | TlsSocket, address: str, timeout: float, leftover: bytes):
         self.sock = sock
         self.address = address
         self.timeout = timeout          # negotiated session timeout, seconds
@@ -204,6 +206,8 @@ class _Conn:
         if n < len(frame):
             self.out += memoryview(frame)[n:]
             self.writer_lot.unpark()
+        elif getattr(self.sock, "backlog", None):  # TLS: ciphertext the socket did not take
+            self.writer_lot.unpark()
 
     def fail(self, error: BaseException) -> None:
         """Mark the connection broken; its tasks stop and the session reconnects."""
@@ -223,7 +227,9 @@ class WireZk:
     Use `await WireZk.connect(hosts)`; the constructor does no I/O.
 
     Args:
-      hosts: "host:port,host:port[/chroot]", as for kazoo.
+      hosts: "host:port,host:port[/chroot]", as for kazoo; "tls:" in front: over TLS
+        (ZooKeeper's secureClientPort), with `tls` (dfs/zk/tls.py).
+      tls: the TLS client context for a "tls:" hosts string (dfs.tls.client_context).
       session_timeout: requested session timeout, seconds.
       op_timeout: how long a call keeps retrying through connection loss before
         it raises ZkUnavailable (EIO); 0: no waiting. The first such failure of
@@ -235,7 +241,11 @@ class WireZk:
     """
 
     def __init__(self, hosts: str, *, session_timeout: float = 10.0, op_timeout: float = 60.0,
-                 bound_outage: bool = False):
+                 bound_outage: bool = False, tls: ssl.SSLContext | None = None):
+        want_tls, hosts = split_tls(hosts)
+        if want_tls and tls is None:
+            raise ZkUnavailable(f"ZooKeeper at tls:{hosts} is reached over TLS, with the cluster key")
+        self.tls = tls if want_tls else None
         self.hosts, chroot = collect_hosts(hosts)
         self.chroot = normpath(chroot) if chroot else ""
         self.session_timeout = session_timeout
@@ -266,10 +276,11 @@ class WireZk:
 
     @classmethod
     async def connect(cls, hosts: str, *, timeout: float = 10.0, session_timeout: float = 10.0,
-                      op_timeout: float = 60.0, bound_outage: bool = False) -> "WireZk":
+                      op_timeout: float = 60.0, bound_outage: bool = False,
+                      tls: ssl.SSLContext | None = None) -> "WireZk":
         """Connect, or raise ZkUnavailable after `timeout` seconds."""
         self = cls(hosts, session_timeout=session_timeout, op_timeout=op_timeout,
-                   bound_outage=bound_outage)
+                   bound_outage=bound_outage, tls=tls)
         conn = None
         with trio.move_on_after(timeout):
             conn = await self._establish(quiet=True)
@@ -784,15 +795,20 @@ class WireZk:
 
     @staticmethod
     async def _writer(conn: _Conn) -> None:
-        """Flush what partial sends left in conn.out."""
+        """Flush what partial sends left in conn.out (and, over TLS, the socket's backlog)."""
         out = conn.out
+        sock = conn.sock
         while True:
-            if not out:
+            backlog = getattr(sock, "backlog", None)
+            if not out and not backlog:
                 await conn.writer_lot.park()
                 continue
-            await trio.lowlevel.wait_writable(conn.sock)
+            await trio.lowlevel.wait_writable(sock)
+            if not out:
+                sock.flush()  # type: ignore[union-attr]  (a TlsSocket's ciphertext)
+                continue
             try:
-                n = conn.sock.send(out)
+                n = sock.send(out)
             except BlockingIOError:
                 continue
             del out[:n]
@@ -845,8 +861,10 @@ class WireZk:
         """Open a socket and send Connect with our session id, password and last zxid."""
         timeout = max(self.session_timeout / len(self.hosts), 1.0)
         with trio.fail_after(timeout):
-            sock = await _open_socket(host, port)
+            sock: socket.socket | TlsSocket = await _open_socket(host, port)
             try:
+                if self.tls is not None:
+                    sock = await TlsSocket.handshake(sock, self.tls)
                 body = Connect(0, self._last_zxid, int(self.session_timeout * 1000),
                                self._session_id, self._passwd, False).serialize()
                 await _send_all(sock, _length.pack(len(body)) + body)

@@ -10,13 +10,20 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfs.tls import client_context, zookeeper_pems
+
 ZK_JARS = "/usr/share/java/zookeeper.jar"
 ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+# what NettyServerCnxnFactory (TLS) needs besides zookeeper.jar's own Class-Path
+NETTY_JARS = ":".join(f"/usr/share/java/netty-{n}.jar" for n in (
+    "codec", "handler", "buffer", "common", "transport", "resolver",
+    "transport-native-unix-common", "transport-native-epoll"))
 JUTE_MAXBUFFER = 16 * 1024 * 1024  # big directory listings (see README)
 
 LOG4J = """\
@@ -55,10 +62,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def four_letter(host: str, port: int, cmd: str, timeout: float = 1.0) -> str:
-    """Send a ZooKeeper four-letter command; '' when the server does not answer."""
+def four_letter(host: str, port: int, cmd: str, timeout: float = 1.0,
+                tls: ssl.SSLContext | None = None) -> str:
+    """Send a ZooKeeper four-letter command (over TLS to a secure client port: `tls`);
+    '' when the server does not answer."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                (tls.wrap_socket(raw) if tls is not None else raw) as s:
             s.sendall(cmd.encode())
             chunks = []
             while True:
@@ -97,6 +107,7 @@ class ZkServer:
     election_port: int
     host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
+    tls: ssl.SSLContext | None = None  # its client port speaks TLS (secureClientPort)
 
     @property
     def address(self) -> str:
@@ -112,7 +123,7 @@ class ZkServer:
 
     def mode(self) -> str:
         """'standalone', 'leader', 'follower' or '' when not serving."""
-        out = four_letter(self.host, self.client_port, "srvr")
+        out = four_letter(self.host, self.client_port, "srvr", tls=self.tls)
         for line in out.splitlines():
             if line.startswith("Mode:"):
                 return line.split(":", 1)[1].strip()
@@ -127,12 +138,17 @@ class ZkEnsemble:
 
     def __init__(self, base_dir: str | os.PathLike, servers: int = 1, *, heap_mb: int = 256,
                  tick_ms: int = 200, ports: list[tuple[int, int, int]] | None = None,
-                 extra: list[str] | None = None, host: str = "127.0.0.1"):
+                 extra: list[str] | None = None, host: str = "127.0.0.1",
+                 tls_key: bytes | None = None):
         """ports: (client, quorum, election) per server, to restart on the same ports.
         extra: more zoo.cfg lines ("key=value").
         host: the local address every server binds (tests/netns.py: one that a
-        network namespace reaches over a veth pair)."""
+        network namespace reaches over a veth pair).
+        tls_key: the cluster key: clients reach every server over TLS only (its client
+        port is a secureClientPort, with a certificate of the cluster CA, dfs.tls),
+        and `hosts` says "tls:"."""
         self.extra = list(extra or [])
+        self.tls_key = tls_key
         self.base = Path(base_dir)
         self.tick_ms = tick_ms
         self.heap_mb = heap_mb
@@ -140,7 +156,8 @@ class ZkEnsemble:
         for i in range(servers):
             d = self.base / f"zk{i + 1}"
             cp, qp, ep = ports[i] if ports else (free_port(host), free_port(host), free_port(host))
-            self.servers.append(ZkServer(i + 1, d, cp, qp, ep, host))
+            self.servers.append(ZkServer(i + 1, d, cp, qp, ep, host,
+                                         tls=client_context(tls_key) if tls_key else None))
 
     @property
     def ports(self) -> list[tuple[int, int, int]]:
@@ -150,7 +167,7 @@ class ZkEnsemble:
 
     @property
     def hosts(self) -> str:
-        return ",".join(s.address for s in self.servers)
+        return ("tls:" if self.tls_key else "") + ",".join(s.address for s in self.servers)
 
     def _config(self, s: ZkServer) -> str:
         lines = [
@@ -158,8 +175,15 @@ class ZkEnsemble:
             "initLimit=20",
             "syncLimit=10",
             f"dataDir={s.dir / 'data'}",
-            f"clientPort={s.client_port}",
-            f"clientPortAddress={s.host}",
+            *([f"secureClientPort={s.client_port}", f"secureClientPortAddress={s.host}",
+               "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+               f"ssl.keyStore.location={s.dir / 'keystore.pem'}", "ssl.keyStore.type=PEM",
+               f"ssl.trustStore.location={s.dir / 'truststore.pem'}", "ssl.trustStore.type=PEM",
+               "ssl.clientAuth=none",  # (clients prove the key by the digest ACL, inside TLS)
+               "ssl.protocol=TLSv1.3", "ssl.enabledProtocols=TLSv1.3",
+               "ssl.ciphersuites=TLS_AES_128_GCM_SHA256,TLS_AES_256_GCM_SHA384,"
+               "TLS_CHACHA20_POLY1305_SHA256"]
+              if self.tls_key else [f"clientPort={s.client_port}", f"clientPortAddress={s.host}"]),
             "maxClientCnxns=0",
             "minSessionTimeout=1000",
             "maxSessionTimeout=60000",
@@ -181,6 +205,12 @@ class ZkEnsemble:
         (s.dir / "zoo.cfg").write_text(self._config(s))
         (s.dir / "data" / "myid").write_text(f"{s.myid}\n")
         (s.dir / "log4j.properties").write_text(LOG4J.format(log=s.log_path))
+        if self.tls_key:
+            keystore, truststore = zookeeper_pems(self.tls_key)
+            for name, pem in (("keystore.pem", keystore), ("truststore.pem", truststore)):
+                fd = os.open(s.dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(pem)
 
     # -- lifecycle
 
@@ -207,7 +237,8 @@ class ZkEnsemble:
             f"-Djute.maxbuffer={JUTE_MAXBUFFER}",
             "-Dzookeeper.admin.enableServer=false",
             f"-Dlog4j.configuration=file:{s.dir / 'log4j.properties'}",
-            "-cp", f"{s.dir}:{ZK_JARS}:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar",
+            "-cp", f"{s.dir}:{ZK_JARS}:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar"
+                   + (f":{NETTY_JARS}" if self.tls_key else ""),
             ZK_MAIN, str(s.dir / "zoo.cfg"),
         ]
         out = open(s.dir / "stdout.log", "ab")
