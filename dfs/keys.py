@@ -15,6 +15,7 @@ import errno
 import hmac
 import os
 import secrets
+import ssl
 import stat
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from dfs.config import FsConfig
 from dfs.errors import DfsError, QuietError
 from dfs.mkfs import load_config
 from dfs.paths import FsPaths
+from dfs.tls import client_context
 from dfs.zk import NoAuthError, ZkClient
+from dfs.zk.tls import split_tls
 
 KEY_BYTES = 32
 
@@ -47,6 +50,14 @@ def create_key_file(path: Path) -> bytes:
     finally:
         os.close(fd)
     return key
+
+
+def zk_tls(hosts: str, key_file: Path) -> ssl.SSLContext | None:
+    """The TLS context for a ZooKeeper hosts string that says "tls:" (dfs/zk/tls.py):
+    the cluster CA, rebuilt from the key in `key_file`; None for plain TCP."""
+    if not split_tls(hosts)[0]:
+        return None
+    return client_context(load_key(key_file))
 
 
 def load_key(path: Path) -> bytes:

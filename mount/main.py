@@ -35,7 +35,7 @@ from dfs.client.removals import Removals
 from dfs.client.view import ClientView
 from dfs.config import MountSettings
 from dfs.errors import DfsError, QuietError, ZkUnavailable
-from dfs.keys import default_key_file, unlock
+from dfs.keys import default_key_file, unlock, zk_tls
 from dfs.tls import client_context
 from dfs.meta.locks import LockTable
 from dfs.paths import FsPaths, default_root
@@ -99,7 +99,7 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         try:
             # an operation waits at most zk_wait in all for an unreachable ZooKeeper
             zk = await connect(args.zk, timeout=args.zk_timeout, op_timeout=settings.zk_wait,
-                               bound_outage=True)
+                               bound_outage=True, tls=zk_tls(args.zk, key_file))
         except ZkUnavailable as e:
             raise QuietError(f"dfs mount: {e.message}", EXIT_USAGE) from None
         stack.push_async_callback(shielded(zk.close))

@@ -36,7 +36,7 @@ from dfs.blocks.client import BlockClient
 from dfs.blocks.nodedir import NodeDirectory
 from dfs.config import NodeSettings
 from dfs.errors import DfsError, QuietError, ZkUnavailable
-from dfs.keys import default_key_file, unlock
+from dfs.keys import default_key_file, unlock, zk_tls
 from dfs.tls import client_context, server_context
 from dfs.paths import FsPaths, default_root
 from dfs.zk import connect
@@ -152,7 +152,8 @@ async def serve_node(args: argparse.Namespace, settings: NodeSettings, key_file:
         await trio.to_thread.run_sync(store.open)
 
         try:
-            zk = await connect(args.zk, timeout=args.zk_timeout, op_timeout=30.0)
+            zk = await connect(args.zk, timeout=args.zk_timeout, op_timeout=30.0,
+                               tls=zk_tls(args.zk, key_file))
         except ZkUnavailable as e:
             raise QuietError(e.message) from None
         stack.push_async_callback(zk.close)

@@ -553,3 +553,43 @@ def test_every_block_carries_a_write_proof_and_a_forged_one_is_neither_repaired_
         assert [p["block"] for p in report["problems"] if p["category"] == "unproven_block"] == [forged.id]
     finally:
         view.close()
+
+
+def test_dfs_up_tls_puts_zookeeper_behind_tls_too(tmp_path):
+    """`dfs up --tls`: ZooKeeper serves TLS only (secureClientPort, a certificate of the
+    key's CA), and every daemon and command reaches it so. On the loopback wire nothing
+    of an inline file (whose bytes live in ZooKeeper) nor of a block, nor the ZooKeeper
+    credential shows; a plain client gets no answer; `dfs status` and `dfs fsck` work."""
+    state = tmp_path / ".dfs"
+    mnt = tmp_path / "mnt"
+    key_file = state / "default.key"
+    try:
+        r = dfs("up", "--mountpoint", str(mnt), "--nodes", "2", "--replicas", "2", "--tls", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        hosts = json.loads((state / "cluster.json").read_text())["zk"]
+        assert hosts.startswith("tls:"), hosts
+        host, port = hosts[len("tls:"):].split(",")[0].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:  # plain TCP: nothing
+            s.settimeout(5)
+            s.sendall(b"ruok")
+            try:
+                answer = s.recv(64)
+            except (socket.timeout, ConnectionResetError):
+                answer = b""
+            assert b"imok" not in answer
+        marker = f"MARKER-{uuid.uuid4().hex}".encode()
+        credential = digest_credential(load_key(key_file)).encode()
+        with LoopbackCapture() as cap:
+            (mnt / "small").write_bytes(marker)  # inline: in ZooKeeper only
+            (mnt / "big").write_bytes(marker * (300_000 // len(marker)))  # blocks
+            os.sync()
+            for cmd in ("status", "fsck"):  # tools over TLS, authenticating inside it
+                r = dfs(cmd, cwd=tmp_path)
+                assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+        assert len(cap.seen) > 300_000  # the capture saw the traffic
+        assert marker not in cap.seen
+        assert credential.split(b":")[1] not in cap.seen
+        assert (mnt / "small").read_bytes() == marker
+    finally:
+        dfs("down", "--state", str(state), cwd=tmp_path)
+        stop_what_up_left(state, mnt)

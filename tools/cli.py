@@ -47,7 +47,7 @@ def add_mkfs_options(p: argparse.ArgumentParser) -> None:
                         "fractions allowed; 'dfs config set trash_days N' changes it)")
     p.add_argument("--tls", action="store_true",
                    help="encrypt the node protocol (TLS 1.3 with a CA derived from the key; "
-                        "README: Security)")
+                        "dfs up: ZooKeeper's client port too; README: Security)")
 
 
 # ------------------------------------------------------------------ subcommands

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from dfs.errors import DfsError, QuietError, UsageError, ZkUnavailable
-from dfs.keys import default_key_file, unlock
+from dfs.keys import default_key_file, unlock, zk_tls
 from dfs.paths import FsPaths, default_root
 from dfs.zk import ZkClient, connect
 
@@ -107,8 +107,10 @@ async def cluster_key(args: argparse.Namespace, zk: ZkClient) -> bytes:
 
 async def connect_zk(args: argparse.Namespace, op_timeout: float | None = None) -> ZkClient:
     """A session on the command's ZooKeeper, giving up after --zk-timeout (exit 2)."""
-    return await connect(resolve_zk(args), timeout=args.zk_timeout,
-                         op_timeout=args.zk_timeout if op_timeout is None else op_timeout)
+    hosts = resolve_zk(args)
+    return await connect(hosts, timeout=args.zk_timeout,
+                         op_timeout=args.zk_timeout if op_timeout is None else op_timeout,
+                         tls=zk_tls(hosts, resolve_key_file(args)) if hosts.startswith("tls:") else None)
 
 
 def _only_leaf(group: BaseExceptionGroup) -> BaseException:

@@ -29,6 +29,7 @@ the namespace must stop growing well before. Three parts:
 
 import errno
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -74,26 +75,32 @@ def limit_for(zk_heap: int) -> int:
     return int(max(zk_heap - BASE, 0) * FILL)
 
 
-async def mntr(host: str, port: int, timeout: float = 3.0) -> dict[str, str]:
-    """ZooKeeper's `mntr` answer as a dict ({} when the server does not answer)."""
+async def mntr(host: str, port: int, timeout: float = 3.0,
+               tls: ssl.SSLContext | None = None) -> dict[str, str]:
+    """ZooKeeper's `mntr` answer as a dict ({} when the server does not answer);
+    over TLS to a secure client port (`tls`)."""
     chunks = []
     with trio.move_on_after(timeout):
         try:
-            async with await trio.open_tcp_stream(host, port) as stream:
+            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+            if tls is not None:
+                stream = trio.SSLStream(stream, tls)
+            async with stream:
                 await stream.send_all(b"mntr")
                 while data := await stream.receive_some(65536):
                     chunks.append(data)
-        except OSError:
+        except (OSError, trio.BrokenResourceError):
             return {}
     lines = b"".join(chunks).decode(errors="replace").splitlines()
     return dict(line.split("\t", 1) for line in lines if "\t" in line)
 
 
-async def measure(hosts: list[tuple[str, int]]) -> tuple[int, int] | None:
+async def measure(hosts: list[tuple[str, int]], tls: ssl.SSLContext | None = None
+                  ) -> tuple[int, int] | None:
     """(znodes, data bytes) of the fullest server that answers mntr; None if none does."""
     best = None
     for host, port in hosts:
-        m = await mntr(host, port)
+        m = await mntr(host, port, tls=tls)
         try:
             got = (int(m["zk_znode_count"]), int(m["zk_approximate_data_size"]))
         except (KeyError, ValueError):
@@ -142,7 +149,7 @@ async def run_checks(zk: ZkClient, paths: FsPaths) -> None:
             if last is None:
                 last = await read_state(zk, paths)
             config = await load_config(zk, paths)  # zk_heap may change (`dfs up --zk-heap`)
-            got = await measure(zk.hosts)
+            got = await measure(zk.hosts, zk.tls)
             if got is None:
                 if not silent:
                     log.warning("capacity: no ZooKeeper server answers 'mntr' (add it to "

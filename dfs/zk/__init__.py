@@ -47,6 +47,7 @@ class ZkClient(Protocol):
     chroot: str
     op_timeout: float
     hosts: list[tuple[str, int]]  # the servers (mntr, dfs.maint.capacity)
+    tls: ssl.SSLContext | None  # they are reached over TLS (dfs/zk/tls.py)
 
     @property
     def connected(self) -> bool: ...

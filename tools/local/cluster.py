@@ -25,7 +25,9 @@ from dfs.errors import DfsError, UsageError
 from dfs.keys import create_key_file, key_check, load_key
 from dfs.mkfs import MIN_ZK_HEAP, load_config, mkfs, set_zk_heap
 from dfs.paths import FsPaths, default_root
+from dfs.tls import client_context
 from dfs.zk import connect
+from dfs.zk.tls import split_tls
 from tools.local.mountproc import MountProcess, fusermount_unmount, is_mounted
 from tools.local.nodeproc import NodeProcess
 from tools.local.procs import pid_alive, pid_cmdline, stop_pid
@@ -54,10 +56,16 @@ def _ours(pid: int | None, marker: str) -> bool:
     return bool(pid) and pid_alive(pid) and marker in pid_cmdline(pid)  # type: ignore[arg-type]
 
 
-def _zk_serving(hosts: str) -> bool:
-    for h in hosts.split(","):
+def _zk_tls(hosts: str, key: bytes):
+    """The TLS context for `hosts` (a "tls:" ZooKeeper, dfs/zk/tls.py), else None."""
+    return client_context(key) if split_tls(hosts)[0] else None
+
+
+def _zk_serving(hosts: str, key: bytes) -> bool:
+    tls = _zk_tls(hosts, key)
+    for h in split_tls(hosts)[1].split(","):
         host, port = h.rsplit(":", 1)
-        if four_letter(host, int(port), "ruok") != "imok":
+        if four_letter(host, int(port), "ruok", tls=tls) != "imok":
             return False
     return True
 
@@ -65,7 +73,7 @@ def _zk_serving(hosts: str) -> bool:
 async def _ensure_fs(hosts: str, fsname: str, config: FsConfig, key: bytes) -> FsConfig | None:
     """Create the filesystem with `config` and `key`; None if created, else the existing
     one's settings (its record of ZooKeeper's heap set to config's either way)."""
-    zk = await connect(hosts, timeout=30)
+    zk = await connect(hosts, timeout=30, tls=_zk_tls(hosts, key))
     paths = FsPaths(default_root(fsname))
     zk.authenticate(key, paths.root)
     try:
@@ -113,10 +121,14 @@ def up(args: argparse.Namespace) -> int:
     if args.zk_heap is not None and args.zk_heap < MIN_ZK_HEAP:
         raise UsageError(f"--zk-heap must be at least {MIN_ZK_HEAP >> 20}M")
     heap_mb = (args.zk_heap >> 20) if args.zk_heap else default_heap_mb(servers)
-    if hosts and zk_pids and all(_ours(p, "QuorumPeerMain") for p in zk_pids) and _zk_serving(hosts):
+    # --tls: clients reach ZooKeeper over TLS only, as the nodes (README: Security)
+    zk_tls = bool(args.tls or data.get("zk_tls"))
+    if hosts and zk_pids and all(_ours(p, "QuorumPeerMain") for p in zk_pids) and _zk_serving(hosts, key):
         running = data.get("zk_heap_mb", 256)
         if args.zk_heap and heap_mb != running:
             say(f"ZooKeeper already runs with a {running} MiB heap: 'dfs down' first to change it")
+        if zk_tls and not data.get("zk_tls"):
+            say("ZooKeeper already runs without TLS: 'dfs down' first to serve it over TLS")
         heap_mb = running
         say(f"ZooKeeper already running at {hosts}")
     else:
@@ -124,14 +136,15 @@ def up(args: argparse.Namespace) -> int:
             if _ours(p, "QuorumPeerMain"):
                 stop_pid(p)
         ens = ZkEnsemble(state / "zk", servers, heap_mb=heap_mb,
-                         ports=data.get("zk_ports") if servers == data.get("zk_servers") else None)
+                         ports=data.get("zk_ports") if servers == data.get("zk_servers") else None,
+                         tls_key=key if zk_tls else None)
         ens.start()
         hosts = ens.hosts
         data.update(zk=hosts, zk_ports=ens.ports, zk_servers=servers, zk_heap_mb=heap_mb,
-                    zk_pids=[s.proc.pid for s in ens.servers if s.proc])
+                    zk_pids=[s.proc.pid for s in ens.servers if s.proc], zk_tls=zk_tls)
         _save(state, data)
-        say(f"started ZooKeeper ({servers} server{'s' if servers > 1 else ''}, heap {heap_mb} MiB) "
-            f"at {hosts}")
+        say(f"started ZooKeeper ({servers} server{'s' if servers > 1 else ''}, heap {heap_mb} MiB"
+            f"{', TLS only' if zk_tls else ''}) at {hosts}")
     data["fs"] = args.fs
     wanted = dataclasses.replace(config_of(args), zk_heap=heap_mb << 20, key_check=key_check(key))
     found = trio.run(_ensure_fs, hosts, args.fs, wanted, key)
@@ -188,8 +201,9 @@ def restart_zk(state: Path) -> float:
     for p in data.get("zk_pids") or []:
         if _ours(p, "QuorumPeerMain"):
             stop_pid(p)
+    key = load_key(state / f"{data['fs']}.key") if data.get("zk_tls") else None
     ens = ZkEnsemble(state / "zk", data["zk_servers"], heap_mb=data.get("zk_heap_mb", 256),
-                     ports=data["zk_ports"])
+                     ports=data["zk_ports"], tls_key=key)
     t = time.monotonic()
     ens.start(timeout=600)
     took = time.monotonic() - t

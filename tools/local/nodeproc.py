@@ -20,6 +20,7 @@ from pathlib import Path
 import trio
 
 from dfs.keys import default_key_file, load_key
+from dfs.tls import client_context
 from dfs.paths import FsPaths, default_root
 from dfs.records import NodeLive
 from dfs.zk import NoNodeError, connect
@@ -143,10 +144,11 @@ class NodeProcess:
 
     async def _wait_registered(self, timeout: float) -> NodeLive:
         deadline = time.monotonic() + timeout
-        zk = await connect(self.zk_hosts, timeout=max(1.0, deadline - time.monotonic()))
-        zk.authenticate(load_key(Path(self.key_file) if self.key_file else default_key_file(
-            self.fsname, self.env.get("XDG_CONFIG_HOME", os.environ.get("XDG_CONFIG_HOME")))),
-            self.paths.root)
+        key = load_key(Path(self.key_file) if self.key_file else default_key_file(
+            self.fsname, self.env.get("XDG_CONFIG_HOME", os.environ.get("XDG_CONFIG_HOME"))))
+        zk = await connect(self.zk_hosts, timeout=max(1.0, deadline - time.monotonic()),
+                           tls=client_context(key) if self.zk_hosts.startswith("tls:") else None)
+        zk.authenticate(key, self.paths.root)
         try:
             while time.monotonic() < deadline:
                 if not self.alive():
