@@ -298,3 +298,24 @@ async def test_node_directory_watch_sees_joins_and_leaves(zk, zk_hosts, fs_paths
                     await trio.sleep(0.05)
             assert nd.address(new.node_id) is None
             n.cancel_scope.cancel()
+
+
+def test_a_write_after_every_node_restarted_on_its_port_succeeds(cluster_factory):
+    """Nodes restarted on their own ports (an upgrade, a reboot) while a mount sat idle:
+    the mount's pooled connections to them are dead, and its next write must go through
+    new ones, not fail with EIO; what was written before reads back whole."""
+    from tools.local.zkserver import free_port
+
+    c = cluster_factory(FsConfig(block_size=1 << 20, replicas=3, min_replicas=3, dead_after=30), nodes=0)
+    for _ in range(3):
+        c.add_node(listen=f"127.0.0.1:{free_port()}")
+    mnt = c.mount()
+    before = os.urandom(3 << 20)
+    (mnt / "a").write_bytes(before)
+    for n in c.nodes:
+        n.stop()
+        n.start()
+    after = os.urandom(3 << 20)
+    (mnt / "b").write_bytes(after)  # (min_replicas 3: every node must take it)
+    assert (mnt / "a").read_bytes() == before
+    assert (mnt / "b").read_bytes() == after

@@ -141,10 +141,24 @@ class BlockClient:
     async def _call(self, node_id: str, frame: Frame, *, timeout: float | None = None,
                     what: str = "") -> Frame:
         """One request; raises NodeUnavailable for transport trouble, DfsError for an error reply."""
+        pool = self._pool(node_id)
         try:
             with trio.fail_after(timeout or self.request_timeout):
-                conn = await self._pool(node_id).get()
-                reply = await conn.request(frame)
+                for attempt in range(2):
+                    conn = await pool.get()
+                    reused = conn.answered > 0
+                    try:
+                        reply = await conn.request(frame)
+                        break
+                    except NodeSlow:
+                        raise
+                    except NodeUnavailable:
+                        if attempt or not reused:
+                            raise
+                        # The node closed this connection while it sat in the pool (its
+                        # idle timeout, or it restarted): once more on a new one (every
+                        # request is idempotent: a PUT of the same id and bytes, a GET...)
+                        pool.drop_idle()
         except trio.TooSlowError:
             raise NodeUnavailable(f"node {node_id} did not answer {Op(frame.op).name} in time") from None
         if reply.status:
