@@ -30,7 +30,8 @@ from kazoo.security import OPEN_ACL_UNSAFE
 
 from dfs.blocks.client import BlockClient
 from dfs.blocks.connection import NodeConnection
-from dfs.blocks.protocol import NONCE_SIZE, REPLY, TAG_SIZE, Frame, FrameMac, Op, encode_block_id, write_proof
+from dfs.blocks.protocol import (HEADER, MAGIC, NONCE_SIZE, REPLY, TAG_SIZE, Frame, FrameMac, Op,
+                                 encode_block_id, write_proof)
 from dfs.checksum import from_hex, hash64
 from dfs.config import FsConfig
 from dfs.errors import DfsError
@@ -500,6 +501,44 @@ def test_tls_hides_file_contents_on_the_wire(cluster_factory, tls):
     assert len(cap.seen) > len(data)  # the capture saw the traffic
     seen = marker in cap.seen
     assert seen is not tls, f"marker {'not ' if not seen else ''}on the wire with tls={tls}"
+
+
+def test_tls_connections_survive_idle_closes_strangers_and_a_node_killed_mid_read(cluster_factory):
+    """The node protocol over TLS (mkfs --tls) as users meet it: connections the nodes
+    close when idle are dialled again, a peer that speaks plain TCP to a node gets
+    nothing and the node serves on, and a node SIGKILLed while a big file is being
+    read leaves the read to the other replicas, bytes intact."""
+    c = cluster_factory(FsConfig(block_size=1 << 20, replicas=3, min_replicas=2, dead_after=30,
+                                 tls=True), nodes=0)
+    for _ in range(3):
+        c.add_node(env={"DFS_NODE_IDLE_TIMEOUT": "1"})
+    mnt = c.mount()
+    data, more = os.urandom(24 << 20), os.urandom(3 << 20)
+    (mnt / "f").write_bytes(data)
+    time.sleep(2.5)  # every connection to the nodes closed as idle
+    (mnt / "g").write_bytes(more)  # through connections dialled again
+    c.mounts[0].stop()  # (a new mount: nothing in its caches)
+    c.mounts[0].start()
+    assert (mnt / "f").read_bytes() == data
+    assert (mnt / "g").read_bytes() == more
+    host, port = c.nodes[0].address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:  # not TLS: nothing
+        s.settimeout(5)
+        s.sendall(HEADER.pack(MAGIC, Op.GET, 0, 0, 1, encode_block_id(uuid.uuid4().hex), 0, 0, 0, 0, 0))
+        try:
+            answer = s.recv(4096)
+        except (socket.timeout, ConnectionResetError):
+            answer = b""
+        assert MAGIC not in answer
+    c.mounts[0].stop()
+    c.mounts[0].start()
+    got = bytearray()
+    with open(mnt / "f", "rb") as f:
+        got += f.read(4 << 20)
+        c.nodes[0].kill()  # in the middle of the read
+        while chunk := f.read(4 << 20):
+            got += chunk
+    assert bytes(got) == data
 
 
 def test_every_block_carries_a_write_proof_and_a_forged_one_is_neither_repaired_nor_passed(cluster_factory):
