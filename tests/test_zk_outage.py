@@ -313,6 +313,19 @@ async def test_requests_sent_again_after_a_connection_loss_keep_their_order(tmp_
                 proxies.cancel_scope.cancel()
 
 
+def chmod_fsync_fails_while_stopped(zk, path: Path, fd: int) -> None:
+    """With ZooKeeper stopped (the mount has not noticed yet: its feed still vouches),
+    chmod `path` (answered at once) and fsync `fd`: EIO, once zk_wait has passed."""
+    freeze(zk.pid)
+    try:
+        os.chmod(path, 0o600)
+        with pytest.raises(OSError) as e:
+            os.fsync(fd)
+        assert e.value.errno == errno.EIO
+    finally:
+        zk.send_signal(signal.SIGCONT)
+
+
 def test_a_chmod_that_could_not_be_committed_fails_the_files_fsync(outage):
     """A chmod answered at once (dfs.client.attrs) whose commit then fails because
     ZooKeeper stays away longer than zk_wait: the file's fsync reports EIO (not
@@ -327,16 +340,8 @@ def test_a_chmod_that_could_not_be_committed_fails_the_files_fsync(outage):
     os.mknod(mnt / "f", 0o644 | stat.S_IFREG)
     (mnt / "f").write_bytes(b"data")
     fd = os.open(mnt / "f", os.O_RDONLY)
-    zk = ens.servers[0].proc
     try:
-        freeze(zk.pid)  # the mount has not noticed yet: its feed still vouches
-        try:
-            os.chmod(mnt / "f", 0o600)
-            with pytest.raises(OSError) as e:
-                os.fsync(fd)
-            assert e.value.errno == errno.EIO
-        finally:
-            zk.send_signal(signal.SIGCONT)
+        chmod_fsync_fails_while_stopped(ens.servers[0].proc, mnt / "f", fd)
     finally:
         os.close(fd)
     def reads() -> bool:
@@ -369,16 +374,8 @@ def test_a_chmod_of_a_file_created_and_open_here_waits_for_its_commit(outage):
     os.write(fw, b"data")
     fd = os.open(mnt / "f", os.O_RDONLY)
     os.close(fw)
-    zk = ens.servers[0].proc
     try:
-        freeze(zk.pid)
-        try:
-            os.chmod(mnt / "f", 0o600)
-            with pytest.raises(OSError) as e:
-                os.fsync(fd)
-            assert e.value.errno == errno.EIO
-        finally:
-            zk.send_signal(signal.SIGCONT)
+        chmod_fsync_fails_while_stopped(ens.servers[0].proc, mnt / "f", fd)
 
         def synced() -> bool:
             try:
