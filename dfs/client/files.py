@@ -514,6 +514,13 @@ class FileData:
             if lost is not None:
                 raise lost
             return
+        if not f.dirty and f.pending_create is None:
+            # Nothing to commit: no need to wait for f.lock, which a background atime
+            # write (relatime, see accessed) may hold for its round trip: a close after
+            # a read returns at once.
+            if lost is not None:
+                raise lost
+            return
         try:
             await self._flush(f)
         except DfsError:
@@ -994,7 +1001,8 @@ class FileData:
     async def _set_atime(self, f: OpenFile, t: int) -> None:
         async with f.lock:  # not between a commit's read of the version and its write
             try:
-                node = await self.view.set_atime(f.ino, t)
+                # one round trip: on the version this client has (read again if it moved)
+                node = await self.view.set_atime(f.ino, t, known=f.node)
             except DfsError as e:
                 log.debug("inode %d: atime not updated: %s", f.ino, e)
                 f.atime_ns = 0

@@ -432,8 +432,8 @@ class ClientView:
     async def setattr_many(self, changes: list[tuple[Inode, dict[str, int]]]) -> list[Inode]:
         return [self.remember(n) for n in await self.meta.inodes.setattr_many(changes)]
 
-    async def set_atime(self, ino: int, t: int) -> Inode:
-        return self.remember(await self.meta.inodes.set_atime(ino, t))
+    async def set_atime(self, ino: int, t: int, known: Inode | None = None) -> Inode:
+        return self.remember(await self.meta.inodes.set_atime(ino, t, known))
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         self.capacity.admit()

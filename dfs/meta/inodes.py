@@ -251,11 +251,14 @@ class Inodes:
         exact = await self.store.commit(txn)
         return [Inode(ino, rec, version, exact) for ino, rec, version in made]
 
-    async def set_atime(self, ino: int, t: int) -> Inode:
-        """relatime's update: the atime alone (setattr would move the ctime too)."""
+    async def set_atime(self, ino: int, t: int, known: Inode | None = None) -> Inode:
+        """relatime's update: the atime alone (setattr would move the ctime too).
+        `known`: the inode as the caller last saw it; tried first without a read (its
+        version checked: if it changed since, the inode is read and the write retried)."""
+        first = [known] if known is not None else []
 
         async def attempt() -> Inode:
-            node = await self.getattr(ino)
+            node = first.pop() if first else await self.getattr(ino)
             if node.rec.atime_ns >= t:
                 return node
             rec = dataclasses.replace(node.rec, atime_ns=t)
