@@ -406,10 +406,13 @@ class NodeConnection:
                 stream = await trio.open_tcp_stream(host, port)
                 try:
                     fs = FrameSocket(await open_socket(stream, tls))
-                except (ssl.SSLError, trio.BrokenResourceError) as e:
+                except ssl.SSLError as e:
                     stream.socket.close()
                     raise DfsError(errno.EACCES, f"TLS with node {node_id or ''} at {address} "
-                                                 f"failed: {e.__cause__ or e}") from None
+                                                 f"failed: {e}") from None
+                except BaseException:  # (the node closed it in the handshake, a timeout)
+                    stream.socket.close()
+                    raise
                 await client_handshake(fs, key, f"node {node_id or ''} at {address}")
                 conn = cls(node_id or "", address, fs)
                 reply = await conn.request(Frame(Op.PING))

@@ -921,10 +921,13 @@ async def _open_socket(host: str, port: int) -> socket.socket:
     raise error
 
 
-async def _send_all(sock: socket.socket, data: bytes) -> None:
+async def _send_all(sock: socket.socket | TlsSocket, data: bytes) -> None:
     view = memoryview(data)
     while view:
         try:
             view = view[sock.send(view):]
         except BlockingIOError:
             await trio.lowlevel.wait_writable(sock)
+    while getattr(sock, "backlog", None):  # TLS: ciphertext the socket has not taken yet
+        await trio.lowlevel.wait_writable(sock)
+        sock.flush()  # type: ignore[union-attr]
