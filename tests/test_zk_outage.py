@@ -313,12 +313,13 @@ async def test_requests_sent_again_after_a_connection_loss_keep_their_order(tmp_
                 proxies.cancel_scope.cancel()
 
 
-def chmod_fsync_fails_while_stopped(zk, path: Path, fd: int) -> None:
+def change_then_fsync_fails_while_stopped(zk, change, fd: int) -> None:
     """With ZooKeeper stopped (the mount has not noticed yet: its feed still vouches),
-    chmod `path` (answered at once) and fsync `fd`: EIO, once zk_wait has passed."""
+    make an attribute `change()` (answered at once) and fsync `fd`: EIO, once zk_wait
+    has passed."""
     freeze(zk.pid)
     try:
-        os.chmod(path, 0o600)
+        change()
         with pytest.raises(OSError) as e:
             os.fsync(fd)
         assert e.value.errno == errno.EIO
@@ -341,7 +342,7 @@ def test_a_chmod_that_could_not_be_committed_fails_the_files_fsync(outage):
     (mnt / "f").write_bytes(b"data")
     fd = os.open(mnt / "f", os.O_RDONLY)
     try:
-        chmod_fsync_fails_while_stopped(ens.servers[0].proc, mnt / "f", fd)
+        change_then_fsync_fails_while_stopped(ens.servers[0].proc, lambda: os.chmod(mnt / "f", 0o600), fd)
     finally:
         os.close(fd)
     def reads() -> bool:
@@ -362,12 +363,13 @@ def test_a_chmod_that_could_not_be_committed_fails_the_files_fsync(outage):
         os.close(fd)
 
 
-def test_a_chmod_of_a_file_created_and_open_here_waits_for_its_commit(outage):
-    """chmod of a file this mount created and still holds open joins the file's own
-    commit (FileData.fold_attrs). If that commit fails because ZooKeeper stays away
-    longer than zk_wait, fsync reports EIO and the change stays pending with the
-    file: the close after ZooKeeper is back commits it, data and mode, and nothing
-    was lost for a directory fsync to report."""
+def test_a_utime_of_a_file_created_and_open_here_waits_for_its_commit(outage):
+    """utime of a file this mount created and still holds open joins the file's own
+    commit (FileData.fold_attrs; a utime folds whatever the mount's cache knows, a
+    chmod only when it knows the file has no ACL). If that commit fails because
+    ZooKeeper stays away longer than zk_wait, fsync reports EIO and the change stays
+    pending with the file: the next fsync once ZooKeeper is back commits it, data
+    and times, and nothing was lost for a directory fsync to report."""
     ens, c = outage
     mnt = c.mount("a", options=[f"zk_wait={ZK_WAIT:g}"])
     fw = os.open(mnt / "f", os.O_WRONLY | os.O_CREAT, 0o644)
@@ -375,7 +377,9 @@ def test_a_chmod_of_a_file_created_and_open_here_waits_for_its_commit(outage):
     fd = os.open(mnt / "f", os.O_RDONLY)
     os.close(fw)
     try:
-        chmod_fsync_fails_while_stopped(ens.servers[0].proc, mnt / "f", fd)
+        stamp = 1_500_000_000_123_456_789
+        change_then_fsync_fails_while_stopped(ens.servers[0].proc,
+                                              lambda: os.utime(mnt / "f", ns=(stamp, stamp)), fd)
 
         def synced() -> bool:
             try:
@@ -390,7 +394,7 @@ def test_a_chmod_of_a_file_created_and_open_here_waits_for_its_commit(outage):
         os.close(fd)
     c2 = c.mount("b")  # what ZooKeeper holds, through another mount
     assert (c2 / "f").read_bytes() == b"data"
-    assert stat.S_IMODE((c2 / "f").stat().st_mode) == 0o600
+    assert (c2 / "f").stat().st_mtime_ns == stamp
     fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)  # nothing was dropped

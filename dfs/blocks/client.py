@@ -158,7 +158,7 @@ class BlockClient:
                         # The node closed this connection while it sat in the pool (its
                         # idle timeout, or it restarted): once more on a new one (every
                         # request is idempotent: a PUT of the same id and bytes, a GET...)
-                        pool.drop_idle()
+                        pool.retire()
         except trio.TooSlowError:
             raise NodeUnavailable(f"node {node_id} did not answer {Op(frame.op).name} in time") from None
         if reply.status:

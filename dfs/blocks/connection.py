@@ -386,6 +386,7 @@ class NodeConnection:
         self._reading = False
         self.last_used = trio.current_time()
         self.answered = 0  # replies received (0: a new connection, not one that sat in a pool)
+        self.retired = False  # out of its pool (NodePool.retire): closes when its last request ends
 
     @classmethod
     async def open(cls, node_id: str | None, address: str, *, key: bytes,
@@ -493,6 +494,8 @@ class NodeConnection:
             del self._waiters[rid]
             if not self._reading:
                 self._wake_all()
+            if self.retired and not self._waiters:
+                self.close()
 
     def _wake_all(self) -> None:
         # Someone must take over reading: every waiter still without a reply checks.
@@ -574,12 +577,15 @@ class NodePool:
             self.conns.append(conn)
             return conn
 
-    def drop_idle(self) -> None:
-        """Close the connections with nothing in flight (the node closed one of them)."""
+    def retire(self) -> None:
+        """The node closed one of these connections (it restarted, or they sat idle past
+        its timeout): all of them are suspect. Those with nothing in flight close now;
+        the others finish what they carry, and no new request goes to any of them."""
         for c in self.conns:
+            c.retired = True
             if not c.inflight:
                 c.close()
-        self.conns = [c for c in self.conns if not c.broken]
+        self.conns = []
 
     def close(self) -> None:
         for c in self.conns:
