@@ -282,6 +282,9 @@ async def test_session_survives_a_server_restart(tmp_path):
         try:
             states: list[str] = []
             client.add_listener(states.append)
+            timeline: list[tuple[float, str]] = []
+            t0 = time.monotonic()
+            client.add_listener(lambda st: timeline.append((time.monotonic() - t0, st)))
             session = client.session_id
             await client.create("/eph", b"", ephemeral=True)
             await client.create("/loop", b"")
@@ -301,11 +304,15 @@ async def test_session_survives_a_server_restart(tmp_path):
                     nursery.start_soon(writes)
                     await trio.sleep(0.3)
                     await trio.to_thread.run_sync(ens.stop_server, 0)
+                    timeline.append((time.monotonic() - t0, "server stopped"))
                     await trio.sleep(1.0)
                     assert not client.connected
                     await trio.to_thread.run_sync(ens.start_server, 0)
+                    timeline.append((time.monotonic() - t0, "server serving"))
             assert done == 200
-            assert client.session_id == session
+            assert client.session_id == session, (
+                f"session {session:x} became {client.session_id:x}; timeline {timeline}\n"
+                + ens.log_tail(lines=60))
             assert states[:2] == ["SUSPENDED", "CONNECTED"] and "LOST" not in states
             assert (await client.get("/loop"))[0] == b"199"
             assert (await client.exists("/eph")).ephemeralOwner == session

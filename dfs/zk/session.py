@@ -849,8 +849,11 @@ class WireZk:
                         self._session_id = 0
                         self._passwd = EMPTY_PASSWORD
                         self._set_state(ZkState.LOST)
-                    except (OSError, trio.TooSlowError, ConnectionLoss, ValueError,
-                            struct.error) as e:
+                    except trio.TooSlowError:
+                        log.warning("ZooKeeper %s:%s took the connection but did not answer"
+                                    " the handshake; trying again", host, port)
+                        break
+                    except (OSError, ConnectionLoss, ValueError, struct.error) as e:
                         (log.debug if quiet else log.info)("ZooKeeper %s:%s: %r", host, port, e)
                         break
             quiet = True
@@ -858,8 +861,11 @@ class WireZk:
             delay = min(delay * 2, 1.0)
 
     async def _handshake(self, host: str, port: int) -> _Conn:
-        """Open a socket and send Connect with our session id, password and last zxid."""
-        timeout = max(self.session_timeout / len(self.hosts), 1.0)
+        """Open a socket and send Connect with our session id, password and last zxid.
+        One attempt may take a share of the session timeout, never more than a third of
+        it: an attempt that stalls (a server that took the connection and never answered)
+        must leave time to try again before the session expires, with one server too."""
+        timeout = max(self.session_timeout / max(len(self.hosts), 3), 1.0)
         with trio.fail_after(timeout):
             sock: socket.socket | TlsSocket = await _open_socket(host, port)
             try:
