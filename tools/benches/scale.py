@@ -21,6 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
+from dfs.keys import load_key
+from dfs.tls import client_context
+from dfs.zk.tls import split_tls
 from tools.common import STATE_DIR, human, local_zk
 from tools.local.cluster import restart_zk
 from tools.local.zkserver import four_letter, heap_used
@@ -39,10 +42,13 @@ def write(job: tuple[str, int]) -> tuple[int, str]:
     return n, ""
 
 
-def zk_figures(cluster: dict) -> dict:
-    """Heap (bytes, live after GC), znode count and data size of the first server."""
-    host, port = cluster["zk"].split(",")[0].rsplit(":", 1)
-    m = dict(line.split("\t", 1) for line in four_letter(host, int(port), "mntr", 10).splitlines()
+def zk_figures(cluster: dict, state: Path) -> dict:
+    """Heap (bytes, live after GC), znode count and data size of the first server
+    (over TLS when `dfs up --tls` put ZooKeeper behind it: the CA from the key)."""
+    tls, hosts = split_tls(cluster["zk"])
+    host, port = hosts.split(",")[0].rsplit(":", 1)
+    ctx = client_context(load_key(state / f"{cluster['fs']}.key")) if tls else None
+    m = dict(line.split("\t", 1) for line in four_letter(host, int(port), "mntr", 10, tls=ctx).splitlines()
              if "\t" in line)
     pids = cluster.get("zk_pids") or []
     return {"heap": heap_used(pids[0]) if pids else None,
@@ -70,7 +76,7 @@ def run(directory: Path, n: int, writers: int, zk: str | None, fs: str) -> dict:
     local = bool(cluster) and Path(cluster.get("mount", {}).get("mountpoint", "")) == directory.absolute()
     zk = zk or local_zk()
     out: dict = {"files": n, "writers": writers, "directory": str(directory)}
-    before = zk_figures(cluster) if local else None
+    before = zk_figures(cluster, state) if local else None
 
     work = directory / f".dfs-scale-{uuid.uuid4().hex[:8]}"
     dirs = [work / f"w{k}" for k in range(writers)]
@@ -86,7 +92,7 @@ def run(directory: Path, n: int, writers: int, zk: str | None, fs: str) -> dict:
                errors=sorted({e for _, e in done if e}), work=str(work))
 
     if local and before is not None:
-        after = zk_figures(cluster)
+        after = zk_figures(cluster, state)
         out["zk"] = {"before": before, "after": after}
         if before["heap"] and after["heap"] and made:
             per = (after["heap"] - before["heap"]) / made
