@@ -1,16 +1,32 @@
 """Shared fixtures: one real ZooKeeper per test session, a fresh filesystem root per test.
 
 Daemons started by tests are stopped by PID in `finally`; mounts are unmounted
-(lazily if needed). A failing test prints the logs of what it started.
+(lazily if needed). A failing test prints the logs of what it started. A
+SIGTERM to pytest unwinds through the same teardown (`_terminated`).
 """
 
 import os
+import signal
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tools.local.zkserver import ZkEnsemble
+
+
+def _terminated(signum, frame):
+    """SIGTERM (`timeout`, a CI job cancelled) unwinds like Ctrl-C: pytest then tears
+    the fixtures down, which stop by PID the ZooKeeper, nodes and mounts they
+    started. Once: a second SIGTERM must not cut that cleanup short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
 
 
 @pytest.fixture(scope="session")
