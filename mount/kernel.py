@@ -174,7 +174,7 @@ class Kernel:
                 a.st_gid = changes.get("gid", a.st_gid)
                 atime_ns = changes.get("atime_ns", atime_ns)
                 mtime_ns = changes.get("mtime_ns", mtime_ns)
-                ctime_ns = max(ctime_ns, changes.get("ctime_ns", 0))  # (an atime alone has none)
+                ctime_ns = max(ctime_ns, changes["ctime_ns"])
         if written is not None:
             mtime_ns, ctime_ns = written, max(ctime_ns, written)
         a.st_size = size

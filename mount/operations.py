@@ -333,7 +333,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def fsync(self, fh, datasync):
-        await self.files.flush(self._fh_ino[fh], fsync=not datasync)
+        await self.files.flush(self._fh_ino[fh])
 
     @fuse_errors
     async def lseek(self, fh, off, whence):

@@ -84,10 +84,8 @@ def fsck(cluster) -> dict:
     return report
 
 
-def run_ops(cluster, body, *, sync_dirops: bool, journal_running: bool = True):
-    """trio.run body(ops) with an Operations wired as mount/main.py wires it.
-    journal_running=False: the attribute journal's worker is not started (the body
-    runs `ops.journal.run` when it wants what is queued committed)."""
+def run_ops(cluster, body, *, sync_dirops: bool):
+    """trio.run body(ops) with an Operations wired as mount/main.py wires it."""
 
     async def go(zk, view, blocks, nursery):
         files = FileData(view, blocks, nursery)
@@ -99,8 +97,7 @@ def run_ops(cluster, body, *, sync_dirops: bool, journal_running: bool = True):
         if journal is not None:
             files.journal = journal
             journal.on_committed = files.saw_own_change
-            if journal_running:
-                nursery.start_soon(journal.run)
+            nursery.start_soon(journal.run)
         kernel = Kernel(view, files, feed_timeout=10.0, notify=Notify(), journal=journal)
         locks = MountLocks(LockTable(zk, view.meta.paths, "ops-test"), files)
         ops = Operations(view, files, kernel, blocks.nodedir, locks, creates=creates, removals=removals,
@@ -110,8 +107,6 @@ def run_ops(cluster, body, *, sync_dirops: bool, journal_running: bool = True):
         finally:
             with trio.CancelScope(shield=True):
                 if journal is not None:
-                    if not journal_running:  # (the body's worker, if any, ended with it)
-                        nursery.start_soon(journal.run)
                     await journal.drain()
                 await files.flush_all()
                 if creates is not None:
@@ -342,52 +337,6 @@ def test_attribute_changes_of_closed_files_and_directories_commit_in_the_backgro
         assert await read_file(ops, files[1]) == b"DATA 1"
 
     run_ops(c, body, sync_dirops=False)
-    fsck(c)
-
-
-def test_reads_move_atimes_in_batches_and_a_close_does_not_wait_for_them(cluster_factory):
-    """relatime: reading 100 fresh files moves their atimes; the new atime shows at
-    once, a close after the read returns with it still queued, an fsync of the file
-    waits for its commit, and all 100 commit in a few transactions, each with
-    the ctime as it was (an atime is not a change)."""
-    c = cluster_factory()
-
-    async def body(ops: Operations) -> None:
-        inos = [await write_file(ops, ROOT, b"f%d" % i, b"x" * 100) for i in range(100)]
-        before = {ino: (await ops.meta.inodes.getattr(ino)).rec for ino in inos}
-        for ino in inos:  # the journal's worker is not running: nothing of it commits yet
-            with trio.fail_after(10):
-                assert await read_file(ops, ino) == b"x" * 100
-        assert set(inos) <= set(ops.journal.pending)
-        assert (await ops.getattr(inos[0], CTX)).st_atime_ns > before[inos[0]].mtime_ns
-        assert (await ops.meta.inodes.getattr(inos[0])).rec.atime_ns == before[inos[0]].atime_ns
-
-        batches = ops.journal.stats["batches"]
-        fi = await ops.open(inos[1], os.O_RDONLY, CTX)
-        synced = trio.Event()
-
-        async def fsync() -> None:
-            await ops.fsync(fi.fh, False)
-            synced.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fsync)
-            await trio.sleep(0.5)
-            assert not synced.is_set()  # an fsync waits for the file's atime
-            nursery.start_soon(ops.journal.run)
-            with trio.fail_after(20):
-                await synced.wait()
-            assert (await ops.meta.inodes.getattr(inos[1])).rec.atime_ns > before[inos[1]].mtime_ns
-            with trio.fail_after(20):
-                await ops.journal.drain()
-            nursery.cancel_scope.cancel()
-        await ops.release(fi.fh)
-        assert ops.journal.stats["batches"] - batches <= 3
-        for ino in inos:
-            r = (await ops.meta.inodes.getattr(ino)).rec  # as committed
-            assert r.atime_ns > before[ino].mtime_ns and r.ctime_ns == before[ino].ctime_ns
-
-    run_ops(c, body, sync_dirops=False, journal_running=False)
     fsck(c)
 
 

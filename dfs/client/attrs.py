@@ -10,16 +10,6 @@ per transaction (`Inodes.setattr_many`, each version-checked), while the next
 changes queue. Changes of a file being written go with its own commit instead
 (FileData.fold_attrs).
 
-relatime's atime updates (a read of a file whose atime is older than its
-mtime) queue here too (`queue_atime`), as lazy entries: they move neither the
-ctime nor anybody's wait: a close does not wait for them, an fsync of the file,
-fsyncdir and unmount do. When only such entries are pending, the worker lets
-them gather for half the window (25 ms) before it commits them (a program
-reading files one after the other: one transaction per ~25 ms of reads, not
-one per file); any other change or a drain ends that wait. One that cannot be committed (the file changed or
-went meanwhile) is retried on what is there, or dropped; never reported as an
-error.
-
 Semantics, as a program on this mount sees them:
 - The new attributes show at once, here.
 - Committed as soon as the batch before it is (no timer): at idle a
@@ -75,11 +65,9 @@ class AttrJournal:
         self.pending: dict[int, dict[str, int]] = {}  # ino -> with_attrs fields, ctime_ns included
         self.on_committed: Callable[[Inode], None] | None = None  # FileData.saw_own_change
         self._wake = trio.Event()
-        self._urgent = trio.Event()  # set by what must not wait for lazy atimes to gather
         self._changed = trio.Condition()
         self.failures = 0  # changes that failed after their caller was told "done"
         self._failed: set[int] = set()  # their inodes, until a drain of one reports it
-        self._lazy: set[int] = set()  # inodes whose pending change is an atime alone (queue_atime)
         self.stats = {"queued": 0, "batches": 0, "single": 0}
 
     def queue(self, ino: int, fields: dict[str, int]) -> Inode | None:
@@ -96,34 +84,12 @@ class AttrJournal:
             return None  # an ACL may have to follow the mode: Inodes.setattr does that
         if ino not in self.pending:
             self._since[ino] = time.monotonic()
-        self._lazy.discard(ino)
         got = self.pending.setdefault(ino, {})
         got.update(fields)
         got["ctime_ns"] = fields.get("ctime_ns", time.time_ns())
         self.stats["queued"] += 1
         self._wake.set()
-        self._urgent.set()
         return known.inode
-
-    def queue_atime(self, ino: int, t: int) -> bool:
-        """relatime's update of an inode this mount knows exactly, lazily (see the
-        module's docstring): the atime alone, the ctime stays. False: not taken."""
-        if ino not in self.pending and len(self.pending) >= self.max_pending:
-            return False
-        if not self.view.feed.active:
-            return False
-        known = self.view.known(ino)
-        if known is None or not known.exact:
-            return False
-        got = self.pending.get(ino)
-        if got is None:
-            self._since[ino] = time.monotonic()
-            self.pending[ino] = got = {}
-            self._lazy.add(ino)
-        got["atime_ns"] = max(t, got.get("atime_ns", 0))
-        self.stats["atime"] = self.stats.get("atime", 0) + 1
-        self._wake.set()
-        return True
 
     def queue_access_acl(self, ino: int, value: bytes) -> bool:
         """setxattr of an access ACL that says no more than a mode (acl.is_minimal),
@@ -145,27 +111,17 @@ class AttrJournal:
         """The pending change of ino, to commit now with a synchronous one."""
         got = self.pending.pop(ino, None) or {}
         self._since.pop(ino, None)
-        self._lazy.discard(ino)
         got.pop("ctime_ns", None)
         return got
 
-    async def drain(self, ino: int | None = None, *, report: bool = True,
-                    atime: bool = True) -> None:
+    async def drain(self, ino: int | None = None, *, report: bool = True) -> None:
         """Wait until ino's change (None: every change) is committed. Raises EIO if
         ino's failed after it was acknowledged: its next close or fsync reports it,
         once (`report`); a kernel RELEASE, whose error goes nowhere, passes
-        report=False and leaves it to them. `atime=False` (a close): not for an
-        atime alone (queue_atime)."""
-
-        def waiting() -> bool:
-            if ino is None:
-                return bool(self.pending)
-            return ino in self.pending and (atime or ino not in self._lazy)
-
+        report=False and leaves it to them."""
         async with self._changed:
-            while waiting():
+            while ino in self.pending if ino is not None else self.pending:
                 self._wake.set()
-                self._urgent.set()
                 await self._changed.wait()
         if ino is not None and ino in self._failed:
             if report:
@@ -188,36 +144,20 @@ class AttrJournal:
             await self._wake.wait()
             self._wake = trio.Event()
             while self.pending:
-                if len(self._lazy) == len(self.pending) and not self._urgent.is_set():
-                    # only lazy atimes: let more gather, from the oldest one's queueing
-                    oldest = next(iter(self._since.values()), time.monotonic())
-                    with trio.move_on_after(oldest + self.window / 2 - time.monotonic()):
-                        await self._urgent.wait()
-                self._urgent = trio.Event()
                 batch = {ino: dict(f) for ino, f in itertools.islice(self.pending.items(), self.batch)}
                 await self._commit(batch)
                 for ino, f in batch.items():
                     if self.pending.get(ino) == f:  # (changed again meanwhile: goes in the next batch)
                         del self.pending[ino]
                         self._since.pop(ino, None)
-                        self._lazy.discard(ino)
                 async with self._changed:
                     self._changed.notify_all()
 
     async def _commit(self, batch: dict[int, dict[str, int]]) -> None:
         self.stats["batches"] += 1
-        known, single, lazy = [], [], []
+        known, single = [], []
         for ino, fields in batch.items():
             k = self.view.known(ino)
-            if ino in self._lazy:
-                if k is not None and k.exact:
-                    if k.inode.rec.atime_ns >= fields["atime_ns"]:
-                        continue  # (nothing left to move)
-                    # the ctime as it is now: an atime does not move it
-                    fields = {**fields, "ctime_ns": k.inode.rec.ctime_ns}
-                else:
-                    lazy.append((ino, fields["atime_ns"]))
-                    continue
             (known if k is not None and k.exact else single).append((k.inode if k else None, ino, fields))
         if known:
             try:
@@ -226,16 +166,7 @@ class AttrJournal:
             except Exception as e:
                 # one changed or vanished inode fails the whole transaction: one by one
                 log.debug("batch of %d attribute changes failed (%r): one at a time", len(known), e)
-                for node, ino, fields in known:
-                    if ino in self._lazy:
-                        lazy.append((ino, fields["atime_ns"]))
-                    else:
-                        single.append((node, ino, fields))
-        for ino, t in lazy:  # on what is there now; an atime that cannot be written is dropped
-            try:
-                self._committed(await self.view.set_atime(ino, t))
-            except DfsError as e:
-                log.debug("inode %d: atime not updated: %s", ino, e)
+                single.extend(known)
         unreachable = 0
         for _, ino, fields in single:
             self.stats["single"] += 1

@@ -491,14 +491,12 @@ class FileData:
 
     # ------------------------------------------------------------------ flush / commit
 
-    async def flush(self, ino: int, *, report: bool = True, fsync: bool = False) -> None:
+    async def flush(self, ino: int, *, report: bool = True) -> None:
         """Upload everything dirty and commit it (close-to-open point).
 
         `report`: this is a close or an fsync, which reports an attribute change
         that failed in the background (dfs.client.attrs) once; a kernel RELEASE,
         whose error nobody sees, must not take that report from them.
-        `fsync`: a read's atime still queued is committed too (a close leaves it
-        to the journal's next batch).
 
         Never returns before the file's asynchronous create has landed, even with
         nothing to commit (an empty file): a flush that succeeded means the file
@@ -506,15 +504,12 @@ class FileData:
         a wait only where there was no commit to wait for.
         """
         lost: DfsError | None = None
-        f = self.files.get(ino)
         if self.journal is not None:
             try:
-                # (first: the file's commit builds on the version it makes)
-                await self.journal.drain(ino, report=report, atime=fsync or (
-                    f is not None and (f.dirty or f.pending_create is not None)))
+                await self.journal.drain(ino, report=report)  # (first: the file's commit builds on the version it makes)
             except DfsError as e:
                 lost = e  # reported after the data's commit, which goes ahead
-            f = self.files.get(ino)
+        f = self.files.get(ino)
         if f is None:
             if lost is not None:
                 raise lost
@@ -999,9 +994,6 @@ class FileData:
         rec, now = f.node.rec, time.time_ns()
         atime = max(rec.atime_ns, f.atime_ns)
         if atime > max(rec.mtime_ns, rec.ctime_ns, f.mtime_ns) and now - atime < RELATIME_NS:
-            return
-        if self.journal is not None and self.journal.queue_atime(ino, now):
-            f.atime_ns = now  # committed with the journal's next batch (dfs.client.attrs)
             return
         f.atime_ns = -1
         self.nursery.start_soon(self._set_atime, f, now)
