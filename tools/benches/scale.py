@@ -21,8 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from dfs.keys import load_key
-from dfs.tls import client_context
+from dfs.keys import zk_tls
 from dfs.zk.tls import split_tls
 from tools.common import STATE_DIR, human, local_zk
 from tools.local.cluster import restart_zk
@@ -45,9 +44,8 @@ def write(job: tuple[str, int]) -> tuple[int, str]:
 def zk_figures(cluster: dict, state: Path) -> dict:
     """Heap (bytes, live after GC), znode count and data size of the first server
     (over TLS when `dfs up --tls` put ZooKeeper behind it: the CA from the key)."""
-    tls, hosts = split_tls(cluster["zk"])
-    host, port = hosts.split(",")[0].rsplit(":", 1)
-    ctx = client_context(load_key(state / f"{cluster['fs']}.key")) if tls else None
+    host, port = split_tls(cluster["zk"])[1].split(",")[0].rsplit(":", 1)
+    ctx = zk_tls(cluster["zk"], state / f"{cluster['fs']}.key")
     m = dict(line.split("\t", 1) for line in four_letter(host, int(port), "mntr", 10, tls=ctx).splitlines()
              if "\t" in line)
     pids = cluster.get("zk_pids") or []
