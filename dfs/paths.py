@@ -132,6 +132,22 @@ class FsPaths:
         return f"{self.root}/writers/w-{seq:010d}"
 
     @property
+    def leases(self) -> str:
+        return f"{self.root}/leases"
+
+    def lease(self, ino: int) -> str:
+        """Directory ino's lease (dfs.meta.leases): its holder's writer record, or empty."""
+        return f"{self.root}/leases/{ino}"
+
+    @property
+    def recalls(self) -> str:
+        return f"{self.root}/recalls"
+
+    def recall(self, ino: int, who: str) -> str:
+        """Ephemeral: `who` waits for the holder of directory ino's lease to let go."""
+        return f"{self.root}/recalls/{ino}-{who}"
+
+    @property
     def locks(self) -> str:
         return f"{self.root}/locks"
 
@@ -186,7 +202,8 @@ class FsPaths:
         return [
             self.root, f"{self.root}/ids", self.inodes, self.dirs, self.blocks,
             self.xattrs, f"{self.root}/nodes", self.registry, self.live, self.gc,
-            self.open, self.trash, self.writers, self.locks, self.repair, self.repair_reports, self.repair_audit, self.capacity,
+            self.open, self.trash, self.writers, self.leases, self.recalls, self.locks,
+            self.repair, self.repair_reports, self.repair_audit, self.capacity,
         ]
 
     # -- children named by their znode name (as get_children lists them)

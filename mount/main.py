@@ -30,6 +30,7 @@ from dfs.blocks.nodedir import NodeDirectory
 from dfs.client.attrs import AttrJournal
 from dfs.client.creates import Creates
 from dfs.client.files import FileData
+from dfs.client.leases import DirLeases
 from dfs.client.locks import MountLocks
 from dfs.client.removals import Removals
 from dfs.client.view import ClientView
@@ -144,11 +145,16 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
             files.journal = journal
             journal.on_committed = files.saw_own_change
             nursery.start_soon(journal.run)
+        # O_EXCL creates answered at once in the directories this mount holds
+        # the lease of (dfs.client.leases), the ones it makes above all
+        leases = None if creates is None or removals is None else DirLeases(view, [creates, removals])
+        if leases is not None:
+            nursery.start_soon(leases.run)
         kernel = Kernel(view, files, attr_timeout=settings.attr_timeout,
                         entry_timeout=settings.entry_timeout, feed_timeout=settings.feed_timeout,
                         journal=journal)
         ops = Operations(view, files, kernel, nodedir, locks, creates=creates, removals=removals,
-                         journal=journal)
+                         journal=journal, leases=leases)
 
         async def drain() -> None:
             if journal is not None:
@@ -180,9 +186,10 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
                 kernel.detach()  # the kernel side is gone with the session
                 pyfuse3.close(unmount=True)
                 log_op_stats()
-                log.info("meta: %s; view: %s; feed: %s; removals: %s; attributes: %s", view.meta.stats,
-                         view.stats, view.feed.stats, removals.stats if removals else None,
-                         journal.stats if journal else None)
+                log.info("meta: %s; view: %s; feed: %s; removals: %s; attributes: %s; leases: %s %s",
+                         view.meta.stats, view.stats, view.feed.stats, removals.stats if removals else None,
+                         journal.stats if journal else None, view.leases.stats,
+                         leases.stats if leases else None)
 
             stack.push_async_callback(unmount)
             stack.push_async_callback(shielded(drain))

@@ -16,6 +16,7 @@ from dfs.blocks.nodedir import NodeDirectory
 from dfs.client.attrs import AttrJournal
 from dfs.client.creates import Creates
 from dfs.client.files import FileData
+from dfs.client.leases import DirLeases
 from dfs.client.locks import MountLocks
 from dfs.client.removals import Removals
 from dfs.client.view import ClientView
@@ -49,6 +50,7 @@ class Operations(pyfuse3.Operations):
       removals: asynchronous unlink/rmdir (None: synchronous).
       locks: flock and POSIX locks across mounts.
       journal: chmod / chown / utimens in the background (None: each waits for its commit).
+      leases: directory leases, under which O_EXCL creates are answered here (None: never).
     """
 
     # No kernel writeback cache: with it the kernel keeps its own i_size and
@@ -64,7 +66,7 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, view: ClientView, files: FileData, kernel: Kernel, nodedir: NodeDirectory,
                  locks: MountLocks, *, creates: Creates | None = None, removals: Removals | None = None,
-                 journal: AttrJournal | None = None):
+                 journal: AttrJournal | None = None, leases: DirLeases | None = None):
         super().__init__()
         self.view = view
         self.meta = view.meta
@@ -74,6 +76,7 @@ class Operations(pyfuse3.Operations):
         self.creates = creates
         self.removals = removals
         self.journal = journal
+        self.leases = leases
         self.locks = locks
         self._fh_ino: dict[int, int] = {}
         self._appending: set[int] = set()  # handles opened with O_APPEND
@@ -301,10 +304,12 @@ class Operations(pyfuse3.Operations):
         await self._before_change(parent_inode)
         mode, xattrs = await self.view.inherit(parent_inode, stat.S_IFREG | stat.S_IMODE(mode), ctx.umask)
         pending = None
-        if self.creates is not None and not flags & os.O_EXCL and self.view.feed.active:
+        if self.creates is not None and self.view.feed.active and (
+                not flags & os.O_EXCL or await self._excl_here(parent_inode, name)):
             # The create's transaction goes out now; the data's commit at close
             # follows it on the same session and reports a create that failed.
-            # O_EXCL (lock files) keeps the synchronous create: its EEXIST is the point.
+            # O_EXCL keeps the synchronous create (its EEXIST is the point) unless
+            # this mount holds the directory's lease (dfs.client.leases).
             node, pending = await self.creates.create(
                 parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, xattrs=xattrs,
                 on_failed=lambda e: self.kernel.forget_entry(parent_inode, name))
@@ -314,6 +319,17 @@ class Operations(pyfuse3.Operations):
         fi = pyfuse3.FileInfo(fh=self._new_fh(node.ino, flags))
         fi.keep_cache = True
         return fi, self.kernel.attrs(node, parent=parent_inode, name=name)
+
+    async def _excl_here(self, parent: int, name: bytes) -> bool:
+        """O_EXCL create: True if it may be answered here (EEXIST is raised here)."""
+        leases = self.leases
+        if leases is None or not await leases.take(parent):
+            return False
+        if leases.taken(parent, name):
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        leases.stats["local_excl"] += 1
+        leases.used(parent)
+        return True
 
     @fuse_errors
     async def read(self, fh, off, size):

@@ -546,24 +546,25 @@ def test_replica_listed_twice(make_cluster):
 def test_leftovers_of_deleted_inodes(make_cluster):
     c = make_cluster()
     run(c, populate)
-    gone = [4090, 4091, 4092, 4093]  # in inode shard 0, which exists: as if the inodes had been removed
+    gone = [4090, 4091, 4092, 4093, 4094]  # in inode shard 0, which exists: as if the inodes had been removed
 
     async def leave(cl: Client):
         await cl.zk.create(cl.paths.dirent(gone[0], b"x"), DirEntry(5, stat.S_IFREG).encode(), makepath=True)
         await cl.zk.create(cl.paths.xattr(gone[1], b"user.a"), b"v", makepath=True)
         await cl.zk.create(cl.paths.open_dir(gone[2]))
         await cl.zk.create(cl.paths.block_map(gone[3]))
+        await cl.zk.create(cl.paths.lease(gone[4]), makepath=True)
     run(c, leave)
     rc, rep = fsck(c)
     assert rc == 1 and categories(rep) == {"leftover_dir_listing", "leftover_xattrs", "stale_open",
-                                           "dangling_block_map"}, rep["problems"]
+                                           "dangling_block_map", "stale_lease"}, rep["problems"]
     repair(c)
     assert_healthy(c)
 
     async def left(cl: Client):
         return [await cl.zk.exists(p) for p in (cl.paths.dir(gone[0]), cl.paths.xattr_dir(gone[1]),
-                                                 cl.paths.open_dir(gone[2]))]
-    assert run(c, left) == [None, None, None]
+                                                 cl.paths.open_dir(gone[2]), cl.paths.lease(gone[4]))]
+    assert run(c, left) == [None, None, None, None]
 
 
 def test_unreachable_directories_in_a_cycle(make_cluster):

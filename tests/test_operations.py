@@ -25,6 +25,7 @@ import trio
 from dfs.client.attrs import AttrJournal
 from dfs.client.creates import Creates
 from dfs.client.files import FileData
+from dfs.client.leases import DirLeases
 from dfs.client.locks import MountLocks
 from dfs.client.removals import Removals
 from dfs.meta.locks import LockTable
@@ -98,10 +99,13 @@ def run_ops(cluster, body, *, sync_dirops: bool):
             files.journal = journal
             journal.on_committed = files.saw_own_change
             nursery.start_soon(journal.run)
+        leases = None if sync_dirops else DirLeases(view, [creates, removals])
+        if leases is not None:
+            nursery.start_soon(leases.run)
         kernel = Kernel(view, files, feed_timeout=10.0, notify=Notify(), journal=journal)
         locks = MountLocks(LockTable(zk, view.meta.paths, "ops-test"), files)
         ops = Operations(view, files, kernel, blocks.nodedir, locks, creates=creates, removals=removals,
-                         journal=journal)
+                         journal=journal, leases=leases)
         try:
             return await body(ops)
         finally:

@@ -8,9 +8,12 @@ ZooKeeper unreachable for longer than the mount waits), `PendingCreate.error`
 says why, the file's flushes report it (close() and fsync() never succeed
 before the create has landed), the next fsyncdir reports EIO, and `on_failed`
 runs (the mount makes the kernel forget the entry).
-O_EXCL creates stay synchronous (their EEXIST is the point).
+O_EXCL creates come here only in a directory whose lease this mount holds
+(dfs.client.leases: it knows the names exactly); elsewhere they stay
+synchronous (their EEXIST is the point).
 """
 
+import collections
 import errno
 import logging
 import stat
@@ -41,6 +44,7 @@ class Creates:
         self.view = view
         self.nursery = nursery
         self._in_flight = 0
+        self._per_dir: collections.Counter[int] = collections.Counter()
         self._changed = trio.Condition()
         self.failures = 0  # creates that failed after open returned (fsyncdir reports them)
 
@@ -58,6 +62,7 @@ class Creates:
         pending = PendingCreate()
         view.creating_started(parent, name, node)
         self._in_flight += 1
+        self._per_dir[parent] += 1
         sent = trio.Event()
 
         async def run() -> None:
@@ -80,6 +85,9 @@ class Creates:
                 if not failed:
                     view.creating_done(parent, name, node, failed)
                 self._in_flight -= 1
+                self._per_dir[parent] -= 1
+                if not self._per_dir[parent]:
+                    del self._per_dir[parent]
                 pending.done.set()
                 sent.set()
                 async with self._changed:
@@ -93,6 +101,16 @@ class Creates:
         """Wait until every asynchronous create has landed (or failed)."""
         async with self._changed:
             while self._in_flight:
+                await self._changed.wait()
+
+    def busy(self, d: int) -> bool:
+        """Whether something of this client's is pending in directory d."""
+        return self._per_dir[d] > 0
+
+    async def wait_dir(self, *dirs: int) -> None:
+        """Wait until the asynchronous creates in these directories have landed (or failed)."""
+        async with self._changed:
+            while any(self._per_dir[d] for d in dirs):
                 await self._changed.wait()
 
     def take_failures(self) -> int:

@@ -38,7 +38,7 @@ import trio
 from dfs.errors import DfsError, ZkUnavailable
 from dfs.names import unescape
 from dfs.paths import FsPaths, child
-from dfs.zk import ZkClient
+from dfs.zk import NoNodeError, ZkClient
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class FeedListener(Protocol):
 
     def names_event(self, kind: int, dino: int, name: bytes | None) -> None:
         """An entry `name` of directory dino (None: `dirs/<dino>` itself) was created or deleted."""
+
+    def recalled(self, dino: int) -> None:
+        """Someone waits for this client to let go of directory dino's lease (dfs.meta.leases)."""
 
     def forget_entry(self, dino: int, name: bytes, foreign: bool) -> None:
         """Drop what is known of an entry; `foreign`: someone else may have changed it."""
@@ -74,6 +77,7 @@ class Feed:
         self.paths = paths
         self._dirs = child(paths.dirs, "")
         self._inodes = child(paths.inodes, "")
+        self._recalls = child(paths.recalls, "")
         self.listener = listener
         self.active = False
         self.epoch = 0
@@ -94,6 +98,7 @@ class Feed:
             try:
                 await zk.add_feed(self.paths.dirs, self._event)
                 await zk.add_feed(self.paths.inodes, self._event)
+                await self._add_recalls(zk)
             except ZkUnavailable as e:  # connection lost while subscribing: try again
                 log.info("metadata feed: cannot subscribe yet (%s)", e)
                 self._drop()
@@ -117,6 +122,18 @@ class Feed:
                 task_status.started()
             await self._lost.wait()
 
+    async def _add_recalls(self, zk: ZkClient) -> None:
+        """The recalls of directory leases (dfs.meta.leases), and those made while unsubscribed."""
+        await zk.add_feed(self.paths.recalls, self._event)  # (a path that need not exist)
+        try:
+            waiting = await zk.get_children(self.paths.recalls)
+        except NoNodeError:  # a filesystem made before leases: nobody can hold one yet
+            waiting = []
+        for name in waiting:
+            d = name.partition("-")[0]
+            if d.isdigit():
+                self.listener.recalled(int(d))
+
     def _drop(self) -> None:
         self.active = False
         self.epoch += 1
@@ -128,6 +145,11 @@ class Feed:
         if kind is None or path is None:
             log.info("metadata feed lost (connection loss): cache dropped")
             self._drop()
+            return
+        if path.startswith(self._recalls):
+            d = path[len(self._recalls):].partition("-")[0]
+            if kind == CREATED and d.isdigit():
+                self.listener.recalled(int(d))
             return
         self.seq += 1
         self.stats["events"] += 1

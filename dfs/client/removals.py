@@ -113,6 +113,10 @@ class Removals:
             while self._per_inode[ino]:
                 await self._changed.wait()
 
+    def busy(self, d: int) -> bool:
+        """Whether something of this client's is pending in directory d."""
+        return self._per_dir[d] > 0
+
     async def wait_dir(self, *dirs: int) -> None:
         """Wait until no removal is pending in any of these directories."""
         async with self._changed:

@@ -31,6 +31,7 @@ from dfs.errors import DfsError
 from dfs.maint.capacity import Gate
 from dfs.meta import Meta, acl
 from dfs.meta.inodes import Inode, with_entry_change
+from dfs.meta.leases import Leases
 from dfs.meta.namespace import breathe
 from dfs.meta.writers import Writer
 from dfs.paths import FsPaths
@@ -84,8 +85,14 @@ class ClientView:
         # the ids of this mount's blocks, and what its commits of them fence on
         # (`register()` before the first write; dfs.meta.writers)
         self.writer = Writer(zk, paths)
+        # directory leases (dfs.meta.leases): held under the writer record; a mount
+        # that answers O_EXCL creates locally (dfs.client.leases) sets `lease_births`
+        self.lease_births = False
+        self.leases = Leases(zk, paths, me=self._writer_name, remember=True,
+                             birth=lambda: self.lease_births and self.feed.active)
+        self.on_recalled: Callable[[int], None] | None = None  # (dfs.client.leases)
         self.meta = Meta(zk, paths, config, mount_id=mount_id, is_open=self._holds, hook=self.feed,
-                         writer=self.writer)
+                         writer=self.writer, leases=self.leases)
         self.config = config
         # ENOSPC for creates while ZooKeeper is full (its `run()` keeps it current)
         self.capacity = Gate(zk, paths)
@@ -136,6 +143,10 @@ class ClientView:
             elif kind == DELETED:
                 names.discard(name)
 
+    def recalled(self, dino: int) -> None:
+        if self.on_recalled is not None:
+            self.on_recalled(dino)
+
     def forget_entry(self, dino: int, name: bytes, foreign: bool) -> None:
         self.dirents.pop((dino, name), None)
         if foreign and self.kernel_notice is not None:
@@ -158,6 +169,10 @@ class ClientView:
         self._fresh.clear()
         if self.kernel_notice is not None:
             self.kernel_notice("lost", 0, None)
+
+    def _writer_name(self) -> bytes | None:
+        seq = self.writer.seq
+        return None if seq is None else f"{seq:010d}".encode()
 
     # ------------------------------------------------------------------ what is known
 

@@ -15,6 +15,7 @@ from typing import Callable
 from dfs.config import FsConfig
 from dfs.meta.blockmap import BlockMap
 from dfs.meta.inodes import Inode, Inodes
+from dfs.meta.leases import Leases
 from dfs.meta.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace
 from dfs.meta.store import CommitHook, MetaStore
 from dfs.meta.trash import Trash
@@ -40,12 +41,14 @@ class Meta:
       hook: told of every read and commit (a client view); None for gc and fsck.
       writer: the mount's writer record, which commits of its blocks fence on
         (dfs.meta.writers); None for clients that write blocks of no writer.
+      leases: the directory leases (dfs.meta.leases); None: a plain client's,
+        which holds none and reads each one it needs.
     """
 
     def __init__(self, zk: ZkClient, paths: FsPaths, config: FsConfig, *, mount_id: str | None = None,
                  is_open: Callable[[int], bool] = lambda ino: False, hook: CommitHook | None = None,
-                 writer: Writer | None = None):
-        self.store = MetaStore(zk, paths, config, hook)
+                 writer: Writer | None = None, leases: Leases | None = None):
+        self.store = MetaStore(zk, paths, config, hook, leases)
         self.zk, self.paths, self.config, self.stats = zk, paths, config, self.store.stats
         self.inodes = Inodes(self.store)
         self.blockmap = BlockMap(self.store, writer)

@@ -261,11 +261,9 @@ class Namespace:
                 self.inodes.touch(txn, p, nlink_delta=1, t=t)
             else:
                 txn.set(paths.dir(parent), str(t).encode())
-            if on_sent is not None:
-                on_sent()  # (the transaction is written before the commit first yields)
-                on_sent = None
+            sent, on_sent = on_sent, None
             try:
-                exact = await self.store.commit(txn)
+                exact = await self.store.commit(txn, on_sent=sent)
             except (NodeExistsError, NoNodeError):
                 existing = await self._dirent(parent, name)
                 if existing is not None:

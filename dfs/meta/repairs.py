@@ -218,6 +218,12 @@ async def remove_leftover(zk: ZkClient, paths: FsPaths, kind: str, ino: int) -> 
     return f"removed {kind}/{ino} and its {len(names)} children"
 
 
+async def remove_stale_lease(zk: ZkClient, paths: FsPaths, ino: int) -> str:
+    """leases/<ino> of a directory that does not exist (dfs.meta.leases)."""
+    await zk.commit(_absent(paths, ino).delete(paths.lease(ino)))
+    return "removed it"
+
+
 async def remove_stale_open(zk: ZkClient, paths: FsPaths, ino: int) -> str:
     """open/<ino> of an inode that does not exist, with no holders left."""
     await zk.delete(paths.open_dir(ino))

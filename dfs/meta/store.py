@@ -12,6 +12,7 @@ import time
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from dfs.config import FsConfig
+from dfs.meta.leases import Leases
 from dfs.paths import FsPaths
 from dfs.zk import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError, Txn, ZkClient
 from dfs.zk.retry import retrying
@@ -50,13 +51,17 @@ class CommitHook(Protocol):
 
 class MetaStore:
     """Args: zk: the session; paths: the filesystem's znodes; config: its settings;
-    hook: the client view to tell about reads and commits (None: gc, fsck, tests)."""
+    hook: the client view to tell about reads and commits (None: gc, fsck, tests);
+    leases: the directory leases every commit is fenced by (dfs.meta.leases;
+    None: a plain one that reads each lease it needs)."""
 
-    def __init__(self, zk: ZkClient, paths: FsPaths, config: FsConfig, hook: CommitHook | None = None):
+    def __init__(self, zk: ZkClient, paths: FsPaths, config: FsConfig, hook: CommitHook | None = None,
+                 leases: Leases | None = None):
         self.zk = zk
         self.paths = paths
         self.config = config
         self.hook = hook
+        self.leases = leases or Leases(zk, paths)
         self.stats = {"retries": 0}
 
     def mark(self) -> Any:
@@ -66,20 +71,25 @@ class MetaStore:
     def clean(self, mark: Any, *paths: str) -> bool:
         return self.hook is not None and self.hook.clean(mark, *paths)
 
-    async def commit(self, txn: Txn) -> bool:
-        """Commit txn; True if this client may take its results as exact."""
+    async def commit(self, txn: Txn, on_sent: Callable[[], None] | None = None) -> bool:
+        """Commit txn, fenced by the leases of the directories it changes (may wait
+        for a recall first); True if this client may take its results as exact.
+        `on_sent` runs once the transaction is on its way (written before the
+        commit first yields after it: a session's requests apply in order)."""
+        leases = self.leases
+        fenced = await leases.fence(txn)
         hook = self.hook
-        if hook is None:
-            await self.zk.commit(txn)
-            return False
         paths = [args[0] for op, args in txn.ops if op != "check"]
-        mark = hook.begin(paths)
+        mark = hook.begin(paths) if hook is not None else None
         applied = False
         try:
+            if on_sent is not None:
+                on_sent()
             await self.zk.commit(txn)
             applied = True
         finally:
-            ok = hook.settle(mark, paths, applied)
+            ok = hook is not None and hook.settle(mark, paths, applied)
+            leases.settle(fenced, applied)
         return ok
 
     async def retrying(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:

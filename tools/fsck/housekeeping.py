@@ -19,7 +19,7 @@ GC_STALE_AFTER = 600.0  # seconds; a gc/ entry older than this (or --orphan-age)
 
 
 class Leftovers:
-    """blocks/, dirs/, xattrs/, open/, trash/ children belong to existing inodes."""
+    """blocks/, dirs/, xattrs/, open/, trash/, leases/ children belong to existing inodes."""
 
     def __init__(self, s: FsckState, blocks: BlockChecks):
         self.s = s
@@ -29,7 +29,7 @@ class Leftovers:
         s = self.s
         kinds = [("blocks", s.paths.blocks, s.paths.block_map), ("dirs", s.paths.dirs, s.paths.dir),
                  ("xattrs", s.paths.xattrs, s.paths.xattr_dir), ("open", s.paths.open, s.paths.open_dir),
-                 ("trash", s.paths.trash, s.paths.trash_entry)]
+                 ("trash", s.paths.trash, s.paths.trash_entry), ("leases", s.paths.leases, s.paths.lease)]
         for kind, base, child in kinds:
             names = await s.children(base) or []
             cands = [int(n) for n in names if n.isdigit() and int(n) not in s.exists]
@@ -60,6 +60,10 @@ class Leftovers:
                 return  # a live mount still holds it: it cleans up on release
             p = s.problem("stale_open", f"<inode {ino}>", "open/ entry of an inode that does not exist", ino=ino)
             await s.act(p, "remove it", repairs.remove_stale_open, s.zk, s.paths, ino)
+            return
+        if kind == "leases":
+            p = s.problem("stale_lease", f"<inode {ino}>", "lease of a directory that does not exist", ino=ino)
+            await s.act(p, "remove it", repairs.remove_stale_lease, s.zk, s.paths, ino)
             return
         if kind == "trash":
             p = s.problem("stale_trash", f"<inode {ino}>", "trash entry of an inode that does not exist", ino=ino)

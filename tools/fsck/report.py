@@ -42,6 +42,7 @@ NAMESPACE_CATEGORIES = {
     "leftover_dir_listing", # dirs/<ino> without an inode
     "leftover_xattrs",      # xattrs/<ino> without an inode
     "stale_open",           # open/<ino> for an inode that no longer exists
+    "stale_lease",          # leases/<ino> (dfs.meta.leases) of a directory that no longer exists
 }
 HOUSEKEEPING_CATEGORIES = {
     "stale_gc_entry",       # a gc/ entry older than --orphan-age (the collector is not keeping up)
