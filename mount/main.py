@@ -150,6 +150,12 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         leases = None if creates is None or removals is None else DirLeases(view, [creates, removals])
         if leases is not None:
             nursery.start_soon(leases.run)
+        if removals is not None and journal is not None:
+            async def settle() -> None:  # before a lock goes (dfs.client.locks)
+                await journal.drain()
+                await removals.drain()
+
+            locks.settle = settle
         kernel = Kernel(view, files, attr_timeout=settings.attr_timeout,
                         entry_timeout=settings.entry_timeout, feed_timeout=settings.feed_timeout,
                         journal=journal)

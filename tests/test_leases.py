@@ -55,6 +55,11 @@ class Client:
         kernel = Kernel(view, self.files, feed_timeout=10.0, notify=Notify(), journal=self.journal)
         locks = MountLocks(LockTable(zk, view.meta.paths, name), self.files)
 
+        async def settle():
+            await self.journal.drain()
+            await self.removals.drain()
+
+        locks.settle = settle
         self.ops = Operations(view, self.files, kernel, blocks.nodedir, locks, creates=self.creates,
                               removals=self.removals, journal=self.journal, leases=self.leases)
 

@@ -14,9 +14,13 @@ import sys
 import time
 
 import pytest
+import trio
 
 from dfs.meta.locks import EOF, replace_range
+from dfs.paths import ROOT_INO
 from tests.test_fsck import fsck
+from tests.test_leases import two_clients
+from tests.test_operations import CTX
 
 FLOCK_STRUCT = "hhqqi4x"  # struct flock on Linux x86_64: type, whence, start, len, pid
 WAIT = 30.0  # generous bound on anything that must happen (a session expiry takes ~10 s)
@@ -223,6 +227,47 @@ for i in range(int(sys.argv[3])):
         db.execute("insert into t values (?, ?)", (sys.argv[2], i))
 db.close()
 """
+
+
+def test_an_unlock_waits_for_the_removals_made_under_the_lock(cluster):
+    """A file removed under a lock is gone for the next holder, on any mount: SQLite's
+    rollback journal commits a transaction by deleting the journal, and a journal the
+    next holder still sees is rolled back (the transaction lost). The mount answers an
+    unlink at once and commits it in the background (here: slowly), so the unlock
+    must wait for that commit."""
+    paths = cluster.paths
+
+    async def body(a, b):
+        ops = b.ops
+        fi, _ = await ops.create(ROOT_INO, b"db", 0o644, os.O_CREAT | os.O_RDWR, CTX)
+        await ops.setlk(fi.fh, 7, fcntl.F_WRLCK, 0, 0, False, CTX)
+        j, _ = await ops.create(ROOT_INO, b"db-journal", 0o644, os.O_CREAT | os.O_RDWR, CTX)
+        await ops.write(j.fh, 0, b"undo")
+        await ops.fsync(j.fh, False)
+        await ops.flush(j.fh)
+        await ops.release(j.fh)
+        real = b.zk.commit
+        seen = []
+
+        async def commit(txn):
+            if any(op == "delete" and args[0] == paths.dirent(ROOT_INO, b"db-journal") for op, args in txn.ops):
+                await trio.sleep(0.3)  # a removal batch that takes its time
+            if any(args[0].startswith(paths.locks) for _, args in txn.ops):
+                seen.append(await a.zk.exists(paths.dirent(ROOT_INO, b"db-journal")) is not None)
+            return await real(txn)
+
+        b.zk.commit = commit
+        try:
+            await ops.unlink(ROOT_INO, b"db-journal", CTX)
+            await ops.setlk(fi.fh, 7, fcntl.F_UNLCK, 0, 0, False, CTX)
+        finally:
+            b.zk.commit = real
+        await ops.flush(fi.fh)
+        await ops.release(fi.fh)
+        return seen
+
+    seen = two_clients(cluster, body)
+    assert seen and not seen[-1], "the unlock went out while the journal's removal was still pending"
 
 
 @pytest.mark.slow

@@ -8,12 +8,16 @@ the owner of the POSIX locks to drop (our pyfuse3 patch passes it), and on
 and OFD locks).
 
 An unlock or a downgrade to a read lock first commits what this mount wrote
-to the file (as NFS does), so that whoever takes the lock next, on any mount,
-reads it; and a lock granted makes the mount read what others committed
+to the file (as NFS does), and the namespace changes it answered and has not
+committed yet (`settle`: the removals and attribute changes queued in the
+background), so that whoever takes the lock next, on any mount, sees them:
+SQLite's rollback journal commits a transaction by deleting the journal, and
+a journal still there for the next lock holder would be rolled back. A lock granted makes the mount read what others committed
 before (mount.kernel's catch_up), not what it had cached.
 """
 
 import fcntl
+from typing import Awaitable, Callable
 
 from dfs.client.files import FileData
 from dfs.meta.locks import EOF, FLOCK, POSIX, LockTable, span
@@ -26,12 +30,15 @@ class MountLocks:
         self.table = table
         self.files = files
         self._taken: dict[int, tuple[int, set[tuple[str, int]]]] = {}  # fh -> (ino, {(kind, owner)})
+        self.settle: Callable[[], Awaitable[None]] | None = None  # see the module (mount/main.py)
 
     async def _before(self, fh: int, ino: int, kind: str, owner: int, lock_type: int) -> None:
         if lock_type != fcntl.F_UNLCK:
             self._taken.setdefault(fh, (ino, set()))[1].add((kind, owner))
         if lock_type != fcntl.F_WRLCK:  # others may get in: let them see our writes
             await self.files.flush(ino)
+            if self.settle is not None:
+                await self.settle()
 
     async def getlk(self, ino: int, owner: int, lock_type: int, start: int,
                     length: int) -> tuple[int, int, int, int]:
@@ -60,6 +67,8 @@ class MountLocks:
         whichever open file of it took them (fcntl(2))."""
         took = [owners for i, owners in self._taken.values() if i == ino and (POSIX, owner) in owners]
         if took:
+            if self.settle is not None:
+                await self.settle()
             for owners in took:
                 owners.discard((POSIX, owner))
             await self.table.lock(ino, POSIX, owner, 0, EOF, fcntl.F_UNLCK, wait=False)
@@ -67,5 +76,7 @@ class MountLocks:
     async def release(self, fh: int) -> None:
         """The open file `fh` is gone (its data flushed): drop every lock taken through it."""
         ino, owners = self._taken.pop(fh, (0, set()))
+        if owners and self.settle is not None:
+            await self.settle()
         for kind, owner in sorted(owners):
             await self.table.lock(ino, kind, owner, 0, EOF, fcntl.F_UNLCK, wait=False)
