@@ -353,11 +353,14 @@ class BlockClient:
         up.sort(key=lambda n: (n in slow, int(live[n].load) // LOAD_TIE))
         return up + [n for n in ref.replicas if n not in live]
 
-    async def read_block(self, ref: BlockRef, offset: int = 0, length: int | None = None) -> bytes:
+    async def read_block(self, ref: BlockRef, offset: int = 0, length: int | None = None, *,
+                         gone_ok: bool = False) -> bytes:
         """Verified bytes `offset .. offset+length` of a block (clamped to its end).
 
         Tries each replica in turn; a replica that returns damaged data or
-        reports a checksum failure is passed to `on_corrupt`.
+        reports a checksum failure is passed to `on_corrupt`, and so is one the
+        node does not have, unless `gone_ok` (a block that may have been
+        collected: its absence is no damage to report).
 
         Raises:
           DfsError(EIO): no replica could deliver verified bytes.
@@ -387,7 +390,7 @@ class BlockClient:
             except DfsError as e:
                 last_error = str(e)
                 finished.set()
-                if e.errno in (errno.EIO, errno.ENOENT):
+                if e.errno == errno.EIO or e.errno == errno.ENOENT and not gone_ok:
                     with trio.CancelScope(shield=True):  # a hedge's win must not lose the report
                         await self.on_corrupt(ref, node_id, "missing" if e.errno == errno.ENOENT
                                               else f"node reported: {e.message}")
