@@ -181,7 +181,14 @@ class Operations(pyfuse3.Operations):
     async def mkdir(self, parent_inode, name, mode, ctx):
         await self._before_change(parent_inode)
         mode, xattrs = await self.view.inherit(parent_inode, stat.S_IFDIR | stat.S_IMODE(mode), ctx.umask)
-        node = await self.view.mknod(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, xattrs=xattrs)
+        if (self.creates is not None and self.view.feed.active and self.view.may_predict(parent_inode)
+                and await self._excl_here(parent_inode, name)):
+            # under the parent's lease: answered here, committed in the background (dfs.client.creates)
+            node, _ = await self.creates.create(
+                parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, xattrs=xattrs,
+                on_failed=lambda e: self.kernel.forget_entry(parent_inode, name))
+        else:
+            node = await self.view.mknod(parent_inode, name, mode, uid=ctx.uid, gid=ctx.gid, xattrs=xattrs)
         return self.kernel.attrs(node, parent=parent_inode, name=name)
 
     @fuse_errors

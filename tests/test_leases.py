@@ -179,6 +179,37 @@ def test_a_directory_made_here_is_answered_here_and_a_second_mount_recalls_it(cl
     fsck(cluster)
 
 
+def test_a_tree_made_under_leases_is_there_at_once_and_everywhere_after_fsyncdir(cluster):
+    """mkdir and O_EXCL creates in directories a holds are answered at once (nested:
+    a directory still on its way holds files on their way); a sees the tree at once,
+    b after a's fsyncdir, and fsck finds it whole."""
+
+    async def body(a: Client, b: Client):
+        top = await mkdir(a, ROOT, b"top")
+        made = {}
+        for i in range(4):
+            d = await mkdir(a, top, b"d%d" % i)
+            made[d] = [b"sub"]
+            sub = await mkdir(a, d, b"sub")
+            made[sub] = []
+            for j in range(5):
+                assert await a.create(sub, b"f%d" % j) == 0
+                made[sub].append(b"f%d" % j)
+        here = {d: await names(a, d) for d in made}
+        fh = await a.ops.opendir(top, CTX)
+        await a.ops.fsyncdir(fh, False)
+        await a.ops.releasedir(fh)
+        there = {d: await names(b, d) for d in made}
+        return a.leases.stats["local_excl"], made, here, there, await names(b, top)
+
+    local, made, here, there, top_names = two_clients(cluster, body)
+    assert local == 4 * 2 + 20  # every mkdir below top and every create
+    want = {d: sorted(n) for d, n in made.items()}
+    assert here == want and there == want
+    assert top_names == [b"d0", b"d1", b"d2", b"d3"]
+    fsck(cluster)
+
+
 def test_one_recall_lets_go_of_every_idle_lease(cluster):
     """a made a tree (holding every directory's lease) and stopped using it: b working in
     the whole tree recalls once, not once per directory."""
@@ -319,7 +350,12 @@ def test_two_real_mounts_racing_for_names_have_exactly_one_winner(cluster):
     for i in range(40):
         kind = ("create", "mkdir", "link")[i % 3]
         name = f"r{i}/{kind}"
-        (a / "arena" / f"r{i}").mkdir()
+        (a / "arena" / f"r{i}").mkdir()  # (answered by a at once: a holds arena)
+        fd = os.open(a / "arena", os.O_RDONLY)
+        try:
+            os.fsync(fd)  # a's mkdir landed
+        finally:
+            os.close(fd)
         _await_seen(b / "arena" / f"r{i}")  # (another mount sees it within the feed's latency)
         op = {"create": excl, "mkdir": os.mkdir,
               "link": lambda p: os.link(p.parent.parent.parent / "src", p)}[kind]

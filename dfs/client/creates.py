@@ -8,9 +8,12 @@ ZooKeeper unreachable for longer than the mount waits), `PendingCreate.error`
 says why, the file's flushes report it (close() and fsync() never succeed
 before the create has landed), the next fsyncdir reports EIO, and `on_failed`
 runs (the mount makes the kernel forget the entry).
-O_EXCL creates come here only in a directory whose lease this mount holds
-(dfs.client.leases: it knows the names exactly); elsewhere they stay
-synchronous (their EEXIST is the point).
+O_EXCL creates and mkdir come here only in a directory whose lease this
+mount holds (dfs.client.leases: it knows the names exactly); elsewhere they
+stay synchronous (their EEXIST is the point). What is created inside a
+directory whose own create is still on its way goes out after it on the same
+session; if that directory's create had to be retried (its first transaction
+conflicted), theirs fail on the missing directory and are retried once after it.
 """
 
 import collections
@@ -45,6 +48,7 @@ class Creates:
         self.nursery = nursery
         self._in_flight = 0
         self._per_dir: collections.Counter[int] = collections.Counter()
+        self._by_ino: dict[int, PendingCreate] = {}  # the creates on their way, by inode
         self._changed = trio.Condition()
         self.failures = 0  # creates that failed after open returned (fsyncdir reports them)
 
@@ -52,24 +56,41 @@ class Creates:
                      xattrs: dict[bytes, bytes] | None = None,
                      on_failed: Callable[[DfsError], None] | None = None
                      ) -> tuple[Inode, PendingCreate]:
-        """Create a regular file without waiting for its transaction (see the module)."""
+        """Create a regular file (or, `mode` saying so, a directory) without waiting
+        for its transaction (see the module)."""
         check_name(name)
         view = self.view
         view.capacity.admit()
-        ino, rec, t = await view.meta.inodes.plan(stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+        kind = stat.S_IFDIR if stat.S_ISDIR(mode) else stat.S_IFREG
+        ino, rec, t = await view.meta.inodes.plan(kind | stat.S_IMODE(mode), uid, gid)
         rec.xattrs = len(xattrs or ())
-        node = Inode(ino, rec, 0, has_map=False)
+        if kind == stat.S_IFDIR:
+            rec.parent = parent
+        # (a directory: nobody else can know of it before it lands, and then only under
+        # its lease, so what is made here is exact: what is made in it builds on it)
+        node = Inode(ino, rec, 0, exact=kind == stat.S_IFDIR and view.feed.active, has_map=False)
         pending = PendingCreate()
         view.creating_started(parent, name, node)
         self._in_flight += 1
         self._per_dir[parent] += 1
+        self._by_ino[ino] = pending
         sent = trio.Event()
 
         async def run() -> None:
             failed = False
             try:
-                await view.mknod(parent, name, rec.mode, uid=uid, gid=gid, planned=(ino, rec, t),
-                                 on_sent=sent.set, xattrs=xattrs)
+                try:
+                    await view.mknod(parent, name, rec.mode, uid=uid, gid=gid, planned=(ino, rec, t),
+                                     on_sent=sent.set, xattrs=xattrs)
+                except DfsError as e:
+                    above = self._by_ino.get(parent)
+                    if e.errno != errno.ENOENT or above is None:
+                        raise
+                    await above.done.wait()  # (see the module)
+                    if above.error is not None:
+                        raise
+                    await view.mknod(parent, name, rec.mode, uid=uid, gid=gid, planned=(ino, rec, t),
+                                     xattrs=xattrs)
             except Exception as e:
                 failed = True
                 self.failures += 1
@@ -85,6 +106,7 @@ class Creates:
                 if not failed:
                     view.creating_done(parent, name, node, failed)
                 self._in_flight -= 1
+                self._by_ino.pop(ino, None)
                 self._per_dir[parent] -= 1
                 if not self._per_dir[parent]:
                     del self._per_dir[parent]

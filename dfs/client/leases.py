@@ -8,11 +8,12 @@ The lease itself, its fence and its recall are dfs.meta.leases'. Here:
   them: it was listed or made here) and nobody recalled it from this mount, nor
   did this mount have to recall it, in the last COOL seconds (two mounts working
   in one directory stop taking turns and both commit synchronously).
-- **Answering.** While held, known and not being let go, an O_EXCL create in
-  it is answered here: EEXIST if the name is there, else the create goes out
-  as an asynchronous one (dfs.client.creates) whose commit carries the
-  lease's check. `tar -x`, `cp -a`, `rsync` (its temporary files) and
-  `git` create with O_EXCL.
+- **Answering.** While held, known and not being let go, an O_EXCL create or
+  a mkdir in it is answered here: EEXIST if the name is there, else the create
+  goes out as an asynchronous one (dfs.client.creates) whose commit carries
+  the lease's check (a mkdir only when the view can show its outcome at once:
+  ClientView.may_predict). `tar -x`, `cp -a`, `rsync` (its temporary files)
+  and `git` create with O_EXCL; `mkdir -p` and `tar -x` make trees.
 - **Letting go.** When the feed reports a recall, new answers stop, this
   mount's creates and removals in the directory land, and the lease is set
   free, in the same transaction as every other lease this mount holds and has

@@ -17,6 +17,7 @@ read before a version-checked change (a stale one fails the check: retried).
 """
 
 import collections
+import dataclasses
 import contextlib
 import errno
 import itertools
@@ -33,6 +34,7 @@ from dfs.meta import Meta, acl
 from dfs.meta.inodes import Inode, with_entry_change
 from dfs.meta.leases import Leases
 from dfs.meta.namespace import breathe
+from dfs.meta.store import Conflict
 from dfs.meta.writers import Writer
 from dfs.paths import FsPaths
 from dfs.records import BlockRef, DirEntry
@@ -111,6 +113,8 @@ class ClientView:
         self.dirents: dict[tuple[int, bytes], tuple[int, int]] = {}
         # (parent, name) -> inode of an asynchronous create still on its way
         self.creating: dict[tuple[int, bytes], Inode] = {}
+        # directory -> asynchronous mkdirs in it on their way, whose outcome `known` shows
+        self._predicted: collections.Counter[int] = collections.Counter()
         # inodes this client unlinked (or renamed over) while it had them open:
         # it holds them in open/<ino>/<mount_id> until release_orphan
         self.held: set[int] = set()
@@ -214,6 +218,15 @@ class ClientView:
             del self._fresh[ino]
             return None
         return Known(node, age, False)
+
+    def may_predict(self, ino: int) -> bool:
+        """Whether an asynchronous mkdir in directory ino can build on what is known of
+        it: known exactly, and no transaction of ours that changes its inode is in
+        flight other than such mkdirs (whose outcome the view already shows)."""
+        got = self.known(ino)
+        if got is None or not got.exact:
+            return False
+        return self.feed.own.get(self.meta.paths.inode(ino), 0) <= self._predicted.get(ino, 0)
 
     def is_exact(self, node: Inode) -> bool:
         """Whether node is what this client keeps for its inode, vouched for by the feed."""
@@ -355,9 +368,55 @@ class ClientView:
         if planned is None:  # (an asynchronous create was admitted by dfs.client.creates)
             self.capacity.admit()
         known = self.known(parent)  # (a file inherits its parent's replica count)
-        made = await self.meta.namespace.mknod(
-            parent, name, mode, uid=uid, gid=gid, rdev=rdev, target=target, planned=planned,
-            on_sent=on_sent, parent_known=known.inode if known is not None else None, xattrs=xattrs)
+        born = planned is not None and stat.S_ISDIR(mode) and on_sent is not None
+        epoch = self.feed.epoch
+        predicted = False
+        if born and known is not None and known.exact:
+            # An asynchronous mkdir (under the parent's lease): what it will make
+            # is known the moment it goes out, so what this mount does next (the
+            # next mkdir's version check on the parent, creates in the new
+            # directory) builds on it without waiting for the reply.
+            told, parent_then, ino, t = on_sent, known.inode, planned[0], planned[2]
+            parent_path = self.meta.paths.inode(parent)
+
+            def on_sent() -> None:
+                nonlocal predicted
+                now = self.known(parent)
+                if (now is None or now.inode is not parent_then
+                        or self.feed.own.get(parent_path, 0) > self._predicted.get(parent, 0) + 1):
+                    # the parent changed while the transaction waited (its lease's
+                    # read): built on a stale version, so build it again, unpredicted
+                    raise Conflict("parent changed before the mkdir went out")
+                predicted = True
+                self._predicted[parent] += 1
+                self._predicted[ino] += 1  # (its own creation, as the node made for it shows)
+                self.remember(with_entry_change(parent_then, t, 1))
+                self.names.setdefault(ino, set())
+                self.leases.born_here(ino)
+                told()
+        try:
+            made = await self.meta.namespace.mknod(
+                parent, name, mode, uid=uid, gid=gid, rdev=rdev, target=target, planned=planned,
+                on_sent=on_sent, parent_known=known.inode if known is not None else None, xattrs=xattrs)
+        except BaseException:
+            if predicted:
+                self.forget(parent)
+                self.names.pop(planned[0], None)
+                self.leases.forget_removed(planned[0])
+            raise
+        finally:
+            if predicted:
+                for d in (parent, planned[0]):
+                    self._predicted[d] -= 1
+                    if not self._predicted[d]:
+                        del self._predicted[d]
+        if predicted and made.parent is not None and self.feed.active and self.feed.epoch == epoch:
+            # Our version check on the parent passed, and nobody else changes the
+            # entries of a leased directory: both are exact as the reply leaves them
+            # (the feed did not drop meanwhile), whatever our own later transactions
+            # in flight made the feed report.
+            made = dataclasses.replace(made, parent=dataclasses.replace(made.parent, exact=True),
+                                       node=dataclasses.replace(made.node, exact=True))
         if made.parent is not None:
             self.remember(made.parent)
         elif made.t is not None:
@@ -552,6 +611,15 @@ class ClientView:
                     return None
                 node = seen.inode
             out.append((name, DirEntry(ent[0], ent[1]), node))
+        # what this mount is creating there and has not landed yet (an asynchronous mkdir
+        # returns before it does): a listing read from ZooKeeper would have it too
+        pending = [(n, made) for (p, n), made in self.creating.items() if p == ino and n not in names]
+        if pending:
+            for n, made in pending:
+                seen = self.known(made.ino)
+                out.append((n, DirEntry(made.ino, stat.S_IFMT(made.rec.mode)),
+                            (seen.inode if seen is not None else made) if with_attrs else None))
+            out.sort(key=lambda e: e[0])
         self.stats["cached_listings"] += 1
         return this.inode, out
 

@@ -155,6 +155,13 @@ class Leases:
         for d in born:
             self.states[d] = LeaseState(holder, 0)
 
+    def born_here(self, d: int) -> None:
+        """A directory this client's transaction creates, now on its way: its lease
+        is this client's from then on if `birth()` says so (the fence makes it so)."""
+        me = self.me()
+        if self.states is not None and me and self.birth():
+            self._remember(d, LeaseState(me, 0))
+
     def forget_removed(self, d: int) -> None:
         if self.states is not None:
             self.states.pop(d, None)
