@@ -44,6 +44,7 @@ from dfs.zk import connect
 from mount.kernel import Kernel
 from mount.operations import Operations
 from mount.stats import log_op_stats
+from mount.tasks import ignore_until_served, serve_dumps
 
 log = logging.getLogger("dfs.mount")
 EXIT_USAGE = 2
@@ -126,6 +127,7 @@ async def serve(args: argparse.Namespace, settings: MountSettings, key_file: Pat
         stack.push_async_callback(shielded(blocks.aclose))
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)  # (runs before the nursery waits)
+        nursery.start_soon(serve_dumps)  # SIGUSR1: the task tree into the log (mount/tasks.py)
         await nursery.start(nodedir.run)
         # lookups, attributes and listings answered locally, kept exact by
         # ZooKeeper's change feed (dfs.client.feed)
@@ -269,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
             filename=None if args.ready_fd is None else args.log,
         )
+        ignore_until_served()
         return trio.run(serve, args, settings, key_file)
     except QuietError as e:
         print(e.message, file=sys.stderr)

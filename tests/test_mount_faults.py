@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -186,3 +187,19 @@ def test_bench_window_kills_its_own_mount_and_counts_what_came_back(cluster):
     assert [p.name for p in mnt.iterdir()] == ["keep"]
     with open("/proc/self/mounts") as f:
         assert "dfs-window" not in f.read()
+
+
+def test_sigusr1_logs_the_task_tree_and_the_mount_keeps_serving(cluster):
+    """A mount that hangs shows nothing in its log: SIGUSR1 makes it log what each of its
+    trio tasks waits on (mount/tasks.py), and it goes on serving."""
+    m = cluster.mounts[0]
+    (m.mountpoint / "before").write_bytes(b"1")
+    os.kill(m.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "task tree (SIGUSR1)" not in m.log_path.read_text():
+        assert time.monotonic() < deadline, m.log_tail()
+        time.sleep(0.05)
+    tree = m.log_path.read_text().split("task tree (SIGUSR1):", 1)[1]
+    assert "dfs.client.feed.Feed.run: " in tree and "dfs/client/feed.py:" in tree, tree[:3000]
+    (m.mountpoint / "after").write_bytes(b"2")
+    assert sorted(os.listdir(m.mountpoint)) == ["after", "before"]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tools.local.procs import log_tail, pid_alive, stop_pid
 
+DUMP_AFTER = 5.0  # seconds after the unmount: a daemon still running logs its task tree (SIGUSR1)
+
 
 def fusermount_unmount(mountpoint: str | os.PathLike, lazy: bool = False) -> bool:
     args = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(mountpoint)]
@@ -73,10 +75,19 @@ class MountProcess:
                 if not fusermount_unmount(self.mountpoint):
                     fusermount_unmount(self.mountpoint, lazy=True)
         if self.pid is not None:
-            deadline = time.monotonic() + timeout
+            start = time.monotonic()
+            deadline = start + timeout
+            asked = False
             while time.monotonic() < deadline and pid_alive(self.pid):
                 if self.proc is not None and self.proc.poll() is not None:
                     break
+                if not asked and time.monotonic() - start > DUMP_AFTER:
+                    # slow to exit: have it log what each of its tasks waits on (mount/tasks.py)
+                    asked = True
+                    try:
+                        os.kill(self.pid, signal.SIGUSR1)
+                    except ProcessLookupError:
+                        break
                 time.sleep(0.05)
             stop_pid(self.pid, proc=self.proc)
 
