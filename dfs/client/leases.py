@@ -33,6 +33,7 @@ from dfs.client.view import ClientView
 log = logging.getLogger(__name__)
 
 COOL = 30.0  # seconds a directory is not taken after a recall involving it
+MAX_TIMES = 100_000  # directories whose last answer / cool-down is kept (then the stale ones go)
 IDLE = 1.0  # seconds without an answer after which a held lease goes with any recall
 
 
@@ -85,7 +86,10 @@ class DirLeases:
 
     def used(self, d: int) -> None:
         """An answer was given under d's lease."""
-        self._used[d] = trio.current_time()
+        now = trio.current_time()
+        if len(self._used) >= MAX_TIMES and d not in self._used:  # (a huge tree made here)
+            self._used = {x: t for x, t in self._used.items() if now - t < IDLE}
+        self._used[d] = now
 
     def taken(self, d: int, name: bytes) -> bool:
         """Under a held lease: is `name` in d (or being created here)?"""
@@ -127,5 +131,8 @@ class DirLeases:
         except Exception as e:  # (ZooKeeper away: the recaller breaks it once our session is gone)
             log.warning("directory %d: could not let go of its lease: %r", d, e)
         finally:
-            self._cool_until[d] = trio.current_time() + self.cool
+            now = trio.current_time()
+            if len(self._cool_until) >= MAX_TIMES:
+                self._cool_until = {x: t for x, t in self._cool_until.items() if t > now}
+            self._cool_until[d] = now + self.cool
             self.releasing.discard(d)

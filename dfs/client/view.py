@@ -17,8 +17,8 @@ read before a version-checked change (a stale one fails the check: retried).
 """
 
 import collections
-import dataclasses
 import contextlib
+import dataclasses
 import errno
 import itertools
 import stat

@@ -292,6 +292,8 @@ class Leases:
         path = self.paths.lease(d)
         note = self.paths.recall(d, self.who)
         self.stats["recalls"] += 1
+        if len(self.recalled_at) >= MAX_STATES:
+            self.recalled_at.clear()  # (only a hint: the cool-down after a recall)
         self.recalled_at[d] = trio.current_time()
         t0 = trio.current_time()
         deadline = t0 + RECALL_MAX
